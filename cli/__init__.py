@@ -1,0 +1,1 @@
+"""flota command line: talks to the coordinator over gRPC only."""

@@ -1,0 +1,182 @@
+"""`flota up --local N` / `flota down`: a whole fleet on one machine.
+
+A coordinator and N node daemons, each its own process with its own state directory
+(`$FLOTA_HOME/local/node-<i>`), port, name and network profile. Nodes are enrolled
+through the real join flow the first time; mDNS is off (nothing to discover on
+loopback, and nothing to announce to the LAN).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cli.client import EXIT_UNAVAILABLE, CliError, Client, flota_home
+from cli.render import console, nodes_table, print_json, to_dict
+from protos.flota.v1 import coordinator_pb2
+
+__all__ = ["down_local", "up_local"]
+
+NETWORKS = ("home", "vpn", "office")
+START_TIMEOUT_S = 30.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _spawn(argv: list[str], log: Path, detach: bool) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
+
+
+def _wait_for(what: str, check: object, procs: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for proc, log in procs:
+            if proc.poll() is not None:
+                raise CliError(f"{what}: a daemon exited ({_tail(log)})", EXIT_UNAVAILABLE)
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise CliError(f"{what}: timed out after {START_TIMEOUT_S:.0f}s", EXIT_UNAVAILABLE)
+
+
+def _stop(pids: list[int], timeout: float = 15.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        for pid in pids:  # reap our own children so they do not linger as zombies
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def up_local(count: int, detach: bool, as_json: bool) -> None:
+    home = flota_home()
+    local = home / "local"
+    fleet_file = local / "fleet.json"
+    if fleet_file.exists():
+        old = json.loads(fleet_file.read_text())
+        if any(_alive(p) for p in [old.get("coordinator", 0), *old.get("nodes", [])] if p):
+            raise CliError("a local fleet is already running here (stop it with: flota down)")
+    local.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_file = home / "coordinator" / "coordinator.json"
+    state_file.unlink(missing_ok=True)
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        log = local / "coordinator.log"
+        coord = _spawn(
+            ["-m", "coordinator", "start", "--home", str(home), "--listen", "127.0.0.1:0", "--join-port", "0", "--no-mdns"],
+            log,
+            detach,
+        )
+        procs.append((coord, log))
+
+        def coordinator_ready() -> bool:
+            try:
+                return bool(json.loads(state_file.read_text()).get("pid") == coord.pid)
+            except (OSError, ValueError):
+                return False
+
+        _wait_for("starting the coordinator", coordinator_ready, procs)
+        client = Client()
+        for i in range(1, count + 1):
+            name, state = f"node-{i}", local / f"node-{i}"
+            if not (state / "identity" / "node.pem").exists():
+                token = client.call("CreateToken", coordinator_pb2.CreateTokenRequest(ttl_s=60))
+                joined = subprocess.run(
+                    [sys.executable, "-m", "node_agent", "join", token.join_address, "--token", token.token,
+                     "--name", name, "--state-dir", str(state)],
+                    capture_output=True, text=True, timeout=30,
+                )
+                if joined.returncode != 0:
+                    raise CliError(f"enrolling {name} failed: {joined.stderr.strip()}", EXIT_UNAVAILABLE)
+            log = local / f"{name}.log"
+            proc = _spawn(
+                ["-m", "node_agent", "start", "--state-dir", str(state), "--name", name, "--listen", "127.0.0.1:0",
+                 "--network", NETWORKS[(i - 1) % len(NETWORKS)], "--slots", "2", "--no-mdns"],
+                log,
+                detach,
+            )
+            procs.append((proc, log))
+
+        def nodes_online() -> bool:
+            reply = client.call("ListNodes", coordinator_pb2.ListNodesRequest())
+            names = {n.info.name for n in reply.nodes if n.state == "online"}
+            return all(f"node-{i}" in names for i in range(1, count + 1))
+
+        _wait_for(f"waiting for {count} nodes", nodes_online, procs)
+    except BaseException:
+        _stop([p.pid for p, _ in procs])
+        raise
+    fleet_file.write_text(json.dumps({"coordinator": coord.pid, "nodes": [p.pid for p, _ in procs[1:]]}))
+    reply = client.call("ListNodes", coordinator_pb2.ListNodesRequest())
+    if as_json:
+        print_json({"coordinator": client.address, "nodes": to_dict(reply)["nodes"]})
+    else:
+        console.print(f"local fleet up: coordinator {client.address}, {count} nodes (logs in {local})")
+        console.print(nodes_table(reply))
+    if detach:
+        return
+    console.print("press Ctrl-C to stop")
+    try:
+        while all(p.poll() is None for p, _ in procs):
+            time.sleep(0.5)
+        raise CliError("a daemon of the local fleet exited; stopping the rest", EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop([p.pid for p, _ in procs])
+        fleet_file.unlink(missing_ok=True)
+
+
+def down_local() -> None:
+    fleet_file = flota_home() / "local" / "fleet.json"
+    try:
+        fleet = json.loads(fleet_file.read_text())
+    except (OSError, ValueError):
+        console.print("no local fleet is running")
+        return
+    pids = [p for p in [*fleet.get("nodes", []), fleet.get("coordinator", 0)] if p and _alive(p)]
+    # Nodes first, so they leave before the coordinator goes.
+    _stop(pids[:-1])
+    _stop(pids[-1:])
+    fleet_file.unlink(missing_ok=True)
+    console.print(f"stopped {len(pids)} daemons")

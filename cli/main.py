@@ -1,0 +1,354 @@
+"""`flota`: the command line. Talks to the coordinator over gRPC only; the daemons are
+started by exec'ing their own entry points (`python -m coordinator|node_agent`).
+
+Exit codes: 0 ok, 1 a run or job did not succeed, 2 bad input or refused request,
+3 coordinator unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+
+from cli.client import EXIT_FAILED, CliError, Client
+from cli.render import console, jobs_table, nodes_table, print_json, results_table, runs_table, to_dict
+from protos.flota.v1 import coordinator_pb2
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="flota",
+    help="Turn the machines you own into one fleet of AI workers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
+node_app = typer.Typer(help="Join and run a node daemon.", no_args_is_help=True)
+token_app = typer.Typer(help="Join tokens for new nodes.", no_args_is_help=True)
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(node_app, name="node")
+app.add_typer(token_app, name="token")
+
+
+@dataclass
+class Options:
+    json: bool = False
+    coordinator: str | None = None
+
+    def client(self) -> Client:
+        return Client(self.coordinator)
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON (shapes in docs/cli.md).")] = False,
+    coordinator: Annotated[
+        str | None, typer.Option("--coordinator", help="Coordinator HOST:PORT (or $FLOTA_COORDINATOR).")
+    ] = None,
+) -> None:
+    ctx.obj = Options(json_output, coordinator)
+
+
+def _opts(ctx: typer.Context) -> Options:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Options) else Options()
+
+
+def _exec(module: str, args: list[str]) -> None:
+    """Replace this process with a daemon's own entry point."""
+    argv = [sys.executable, "-m", module, *args]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+
+
+# --- daemons ------------------------------------------------------------------------------
+
+
+@coordinator_app.command("start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def coordinator_start(
+    ctx: typer.Context,
+    listen: Annotated[str, typer.Option(help="HOST:PORT of the API; port 0 picks a free one.")] = "0.0.0.0:7370",
+) -> None:
+    """Run the coordinator in the foreground (creates its CA on first start).
+
+    More options: --join-port N, --advertise HOST, --no-mdns, --lost-after S.
+    """
+    _exec("coordinator", ["start", "--listen", listen, *ctx.args])
+
+
+@node_app.command("start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def node_start(
+    ctx: typer.Context,
+    listen: Annotated[str, typer.Option(help="HOST:PORT; port 0 picks a free one.")] = "0.0.0.0:7380",
+    network: Annotated[str | None, typer.Option(help="Declare the network profile (home, vpn, public ...).")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
+    slots: Annotated[int | None, typer.Option(help="Jobs this node runs at once.")] = None,
+) -> None:
+    """Run the node daemon in the foreground.
+
+    More options: --name N, --state-dir D, --network-rule PROFILE=if:GLOB|subnet:CIDR,
+    --heartbeat S, --no-mdns.
+    """
+    args = ["start", "--listen", listen]
+    if network:
+        args += ["--network", network]
+    for item in label or []:
+        args += ["--label", item]
+    if slots is not None:
+        args += ["--slots", str(slots)]
+    _exec("node_agent", [*args, *ctx.args])
+
+
+@node_app.command("join")
+def node_join(
+    address: Annotated[str, typer.Argument(help="The coordinator's join address HOST:PORT.")],
+    token: Annotated[str, typer.Option(help="A token from `flota token create`.")],
+    name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="Node state directory.")] = None,
+) -> None:
+    """Enroll this machine with a coordinator, once: keeps its key and certificate."""
+    args = ["join", address, "--token", token]
+    if name:
+        args += ["--name", name]
+    if state_dir:
+        args += ["--state-dir", state_dir]
+    _exec("node_agent", args)
+
+
+@token_app.command("create")
+def token_create(
+    ctx: typer.Context,
+    ttl: Annotated[float, typer.Option(help="Lifetime in seconds.")] = 900,
+) -> None:
+    """Make a one-time join token and print the command that uses it."""
+    o = _opts(ctx)
+    reply = o.client().call("CreateToken", coordinator_pb2.CreateTokenRequest(ttl_s=ttl))
+    if o.json:
+        print_json(to_dict(reply))
+        return
+    console.print(f"flota node join {reply.join_address} --token {reply.token}", soft_wrap=True)
+
+
+# --- fleet --------------------------------------------------------------------------------
+
+
+@app.command("nodes")
+def nodes(ctx: typer.Context) -> None:
+    """List the nodes: name, address, network, cpu/ram/gpu, load, slots, state."""
+    o = _opts(ctx)
+    reply = o.client().call("ListNodes", coordinator_pb2.ListNodesRequest())
+    if o.json:
+        print_json(to_dict(reply)["nodes"])
+        return
+    if not reply.nodes:
+        console.print("no nodes yet: `flota token create` prints the command that adds one")
+        return
+    console.print(nodes_table(reply))
+
+
+def _parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"invalid {what} {item!r} (expected KEY=VALUE)")
+        pairs[key] = value
+    return pairs
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    command: Annotated[str | None, typer.Argument(help="A shell command (or use --task, repeatable).")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", "-t", help="A task's shell command; repeatable.")] = None,
+    repo: Annotated[str | None, typer.Option(help="Git repository the tasks work on.")] = None,
+    remote: Annotated[str, typer.Option(help="Remote name or URL the nodes use.")] = "origin",
+    ref: Annotated[str, typer.Option(help="Base revision.")] = "HEAD",
+    from_working_tree: Annotated[bool, typer.Option(help="Include uncommitted changes in the base.")] = False,
+    on: Annotated[str | None, typer.Option("--on", help="Pin to a node (name or id).")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="Required node label KEY=VALUE; repeatable.")] = None,
+    network: Annotated[list[str] | None, typer.Option(help="Allowed network profile; repeatable.")] = None,
+    avoid_network: Annotated[list[str] | None, typer.Option(help="Network profile to avoid; repeatable.")] = None,
+    exclusive: Annotated[bool, typer.Option(help="Nothing else runs on the node meanwhile.")] = False,
+    spread: Annotated[bool, typer.Option(help="Every task on a different node (hard).")] = False,
+    cpus: Annotated[float, typer.Option(help="CPUs each task needs.")] = 0,
+    memory: Annotated[int, typer.Option(help="Memory each task needs, MB.")] = 0,
+    gpus: Annotated[int, typer.Option(help="GPUs each task needs.")] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds before a task is stopped (0: none).")] = 0,
+    retries: Annotated[int, typer.Option(help="Extra attempts when a node is lost (-1: default).")] = -1,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the tasks; repeatable.")] = None,
+    name: Annotated[str, typer.Option(help="A name for the run.")] = "",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Show progress, then the results.")] = False,
+) -> None:
+    """Run tasks on the fleet, each on its own branch when --repo is given."""
+    o = _opts(ctx)
+    commands = ([command] if command else []) + list(task or [])
+    if not commands:
+        raise CliError("nothing to run: give a command or --task")
+    request = coordinator_pb2.SubmitRunRequest(
+        tasks=[coordinator_pb2.TaskSpec(command=c, agent="shell") for c in commands],
+        placement=coordinator_pb2.PlacementSpec(
+            node=on or "",
+            labels=_parse_pairs(label, "label"),
+            networks=network or [],
+            avoid_networks=avoid_network or [],
+            exclusive=exclusive,
+            spread=spread,
+            resources={"cpus": cpus, "memory_mb": memory, "gpus": gpus},
+        ),
+        timeout_s=timeout,
+        retries=retries,
+        name=name,
+        env=_parse_pairs(env, "environment variable"),
+    )
+    if repo:
+        path = os.path.abspath(repo)
+        if not os.path.isdir(path):
+            raise CliError(f"no such directory: {repo}")
+        request.repo.CopyFrom(
+            coordinator_pb2.RepoRequest(path=path, remote=remote, ref=ref, from_working_tree=from_working_tree)
+        )
+    client = o.client()
+    submitted = client.call("SubmitRun", request, timeout=120)
+    if not follow:
+        if o.json:
+            print_json(to_dict(submitted))
+        else:
+            console.print(f"run {submitted.id}: {len(submitted.jobs)} jobs queued (flota status {submitted.id})")
+        return
+    from cli.follow import follow_run
+
+    final = follow_run(client, submitted, live=not o.json and console.is_terminal, quiet=o.json)
+    if o.json:
+        print_json(to_dict(final))
+    else:
+        console.print(results_table(final))
+    if final.status != "success":
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    ident: Annotated[str | None, typer.Argument(metavar="[RUN|JOB]", help="A run or job id; none: recent runs.")] = None,
+) -> None:
+    """Show recent runs, one run and its jobs, or one job and its attempts."""
+    o = _opts(ctx)
+    client = o.client()
+    if ident is None:
+        runs = client.call("ListRuns", coordinator_pb2.ListRunsRequest(limit=20)).runs
+        if o.json:
+            print_json([to_dict(r) for r in runs])
+        else:
+            console.print(runs_table(list(runs)) if runs else "no runs yet")
+        return
+    if "." in ident:
+        job = client.call("GetJob", coordinator_pb2.GetJobRequest(job_id=ident))
+        if o.json:
+            print_json(to_dict(job))
+            return
+        console.print(f"job {job.id}  {job.status}  {job.name}")
+        if job.wait_reason and job.status == "queued":
+            console.print(f"waiting: {job.wait_reason}")
+        for a in job.attempts:
+            console.print(f"  attempt {a.number} on {a.node_name or a.node_id}: {a.status} {a.branch} {a.error}")
+        return
+    run_msg = client.call("GetRun", coordinator_pb2.GetRunRequest(run_id=ident))
+    if o.json:
+        print_json(to_dict(run_msg))
+        return
+    console.print(f"run {run_msg.id}  {run_msg.status}")
+    console.print(jobs_table(run_msg))
+
+
+@app.command("results")
+def results(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """The results of a run: node, branch, status, duration, files modified."""
+    o = _opts(ctx)
+    run_msg = o.client().call("GetRun", coordinator_pb2.GetRunRequest(run_id=run_id))
+    if o.json:
+        print_json([{"job": j.id, "node": j.node_name, **to_dict(j.result)} for j in run_msg.jobs])
+    else:
+        console.print(results_table(run_msg))
+    if run_msg.status not in ("success", "running"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("logs")
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+) -> None:
+    """Print a job's output (all attempts)."""
+    o = _opts(ctx)
+    for chunk in o.client().stream("StreamLogs", coordinator_pb2.StreamLogsRequest(job_id=job_id, follow=follow)):
+        if o.json:
+            for line in chunk.lines:
+                print_json({"attempt_id": chunk.attempt_id, "line": line})
+        else:
+            sys.stdout.write("".join(line + "\n" for line in chunk.lines))
+            sys.stdout.flush()
+
+
+@app.command("cancel")
+def cancel(ctx: typer.Context, ident: Annotated[str, typer.Argument(metavar="RUN|JOB")]) -> None:
+    """Cancel a run or one job: its processes get SIGTERM, then SIGKILL."""
+    o = _opts(ctx)
+    reply = o.client().call("Cancel", coordinator_pb2.CancelRequest(id=ident))
+    if o.json:
+        print_json(to_dict(reply))
+    else:
+        console.print(f"cancelled {len(reply.cancelled)} jobs" + (": " + " ".join(reply.cancelled) if reply.cancelled else ""))
+
+
+@app.command("cleanup")
+def cleanup(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """Remove a run's worktrees on the nodes. Result branches are kept."""
+    o = _opts(ctx)
+    reply = o.client().call("Cleanup", coordinator_pb2.CleanupRequest(run_id=run_id), timeout=120)
+    if o.json:
+        print_json(to_dict(reply))
+        return
+    console.print(f"removed {reply.worktrees_removed} worktrees; branches kept")
+    if reply.nodes_unreachable:
+        console.print(f"unreachable, not cleaned: {', '.join(reply.nodes_unreachable)}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("up")
+def up(
+    ctx: typer.Context,
+    local: Annotated[int, typer.Option("--local", help="Start a one-machine fleet of N nodes.")] = 0,
+    detach: Annotated[bool, typer.Option(help="Return once the fleet is up (stop it with `flota down`).")] = False,
+) -> None:
+    """Start a local fleet: a coordinator plus N node daemons on this machine."""
+    if not 1 <= local <= 32:
+        raise CliError("give the number of local nodes: flota up --local 3 (1 to 32)")
+    from cli.local import up_local
+
+    up_local(local, detach=detach, as_json=_opts(ctx).json)
+
+
+@app.command("down")
+def down(ctx: typer.Context) -> None:
+    """Stop the local fleet started by `flota up --local N --detach`."""
+    from cli.local import down_local
+
+    down_local()
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return app(args=argv, standalone_mode=True)
+    except CliError as exc:
+        print(f"flota: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,124 @@
+"""Tables and JSON for the CLI. JSON is the proto message with its field names, so the
+shape is exactly the one documented in protos/flota/v1/*.proto (see docs/cli.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+
+from protos.flota.v1 import coordinator_pb2
+
+__all__ = ["console", "jobs_table", "nodes_table", "print_json", "results_table", "runs_table", "to_dict"]
+
+console = Console(highlight=False)
+
+STATUS_STYLE = {
+    "success": "green",
+    "failed": "red",
+    "timeout": "red",
+    "lost": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "dispatching": "cyan",
+    "queued": "dim",
+    "online": "green",
+    "unreachable": "yellow",
+    "lost ": "red",
+    "offline": "dim",
+}
+
+
+def to_dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _status(text: str) -> str:
+    style = STATUS_STYLE.get(text)
+    return f"[{style}]{text}[/]" if style else text
+
+
+def _duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    return f"{seconds / 60:.1f}m"
+
+
+def _ago(ts: float) -> str:
+    if ts <= 0:
+        return "never"
+    return _duration(max(time.time() - ts, 0.001)) + " ago"
+
+
+def nodes_table(reply: coordinator_pb2.ListNodesReply) -> Table:
+    t = Table(box=None, pad_edge=False)
+    for col in ("NAME", "ADDRESS", "NETWORK", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS", "STATE"):
+        t.add_column(col)
+    for n in reply.nodes:
+        i, f = n.info, n.info.facts
+        gpus = ",".join(g.name for g in f.gpus) or "-"
+        state = _status(n.state) + ("" if n.state == "online" else f" ({_ago(n.last_seen)})")
+        t.add_row(
+            i.name,
+            n.address or "-",
+            i.network or "-",
+            str(f.cpu_count or "-"),
+            f"{f.memory_total_mb / 1024:.1f}G" if f.memory_total_mb else "-",
+            gpus,
+            f"{f.load_1m:.2f}" if f.cpu_count else "-",
+            f"{i.running}/{i.slots}" if i.slots else "-",
+            ",".join(f.agent_clis) or "-",
+            state,
+        )
+    return t
+
+
+def runs_table(runs: list[coordinator_pb2.Run]) -> Table:
+    t = Table(box=None, pad_edge=False)
+    for col in ("RUN", "NAME", "STATUS", "CREATED", "DURATION"):
+        t.add_column(col)
+    for r in runs:
+        end = r.finished_at or time.time()
+        t.add_row(r.id, r.name or "-", _status(r.status), _ago(r.created_at), _duration(end - r.created_at))
+    return t
+
+
+def jobs_table(run: coordinator_pb2.Run) -> Table:
+    t = Table(box=None, pad_edge=False)
+    for col in ("JOB", "TASK", "NODE", "STATUS", "ATTEMPTS", "NOTE"):
+        t.add_column(col)
+    for j in run.jobs:
+        note = j.wait_reason if j.status == "queued" else (j.result.error if j.HasField("result") else "")
+        t.add_row(j.id, j.name[:40], j.node_name or "-", _status(j.status), str(len(j.attempts)), note[:60])
+    return t
+
+
+def results_table(run: coordinator_pb2.Run) -> Table:
+    t = Table(box=None, pad_edge=False)
+    for col in ("JOB", "NODE", "BRANCH", "STATUS", "DURATION", "FILES", "EXIT"):
+        t.add_column(col)
+    for j in run.jobs:
+        r = j.result
+        files = len(r.files_modified)
+        t.add_row(
+            j.id,
+            j.node_name or "-",
+            r.branch or "-",
+            _status(j.status),
+            _duration(r.duration_s),
+            f"{files} (+{r.insertions}/-{r.deletions})" if files else "0",
+            str(r.exit_code) if j.HasField("result") else "-",
+        )
+    return t

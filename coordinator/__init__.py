@@ -1,0 +1,1 @@
+"""flota coordinator: discovery, registry, store, scheduler, reconcile loop and API."""

@@ -1,0 +1,402 @@
+"""The Coordinator and Enrollment gRPC services.
+
+Every Coordinator call names the role it needs (admin for the CLI, node for
+RegisterNode) and is refused with PERMISSION_DENIED otherwise. Errors from the inside
+are translated once, here, into status codes with a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from coordinator.config import CoordinatorConfig
+from coordinator.convert import job_to_pb, run_to_pb
+from coordinator.errors import CoordinatorError, InvalidRequest, NotFound, RepoError
+from coordinator.gitbase import push_base
+from coordinator.models import JOB_FINAL, Job, JobPlacement, NodeRecord, Run
+from coordinator.pki import CertificateAuthority, PkiError, make_token, secret_hash, token_matches
+from coordinator.reconcile import Reconciler, new_run_id
+from protos.contract import NODE_ID_RE, JoinToken, TokenError, fingerprint
+from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
+from protos.peer import peer_role
+
+__all__ = ["CoordinatorServicer", "EnrollmentServicer"]
+
+log = logging.getLogger("flota.coordinator.api")
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}$")
+_PROFILE = re.compile(r"^[a-z0-9._-]{1,32}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_TASKS = 1000
+MAX_COMMAND = 64 * 1024
+
+_CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (RepoError, grpc.StatusCode.FAILED_PRECONDITION),
+    (CoordinatorError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def _role(role: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Require a caller role, and map the coordinator's errors to status codes."""
+
+    def wrap(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(method)
+        async def checked(self: Any, request: Any, context: Any) -> T:
+            have, _ = peer_role(context)
+            if have != role:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this call needs a {role} certificate")
+            try:
+                return await method(self, request, context)
+            except CoordinatorError as exc:
+                code = next(c for t, c in _CODES if isinstance(exc, t))
+                await context.abort(code, str(exc))
+                raise  # unreachable: abort raises
+
+        return checked
+
+    return wrap
+
+
+def _stream_role(role: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[..., AsyncIterator[T]]]:
+    def wrap(method: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+        @functools.wraps(method)
+        async def checked(self: Any, request: Any, context: Any) -> AsyncIterator[T]:
+            have, _ = peer_role(context)
+            if have != role:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this call needs a {role} certificate")
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except NotFound as exc:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+        return checked
+
+    return wrap
+
+
+def _check_placement(p: coordinator_pb2.PlacementSpec) -> JobPlacement:
+    for key, value in p.labels.items():
+        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            raise InvalidRequest(f"invalid label {key}={value} (letters, digits, . _ - / :)")
+    for net in [*p.networks, *p.avoid_networks]:
+        if not _PROFILE.match(net):
+            raise InvalidRequest(f"invalid network profile {net!r}")
+    r = p.resources
+    if not (0 <= r.cpus <= 4096 and 0 <= r.memory_mb <= 2**24 and 0 <= r.gpus <= 64):
+        raise InvalidRequest("resource request out of range")
+    return JobPlacement(
+        node=p.node,
+        labels=dict(p.labels),
+        networks=tuple(p.networks),
+        avoid_networks=tuple(p.avoid_networks),
+        exclusive=p.exclusive,
+        spread=p.spread,
+        cpus=r.cpus,
+        memory_mb=r.memory_mb,
+        gpus=r.gpus,
+    )
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, rec: Reconciler, ca: CertificateAuthority, config: CoordinatorConfig, join_address: str) -> None:
+        self.rec = rec
+        self.ca = ca
+        self.config = config
+        self.join_address = join_address
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    async def RegisterNode(self, request: coordinator_pb2.RegisterNodeRequest, context: Any) -> coordinator_pb2.RegisterNodeReply:
+        role, node_id = peer_role(context)
+        if role != "node" or node_id != request.info.id:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a node may only register itself")
+        addresses = [a for a in request.info.addresses if _valid_address(a)][:16]
+        peer_ip = _peer_ip(context.peer())
+        if peer_ip and addresses:
+            port = addresses[0].rpartition(":")[2]
+            addresses.append(f"[{peer_ip}]:{port}" if ":" in peer_ip else f"{peer_ip}:{port}")
+        if not self.rec.hint(node_id, addresses):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this node is not enrolled (or was removed)")
+        return coordinator_pb2.RegisterNodeReply(heartbeat_s=self.config.heartbeat_s)
+
+    @_role("admin")
+    async def ListNodes(self, request: coordinator_pb2.ListNodesRequest, context: Any) -> coordinator_pb2.ListNodesReply:
+        out = []
+        for entry in sorted(self.rec.nodes.values(), key=lambda e: e.name):
+            if entry.removed:
+                continue
+            link = self.rec.links.get(entry.id)
+            status = coordinator_pb2.NodeStatus(
+                state=entry.state,
+                address=link.address if link else "",
+                last_seen=entry.last_seen_wall,
+                error=link.last_error if link and entry.state != "online" else "",
+            )
+            if entry.info is not None:
+                status.info.CopyFrom(entry.info)
+                status.info.running = len(entry.reservations)
+            else:
+                status.info.id, status.info.name = entry.id, entry.name
+            out.append(status)
+        return coordinator_pb2.ListNodesReply(nodes=out)
+
+    @_role("admin")
+    async def CreateToken(self, request: coordinator_pb2.CreateTokenRequest, context: Any) -> coordinator_pb2.CreateTokenReply:
+        ttl = request.ttl_s or self.config.token_ttl_s
+        if not 10 <= ttl <= 7 * 86400:
+            raise InvalidRequest("token lifetime must be between 10 seconds and 7 days")
+        token = make_token(self.ca.fingerprint)
+        now = time.time()
+        self.rec.store.add_token(token.id, secret_hash(token), now, now + ttl)
+        return coordinator_pb2.CreateTokenReply(token=str(token), join_address=self.join_address, expires_at=now + ttl)
+
+    # --- runs -----------------------------------------------------------------------------
+
+    @_role("admin")
+    async def SubmitRun(self, request: coordinator_pb2.SubmitRunRequest, context: Any) -> coordinator_pb2.Run:
+        if not 0 < len(request.tasks) <= MAX_TASKS:
+            raise InvalidRequest(f"a run needs 1 to {MAX_TASKS} tasks")
+        for task in request.tasks:
+            if (task.agent or "shell") != "shell":
+                raise InvalidRequest(f"unknown agent {task.agent!r} (available: shell)")
+            if not task.command.strip() or len(task.command) > MAX_COMMAND or "\0" in task.command:
+                raise InvalidRequest("every task needs a command (at most 64 KiB, no NUL)")
+        for key in request.env:
+            if not _ENV_KEY.match(key):
+                raise InvalidRequest(f"invalid environment variable name {key!r}")
+        if not 0 <= request.timeout_s <= 7 * 86400:
+            raise InvalidRequest("timeout must be between 0 (none) and 7 days")
+        if not -1 <= request.retries <= 10:
+            raise InvalidRequest("retries must be between 0 and 10")
+        placement = _check_placement(request.placement)
+        if placement.node and not any(
+            placement.node in (e.id, e.name) for e in self.rec.nodes.values() if not e.removed
+        ):
+            raise InvalidRequest(f"unknown node {placement.node!r} (see: flota nodes)")
+        run_id = new_run_id(self.rec.store.run_exists)
+        repo = None
+        if request.repo.path:
+            r = request.repo
+            repo = await asyncio.to_thread(push_base, r.path, r.remote, r.ref, r.from_working_tree, run_id)
+        now = time.time()
+        retries = self.config.default_retries if request.retries < 0 else request.retries
+        run = Run(id=run_id, name=request.name or "", status="running", created_at=now,
+                  repo_url=repo.url if repo else "", base_commit=repo.base_commit if repo else "")
+        for i, task in enumerate(request.tasks, 1):
+            run.jobs.append(Job(
+                id=f"{run_id}.{i}", run_id=run_id, index=i, name=task.name or task.command[:80],
+                agent="shell", command=task.command, prompt=task.prompt, model=task.model,
+                status="queued", created_at=now, updated_at=now, timeout_s=request.timeout_s,
+                max_attempts=1 + retries, env=dict(request.env), placement=placement, repo=repo,
+                wait_reason="waiting for a node",
+            ))
+        self.rec.submit(run)
+        return run_to_pb(run, self.rec.node_names())
+
+    def _run(self, run_id: str) -> Run:
+        run = self.rec.runs.get(run_id) or self.rec.store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r} (see: flota status)")
+        return run
+
+    def _job(self, job_id: str) -> Job:
+        job = self.rec.jobs.get(job_id) or self.rec.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} (job ids look like r1a2b3c.1)")
+        return job
+
+    @_role("admin")
+    async def GetRun(self, request: coordinator_pb2.GetRunRequest, context: Any) -> coordinator_pb2.Run:
+        return run_to_pb(self._run(request.run_id), self.rec.node_names())
+
+    @_role("admin")
+    async def ListRuns(self, request: coordinator_pb2.ListRunsRequest, context: Any) -> coordinator_pb2.ListRunsReply:
+        limit = request.limit if 0 < request.limit <= 1000 else 20
+        names = self.rec.node_names()
+        return coordinator_pb2.ListRunsReply(
+            runs=[run_to_pb(r, names, with_jobs=False) for r in self.rec.store.list_runs(limit)]
+        )
+
+    @_role("admin")
+    async def GetJob(self, request: coordinator_pb2.GetJobRequest, context: Any) -> coordinator_pb2.Job:
+        return job_to_pb(self._job(request.job_id), self.rec.node_names())
+
+    @_stream_role("admin")
+    async def WatchRun(self, request: coordinator_pb2.WatchRunRequest, context: Any) -> AsyncIterator[coordinator_pb2.RunEvent]:
+        queue = self.rec.hub.watch(request.run_id)  # before reading, so no change slips between
+        try:
+            run = self._run(request.run_id)
+            names = self.rec.node_names()
+            for job in run.jobs:
+                yield coordinator_pb2.RunEvent(job=job_to_pb(job, names))
+            if run.status != "running":
+                yield coordinator_pb2.RunEvent(run=run_to_pb(run, names))
+                return
+            while True:
+                event = await queue.get()
+                yield event
+                if event.WhichOneof("kind") == "run":
+                    return
+        finally:
+            self.rec.hub.unwatch(request.run_id, queue)
+
+    @_stream_role("admin")
+    async def StreamLogs(self, request: coordinator_pb2.StreamLogsRequest, context: Any) -> AsyncIterator[coordinator_pb2.LogChunk]:
+        job = self._job(request.job_id)
+        waiter = self.rec.hub.log_waiter(job.id)
+        after = 0
+        try:
+            while True:
+                waiter.clear()
+                rows = self.rec.store.logs(job.id, after)
+                i = 0
+                while i < len(rows):
+                    attempt = rows[i][1]
+                    j = i
+                    while j < len(rows) and rows[j][1] == attempt:
+                        j += 1
+                    yield coordinator_pb2.LogChunk(job_id=job.id, attempt_id=attempt, lines=[r[2] for r in rows[i:j]])
+                    i = j
+                if rows:
+                    after = rows[-1][0]
+                    continue
+                current = self.rec.jobs.get(job.id)
+                if not request.follow or current is None or current.status in JOB_FINAL:
+                    return
+                try:
+                    await asyncio.wait_for(waiter.wait(), 1.0)
+                except TimeoutError:
+                    pass
+        finally:
+            self.rec.hub.drop_log_waiter(job.id, waiter)
+
+    @_role("admin")
+    async def Cancel(self, request: coordinator_pb2.CancelRequest, context: Any) -> coordinator_pb2.CancelReply:
+        ident = request.id
+        run = self.rec.runs.get(ident) or (self.rec.store.get_run(ident) if "." not in ident else None)
+        jobs = run.jobs if run is not None else [self._job(ident)]
+        return coordinator_pb2.CancelReply(cancelled=await self.rec.cancel(jobs))
+
+    @_role("admin")
+    async def Cleanup(self, request: coordinator_pb2.CleanupRequest, context: Any) -> coordinator_pb2.CleanupReply:
+        run = self._run(request.run_id)
+        node_ids = {a.node_id for j in run.jobs for a in j.attempts}
+        removed, unreachable = 0, []
+        for node_id in sorted(node_ids):
+            link = self.rec.links.get(node_id)
+            name = self.rec.nodes[node_id].name if node_id in self.rec.nodes else node_id
+            if link is None or not link.connected:
+                unreachable.append(name)
+                continue
+            try:
+                removed += await link.cleanup(run.id)
+            except Exception as exc:  # one node's failure must not hide the others' work
+                log.warning("cleanup on %s failed: %s", name, exc)
+                unreachable.append(name)
+        return coordinator_pb2.CleanupReply(worktrees_removed=removed, nodes_unreachable=unreachable)
+
+
+def _valid_address(address: str) -> bool:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return bool(_NAME.match(host))
+    return True
+
+
+def _peer_ip(peer: str) -> str:
+    """'ipv4:10.0.0.2:5555' -> '10.0.0.2'; 'ipv6:[::1]:5555' -> '::1'."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""
+
+
+class EnrollmentServicer(coordinator_pb2_grpc.EnrollmentServicer):
+    """Join: one-time token + CSR -> certificate. The channel is TLS with the CA's own
+    certificate, which the node has already checked against the token's pin."""
+
+    def __init__(self, rec: Reconciler, ca: CertificateAuthority, api_address: str) -> None:
+        self.rec = rec
+        self.ca = ca
+        self.api_address = api_address
+
+    async def Join(self, request: coordinator_pb2.JoinRequest, context: Any) -> coordinator_pb2.JoinReply:
+        try:
+            token = JoinToken.parse(request.token)
+        except TokenError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        name = request.name
+        if not _NAME.match(name):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid node name {name!r}")
+        stored = self.rec.store.token(token.id)
+        now = time.time()
+        # One answer for unknown, wrong and used tokens: a guesser learns nothing.
+        if stored is None or not token_matches(token, stored[0]) or stored[2] is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "invalid or already used join token")
+        assert stored is not None
+        if stored[1] < now:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "join token expired; create a new one")
+        if token.ca_fingerprint != self.ca.fingerprint:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the token pins another CA")
+        node_id = _csr_node_id(request.csr_pem)
+        if node_id is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the CSR must name the node as CN=node:<id>")
+        assert node_id is not None
+        taken = next((e for e in self.rec.nodes.values() if e.name == name and e.id != node_id and not e.removed), None)
+        if taken is not None:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"the name {name!r} belongs to node {taken.id}; join with another --name"
+            )
+        try:
+            cert_pem = self.ca.sign_node_csr(request.csr_pem, node_id)
+        except PkiError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not self.rec.store.use_token(token.id, node_id, now):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "invalid or already used join token")
+        der = ssl.PEM_cert_to_DER_cert(cert_pem.decode())
+        self.rec.store.enroll_node(NodeRecord(node_id, name, fingerprint(der), now))
+        self.rec.enrolled(node_id, name)
+        log.info("node %s (%s) joined", name, node_id)
+        return coordinator_pb2.JoinReply(
+            certificate_pem=cert_pem, ca_pem=self.ca.cert_pem, node_id=node_id, coordinator_address=self.api_address
+        )
+
+
+def _csr_node_id(csr_pem: bytes) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        return None
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1:
+        return None
+    cn = str(cns[0].value)
+    if not cn.startswith("node:") or not NODE_ID_RE.match(cn[5:]):
+        return None
+    return cn[5:]

@@ -1,0 +1,158 @@
+"""The coordinator's composition root: state, servers, discovery, the reconcile loop.
+
+Start: CA (made on first start) -> own and admin certificates -> store -> reconcile
+state -> API and enrollment servers -> discovery. Stop (SIGTERM/SIGINT): servers
+first (no new work), then discovery, node links and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import ipaddress
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import grpc
+import psutil
+
+from coordinator.api import CoordinatorServicer, EnrollmentServicer
+from coordinator.config import CoordinatorConfig
+from coordinator.discovery import Discovery
+from coordinator.errors import ConfigError
+from coordinator.node_client import Credentials
+from coordinator.pki import CertificateAuthority, KeyPair, PkiError, write_private
+from coordinator.reconcile import Reconciler
+from coordinator.store import Store
+from protos.channels import SERVER_OPTIONS
+from protos.flota.v1 import coordinator_pb2_grpc
+
+__all__ = ["serve", "Coordinator"]
+
+log = logging.getLogger("flota.coordinator")
+
+
+def _keypair(ca: CertificateAuthority, directory: str, issue: Callable[[], KeyPair]) -> KeyPair:
+    from pathlib import Path
+
+    d = Path(directory)
+    key, cert = d / "key.pem", d / "cert.pem"
+    if key.exists() and cert.exists():
+        return KeyPair(key.read_bytes(), cert.read_bytes())
+    pair = issue()
+    write_private(key, pair.key_pem)
+    write_private(cert, pair.cert_pem)
+    write_private(d / "ca.pem", ca.cert_pem)
+    return pair
+
+
+def _guess_host() -> str:
+    """An address nodes on the LAN can reach: the first private IPv4 of an up interface."""
+    stats = psutil.net_if_stats()
+    for name, addrs in psutil.net_if_addrs().items():
+        if name in stats and not stats[name].isup:
+            continue
+        for a in addrs:
+            try:
+                ip = ipaddress.ip_address(a.address)
+            except ValueError:
+                continue
+            if ip.version == 4 and not ip.is_loopback and not ip.is_link_local:
+                return a.address
+    return "127.0.0.1"
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.ca = CertificateAuthority.load_or_create(config.state_dir / "ca")
+            own = _keypair(self.ca, str(config.state_dir / "server"), self.ca.issue_coordinator)
+            _keypair(self.ca, str(config.admin_dir), lambda: self.ca.issue_admin(getpass.getuser()))
+        except (PkiError, OSError) as exc:
+            raise ConfigError(f"cannot prepare certificates in {config.state_dir}: {exc}") from exc
+        self.own = own
+        self.store = Store(config.state_dir / "flota.db")
+        self.rec = Reconciler(self.store, config, Credentials(own.key_pem, own.cert_pem, self.ca.cert_pem))
+        self.api_port = 0
+        self.join_port = 0
+
+    async def run(self, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
+        cfg = self.config
+        advertise = cfg.advertise or (cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::") else _guess_host())
+        api = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=256)
+        join = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=16)
+        try:
+            self.api_port = api.add_secure_port(
+                _bind(cfg.listen_host, cfg.listen_port),
+                grpc.ssl_server_credentials(
+                    [(self.own.key_pem, self.own.cert_pem)], root_certificates=self.ca.cert_pem, require_client_auth=True
+                ),
+            )
+            # The enrollment port shows the CA certificate itself: a joining node checks
+            # it against the token's pin before trusting anything.
+            self.join_port = join.add_secure_port(
+                _bind(cfg.listen_host, cfg.join_port),
+                grpc.ssl_server_credentials([(self.ca.key_pem, self.ca.cert_pem)]),
+            )
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}/{cfg.join_port}: {exc}") from exc
+        if not self.api_port or not self.join_port:
+            raise ConfigError(
+                f"cannot listen on {cfg.listen_host} ports {cfg.listen_port} and {cfg.join_port}: address in use"
+            )
+        api_address = f"{advertise}:{self.api_port}"
+        join_address = f"{advertise}:{self.join_port}"
+        self.rec.load()
+        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorServicer(self.rec, self.ca, cfg, join_address), api
+        )
+        coordinator_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(self.rec, self.ca, api_address), join)
+        await api.start()
+        await join.start()
+        local = "127.0.0.1" if cfg.listen_host in ("0.0.0.0", "::") else cfg.listen_host
+        write_private(cfg.admin_dir / "coordinator", f"{local}:{self.api_port}".encode())
+        state = {"pid": os.getpid(), "api": api_address, "join": join_address, "local": f"{local}:{self.api_port}"}
+        (cfg.state_dir / "coordinator.json").write_text(json.dumps(state))
+        line = f"coordinator listening on {cfg.listen_host}:{self.api_port} (join {join_address}), CA {self.ca.fingerprint[:16]}"
+        log.info(line)
+        if ready:
+            ready(line)
+        discovery = Discovery(self.rec.hint, self.rec.goodbye) if cfg.mdns else None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                loop_task = tg.create_task(self.rec.run())
+                if discovery:
+                    try:
+                        await discovery.start()
+                    except OSError as exc:
+                        log.warning("mDNS discovery unavailable: %s", exc)
+                        discovery = None
+                await stop.wait()
+                log.info("stopping")
+                loop_task.cancel()
+        finally:
+            await api.stop(grace=1.0)
+            await join.stop(grace=0)
+            if discovery:
+                await discovery.stop()
+            for link in list(self.rec.links.values()):
+                await link.close()
+            self.store.close()
+
+
+async def serve(config: CoordinatorConfig, ready: Callable[[str], None] | None = None) -> None:
+    coordinator = Coordinator(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await coordinator.run(stop, ready)

@@ -1,0 +1,92 @@
+"""Coordinator settings: flags first, then `<state>/coordinator.toml`, then defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.errors import ConfigError
+from protos.contract import DEFAULT_COORDINATOR_PORT, NODE_ID_RE
+
+__all__ = ["CoordinatorConfig", "flota_home", "load_config", "parse_hostport"]
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorConfig:
+    state_dir: Path
+    admin_dir: Path
+    listen_host: str = "0.0.0.0"
+    listen_port: int = DEFAULT_COORDINATOR_PORT
+    join_port: int = DEFAULT_COORDINATOR_PORT + 1
+    advertise: str = ""  # host that nodes use to reach us; empty: guessed
+    mdns: bool = True
+    static_nodes: tuple[tuple[str, str], ...] = ()  # (node id, host:port)
+    heartbeat_s: float = 1.0
+    unreachable_after_s: float = 3.0
+    lost_after_s: float = 30.0
+    default_retries: int = 1
+    token_ttl_s: float = 900.0
+
+
+def flota_home() -> Path:
+    return Path(os.environ.get("FLOTA_HOME") or Path.home() / ".flota")
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"invalid address {text!r} (expected HOST:PORT; port 0 picks a free one)")
+    return host, int(port)
+
+
+def load_config(
+    home: Path | None = None,
+    *,
+    listen: str | None = None,
+    join_listen_port: int | None = None,
+    advertise: str | None = None,
+    mdns: bool | None = None,
+    lost_after_s: float | None = None,
+    unreachable_after_s: float | None = None,
+) -> CoordinatorConfig:
+    home = home or flota_home()
+    state = home / "coordinator"
+    file: dict[str, Any] = {}
+    path = state / "coordinator.toml"
+    if path.exists():
+        try:
+            file = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+    host, port = parse_hostport(listen or str(file.get("listen", f"0.0.0.0:{DEFAULT_COORDINATOR_PORT}")), DEFAULT_COORDINATOR_PORT)
+    if join_listen_port is None:
+        join_listen_port = int(file.get("join_port", port + 1 if port else 0))
+    static = []
+    for item in file.get("nodes", []):
+        node_id, sep, addr = str(item).partition("@")
+        if not sep or not NODE_ID_RE.match(node_id):
+            raise ConfigError(f"invalid static node {item!r} in {path} (expected ID@HOST:PORT)")
+        parse_hostport(addr, 0)
+        static.append((node_id, addr))
+    lost = lost_after_s if lost_after_s is not None else float(file.get("lost_after_s", 30.0))
+    unreachable = unreachable_after_s if unreachable_after_s is not None else float(file.get("unreachable_after_s", 3.0))
+    if not 0.5 <= unreachable <= lost:
+        raise ConfigError("need 0.5 <= unreachable-after <= lost-after (seconds)")
+    return CoordinatorConfig(
+        state_dir=state,
+        admin_dir=home / "admin",
+        listen_host=host,
+        listen_port=port,
+        join_port=join_listen_port,
+        advertise=advertise or str(file.get("advertise", "")),
+        mdns=mdns if mdns is not None else bool(file.get("mdns", True)),
+        static_nodes=tuple(static),
+        unreachable_after_s=unreachable,
+        lost_after_s=lost,
+    )

@@ -1,0 +1,67 @@
+"""Live updates for watchers of a run (WatchRun) and of a job's log (StreamLogs)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from coordinator.convert import job_to_pb, run_to_pb
+from coordinator.models import Job, Run
+from protos.flota.v1 import coordinator_pb2
+
+__all__ = ["RunHub"]
+
+QUEUE_LIMIT = 20_000
+
+
+class RunHub:
+    def __init__(self) -> None:
+        self._runs: dict[str, set[asyncio.Queue[coordinator_pb2.RunEvent]]] = defaultdict(set)
+        self._logs: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def watch(self, run_id: str) -> asyncio.Queue[coordinator_pb2.RunEvent]:
+        queue: asyncio.Queue[coordinator_pb2.RunEvent] = asyncio.Queue(QUEUE_LIMIT)
+        self._runs[run_id].add(queue)
+        return queue
+
+    def unwatch(self, run_id: str, queue: asyncio.Queue[coordinator_pb2.RunEvent]) -> None:
+        watchers = self._runs.get(run_id)
+        if watchers is not None:
+            watchers.discard(queue)
+            if not watchers:
+                del self._runs[run_id]
+
+    def _put(self, run_id: str, event: coordinator_pb2.RunEvent) -> None:
+        for queue in self._runs.get(run_id, ()):
+            if not queue.full():  # a watcher that fell this far behind re-reads the run
+                queue.put_nowait(event)
+
+    def job(self, job: Job, names: dict[str, str]) -> None:
+        if job.run_id in self._runs:
+            self._put(job.run_id, coordinator_pb2.RunEvent(job=job_to_pb(job, names)))
+
+    def log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
+        run_id = job_id.partition(".")[0]
+        if run_id in self._runs:
+            chunk = coordinator_pb2.LogChunk(job_id=job_id, attempt_id=attempt_id, lines=lines)
+            self._put(run_id, coordinator_pb2.RunEvent(log=chunk))
+        for waiter in self._logs.get(job_id, ()):
+            waiter.set()
+
+    def run_ended(self, run: Run, names: dict[str, str]) -> None:
+        self._put(run.id, coordinator_pb2.RunEvent(run=run_to_pb(run, names)))
+        for job in run.jobs:
+            for waiter in self._logs.get(job.id, ()):
+                waiter.set()
+
+    def log_waiter(self, job_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._logs[job_id].add(event)
+        return event
+
+    def drop_log_waiter(self, job_id: str, event: asyncio.Event) -> None:
+        waiters = self._logs.get(job_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._logs[job_id]

@@ -1,0 +1,217 @@
+"""Plain data the coordinator reasons about: no protobuf, no SQL.
+
+The scheduler reads a `Snapshot` (immutable) and returns a `Plan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ATTEMPT_ACTIVE",
+    "Attempt",
+    "Job",
+    "JobPlacement",
+    "NodeRecord",
+    "Repo",
+    "Result",
+    "Run",
+    "run_status",
+    "JOB_FINAL",
+    "JobView",
+    "NodeView",
+    "Placement",
+    "Plan",
+    "Snapshot",
+]
+
+# Job statuses that never change again.
+JOB_FINAL = frozenset({"success", "failed", "timeout", "cancelled", "lost", "partial"})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """A schedulable node as the scheduler sees it at one instant."""
+
+    id: str
+    name: str
+    network: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    slots: int = 1
+    cpus: float = 1.0  # total cpus of the host
+    memory_mb: int = 0  # total memory of the host
+    gpus: int = 0
+    used_slots: int = 0
+    used_cpus: float = 0.0  # reserved by running jobs
+    used_memory_mb: int = 0
+    used_gpus: int = 0
+    exclusive_busy: bool = False  # an exclusive job runs there: nothing else may
+    run_counts: Mapping[str, int] = field(default_factory=dict)  # run id -> jobs of that run on the node
+    agents: frozenset[str] = frozenset()  # agent CLIs installed
+    load: float = 0.0  # 1-minute load average / cpus, a tie-breaker only
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """A queued job and its placement wishes."""
+
+    id: str
+    run_id: str
+    order: float = 0.0  # submission order; lower goes first
+    cpus: float = 0.0
+    memory_mb: int = 0
+    gpus: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)  # every pair must be on the node
+    node: str = ""  # pin: a node id or name
+    networks: tuple[str, ...] = ()  # allowed network profiles; empty: any
+    avoid_networks: tuple[str, ...] = ()
+    exclusive: bool = False  # the node must be idle, and stays closed to others while it runs
+    spread: bool = False  # hard: no two jobs of the run on one node
+    agent_cli: str = ""  # an agent CLI the node must have; empty: none
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    nodes: tuple[NodeView, ...]
+    queue: tuple[JobView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    job_id: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    placements: tuple[Placement, ...] = ()
+    # job id -> one line saying why it waits (only for jobs not placed)
+    waiting: Mapping[str, str] = field(default_factory=dict)
+
+
+# Attempt statuses while the attempt holds a slot on its node.
+ATTEMPT_ACTIVE = frozenset({"dispatching", "running"})
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one attempt; field names follow flota.v1.JobResult."""
+
+    status: str
+    exit_code: int = 0
+    branch: str = ""
+    base_commit: str = ""
+    head_commit: str = ""
+    files_modified: tuple[str, ...] = ()
+    insertions: int = 0
+    deletions: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    duration_s: float = 0.0
+    error: str = ""
+    log_tail: str = ""
+    steps: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    node_id: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlacement:
+    """Placement wishes shared by every job of a run."""
+
+    node: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    networks: tuple[str, ...] = ()
+    avoid_networks: tuple[str, ...] = ()
+    exclusive: bool = False
+    spread: bool = False
+    cpus: float = 0.0
+    memory_mb: int = 0
+    gpus: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Repo:
+    url: str
+    base_ref: str
+    base_commit: str
+
+
+@dataclass(slots=True)
+class Attempt:
+    id: str
+    job_id: str
+    number: int
+    node_id: str
+    status: str  # dispatching | running | a final status
+    branch: str
+    created_at: float
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    error: str = ""
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    run_id: str
+    index: int
+    name: str
+    agent: str
+    command: str
+    status: str  # queued | dispatching | running | a final status
+    created_at: float
+    updated_at: float
+    prompt: str = ""
+    model: str = ""
+    timeout_s: float = 0.0
+    max_attempts: int = 2
+    env: Mapping[str, str] = field(default_factory=dict)
+    placement: JobPlacement = field(default_factory=JobPlacement)
+    repo: Repo | None = None
+    wait_reason: str = ""
+    node_id: str = ""
+    branch: str = ""
+    result: Result | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    cancel_requested: bool = False
+
+
+@dataclass(slots=True)
+class Run:
+    id: str
+    name: str
+    status: str  # running | success | failed | cancelled
+    created_at: float
+    finished_at: float = 0.0
+    repo_url: str = ""
+    base_commit: str = ""
+    jobs: list[Job] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    """An enrolled node as the store remembers it."""
+
+    id: str
+    name: str
+    fingerprint: str
+    enrolled_at: float
+    address: str = ""
+    last_seen: float = 0.0
+    removed: bool = False
+
+
+def run_status(job_statuses: list[str]) -> str:
+    """A run is running until every job is final; then success only if all succeeded."""
+    if not job_statuses or any(s not in JOB_FINAL for s in job_statuses):
+        return "running"
+    if all(s == "success" for s in job_statuses):
+        return "success"
+    if all(s in ("success", "cancelled") for s in job_statuses):
+        return "cancelled"
+    return "failed"

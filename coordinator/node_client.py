@@ -1,0 +1,202 @@
+"""One link per node: dials it (expecting its certificate), holds its event session,
+and carries the coordinator's calls to it.
+
+The node is dialed with the TLS name `<id>.node.flota`, so an impostor that announces
+another node's id over mDNS fails the handshake: identity is the certificate.
+
+Error handling: calls raise NodeCallError (one line) for any RPC failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from protos.channels import client_options
+from protos.contract import node_server_name
+from protos.flota.v1 import node_pb2, node_pb2_grpc, types_pb2
+
+__all__ = ["Credentials", "NodeCallError", "NodeLink"]
+
+log = logging.getLogger("flota.coordinator.link")
+
+CONNECT_TIMEOUT_S = 2.0
+CALL_TIMEOUT_S = 5.0
+
+
+class NodeCallError(Exception):
+    """A call to a node failed."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+    def channel(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
+
+
+EventHandler = Callable[[str, node_pb2.NodeEvent], None]
+StateHandler = Callable[[str, str, str], Awaitable[None]]  # node id, "up"/"down", address or error
+
+
+class NodeLink:
+    def __init__(
+        self,
+        node_id: str,
+        creds: Credentials,
+        on_event: EventHandler,
+        on_state: StateHandler,
+        heartbeat_s: float,
+    ) -> None:
+        self.node_id = node_id
+        self._creds = creds
+        self._on_event = on_event
+        self._on_state = on_state
+        self._heartbeat_s = heartbeat_s
+        self.candidates: dict[str, float] = {}  # address -> last hinted (monotonic)
+        self.address = ""
+        self.last_error = ""
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: node_pb2_grpc.NodeStub | None = None
+        self._hinted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def hint(self, addresses: list[str]) -> None:
+        """New places the node may be (RegisterNode, mDNS, config). Wakes a waiting dial."""
+        now = asyncio.get_running_loop().time()
+        fresh = False
+        for addr in addresses:
+            fresh |= addr not in self.candidates
+            self.candidates[addr] = now
+        if fresh or self._stub is None:
+            self._hinted.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"link-{self.node_id}")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._channel:
+            await self._channel.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._stub is not None
+
+    def _ordered(self) -> list[str]:
+        # Last working address first, then the most recently hinted.
+        rest = sorted(self.candidates, key=lambda a: -self.candidates[a])
+        return ([self.address] if self.address in self.candidates else []) + [a for a in rest if a != self.address]
+
+    async def _dial(self, address: str) -> grpc.aio.Channel | None:
+        channel = grpc.aio.secure_channel(
+            address, self._creds.channel(), options=client_options(node_server_name(self.node_id))
+        )
+        try:
+            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+            return channel
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            self.last_error = f"cannot connect to {address}: {type(exc).__name__}"
+            await channel.close()
+            return None
+
+    async def _loop(self) -> None:
+        backoff = 0.2
+        while True:
+            self._hinted.clear()
+            for address in self._ordered():
+                channel = await self._dial(address)
+                if channel is None:
+                    continue
+                backoff = 0.2
+                await self._session(channel, address)
+                break
+            try:
+                await asyncio.wait_for(self._hinted.wait(), backoff)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, 2.0)
+
+    async def _session(self, channel: grpc.aio.Channel, address: str) -> None:
+        stub = node_pb2_grpc.NodeStub(channel)
+        call = stub.Session(node_pb2.SessionRequest(heartbeat_s=self._heartbeat_s))
+        try:
+            first = await call.read()
+            if first is grpc.aio.EOF:
+                raise NodeCallError("session closed at once")
+            self._channel, self._stub, self.address = channel, stub, address
+            self.last_error = ""
+            self._on_event(self.node_id, first)
+            await self._on_state(self.node_id, "up", address)
+            while True:
+                event = await call.read()
+                if event is grpc.aio.EOF:
+                    self.last_error = "session ended by the node"
+                    break
+                self._on_event(self.node_id, event)
+        except grpc.aio.AioRpcError as exc:
+            self.last_error = f"{exc.code().name}: {exc.details()}"
+        except NodeCallError as exc:
+            self.last_error = str(exc)
+        finally:
+            call.cancel()
+            was_up = self._stub is not None
+            self._stub = None
+            self._channel = None
+            await channel.close()
+            if was_up:
+                await self._on_state(self.node_id, "down", self.last_error)
+
+    # --- calls --------------------------------------------------------------------------
+
+    def _require(self) -> node_pb2_grpc.NodeStub:
+        if self._stub is None:
+            raise NodeCallError(f"node {self.node_id} is not connected", grpc.StatusCode.UNAVAILABLE)
+        return self._stub
+
+    async def _call(self, method: str, request: object, timeout: float = CALL_TIMEOUT_S) -> object:
+        stub = self._require()
+        try:
+            return await getattr(stub, method)(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise NodeCallError(f"{method} failed: {exc.details() or exc.code().name}", exc.code()) from exc
+
+    async def start_job(self, spec: types_pb2.JobSpec) -> node_pb2.StartJobReply:
+        reply = await self._call("StartJob", spec)
+        assert isinstance(reply, node_pb2.StartJobReply)
+        return reply
+
+    async def cancel_job(self, attempt_id: str, reason: str) -> bool:
+        reply = await self._call("CancelJob", node_pb2.CancelJobRequest(attempt_id=attempt_id, reason=reason))
+        assert isinstance(reply, node_pb2.CancelJobReply)
+        return reply.found
+
+    async def list_jobs(self) -> list[node_pb2.NodeJob]:
+        reply = await self._call("ListJobs", node_pb2.ListJobsRequest())
+        assert isinstance(reply, node_pb2.ListJobsReply)
+        return list(reply.jobs)
+
+    async def ack(self, attempt_ids: list[str]) -> None:
+        await self._call("AckResults", node_pb2.AckResultsRequest(attempt_ids=attempt_ids))
+
+    async def cleanup(self, run_id: str) -> int:
+        reply = await self._call("Cleanup", node_pb2.NodeCleanupRequest(run_id=run_id), timeout=60)
+        assert isinstance(reply, node_pb2.NodeCleanupReply)
+        return reply.removed

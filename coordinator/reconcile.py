@@ -1,0 +1,487 @@
+"""The reconcile loop: the only place that turns scheduler plans and node events into I/O.
+
+Everything here runs on one asyncio loop, so the in-memory view (active runs, jobs,
+attempts, node entries) needs no locks. Every change is written to the store before it
+is acted on (a job before its dispatch) or as soon as it is known (a result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from coordinator.config import CoordinatorConfig
+from coordinator.events import RunHub
+from coordinator.models import (
+    ATTEMPT_ACTIVE,
+    JOB_FINAL,
+    Attempt,
+    Job,
+    JobView,
+    NodeView,
+    Result,
+    Run,
+    Snapshot,
+    run_status,
+)
+from coordinator.node_client import Credentials, NodeCallError, NodeLink
+from coordinator.registry import GOODBYE_WINDOW_S, NodeEntry, liveness
+from coordinator.scheduler import schedule
+from coordinator.store import Store
+from coordinator.convert import result_from_pb
+from protos.flota.v1 import node_pb2, types_pb2
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("flota.coordinator")
+
+MAX_DISPATCH_FAILURES = 5
+TICK_S = 0.5
+
+
+def new_run_id(exists: Callable[[str], bool]) -> str:
+    while True:
+        run_id = "r" + secrets.token_hex(3)
+        if not exists(run_id):
+            return run_id
+
+
+def branch_for(job: Job, number: int) -> str:
+    base = f"flota/{job.run_id}/{job.index}"
+    return base if number == 1 else f"{base}-a{number}"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        config: CoordinatorConfig,
+        creds: Credentials,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.creds = creds
+        self.clock = clock
+        self.wall = wall
+        self.hub = RunHub()
+        self.nodes: dict[str, NodeEntry] = {}
+        self.links: dict[str, NodeLink] = {}
+        self.runs: dict[str, Run] = {}  # active runs only
+        self.jobs: dict[str, Job] = {}  # jobs of active runs
+        self.attempts: dict[str, tuple[Job, Attempt]] = {}  # active attempts
+        self._wake = asyncio.Event()
+        self._pending_acks: dict[str, list[str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- start-up -----------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Rebuild the in-memory view from the store (a restart resumes every run)."""
+        for rec in self.store.nodes():
+            if not rec.removed:
+                self._entry(rec.id, rec.name)
+                if rec.address:
+                    self.link(rec.id).hint([rec.address])
+        for node_id, address in self.config.static_nodes:
+            if node_id in self.nodes:
+                self.link(node_id).hint([address])
+        for run in self.store.active_runs():
+            self.runs[run.id] = run
+            for job in run.jobs:
+                self.jobs[job.id] = job
+                for attempt in job.attempts:
+                    if attempt.status in ATTEMPT_ACTIVE:
+                        self.attempts[attempt.id] = (job, attempt)
+                        self._reserve(attempt.node_id, job, attempt)
+        if self.runs:
+            log.info("resumed %d runs, %d active attempts", len(self.runs), len(self.attempts))
+
+    def _entry(self, node_id: str, name: str) -> NodeEntry:
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            entry = self.nodes[node_id] = NodeEntry(node_id, name, since=self.clock())
+        return entry
+
+    def link(self, node_id: str) -> NodeLink:
+        link = self.links.get(node_id)
+        if link is None:
+            link = self.links[node_id] = NodeLink(
+                node_id, self.creds, self.on_event, self.on_link_state, self.config.heartbeat_s
+            )
+            link.start()
+        return link
+
+    def enrolled(self, node_id: str, name: str) -> None:
+        self._entry(node_id, name).name = name
+
+    def hint(self, node_id: str, addresses: list[str]) -> bool:
+        """A place where an enrolled node may listen. False for ids we never enrolled."""
+        if node_id not in self.nodes or self.nodes[node_id].removed:
+            return False
+        self.link(node_id).hint(addresses)
+        return True
+
+    def goodbye(self, node_id: str) -> None:
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return
+        entry.goodbye_at = self.clock()
+        if entry.state != "online":
+            self._set_state(entry, "offline")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self.tick()
+            except Exception:  # the loop must outlive one bad tick
+                log.exception("reconcile tick failed")
+            await self._flush_acks()
+
+    def tick(self) -> None:
+        now = self.clock()
+        for entry in self.nodes.values():
+            state = liveness(entry, now, self.config.unreachable_after_s, self.config.lost_after_s)
+            if state != entry.state:
+                self._set_state(entry, state)
+        queued = [j for j in self.jobs.values() if j.status == "queued"]
+        if not queued:
+            return
+        online = [e for e in self.nodes.values() if e.state == "online" and e.info is not None]
+        plan = schedule(Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued)), now)
+        for placement in plan.placements:
+            self._dispatch(self.jobs[placement.job_id], self.nodes[placement.node_id])
+        for job_id, reason in plan.waiting.items():
+            job = self.jobs[job_id]
+            if job.wait_reason != reason:
+                job.wait_reason = reason
+                job.updated_at = self.wall()
+                self.store.save_job(job)
+                self.hub.job(job, self.node_names())
+
+    def _node_view(self, entry: NodeEntry) -> NodeView:
+        info = entry.info
+        assert info is not None
+        res = entry.reservations.values()
+        run_counts: dict[str, int] = {}
+        for run_id, *_ in res:
+            run_counts[run_id] = run_counts.get(run_id, 0) + 1
+        cpus = info.facts.cpu_count or 1
+        return NodeView(
+            id=entry.id,
+            name=entry.name,
+            network=info.network,
+            labels=dict(info.labels),
+            slots=info.slots,
+            cpus=float(cpus),
+            memory_mb=info.facts.memory_total_mb,
+            gpus=len(info.facts.gpus),
+            used_slots=len(entry.reservations),
+            used_cpus=sum(r[1] for r in res),
+            used_memory_mb=sum(r[2] for r in res),
+            used_gpus=sum(r[3] for r in res),
+            exclusive_busy=any(r[4] for r in res),
+            run_counts=run_counts,
+            agents=frozenset(info.facts.agent_clis),
+            load=info.facts.load_1m / cpus,
+        )
+
+    @staticmethod
+    def _job_view(job: Job) -> JobView:
+        p = job.placement
+        return JobView(
+            id=job.id,
+            run_id=job.run_id,
+            order=job.created_at + job.index * 1e-6,
+            cpus=p.cpus,
+            memory_mb=p.memory_mb,
+            gpus=p.gpus,
+            labels=p.labels,
+            node=p.node,
+            networks=p.networks,
+            avoid_networks=p.avoid_networks,
+            exclusive=p.exclusive,
+            spread=p.spread,
+        )
+
+    def node_names(self) -> dict[str, str]:
+        return {e.id: e.name for e in self.nodes.values()}
+
+    def _set_state(self, entry: NodeEntry, state: str) -> None:
+        log.info("node %s (%s): %s -> %s", entry.name, entry.id, entry.state, state)
+        entry.state, entry.since = state, self.clock()
+        if state == "lost":
+            for attempt_id in list(entry.reservations):
+                if attempt_id in self.attempts:
+                    job, attempt = self.attempts[attempt_id]
+                    self._finish_attempt(
+                        job, attempt, Result(status="lost", node_id=entry.id, error=f"node {entry.name} was lost")
+                    )
+        if state == "online":
+            self.wake()
+
+    # --- dispatch -------------------------------------------------------------------------
+
+    def _reserve(self, node_id: str, job: Job, attempt: Attempt) -> None:
+        entry = self.nodes.get(node_id)
+        if entry is not None:
+            p = job.placement
+            entry.reservations[attempt.id] = (job.run_id, p.cpus, p.memory_mb, p.gpus, p.exclusive)
+
+    def _release(self, attempt: Attempt) -> None:
+        entry = self.nodes.get(attempt.node_id)
+        if entry is not None:
+            entry.reservations.pop(attempt.id, None)
+
+    def _dispatch(self, job: Job, entry: NodeEntry) -> None:
+        number = len(job.attempts) + 1
+        now = self.wall()
+        attempt = Attempt(
+            id=f"{job.id}.a{number}",
+            job_id=job.id,
+            number=number,
+            node_id=entry.id,
+            status="dispatching",
+            branch=branch_for(job, number) if job.repo else "",
+            created_at=now,
+        )
+        job.attempts.append(attempt)
+        job.status, job.node_id, job.wait_reason, job.updated_at = "dispatching", entry.id, "", now
+        self.store.add_attempt(job, attempt)  # persisted before the node hears of it
+        self.attempts[attempt.id] = (job, attempt)
+        self._reserve(entry.id, job, attempt)
+        self.hub.job(job, self.node_names())
+        self._spawn(self._send(job, attempt))
+
+    def _spec(self, job: Job, attempt: Attempt) -> types_pb2.JobSpec:
+        spec = types_pb2.JobSpec(
+            job_id=job.id,
+            run_id=job.run_id,
+            attempt_id=attempt.id,
+            agent=job.agent,
+            command=job.command,
+            prompt=job.prompt,
+            model=job.model,
+            branch=attempt.branch,
+            timeout_s=job.timeout_s,
+            env=dict(job.env),
+            name=job.name,
+            resources=types_pb2.Resources(
+                cpus=job.placement.cpus, memory_mb=job.placement.memory_mb, gpus=job.placement.gpus
+            ),
+        )
+        if job.repo:
+            spec.repo.CopyFrom(
+                types_pb2.RepoSpec(url=job.repo.url, base_ref=job.repo.base_ref, base_commit=job.repo.base_commit)
+            )
+        return spec
+
+    async def _send(self, job: Job, attempt: Attempt) -> None:
+        link = self.links.get(attempt.node_id)
+        try:
+            if link is None:
+                raise NodeCallError("no link to the node")
+            reply = await link.start_job(self._spec(job, attempt))
+            if reply.accepted:
+                return
+            error = f"node refused the job: {reply.reason}"
+        except NodeCallError as exc:
+            if exc.code is not None and exc.code.name == "INVALID_ARGUMENT":
+                self._finish_attempt(job, attempt, Result(status="failed", error=str(exc), node_id=attempt.node_id))
+                return
+            error = f"dispatch failed: {exc}"
+        if attempt.status != "dispatching":
+            return  # a result or a start raced ahead of the reply
+        log.warning("attempt %s: %s", attempt.id, error)
+        self._finish_attempt(job, attempt, Result(status="failed", error=error, node_id=attempt.node_id), retry=True)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- events from nodes -----------------------------------------------------------------
+
+    def on_event(self, node_id: str, event: node_pb2.NodeEvent) -> None:
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return
+        now = self.clock()
+        entry.last_seen, entry.last_seen_wall = now, self.wall()
+        kind = event.WhichOneof("kind")
+        if kind == "heartbeat":
+            old = entry.info
+            entry.info = event.heartbeat
+            entry.name = event.heartbeat.name or entry.name
+            if old is not None and old.network != entry.info.network:
+                log.info("node %s network: %s -> %s", entry.name, old.network, entry.info.network)
+            if entry.state != "online" and self.links[node_id].connected:
+                self._set_state(entry, "online")
+            if old is None or old.slots != entry.info.slots or old.network != entry.info.network:
+                self.wake()
+        elif kind == "started":
+            found = self.attempts.get(event.started.attempt_id)
+            if found and found[1].status == "dispatching":
+                job, attempt = found
+                attempt.status, attempt.started_at = "running", event.started.started_at
+                job.status, job.updated_at = "running", self.wall()
+                self.store.save_attempt(job, attempt)
+                self.hub.job(job, self.node_names())
+        elif kind == "log":
+            lines = list(event.log.lines)
+            self.store.append_logs(event.log.job_id, event.log.attempt_id, lines)
+            self.hub.log(event.log.job_id, event.log.attempt_id, lines)
+        elif kind == "result":
+            self._on_result(node_id, event.result)
+
+    def _on_result(self, node_id: str, msg: types_pb2.JobResult) -> None:
+        self._pending_acks.setdefault(node_id, []).append(msg.attempt_id)
+        found = self.attempts.get(msg.attempt_id)
+        if found is None:
+            return  # already recorded (a repeat after reconnect) or unknown: just ack it
+        job, attempt = found
+        self._finish_attempt(job, attempt, result_from_pb(msg))
+        self.wake()
+
+    async def on_link_state(self, node_id: str, state: str, detail: str) -> None:
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return
+        if state == "up":
+            if entry.state != "online":
+                self._set_state(entry, "online")
+            self.store.node_seen(node_id, entry.name, detail, self.wall())
+            await self._reconcile_node(entry)
+        elif entry.state == "online":
+            recent_goodbye = entry.goodbye_at and self.clock() - entry.goodbye_at < GOODBYE_WINDOW_S
+            self._set_state(entry, "offline" if recent_goodbye and not entry.reservations else "unreachable")
+
+    async def _reconcile_node(self, entry: NodeEntry) -> None:
+        """After a (re)connect: collect results the node kept, and give up attempts it
+        no longer knows (it restarted without them)."""
+        try:
+            jobs = await self.links[entry.id].list_jobs()
+        except NodeCallError as exc:
+            log.warning("cannot list jobs on %s: %s", entry.name, exc)
+            return
+        known = {j.spec.attempt_id for j in jobs}
+        for job in jobs:
+            if job.state == "finished":
+                self._on_result(entry.id, job.result)
+            elif job.spec.attempt_id in self.attempts:
+                self.on_event(entry.id, node_pb2.NodeEvent(started=node_pb2.JobStarted(
+                    job_id=job.spec.job_id, attempt_id=job.spec.attempt_id)))
+        for attempt_id in list(entry.reservations):
+            found = self.attempts.get(attempt_id)
+            if found and attempt_id not in known and found[1].status == "running":
+                self._finish_attempt(
+                    found[0], found[1], Result(status="lost", node_id=entry.id, error="the node no longer knows this job")
+                )
+        await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        pending, self._pending_acks = self._pending_acks, {}
+        for node_id, ids in pending.items():
+            link = self.links.get(node_id)
+            if link and link.connected:
+                try:
+                    await link.ack(ids)
+                except NodeCallError:
+                    pass  # the node keeps them; they are acked after the next reconnect
+
+    # --- outcomes --------------------------------------------------------------------------
+
+    def _finish_attempt(self, job: Job, attempt: Attempt, result: Result, retry: bool = False) -> None:
+        now = self.wall()
+        attempt.status = result.status
+        attempt.finished_at = result.finished_at or now
+        attempt.error = result.error
+        self.attempts.pop(attempt.id, None)
+        self._release(attempt)
+        ran = sum(1 for a in job.attempts if a.status == "lost")
+        failures = sum(1 for a in job.attempts if a.error.startswith(("dispatch failed", "node refused")))
+        again = (result.status == "lost" and ran < job.max_attempts) or (retry and failures < MAX_DISPATCH_FAILURES)
+        if again and not job.cancel_requested:
+            job.status, job.node_id, job.updated_at = "queued", "", now
+            job.wait_reason = f"retrying: {result.error}"
+            self.store.save_attempt(job, attempt, result)
+            self.wake()
+        else:
+            status = "cancelled" if job.cancel_requested and result.status != "success" else result.status
+            job.status, job.result, job.updated_at = status, replace(result, status=status), now
+            job.branch = result.branch
+            self.store.save_attempt(job, attempt, result)
+        self.hub.job(job, self.node_names())
+        self._maybe_finish_run(job.run_id)
+
+    def _maybe_finish_run(self, run_id: str) -> None:
+        run = self.runs.get(run_id)
+        if run is None:
+            return
+        status = run_status([j.status for j in run.jobs])
+        if status == "running":
+            return
+        run.status, run.finished_at = status, self.wall()
+        self.store.finish_run(run.id, status, run.finished_at)
+        for job in run.jobs:
+            self.jobs.pop(job.id, None)
+        del self.runs[run_id]
+        self.hub.run_ended(run, self.node_names())
+
+    # --- requests from the API -----------------------------------------------------------------
+
+    def submit(self, run: Run) -> None:
+        self.store.create_run(run)
+        self.runs[run.id] = run
+        for job in run.jobs:
+            self.jobs[job.id] = job
+        self.wake()
+
+    async def cancel(self, jobs: list[Job]) -> list[str]:
+        cancelled = []
+        for job in jobs:
+            job = self.jobs.get(job.id, job)
+            if job.status in JOB_FINAL:
+                continue
+            job.cancel_requested = True
+            cancelled.append(job.id)
+            active = [a for a in job.attempts if a.status in ATTEMPT_ACTIVE]
+            if not active:
+                job.status, job.updated_at = "cancelled", self.wall()
+                job.result = Result(status="cancelled", error="cancelled before it started")
+                self.store.save_job(job)
+                self.hub.job(job, self.node_names())
+                self._maybe_finish_run(job.run_id)
+                continue
+            self.store.save_job(job)
+            for attempt in active:
+                link = self.links.get(attempt.node_id)
+                try:
+                    if link is None:
+                        raise NodeCallError("no link")
+                    if await link.cancel_job(attempt.id, "cancelled by the user"):
+                        continue
+                except NodeCallError:
+                    pass
+                if attempt.status == "dispatching" and link is not None and link.connected:
+                    continue  # the start may still arrive; its result will say cancelled
+                # The node cannot be told: record the cancel now; a late result is ignored.
+                self._finish_attempt(
+                    job, attempt, Result(status="cancelled", node_id=attempt.node_id, error="cancelled (node unreachable)")
+                )
+        return cancelled

@@ -1,0 +1,305 @@
+"""Place queued jobs on nodes: `schedule(snapshot, now) -> Plan`, a pure function.
+
+Rules (every node in the snapshot is online and schedulable; the caller filters):
+
+1. Jobs are taken in `JobView.order` order, ties by id. A placement consumes the
+   node's slot, cpus, memory, gpus and run count for the rest of the pass.
+2. Static filters, "can never fit on a current node", in this order: pin (node id
+   or name), allowed networks, avoided networks, labels, agent CLI, then total
+   capacity (the cpus, memory and gpus a host has at all).
+3. Dynamic filters, "busy right now", in this order: a free slot on a node that is
+   not `exclusive_busy`; free cpus (with a small epsilon), free memory (only when
+   the job asks for some), free gpus; an idle node for an exclusive job (which then
+   closes the node for the pass); for a hard-spread job, no job of its run there.
+4. Among the survivors: fewest jobs of the same run (soft spread), then least busy
+   (used_slots / slots), then lowest load, then name, then id.
+5. A job left over gets one line in `Plan.waiting`: the reason of the first filter
+   above that leaves no candidate, judged on the state at the end of the pass.
+
+`now` is in the contract so time-based rules (ageing, back-off) can come without
+changing callers; no rule reads it yet.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+
+from coordinator.models import JobView, NodeView, Placement, Plan, Snapshot
+
+__all__ = ["schedule"]
+
+# Cpus are floats summed job by job; without slack 0.1 * 3 would not fit in 0.3.
+_EPS = 1e-9
+
+# (sorted labels, pin, networks, avoided networks, agent CLI): jobs that share it
+# see the same statically eligible nodes.
+_Key = tuple[tuple[tuple[str, str], ...], str, tuple[str, ...], tuple[str, ...], str]
+# (exclusive, cpus, memory, gpus) rounded down: a lower bound on what a job needs.
+_Class = tuple[bool, float, float, float]
+_Entry = tuple[int, float, int]  # (jobs of the run, used/slots, node rank)
+_BASE: _Class = (False, 0.0, 0.0, 0.0)
+# Per static key at the end of a pass: members, those with a free slot, their
+# (cpus, memory, gpus) totals, and the smallest of each.
+_Facts = tuple[list[int], list[int], list[tuple[float, int, int]], list[float]]
+_HAS = ("{:g} cpus", "{:g} MB of memory", "{:g} gpus")
+_FREE = ("{:g} free cpus", "{:g} MB of free memory", "{:g} free gpus")
+
+
+def _key(job: JobView) -> _Key:
+    labels = tuple(sorted(job.labels.items())) if job.labels else ()
+    return (labels, job.node, job.networks, job.avoid_networks, job.agent_cli)
+
+
+def _floor2(x: float) -> float:
+    # Powers of two keep the number of narrowed heaps small for odd-sized jobs.
+    return 0.0 if x <= 0 else 2.0 ** math.floor(math.log2(x))
+
+
+def _matches(node: NodeView, key: _Key) -> bool:
+    labels, pin, networks, avoid, agent = key
+    return (
+        (not pin or node.id == pin or node.name == pin)
+        and (not networks or node.network in networks)
+        and node.network not in avoid
+        and all(node.labels.get(k) == v for k, v in labels)
+        and (not agent or agent in node.agents)
+    )
+
+
+def _static_reason(nodes: Sequence[NodeView], key: _Key) -> str:
+    labels, pin, networks, avoid, agent = key
+    if not nodes and not pin:
+        return "no nodes are online"
+    steps: list[tuple[object, Callable[[NodeView], bool], str]] = [
+        (pin, lambda n: pin in (n.id, n.name), f"no node named {pin!r}"),
+        (networks, lambda n: n.network in networks, f"no node on network {' or '.join(networks)}"),
+        (
+            avoid,
+            lambda n: n.network not in avoid,
+            f"all matching nodes are on avoided networks ({', '.join(avoid)})",
+        ),
+        *((True, lambda n, k=k, v=v: n.labels.get(k) == v, f"no node with label {k}={v}") for k, v in labels),
+        (agent, lambda n: agent in n.agents, f"no node has agent CLI {agent!r}"),
+    ]
+    left = list(nodes)
+    for wanted, keep, reason in steps:
+        left = [n for n in left if keep(n)] if wanted else left
+        if not left:
+            return reason
+    return "no node matches"  # unreachable while this agrees with _matches
+
+
+class _State:
+    """Per-pass counters in plain lists; a node's index is its tie-break rank."""
+
+    def __init__(self, nodes: Sequence[NodeView], runs: set[str]) -> None:
+        self.nodes = nodes
+        self.slots = [n.slots for n in nodes]
+        self.used = [n.used_slots for n in nodes]
+        self.cpu = [n.cpus - n.used_cpus for n in nodes]
+        self.mem = [n.memory_mb - n.used_memory_mb for n in nodes]
+        self.gpu = [n.gpus - n.used_gpus for n in nodes]
+        self.closed = [n.exclusive_busy for n in nodes]
+        # Lets the pass stop looking once the whole fleet is full.
+        self.free_total = sum(max(n.slots - n.used_slots, 0) for n in nodes if not n.exclusive_busy)
+        # run id -> {node rank: jobs of that run}; runs absent from the queue never matter.
+        self.runs: dict[str, dict[int, int]] = {}
+        self.by_pin: dict[str, list[int]] = {}
+        self.by_label: dict[tuple[str, str], list[int]] = {}
+        for i, n in enumerate(nodes):
+            for run, count in n.run_counts.items():
+                if count > 0 and run in runs:
+                    self.runs.setdefault(run, {})[i] = count
+            for pin in {n.id, n.name}:
+                self.by_pin.setdefault(pin, []).append(i)
+            for pair in n.labels.items():
+                self.by_label.setdefault(pair, []).append(i)
+        self.members_of: dict[_Key, list[int]] = {}
+
+    def members(self, key: _Key) -> list[int]:
+        """Statically eligible node ranks, ascending; narrowed first through an index."""
+        found = self.members_of.get(key)
+        if found is None:
+            starts: list[Sequence[int]] = [range(len(self.nodes))]
+            if key[1]:
+                starts.append(self.by_pin.get(key[1], ()))
+            starts.extend(self.by_label.get(pair, ()) for pair in key[0])
+            found = [i for i in min(starts, key=len) if _matches(self.nodes[i], key)]
+            self.members_of[key] = found
+        return found
+
+    def open(self, i: int, excl: bool, cpus: float, mem: float, gpus: float) -> bool:
+        used = self.used[i]
+        return (
+            not self.closed[i]
+            and used < self.slots[i]
+            and (not excl or used == 0)
+            and self.cpu[i] + _EPS >= cpus
+            and (mem <= 0 or self.mem[i] >= mem)
+            and self.gpu[i] >= gpus
+        )
+
+    def place(self, i: int, job: JobView) -> None:
+        self.used[i] += 1
+        self.cpu[i] -= job.cpus
+        if job.memory_mb > 0:
+            self.mem[i] -= job.memory_mb
+        self.gpu[i] -= job.gpus
+        counts = self.runs.setdefault(job.run_id, {})
+        counts[i] = counts.get(i, 0) + 1
+        self.free_total -= 1
+        if job.exclusive:
+            self.closed[i] = True
+            self.free_total -= max(self.slots[i] - self.used[i], 0)
+
+
+class _Heap:
+    """Candidate nodes of one static key, keyed (run count, used/slots, rank).
+
+    Keys only grow during a pass, so an entry is a lower bound: a stale one is
+    refreshed when it surfaces, and a node that no longer passes `cls` never will
+    again and is dropped. One base heap per static key serves every job of that
+    key; jobs skip nodes that do not fit them or (soft spread) already hold their
+    run. When skipping for one class or run has cost about as much as a heap, that
+    class or run gets its own narrowed heap in `kids`, so no job rescans the fleet.
+    """
+
+    def __init__(self, cls: _Class, run: str, items: list[_Entry]) -> None:
+        self.cls, self.run, self.items = cls, run, items
+        heapq.heapify(items)
+        self.kids: dict[_Class | str, _Heap] = {}
+        self.spent: dict[_Class | str, int] = {}
+
+    def grow(self, st: _State, kid: _Class | str, cost: int) -> None:
+        spent = self.spent[kid] = self.spent.get(kid, 0) + cost
+        if spent <= len(self.items) + 8:
+            return
+        if isinstance(kid, str):
+            counts = st.runs.get(kid, {})
+            self.kids[kid] = _Heap(self.cls, kid, [(counts.get(i, 0), r, i) for _, r, i in self.items])
+        else:
+            self.kids[kid] = _Heap(kid, "", [e for e in self.items if st.open(e[2], *kid)])
+
+    def pick(self, st: _State, job: JobView, counts: dict[int, int]) -> tuple[int, int, int]:
+        """(best node rank or -1, nodes skipped for holding the run, nodes skipped as too small)."""
+        items, cls, by_run = self.items, self.cls, bool(self.run)
+        small: list[_Entry] = []
+        held: list[_Entry] = []
+        best = -1
+        while items:
+            top = items[0]
+            i = top[2]
+            if not st.open(i, *cls):
+                heapq.heappop(items)
+                continue
+            fresh = (counts.get(i, 0) if by_run else 0, st.used[i] / st.slots[i], i)
+            if fresh != top:
+                heapq.heapreplace(items, fresh)
+            elif not st.open(i, job.exclusive, job.cpus, job.memory_mb, job.gpus):
+                small.append(heapq.heappop(items))
+            elif not by_run and i in counts:
+                held.append(heapq.heappop(items))
+            else:
+                # A run heap's top has the fewest jobs of the run; hard spread wants none.
+                best = -1 if job.spread and fresh[0] > 0 else i
+                break
+        if best < 0 and held and not job.spread:
+            # Every fitting node holds the run already; the held entries are fresh.
+            best = min((counts[i], r, i) for _, r, i in held)[2]
+        for entry in small + held:
+            heapq.heappush(items, entry)
+        return best, len(held), len(small)
+
+
+def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> str | list[int]:
+    """Why `job` waits, or the nodes that only hard spread keeps it from."""
+    if key not in facts:
+        members = st.members(key)
+        free = [i for i in members if not st.closed[i] and st.used[i] < st.slots[i]]
+        totals = [(st.nodes[i].cpus, st.nodes[i].memory_mb, st.nodes[i].gpus) for i in members]
+        facts[key] = (members, free, totals, [min(t) for t in zip(*totals, strict=True)])
+    members, left, totals, lows = facts[key]
+    if not members:
+        return _static_reason(st.nodes, key)
+    needs = job.cpus, job.memory_mb, job.gpus
+    matching = len(members)
+    if any(need > low + _EPS for need, low in zip(needs, lows, strict=True)):
+        # Only jobs bigger than some matching host pay for this scan; name the first
+        # dimension that no matching host has enough of at all.
+        for d, what in enumerate(_HAS):
+            if needs[d] > 0:
+                kept = [t for t in totals if t[d] + _EPS >= needs[d]]
+                if not kept:
+                    most = max(t[d] for t in totals)
+                    return f"no matching node has {what.format(needs[d])} in total (largest: {most:g})"
+                totals = kept
+        matching = len(totals)
+    if not left:
+        return f"all matching nodes are busy ({matching} nodes, 0 free slots)"
+    frees: tuple[Sequence[float], ...] = (st.cpu, st.mem, st.gpu)
+    for need, have, what in zip(needs, frees, _FREE, strict=True):
+        if need > 0:
+            left = [i for i in left if have[i] + _EPS >= need]
+            if not left:
+                return f"no node with {what.format(need)} right now ({matching} matching nodes are busy)"
+    if job.exclusive:
+        left = [i for i in left if st.used[i] == 0]
+        if not left:
+            return "waiting for an idle node (exclusive)"
+    return left
+
+
+def schedule(snapshot: Snapshot, now: float) -> Plan:
+    """Place as much of `snapshot.queue` as fits; say why the rest waits."""
+    # Sorting once makes a node's index its static tie-break rank (load, name, id).
+    nodes = sorted(snapshot.nodes, key=lambda n: (n.load, n.name, n.id))
+    queue = sorted(snapshot.queue, key=lambda j: (j.order, j.id))
+    st = _State(nodes, {j.run_id for j in queue})
+    bases: dict[_Key, _Heap] = {}
+    placements: list[Placement] = []
+    left_over: list[tuple[JobView, _Key]] = []
+
+    for job in queue:
+        key = _key(job)
+        if st.free_total <= 0:
+            left_over.append((job, key))  # the fleet is full: no need to look
+            continue
+        base = bases.get(key)
+        if base is None:
+            items = [(0, st.used[i] / st.slots[i], i) for i in st.members(key) if st.open(i, *_BASE)]
+            base = bases[key] = _Heap(_BASE, "", items)
+        cls = (job.exclusive, _floor2(job.cpus), _floor2(job.memory_mb), _floor2(job.gpus))
+        heap = base.kids.get(cls, base)
+        heap = heap.kids.get(job.run_id, heap)
+        i, run_skips, small_skips = heap.pick(st, job, st.runs.get(job.run_id, {}))
+        if small_skips and heap.cls != cls:
+            base.grow(st, cls, small_skips)
+        if run_skips:
+            heap.grow(st, job.run_id, run_skips)
+        if i < 0:
+            left_over.append((job, key))
+            continue
+        st.place(i, job)
+        placements.append(Placement(job_id=job.id, node_id=nodes[i].id))
+
+    waiting: dict[str, str] = {}
+    # The state only shrinks during a pass, so one end-of-pass reason per signature
+    # holds for every job that shares it.
+    reasons: dict[tuple[object, ...], str] = {}
+    facts: dict[_Key, _Facts] = {}
+    for job, key in left_over:
+        sig = (key, job.exclusive, job.cpus, job.memory_mb, job.gpus, job.run_id if job.spread else "")
+        reason = reasons.get(sig)
+        if reason is None:
+            found = _explain(st, job, key, facts)
+            if isinstance(found, list):
+                counts = st.runs.get(job.run_id, {})
+                if job.spread and all(i in counts for i in found):
+                    found = "every matching node already runs a job of this run (spread)"
+                else:  # not expected: a job that fits somewhere is placed
+                    found = "no suitable node right now"
+            reason = reasons[sig] = found
+        waiting[job.id] = reason
+    return Plan(placements=tuple(placements), waiting=waiting)

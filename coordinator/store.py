@@ -1,0 +1,336 @@
+"""Durable coordinator state in SQLite (WAL). The only module that speaks SQL.
+
+A job is written before it is dispatched and its result as soon as it arrives; each
+state change is one transaction, so a crash leaves either the old or the new state.
+
+Error handling: sqlite errors surface as StoreError with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from coordinator.models import (
+    JOB_FINAL,
+    Attempt,
+    Job,
+    JobPlacement,
+    NodeRecord,
+    Repo,
+    Result,
+    Run,
+)
+
+__all__ = ["Store", "StoreError"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, fingerprint TEXT NOT NULL,
+  enrolled_at REAL NOT NULL, address TEXT NOT NULL DEFAULT '', last_seen REAL NOT NULL DEFAULT 0,
+  removed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS tokens (
+  id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, created_at REAL NOT NULL,
+  expires_at REAL NOT NULL, used_at REAL, used_by TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, created_at REAL NOT NULL,
+  finished_at REAL NOT NULL DEFAULT 0, repo_url TEXT NOT NULL DEFAULT '',
+  base_commit TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, run_id TEXT NOT NULL REFERENCES runs(id), idx INTEGER NOT NULL,
+  status TEXT NOT NULL, spec TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+  wait_reason TEXT NOT NULL DEFAULT '', node_id TEXT NOT NULL DEFAULT '',
+  branch TEXT NOT NULL DEFAULT '', result TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE TABLE IF NOT EXISTS attempts (
+  id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id), number INTEGER NOT NULL,
+  node_id TEXT NOT NULL, status TEXT NOT NULL, branch TEXT NOT NULL, created_at REAL NOT NULL,
+  started_at REAL NOT NULL DEFAULT 0, finished_at REAL NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT '', result TEXT);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_id);
+CREATE TABLE IF NOT EXISTS logs (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, attempt_id TEXT NOT NULL,
+  line TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS logs_job ON logs(job_id, seq);
+"""
+
+# What a job row keeps as JSON: everything the user asked for.
+_SPEC_FIELDS = ("name", "agent", "command", "prompt", "model", "timeout_s", "max_attempts", "env")
+
+
+class StoreError(Exception):
+    """The database could not be read or written."""
+
+
+def _result_json(result: Result | None) -> str | None:
+    return None if result is None else json.dumps(asdict(result))
+
+
+def _result_from(text: str | None) -> Result | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    data["files_modified"] = tuple(data.get("files_modified", ()))
+    return Result(**data)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a commit survives a process crash; only an OS crash
+            # can lose the last transactions, never corrupt the file.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the database {path}: {exc}") from exc
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database error: {exc}") from exc
+
+    # --- tokens -------------------------------------------------------------------------
+
+    def add_token(self, token_id: str, secret_hash: str, created_at: float, expires_at: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tokens (id, secret_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (token_id, secret_hash, created_at, expires_at),
+            )
+
+    def token(self, token_id: str) -> tuple[str, float, float | None] | None:
+        """(secret_hash, expires_at, used_at) of a token, or None."""
+        rows = self._query("SELECT secret_hash, expires_at, used_at FROM tokens WHERE id = ?", (token_id,))
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    def use_token(self, token_id: str, node_id: str, now: float) -> bool:
+        """Mark a token used; False if it already was (single use, race-free)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ? AND used_at IS NULL",
+                (now, node_id, token_id),
+            )
+            return cur.rowcount == 1
+
+    # --- nodes --------------------------------------------------------------------------
+
+    def enroll_node(self, node: NodeRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO nodes (id, name, fingerprint, enrolled_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET name = excluded.name, fingerprint = excluded.fingerprint, "
+                "enrolled_at = excluded.enrolled_at, removed = 0",
+                (node.id, node.name, node.fingerprint, node.enrolled_at),
+            )
+
+    def nodes(self) -> list[NodeRecord]:
+        rows = self._query(
+            "SELECT id, name, fingerprint, enrolled_at, address, last_seen, removed FROM nodes ORDER BY name"
+        )
+        return [NodeRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+
+    def node_seen(self, node_id: str, name: str, address: str, last_seen: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE nodes SET name = ?, address = ?, last_seen = ? WHERE id = ?",
+                (name, address, last_seen, node_id),
+            )
+
+    # --- runs and jobs ------------------------------------------------------------------
+
+    def create_run(self, run: Run) -> None:
+        """The run and all its jobs, in one transaction, before anything is dispatched."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (id, name, status, created_at, repo_url, base_commit) VALUES (?,?,?,?,?,?)",
+                (run.id, run.name, run.status, run.created_at, run.repo_url, run.base_commit),
+            )
+            db.executemany(
+                "INSERT INTO jobs (id, run_id, idx, status, spec, created_at, updated_at, wait_reason) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (j.id, j.run_id, j.index, j.status, self._spec(j), j.created_at, j.updated_at, j.wait_reason)
+                    for j in run.jobs
+                ],
+            )
+
+    @staticmethod
+    def _spec(job: Job) -> str:
+        spec: dict[str, Any] = {k: getattr(job, k) for k in _SPEC_FIELDS}
+        spec["env"] = dict(job.env)
+        spec["placement"] = asdict(job.placement)
+        spec["repo"] = asdict(job.repo) if job.repo else None
+        return json.dumps(spec)
+
+    def add_attempt(self, job: Job, attempt: Attempt) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO attempts (id, job_id, number, node_id, status, branch, created_at) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (
+                    attempt.id,
+                    attempt.job_id,
+                    attempt.number,
+                    attempt.node_id,
+                    attempt.status,
+                    attempt.branch,
+                    attempt.created_at,
+                ),
+            )
+            self._update_job(db, job)
+
+    def save_attempt(self, job: Job, attempt: Attempt, result: Result | None = None) -> None:
+        """Persist an attempt's new state together with its job's (and the result, if any)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE attempts SET status = ?, started_at = ?, finished_at = ?, error = ?, "
+                "result = COALESCE(?, result) WHERE id = ?",
+                (
+                    attempt.status,
+                    attempt.started_at,
+                    attempt.finished_at,
+                    attempt.error,
+                    _result_json(result),
+                    attempt.id,
+                ),
+            )
+            self._update_job(db, job)
+
+    def save_job(self, job: Job) -> None:
+        with self._tx() as db:
+            self._update_job(db, job)
+
+    @staticmethod
+    def _update_job(db: sqlite3.Connection, job: Job) -> None:
+        db.execute(
+            "UPDATE jobs SET status = ?, updated_at = ?, wait_reason = ?, node_id = ?, branch = ?, "
+            "result = ?, cancel_requested = ? WHERE id = ?",
+            (
+                job.status,
+                job.updated_at,
+                job.wait_reason,
+                job.node_id,
+                job.branch,
+                _result_json(job.result),
+                int(job.cancel_requested),
+                job.id,
+            ),
+        )
+
+    def finish_run(self, run_id: str, status: str, finished_at: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", (status, finished_at, run_id))
+
+    # --- reading ------------------------------------------------------------------------
+
+    _JOB_COLS = (
+        "id, run_id, idx, status, spec, created_at, updated_at, wait_reason, node_id, branch, result, "
+        "cancel_requested"
+    )
+    _RUN_COLS = "id, name, status, created_at, finished_at, repo_url, base_commit"
+
+    def _job(self, row: tuple[Any, ...]) -> Job:
+        spec = json.loads(row[4])
+        placement = spec.pop("placement")
+        placement["networks"] = tuple(placement["networks"])
+        placement["avoid_networks"] = tuple(placement["avoid_networks"])
+        repo = spec.pop("repo")
+        job = Job(
+            id=row[0],
+            run_id=row[1],
+            index=row[2],
+            status=row[3],
+            created_at=row[5],
+            updated_at=row[6],
+            wait_reason=row[7],
+            node_id=row[8],
+            branch=row[9],
+            result=_result_from(row[10]),
+            cancel_requested=bool(row[11]),
+            placement=JobPlacement(**placement),
+            repo=Repo(**repo) if repo else None,
+            **spec,
+        )
+        for a in self._query(
+            "SELECT id, job_id, number, node_id, status, branch, created_at, started_at, finished_at, error "
+            "FROM attempts WHERE job_id = ? ORDER BY number",
+            (job.id,),
+        ):
+            job.attempts.append(Attempt(*a))
+        return job
+
+    def _run(self, row: tuple[Any, ...], with_jobs: bool) -> Run:
+        run = Run(*row)
+        if with_jobs:
+            rows = self._query(f"SELECT {self._JOB_COLS} FROM jobs WHERE run_id = ? ORDER BY idx", (run.id,))
+            run.jobs = [self._job(r) for r in rows]
+        return run
+
+    def get_run(self, run_id: str) -> Run | None:
+        rows = self._query(f"SELECT {self._RUN_COLS} FROM runs WHERE id = ?", (run_id,))
+        return self._run(rows[0], with_jobs=True) if rows else None
+
+    def list_runs(self, limit: int) -> list[Run]:
+        rows = self._query(f"SELECT {self._RUN_COLS} FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [self._run(r, with_jobs=False) for r in rows]
+
+    def get_job(self, job_id: str) -> Job | None:
+        rows = self._query(f"SELECT {self._JOB_COLS} FROM jobs WHERE id = ?", (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def active_runs(self) -> list[Run]:
+        """Runs not finished yet, with all their jobs: what a restarted coordinator resumes."""
+        rows = self._query(f"SELECT {self._RUN_COLS} FROM runs WHERE status = 'running' ORDER BY created_at")
+        return [self._run(r, with_jobs=True) for r in rows]
+
+    def run_exists(self, run_id: str) -> bool:
+        return bool(self._query("SELECT 1 FROM runs WHERE id = ?", (run_id,)))
+
+    # --- logs ---------------------------------------------------------------------------
+
+    def append_logs(self, job_id: str, attempt_id: str, lines: Sequence[str]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO logs (job_id, attempt_id, line) VALUES (?, ?, ?)",
+                [(job_id, attempt_id, line) for line in lines],
+            )
+
+    def logs(self, job_id: str, after_seq: int = 0, limit: int = 5000) -> list[tuple[int, str, str]]:
+        """(seq, attempt_id, line) for a job, oldest first."""
+        rows = self._query(
+            "SELECT seq, attempt_id, line FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (job_id, after_seq, limit),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+def is_final(status: str) -> bool:
+    return status in JOB_FINAL

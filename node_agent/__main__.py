@@ -1,0 +1,82 @@
+"""`python -m node_agent start|join ...`: the node daemon's own entry point.
+
+The `flota node ...` commands exec this, so the daemon never loads the CLI's libraries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from pathlib import Path
+
+from node_agent.config import default_state_dir, load_config
+from node_agent.errors import NodeError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flota node")
+    sub = p.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="run the node daemon in the foreground")
+    start.add_argument("--state-dir", type=Path)
+    start.add_argument("--name")
+    start.add_argument("--listen", help="HOST:PORT (port 0 picks a free one)")
+    start.add_argument("--network", help="declare the network profile (home, vpn, public ...)")
+    start.add_argument("--network-rule", action="append", default=[], help="PROFILE=if:GLOB or PROFILE=subnet:CIDR")
+    start.add_argument("--label", action="append", default=[], help="KEY=VALUE")
+    start.add_argument("--slots", type=int)
+    start.add_argument("--heartbeat", type=float)
+    start.add_argument("--no-mdns", action="store_true")
+    join = sub.add_parser("join", help="enroll this node with a coordinator")
+    join.add_argument("address", help="the coordinator's join address HOST:PORT")
+    join.add_argument("--token", required=True)
+    join.add_argument("--name")
+    join.add_argument("--state-dir", type=Path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    state_dir: Path = args.state_dir or default_state_dir()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("zeroconf").setLevel(logging.WARNING)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if args.command == "join":
+            from node_agent.enroll import join
+
+            name = args.name or socket.gethostname().split(".")[0]
+            node_id = join(state_dir, args.address, args.token, name)
+            cfg_path = state_dir / "node.toml"
+            if args.name and not cfg_path.exists():
+                cfg_path.write_text(f'name = "{args.name}"\n')
+            print(f"joined as {name} ({node_id}); start it with: flota node start")
+            return 0
+        from node_agent.app import serve
+
+        config = load_config(
+            state_dir,
+            name=args.name,
+            listen=args.listen,
+            network=args.network,
+            network_rules=args.network_rule,
+            labels=args.label,
+            slots=args.slots,
+            heartbeat_s=args.heartbeat,
+            mdns=False if args.no_mdns else None,
+        )
+        asyncio.run(serve(config, ready=lambda line: print(line, flush=True)))
+        return 0
+    except NodeError as exc:
+        print(f"flota: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

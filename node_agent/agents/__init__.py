@@ -1,0 +1,1 @@
+"""Agents: what runs inside a job's workspace, each in its own process."""

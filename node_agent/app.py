@@ -1,0 +1,194 @@
+"""The node daemon: one asyncio program that serves, announces and registers.
+
+Start order: identity -> gRPC server -> registration with the coordinator -> mDNS.
+Stop order (SIGTERM/SIGINT): cancel jobs -> mDNS goodbye -> stop server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Callable
+
+import grpc
+
+from node_agent import __version__
+from node_agent.announce import Announcer
+from node_agent.config import NodeConfig
+from node_agent.errors import ConfigError
+from node_agent.facts import derive_network, interfaces, listen_addresses, probe_gpus, read_facts
+from node_agent.hub import Hub
+from node_agent.identity import Identity, load_identity
+from node_agent.journal import Journal
+from node_agent.runner import Runner
+from node_agent.servicer import NodeServicer
+from node_agent.workspace import Workspace
+from protos.channels import SERVER_OPTIONS, client_options
+from protos.contract import COORDINATOR_SERVER_NAME, fingerprint
+from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2_grpc, types_pb2
+
+__all__ = ["NodeDaemon", "serve"]
+
+log = logging.getLogger("flota.node")
+
+WATCH_PERIOD_S = 2.0
+REGISTER_PERIOD_S = 15.0
+
+
+class NodeDaemon:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.identity: Identity = load_identity(config.state_dir)
+        self.hub = Hub()
+        self.gpus = probe_gpus()
+        self.port = 0
+        self.ifaces = interfaces()
+        self.network, self.network_source = derive_network(config.network, config.network_rules, self.ifaces)
+        self.runner = Runner(
+            self.identity.id,
+            config.name,
+            Workspace(config.state_dir / "work"),
+            Journal(config.state_dir / "jobs"),
+            self.hub,
+            lambda: config.slots,
+            kill_grace_s=config.kill_grace_s,
+        )
+        self.addresses: list[str] = []
+        self._registered = asyncio.Event()
+
+    def info(self) -> types_pb2.NodeInfo:
+        f = read_facts(str(self.config.state_dir), self.gpus)
+        return types_pb2.NodeInfo(
+            id=self.identity.id,
+            name=self.config.name,
+            version=__version__,
+            network=self.network,
+            network_source=self.network_source,
+            labels=self.config.labels,
+            slots=self.config.slots,
+            addresses=self.addresses,
+            running=self.runner.running,
+            facts=types_pb2.Facts(
+                cpu_count=f.cpu_count,
+                load_1m=f.load_1m,
+                memory_total_mb=f.memory_total_mb,
+                memory_available_mb=f.memory_available_mb,
+                gpus=[types_pb2.Gpu(name=g.name, memory_mb=g.memory_mb) for g in f.gpus],
+                disk_free_mb=f.disk_free_mb,
+                on_battery=f.on_battery,
+                battery_percent=f.battery_percent,
+                agent_clis=list(f.agent_clis),
+                os=f.os,
+                arch=f.arch,
+                hostname=f.hostname,
+            ),
+        )
+
+    async def _register_loop(self, channel: grpc.aio.Channel) -> None:
+        """Tell the coordinator where this node listens: at start, on change, and now and
+        then while no coordinator session is open (it may have restarted elsewhere)."""
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        delay = 0.2
+        while True:
+            try:
+                await stub.RegisterNode(coordinator_pb2.RegisterNodeRequest(info=self.info()), timeout=5)
+                if not self._registered.is_set():
+                    log.info("registered with coordinator %s", self.identity.coordinator)
+                self._registered.set()
+                delay = REGISTER_PERIOD_S
+            except grpc.aio.AioRpcError as exc:
+                log.warning("cannot register with coordinator %s: %s", self.identity.coordinator, exc.details())
+                delay = min(max(delay * 2, 0.5), 5.0)
+            self._changed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._changed.wait(), delay)
+            except TimeoutError:
+                pass
+            while self.hub.listening and not self._changed.is_set():
+                # A coordinator holds a session: it knows where we are.
+                try:
+                    await asyncio.wait_for(self._changed.wait(), REGISTER_PERIOD_S)
+                except TimeoutError:
+                    pass
+
+    async def _watch_loop(self, announcer: Announcer | None) -> None:
+        """Re-derive the network profile and addresses; push changes at once."""
+        while True:
+            await asyncio.sleep(WATCH_PERIOD_S)
+            ifaces = await asyncio.to_thread(interfaces)
+            if ifaces == self.ifaces:
+                continue
+            self.ifaces = ifaces
+            network = derive_network(self.config.network, self.config.network_rules, ifaces)
+            addresses = listen_addresses(self.config.listen_host, self.port, ifaces)
+            if network != (self.network, self.network_source) or addresses != self.addresses:
+                if network[0] != self.network:
+                    log.info("network profile changed: %s -> %s (%s)", self.network, network[0], network[1])
+                self.network, self.network_source = network
+                self.addresses = addresses
+                self.hub.publish(heartbeat=self.info())
+                self._changed.set()
+                if announcer:
+                    await announcer.update([a.rpartition(":")[0] for a in addresses], self.port)
+
+    async def run(self, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
+        cfg, ident = self.config, self.identity
+        server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=64)
+        node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(self.runner, self.hub, self.info, cfg.heartbeat_s), server)
+        creds = grpc.ssl_server_credentials(
+            [(ident.key_pem, ident.cert_pem)], root_certificates=ident.ca_pem, require_client_auth=True
+        )
+        listen = f"[{cfg.listen_host}]:{cfg.listen_port}" if ":" in cfg.listen_host else f"{cfg.listen_host}:{cfg.listen_port}"
+        try:
+            self.port = server.add_secure_port(listen, creds)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {listen}: address in use or not available") from exc
+        if not self.port:
+            raise ConfigError(f"cannot listen on {listen}: address in use or not available")
+        await server.start()
+        self.addresses = listen_addresses(cfg.listen_host, self.port, self.ifaces)
+        self._changed = asyncio.Event()
+        state = {"pid": os.getpid(), "id": ident.id, "name": cfg.name, "port": self.port, "addresses": self.addresses}
+        (cfg.state_dir / "daemon.json").write_text(json.dumps(state))
+        line = f"node {cfg.name} ({ident.id}) listening on {cfg.listen_host}:{self.port} network={self.network}"
+        log.info(line)
+        if ready:
+            ready(line)
+        channel = grpc.aio.secure_channel(
+            ident.coordinator,
+            grpc.ssl_channel_credentials(ident.ca_pem, ident.key_pem, ident.cert_pem),
+            options=client_options(COORDINATOR_SERVER_NAME),
+        )
+        announcer = None
+        if cfg.mdns:
+            der = ssl.PEM_cert_to_DER_cert(ident.cert_pem.decode())
+            announcer = Announcer(ident.id, cfg.name, __version__, fingerprint(der))
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(self._register_loop(channel)), tg.create_task(self._watch_loop(announcer))]
+            if announcer:
+                tg.create_task(announcer.start([a.rpartition(":")[0] for a in self.addresses], self.port))
+            await stop.wait()
+            log.info("stopping")
+            for task in tasks:
+                task.cancel()
+        await self.runner.stop()
+        if announcer:
+            try:
+                await announcer.stop()
+            except Exception as exc:  # a goodbye that cannot be sent must not block the stop
+                log.warning("mDNS goodbye failed: %s", exc)
+        await channel.close()
+        await server.stop(grace=1.0)
+
+
+async def serve(config: NodeConfig, ready: Callable[[str], None] | None = None) -> None:
+    daemon = NodeDaemon(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.run(stop, ready)

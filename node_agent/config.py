@@ -1,0 +1,110 @@
+"""Node daemon settings: flags first, then `<state>/node.toml`, then defaults."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node_agent.errors import ConfigError
+from node_agent.facts import NetworkRule, check_profile, parse_rule
+
+__all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen"]
+
+DEFAULT_PORT = 7380
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    state_dir: Path
+    name: str
+    listen_host: str = "0.0.0.0"
+    listen_port: int = DEFAULT_PORT
+    network: str = ""  # declared profile; empty: derived by rules
+    network_rules: tuple[NetworkRule, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    slots: int = 1
+    heartbeat_s: float = 1.0
+    mdns: bool = True
+    kill_grace_s: float = 5.0
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("FLOTA_HOME") or Path.home() / ".flota") / "node"
+
+
+def parse_listen(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"invalid listen address {text!r} (expected HOST:PORT, port 0 picks a free one)")
+    return host, int(port)
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            raise ConfigError(f"invalid label {item!r} (expected key=value: letters, digits, . _ - / :)")
+        labels[key] = value
+    return labels
+
+
+def load_config(
+    state_dir: Path,
+    *,
+    name: str | None = None,
+    listen: str | None = None,
+    network: str | None = None,
+    network_rules: list[str] | None = None,
+    labels: list[str] | None = None,
+    slots: int | None = None,
+    heartbeat_s: float | None = None,
+    mdns: bool | None = None,
+) -> NodeConfig:
+    file: dict[str, Any] = {}
+    path = state_dir / "node.toml"
+    if path.exists():
+        try:
+            file = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+    name = name or file.get("name") or socket.gethostname().split(".")[0] or "node"
+    if not _NAME.match(name):
+        raise ConfigError(f"invalid node name {name!r} (letters, digits, . _ -; at most 63)")
+    host, port = parse_listen(listen or str(file.get("listen", f"0.0.0.0:{DEFAULT_PORT}")), DEFAULT_PORT)
+    declared = network if network is not None else str(file.get("network", ""))
+    if declared:
+        check_profile(declared)
+    rules = tuple(parse_rule(r) for r in (network_rules or file.get("network_rules", [])))
+    merged = dict(file.get("labels", {}))
+    merged.update(parse_labels(labels or []))
+    parse_labels([f"{k}={v}" for k, v in merged.items()])
+    slots = slots if slots is not None else int(file.get("slots", 1))
+    if not 1 <= slots <= 256:
+        raise ConfigError(f"invalid slots {slots} (1 to 256)")
+    heartbeat = heartbeat_s if heartbeat_s is not None else float(file.get("heartbeat_s", 1.0))
+    if not 0.1 <= heartbeat <= 60:
+        raise ConfigError("heartbeat must be between 0.1 and 60 seconds")
+    return NodeConfig(
+        state_dir=state_dir,
+        name=name,
+        listen_host=host,
+        listen_port=port,
+        network=declared,
+        network_rules=rules,
+        labels=merged,
+        slots=slots,
+        heartbeat_s=heartbeat,
+        mdns=mdns if mdns is not None else bool(file.get("mdns", True)),
+    )

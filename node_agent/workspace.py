@@ -1,0 +1,623 @@
+"""Git workspaces for jobs: one bare mirror per remote URL, one worktree per job.
+
+Layout under the workspace root (all directories mode 0o700)::
+
+    root/mirrors/<sha256(url)[:16]>.git   bare mirror, remote ``origin`` = url
+    root/worktrees/<job_key>              a job's worktree on the job's branch
+    root/scratch/<job_key>                an empty directory for jobs without a repo
+
+The API is synchronous (the daemon calls it through ``asyncio.to_thread``) and runs
+git through ``subprocess`` only, so importing this module stays cheap.
+
+Security: the repository content is untrusted, and so is everything a job's agent can
+write, which includes the mirror (the agent runs as the same user). Every git call
+therefore runs with system/global config disabled, a protocol allow-list, and ``-c``
+overrides for each setting that names a command (hooks, fsmonitor, credential and
+askpass helpers, ssh command, alternate-refs command, gpg signing). Filter drivers
+(``filter.<x>.clean/smudge/process``) cannot be disabled by a ``-c`` because their
+names come from ``.gitattributes``; the mirror's ``info/attributes``, which outranks
+every in-tree ``.gitattributes``, is rewritten before each checkout and each commit to
+unset ``filter`` instead. Remote-side hooks of a *local* remote would run as the daemon
+user, so local pushes go through a receive-pack with hooks disabled.
+
+Error handling: every failure of a local git step raises :class:`WorkspaceError` with one
+readable line (``cannot fetch refs/flota/base/r1 from /srv/x.git: couldn't find remote
+ref ...``). A failed push is not an exception: :meth:`Workspace.commit_and_push` returns
+``pushed=False`` and the commit stays on the mirror's local branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CommitOutcome", "Workspace", "WorkspaceError"]
+
+
+class WorkspaceError(Exception):
+    """A workspace operation failed; the message is one line meant for a user."""
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """What :meth:`Workspace.commit_and_push` produced; ``error`` is set when the push failed."""
+
+    head_commit: str
+    base_commit: str
+    files_modified: tuple[str, ...]
+    insertions: int
+    deletions: int
+    pushed: bool
+    error: str
+
+
+# Settings that make git run a command, pinned for every invocation. Command-line
+# config outranks the (possibly tampered) repository config for single-valued keys,
+# and an empty credential.helper resets the helper list.
+_CONFIG_OVERRIDES: tuple[str, ...] = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.askPass=",
+    "credential.helper=",
+    # BatchMode: a daemon has nobody to answer a passphrase or host-key prompt.
+    "core.sshCommand=ssh -o BatchMode=yes",
+    "core.alternateRefsCommand=",
+    "protocol.ext.allow=never",
+    "commit.gpgSign=false",
+    "push.gpgSign=false",
+    "submodule.recurse=false",
+    "fetch.recurseSubmodules=false",
+    "push.recurseSubmodules=no",
+    "push.followTags=false",
+    # The node user's global ignore/attributes files must not change what a job commits.
+    "core.excludesFile=/dev/null",
+    "core.attributesFile=/dev/null",
+)
+
+_GIT_ENV: dict[str, str] = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_ATTR_NOSYSTEM": "1",
+    # Empty (not unset) values stop git from falling back to core.askPass / SSH_ASKPASS
+    # and to core.gitProxy from the repository config.
+    "GIT_ASKPASS": "",
+    "GIT_PROXY_COMMAND": "",
+    # Overrides every protocol.*.allow; keeps ext:: and remote helpers (remote.*.vcs) out.
+    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+    "GIT_NO_REPLACE_OBJECTS": "1",
+    # Error lines are shown to users and matched by nobody; C keeps them stable.
+    "LC_ALL": "C",
+}
+
+# The operator may choose how ssh runs (keys, jump hosts); any other GIT_* variable in
+# the daemon's environment (GIT_DIR, GIT_WORK_TREE, ...) would redirect our commands.
+_PASSTHROUGH_GIT_VARS = frozenset({"GIT_SSH_COMMAND"})
+
+# Outranks in-tree .gitattributes, so no filter driver named by the repository can run.
+_ATTRIBUTES = "# written by flota: repository content must not pick commands to run\n* !filter\n"
+
+_JOB_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_REF_RE = re.compile(r"[A-Za-z0-9._/-]{1,255}")
+_TRAILER_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_AUTHOR_RE = re.compile(r"\s*([^<>\n]+?)\s*<([^<>\s]+)>\s*")
+_SCP_LIKE_RE = re.compile(r"[^/]*:")
+
+_BASE_FILE = "flota-base"
+_URL_FILE = "flota-url"
+_MAX_ERROR_CHARS = 300
+
+_locks_guard = threading.Lock()
+_locks: dict[Path, threading.Lock] = {}
+
+
+def _mirror_lock(mirror: Path) -> threading.Lock:
+    # Jobs of the same repository share one mirror; git's own ref locks make a
+    # concurrent fetch fail rather than wait, so we queue them here instead.
+    with _locks_guard:
+        return _locks.setdefault(mirror, threading.Lock())
+
+
+class Workspace:
+    """Mirrors, worktrees and scratch directories under one root.
+
+    Public API:
+
+    - ``prepare(url, base_ref, base_commit, branch, job_key) -> Path``: worktree on ``branch``
+      at ``base_commit``.
+    - ``commit_and_push(worktree, branch, message, trailers, author=...) -> CommitOutcome``.
+    - ``scratch(job_key) -> Path``: a fresh empty directory for a job without a repository.
+    - ``remove(job_key) -> bool``, ``remove_worktrees(prefix, keep=()) -> int`` and
+      ``remove_run(run_id, keep=()) -> int``: delete jobs' worktrees and scratch
+      directories. Branches are never deleted, neither in the mirror nor on the remote:
+      a job's result is its branch.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        environ: Mapping[str, str] | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.mirrors = self.root / "mirrors"
+        self.worktrees = self.root / "worktrees"
+        self.scratch_root = self.root / "scratch"
+        self._timeout_s = timeout_s
+        source = os.environ if environ is None else environ
+        env = {k: v for k, v in source.items() if not k.startswith("GIT_") or k in _PASSTHROUGH_GIT_VARS}
+        env.update(_GIT_ENV)
+        self._env = env
+        for directory in (self.root, self.mirrors, self.worktrees, self.scratch_root):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+        # A mirror is built under a temporary name and renamed into place; leftovers
+        # are from a crash in the middle of that.
+        for leftover in self.mirrors.glob("*.git.tmp-*"):
+            _rmtree(leftover)
+
+    # ----- paths -------------------------------------------------------------------
+
+    def mirror_path(self, url: str) -> Path:
+        """Where the bare mirror of ``url`` lives."""
+        return self.mirrors / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.git"
+
+    def worktree_path(self, job_key: str) -> Path:
+        """Where the worktree of ``job_key`` lives; raises on a key that could escape the root."""
+        return self.worktrees / _check_job_key(job_key)
+
+    # ----- prepare -----------------------------------------------------------------
+
+    def prepare(self, url: str, base_ref: str, base_commit: str, branch: str, job_key: str) -> Path:
+        """Make a worktree for ``job_key`` on a new ``branch`` at ``base_commit`` and return it.
+
+        Fetches ``base_ref`` (or, when it is empty, ``base_commit`` itself) into the
+        mirror of ``url`` unless the commit is already there. An existing local
+        ``branch`` (an earlier attempt) is reset; its old tip stays in the mirror's
+        reflog. A worktree left for the same ``job_key`` is an error: call
+        :meth:`remove` first, so that uncommitted work is never dropped silently.
+        """
+        _check_url(url)
+        if base_ref:
+            _check_ref(base_ref, "base ref")
+            if not base_ref.startswith("refs/"):
+                raise WorkspaceError(f"invalid base ref {base_ref!r}: must start with refs/")
+        _check_commit(base_commit)
+        _check_ref(branch, "branch")
+        path = self.worktree_path(job_key)
+        mirror = self.mirror_path(url)
+        with _mirror_lock(mirror):
+            if not mirror.is_dir():
+                self._create_mirror(mirror, url)
+            _write_attributes(mirror)
+            if not self._has_commit(mirror, base_commit):
+                self._fetch(mirror, url, base_ref, base_commit)
+                if not self._has_commit(mirror, base_commit):
+                    source = base_ref or "the remote"
+                    raise WorkspaceError(f"commit {base_commit} is not in {source} of {url}")
+            if path.exists() or path.is_symlink():
+                raise WorkspaceError(f"a worktree for job {job_key} already exists; remove it first")
+            self._git(
+                [
+                    "--git-dir",
+                    str(mirror),
+                    "worktree",
+                    "add",
+                    "--quiet",
+                    "-B",
+                    branch,
+                    str(path),
+                    base_commit,
+                ],
+                cwd=self.worktrees,
+                what=f"cannot create worktree for job {job_key} on branch {branch}",
+            )
+            _, admin = self._locate(path)
+            (admin / _BASE_FILE).write_text(base_commit + "\n")
+        return path
+
+    def _create_mirror(self, mirror: Path, url: str) -> None:
+        tmp = mirror.with_name(f"{mirror.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        _rmtree(tmp)
+        what = f"cannot create mirror for {url}"
+        self._git(["init", "--bare", "--quiet", "--template=", str(tmp)], cwd=self.mirrors, what=what)
+        git_dir = ["--git-dir", str(tmp)]
+        # Reflogs keep the old tip when a retry resets a branch: nothing is lost.
+        self._git([*git_dir, "config", "core.logAllRefUpdates", "true"], cwd=self.mirrors, what=what)
+        self._git([*git_dir, "remote", "add", "--", "origin", url], cwd=self.mirrors, what=what)
+        (tmp / _URL_FILE).write_text(url + "\n")
+        os.chmod(tmp, 0o700)
+        os.rename(tmp, mirror)
+
+    def _fetch(self, mirror: Path, url: str, base_ref: str, base_commit: str) -> None:
+        if base_ref:
+            # Fetched refs live under refs/flota/ so that a base ref named refs/heads/x can
+            # never overwrite a job branch x (with its unpushed commits) in the mirror.
+            dest = base_ref if base_ref.startswith("refs/flota/") else f"refs/flota/fetched/{base_ref[5:]}"
+            refspec = f"+{base_ref}:{dest}"
+        else:
+            refspec = base_commit
+        self._git(
+            [
+                "--git-dir",
+                str(mirror),
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--no-auto-maintenance",
+                "--upload-pack=git-upload-pack",
+                "--",
+                url,
+                refspec,
+            ],
+            cwd=mirror,
+            what=f"cannot fetch {base_ref or base_commit} from {url}",
+        )
+
+    def _has_commit(self, mirror: Path, commit: str) -> bool:
+        proc = self._run(["--git-dir", str(mirror), "cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror)
+        return proc.returncode == 0
+
+    # ----- commit and push ---------------------------------------------------------
+
+    def commit_and_push(
+        self,
+        worktree: Path,
+        branch: str,
+        message: str,
+        trailers: Mapping[str, str],
+        author: str = "flota <flota@localhost>",
+    ) -> CommitOutcome:
+        """Commit everything in ``worktree`` (even nothing) and push it to ``refs/heads/<branch>``.
+
+        ``trailers`` become ``Key: value`` lines in the message's last paragraph. The diff
+        stat is taken from the base commit recorded by :meth:`prepare` to the new head.
+        Local failures raise :class:`WorkspaceError`; a failed push is reported in the
+        outcome (``pushed=False``, ``error``) and the commit stays on the local branch.
+        """
+        worktree = Path(worktree)
+        if worktree.parent != self.worktrees:
+            raise WorkspaceError(f"{worktree} is not a worktree of {self.root}")
+        _check_job_key(worktree.name)
+        _check_ref(branch, "branch")
+        text = _commit_message(message, trailers)
+        name, email = _parse_author(author)
+        mirror, admin = self._locate(worktree)
+        base = _read_line(admin / _BASE_FILE)
+        url = _read_line(mirror / _URL_FILE)
+        if not _COMMIT_RE.fullmatch(base) or self.mirror_path(url) != mirror:
+            raise WorkspaceError(f"the mirror of worktree {worktree.name} was altered; not committing")
+        # Explicit GIT_DIR/GIT_COMMON_DIR: the worktree's .git file and the admin dir's
+        # commondir are writable by the job and must not choose the repository.
+        env = {
+            "GIT_DIR": str(admin),
+            "GIT_COMMON_DIR": str(mirror),
+            "GIT_WORK_TREE": str(worktree),
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+        }
+        what = f"cannot commit job {worktree.name}"
+        with _mirror_lock(mirror):
+            _write_attributes(mirror)
+            self._git(["add", "--all"], cwd=worktree, env=env, what=what)
+            self._git(
+                [
+                    "commit",
+                    "--quiet",
+                    "--allow-empty",
+                    "--no-verify",
+                    "--no-gpg-sign",
+                    "--cleanup=whitespace",
+                    "-F",
+                    "-",
+                ],
+                cwd=worktree,
+                env=env,
+                input=text,
+                what=what,
+            )
+            head = self._git(
+                ["rev-parse", "--verify", "HEAD^{commit}"], cwd=worktree, env=env, what=what
+            ).strip()
+            numstat = self._git(
+                ["diff-tree", "-r", "-z", "--numstat", "--no-renames", base, head],
+                cwd=worktree,
+                env=env,
+                what=f"cannot diff job {worktree.name}",
+            )
+        files, insertions, deletions = _parse_numstat(numstat)
+        error = ""
+        try:
+            self._push(mirror, url, head, branch, env)
+        except WorkspaceError as exc:
+            error = str(exc)
+        return CommitOutcome(
+            head_commit=head,
+            base_commit=base,
+            files_modified=files,
+            insertions=insertions,
+            deletions=deletions,
+            pushed=not error,
+            error=error,
+        )
+
+    def _push(self, mirror: Path, url: str, head: str, branch: str, env: Mapping[str, str]) -> None:
+        # A local remote runs receive-pack, and so its hooks, as us: disable them there.
+        # Over ssh the server's command must stay the plain default.
+        receive_pack = (
+            "git -c core.hooksPath=/dev/null -c core.fsmonitor=false receive-pack"
+            if _is_local_url(url)
+            else "git-receive-pack"
+        )
+        # Pushing the commit id (not HEAD or the branch) pushes exactly what was diffed,
+        # and pushing to the URL keeps remote.origin.{pushurl,mirror,push} out of play.
+        # No force: a result branch on the remote is never rewritten.
+        self._git(
+            [
+                "push",
+                "--quiet",
+                "--no-verify",
+                f"--receive-pack={receive_pack}",
+                "--",
+                url,
+                f"{head}:refs/heads/{branch}",
+            ],
+            cwd=mirror,
+            env={"GIT_DIR": str(mirror)},
+            what=f"cannot push {branch} to {url}",
+        )
+
+    # ----- scratch and removal -----------------------------------------------------
+
+    def scratch(self, job_key: str) -> Path:
+        """Return a fresh, empty directory for ``job_key`` (emptied if it existed)."""
+        path = self.scratch_root / _check_job_key(job_key)
+        _rmtree(path)
+        path.mkdir(mode=0o700)
+        return path
+
+    def remove(self, job_key: str) -> bool:
+        """Delete the worktree and scratch directory of ``job_key``; True if anything was there.
+
+        The job's branch stays in the mirror and on the remote.
+        """
+        path = self.worktree_path(job_key)
+        removed = False
+        if path.exists() or path.is_symlink():
+            removed = True
+            try:
+                mirror: Path | None = self._locate(path)[0]
+            except WorkspaceError:
+                mirror = None
+            if mirror is not None:
+                with _mirror_lock(mirror), contextlib.suppress(WorkspaceError):
+                    self._git(
+                        ["--git-dir", str(mirror), "worktree", "remove", "--force", "--force", str(path)],
+                        cwd=self.worktrees,
+                        what=f"cannot remove worktree {job_key}",
+                    )
+            _rmtree(path)
+            for repo in [mirror] if mirror is not None else sorted(self.mirrors.glob("*.git")):
+                with _mirror_lock(repo), contextlib.suppress(WorkspaceError):
+                    self._git(
+                        ["--git-dir", str(repo), "worktree", "prune"], cwd=repo, what="cannot prune worktrees"
+                    )
+        scratch = self.scratch_root / job_key
+        if scratch.exists() or scratch.is_symlink():
+            removed = True
+            _rmtree(scratch)
+        return removed
+
+    def remove_worktrees(self, prefix: str, keep: Collection[str] = ()) -> int:
+        """Remove every job whose key starts with ``prefix``, except those in ``keep``; return how many."""
+        if not prefix or not _JOB_KEY_RE.fullmatch(prefix):
+            raise WorkspaceError(f"invalid job key prefix {prefix!r}")
+        keys = {
+            entry.name
+            for parent in (self.worktrees, self.scratch_root)
+            for entry in parent.iterdir()
+            if entry.name.startswith(prefix) and _JOB_KEY_RE.fullmatch(entry.name) and entry.name not in keep
+        }
+        return sum(self.remove(key) for key in sorted(keys))
+
+    def remove_run(self, run_id: str, keep: Collection[str] = ()) -> int:
+        """Remove the jobs of run ``run_id`` (keys ``<run_id>.<job>...``), except those in ``keep``."""
+        return self.remove_worktrees(f"{run_id}.", keep)
+
+    # ----- git ---------------------------------------------------------------------
+
+    def _locate(self, worktree: Path) -> tuple[Path, Path]:
+        """Find (mirror, admin dir) of a worktree from the mirror side, not from its .git file."""
+        target = str(worktree / ".git")
+        for mirror in self.mirrors.glob("*.git"):
+            admins = mirror / "worktrees"
+            candidates = [admins / worktree.name, *sorted(admins.glob(f"{worktree.name}*"))]
+            for admin in candidates:
+                with contextlib.suppress(OSError):
+                    if _read_line(admin / "gitdir") == target:
+                        return mirror, admin
+        raise WorkspaceError(f"{worktree} is not a worktree of {self.root}")
+
+    def _run(
+        self,
+        args: Sequence[str],
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        full_env = {**self._env, **env} if env else self._env
+        command = ["git"]
+        for setting in _CONFIG_OVERRIDES:
+            command += ["-c", setting]
+        command += args
+        try:
+            # A new session: no controlling terminal for ssh to prompt on, and a
+            # process group we can kill whole (git, ssh, upload-pack) on timeout.
+            proc = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=full_env,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise WorkspaceError(f"cannot run git: {exc.strerror or exc}") from exc
+        try:
+            out, err = proc.communicate(None if input is None else input.encode(), timeout=self._timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            err += f"fatal: git {args[0] if args else ''} timed out after {self._timeout_s:g} s".encode()
+            return subprocess.CompletedProcess(command, -signal.SIGKILL, out, err)
+        return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+    def _git(
+        self,
+        args: Sequence[str],
+        cwd: Path,
+        *,
+        what: str,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
+    ) -> str:
+        """Run git; return stdout, or raise ``WorkspaceError("<what>: <git's reason>")``."""
+        proc = self._run(args, cwd, env, input)
+        if proc.returncode != 0:
+            raise WorkspaceError(f"{what}: {_summarise(proc.stderr, proc.returncode)}")
+        return proc.stdout.decode("utf-8", errors="replace")
+
+
+# ----- helpers ---------------------------------------------------------------------
+
+
+def _check_job_key(job_key: str) -> str:
+    if not _JOB_KEY_RE.fullmatch(job_key) or job_key in {".", ".."}:
+        raise WorkspaceError(f"invalid job key {job_key!r}: use 1-100 of A-Z a-z 0-9 . _ -")
+    return job_key
+
+
+def _check_commit(commit: str) -> None:
+    if not _COMMIT_RE.fullmatch(commit):
+        raise WorkspaceError(f"invalid base commit {commit!r}: need a full lowercase hex object id")
+
+
+def _check_ref(name: str, kind: str) -> None:
+    # A leading '-' would be parsed as an option; git's check-ref-format does the rest.
+    parts = name.split("/")
+    if (
+        not _REF_RE.fullmatch(name)
+        or name.startswith("-")
+        or any(not part or part.startswith(".") or part.endswith(".lock") for part in parts)
+        or ".." in name
+        or name.endswith(".")
+    ):
+        raise WorkspaceError(f"invalid {kind} {name!r}")
+
+
+def _check_url(url: str) -> None:
+    if not url or url.startswith("-") or any(ch in url for ch in "\0\n\r"):
+        raise WorkspaceError(f"invalid repository URL {url!r}")
+
+
+def _is_local_url(url: str) -> bool:
+    if url.startswith("file://"):
+        return True
+    return "://" not in url and not _SCP_LIKE_RE.match(url)
+
+
+def _commit_message(message: str, trailers: Mapping[str, str]) -> str:
+    lines = []
+    for key, value in trailers.items():
+        if not _TRAILER_KEY_RE.fullmatch(key) or any(ch in value for ch in "\0\n\r"):
+            raise WorkspaceError(f"invalid trailer {key!r}: {value!r}")
+        lines.append(f"{key}: {value}")
+    body = message.strip() or "flota job result"
+    return body + ("\n\n" + "\n".join(lines) if lines else "") + "\n"
+
+
+def _parse_author(author: str) -> tuple[str, str]:
+    match = _AUTHOR_RE.fullmatch(author)
+    if match is None:
+        raise WorkspaceError(f"invalid author {author!r}: expected 'Name <email>'")
+    return match.group(1), match.group(2)
+
+
+def _parse_numstat(output: str) -> tuple[tuple[str, ...], int, int]:
+    files: list[str] = []
+    insertions = deletions = 0
+    for record in output.split("\0"):
+        if not record:
+            continue
+        added, deleted, path = record.split("\t", 2)
+        files.append(path)
+        # Binary files show "-": listed, but they add no lines.
+        insertions += int(added) if added.isdigit() else 0
+        deletions += int(deleted) if deleted.isdigit() else 0
+    return tuple(files), insertions, deletions
+
+
+def _summarise(stderr: bytes, returncode: int) -> str:
+    """The one stderr line that says why: a push rejection, else git's first fatal/error line."""
+    lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    chosen = next((line for line in lines if line.startswith("! [")), None)
+    if chosen is None:
+        chosen = next((line for line in lines if line.startswith(("fatal:", "error:"))), None)
+    if chosen is None:
+        chosen = lines[-1] if lines else f"git exited with code {returncode}"
+    for prefix in ("fatal: ", "error: "):
+        chosen = chosen.removeprefix(prefix)
+    return chosen[:_MAX_ERROR_CHARS]
+
+
+def _write_attributes(mirror: Path) -> None:
+    path = mirror / "info" / "attributes"
+    with contextlib.suppress(OSError):
+        if path.read_text() == _ATTRIBUTES:
+            return
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    if path.is_symlink() or path.is_dir():
+        _rmtree(path)
+    tmp = path.with_name("attributes.tmp")
+    tmp.write_text(_ATTRIBUTES)
+    os.replace(tmp, path)
+
+
+def _read_line(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a file, symlink or tree, including directories a job made read-only."""
+
+    def retry(func: Callable[..., object], name: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            for directory in (os.path.dirname(name), name):
+                if os.path.isdir(directory) and not os.path.islink(directory):
+                    os.chmod(directory, os.stat(directory).st_mode | stat.S_IRWXU)
+            func(name)
+
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, onerror=retry)

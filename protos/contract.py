@@ -1,0 +1,100 @@
+"""What the coordinator and the node daemon must agree on besides the messages.
+
+Both sides import this module; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "ADMIN_CN_PREFIX",
+    "API_VERSION",
+    "COORDINATOR_CN",
+    "COORDINATOR_SERVER_NAME",
+    "DEFAULT_COORDINATOR_PORT",
+    "MAX_MESSAGE_BYTES",
+    "NODE_CN_PREFIX",
+    "NODE_ID_RE",
+    "SERVICE_TYPE",
+    "TXT_FINGERPRINT",
+    "TXT_ID",
+    "TXT_PORT",
+    "TXT_VERSION",
+    "JoinToken",
+    "TokenError",
+    "fingerprint",
+    "node_cn",
+    "node_server_name",
+]
+
+API_VERSION = "1"
+
+# mDNS: a hint where a node might be, never who it is (see DESIGN.md rule 3).
+SERVICE_TYPE = "_flota._tcp.local."
+TXT_ID = "id"
+TXT_VERSION = "v"
+TXT_PORT = "port"
+TXT_FINGERPRINT = "fp"
+
+DEFAULT_COORDINATOR_PORT = 7370  # the enrollment port is the next one unless configured
+
+# Certificates: the role is the subject CN; the TLS server name a client expects is a SAN.
+COORDINATOR_CN = "coordinator"
+COORDINATOR_SERVER_NAME = "coordinator.flota"
+NODE_CN_PREFIX = "node:"
+ADMIN_CN_PREFIX = "admin:"
+CA_SERVER_NAME = "ca.flota"  # the enrollment port serves the CA certificate itself
+
+NODE_ID_RE = re.compile(r"^[a-z0-9]{8,32}$")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def node_cn(node_id: str) -> str:
+    return f"{NODE_CN_PREFIX}{node_id}"
+
+
+def node_server_name(node_id: str) -> str:
+    """The SAN a node's certificate carries; the coordinator dials nodes expecting it."""
+    return f"{node_id}.node.flota"
+
+
+def fingerprint(der: bytes) -> str:
+    """SHA-256 of a certificate in DER form, hex: what TXT `fp` and join tokens carry."""
+    return hashlib.sha256(der).hexdigest()
+
+
+TOKEN_PREFIX = "flota1"
+
+
+class TokenError(ValueError):
+    """A join token is not of the form flota1.<id>.<secret>.<ca-hash>."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    """A one-time join token: an id, a secret, and the fingerprint of the CA it pins."""
+
+    id: str
+    secret: str
+    ca_fingerprint: str
+
+    def __str__(self) -> str:
+        return f"{TOKEN_PREFIX}.{self.id}.{self.secret}.{self.ca_fingerprint}"
+
+    @classmethod
+    def parse(cls, text: str) -> JoinToken:
+        parts = text.strip().split(".")
+        ok = (
+            len(parts) == 4
+            and parts[0] == TOKEN_PREFIX
+            and re.fullmatch(r"[0-9a-f]{8}", parts[1]) is not None
+            and re.fullmatch(r"[A-Za-z0-9_-]{16,64}", parts[2]) is not None
+            and re.fullmatch(r"[0-9a-f]{64}", parts[3]) is not None
+        )
+        if not ok:
+            raise TokenError("malformed join token (expected flota1.<id>.<secret>.<ca-hash>)")
+        return cls(parts[1], parts[2], parts[3])
