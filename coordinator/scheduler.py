@@ -2,29 +2,28 @@
 
 Rules (every node in the snapshot is online and schedulable; the caller filters):
 
-1. Jobs are taken in `JobView.order` order, ties by id. A placement consumes the
-   node's slot, cpus, memory, gpus and run count for the rest of the pass.
-2. Static filters, "can never fit on a current node", in this order: pin (node id
-   or name), allowed networks, avoided networks, labels, agent CLI, then total
-   capacity (the cpus, memory and gpus a host has at all).
-3. Dynamic filters, "busy right now", in this order: a free slot on a node that is
-   not `exclusive_busy`; free cpus (with a small epsilon), free memory (only when
-   the job asks for some), free gpus; an idle node for an exclusive job (which then
-   closes the node for the pass); for a hard-spread job, no job of its run there.
-4. Among the survivors: fewest jobs of the same run (soft spread), then least busy
-   (used_slots / slots), then lowest load, then name, then id.
+1. Jobs go in `JobView.order` order, ties by id; a placement consumes the node's
+   slot, cpus, memory, gpus and run count for the rest of the pass.
+2. Static filters ("can never fit"), in order: pin (node id or name), allowed
+   networks, avoided networks, labels, agent CLI, total cpus / memory / gpus.
+3. Dynamic filters ("busy right now"), in order: a free slot on a node that is not
+   `exclusive_busy`; free cpus (small epsilon), memory (if asked), gpus; an idle
+   node for an exclusive job, which then closes it for the pass; for a hard-spread
+   job, no job of its run on the node.
+4. Then: fewest jobs of the same run (soft spread), least busy (used_slots / slots),
+   lowest load, name, id.
 5. A job left over gets one line in `Plan.waiting`: the reason of the first filter
    above that leaves no candidate, judged on the state at the end of the pass.
 
-`now` is in the contract so time-based rules (ageing, back-off) can come without
-changing callers; no rule reads it yet.
+`now` is in the contract so time-based rules (ageing, back-off) need no new callers;
+no rule reads it yet.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from coordinator.models import JobView, NodeView, Placement, Plan, Snapshot
 
@@ -40,8 +39,7 @@ _Key = tuple[tuple[tuple[str, str], ...], str, tuple[str, ...], tuple[str, ...],
 _Class = tuple[bool, float, float, float]
 _Entry = tuple[int, float, int]  # (jobs of the run, used/slots, node rank)
 _BASE: _Class = (False, 0.0, 0.0, 0.0)
-# Per static key at the end of a pass: members, those with a free slot, their
-# (cpus, memory, gpus) totals, and the smallest of each.
+# Per static key, end of pass: members, those with a free slot, totals, smallest totals.
 _Facts = tuple[list[int], list[int], list[tuple[float, int, int]], list[float]]
 _HAS = ("{:g} cpus", "{:g} MB of memory", "{:g} gpus")
 _FREE = ("{:g} free cpus", "{:g} MB of free memory", "{:g} free gpus")
@@ -68,27 +66,27 @@ def _matches(node: NodeView, key: _Key) -> bool:
     )
 
 
-def _static_reason(nodes: Sequence[NodeView], key: _Key) -> str:
+def _static_reason(st: _State, key: _Key) -> str:
     labels, pin, networks, avoid, agent = key
-    if not nodes and not pin:
+    if pin and pin not in st.by_pin:
+        return f"no node named {pin!r}"
+    nodes = [st.nodes[i] for i in st.by_pin[pin]] if pin else st.nodes
+    if not nodes:
         return "no nodes are online"
-    steps: list[tuple[object, Callable[[NodeView], bool], str]] = [
-        (pin, lambda n: pin in (n.id, n.name), f"no node named {pin!r}"),
-        (networks, lambda n: n.network in networks, f"no node on network {' or '.join(networks)}"),
-        (
-            avoid,
-            lambda n: n.network not in avoid,
-            f"all matching nodes are on avoided networks ({', '.join(avoid)})",
+    # Add the key's parts one at a time; the first that leaves no node is the reason.
+    steps: list[tuple[_Key, str]] = [
+        (((), pin, networks, (), ""), f"no node on network {' or '.join(networks)}"),
+        (((), pin, networks, avoid, ""), f"all matching nodes are on avoided networks ({', '.join(avoid)})"),
+        *(
+            ((labels[: k + 1], pin, networks, avoid, ""), f"no node with label {kv[0]}={kv[1]}")
+            for k, kv in enumerate(labels)
         ),
-        *((True, lambda n, k=k, v=v: n.labels.get(k) == v, f"no node with label {k}={v}") for k, v in labels),
-        (agent, lambda n: agent in n.agents, f"no node has agent CLI {agent!r}"),
+        (key, f"no node has agent CLI {agent!r}"),
     ]
-    left = list(nodes)
-    for wanted, keep, reason in steps:
-        left = [n for n in left if keep(n)] if wanted else left
-        if not left:
+    for partial, reason in steps:
+        if not any(_matches(n, partial) for n in nodes):
             return reason
-    return "no node matches"  # unreachable while this agrees with _matches
+    return "no node matches"  # unreachable: members() found none with the full key
 
 
 class _State:
@@ -120,15 +118,12 @@ class _State:
 
     def members(self, key: _Key) -> list[int]:
         """Statically eligible node ranks, ascending; narrowed first through an index."""
-        found = self.members_of.get(key)
-        if found is None:
+        if key not in self.members_of:
             starts: list[Sequence[int]] = [range(len(self.nodes))]
-            if key[1]:
-                starts.append(self.by_pin.get(key[1], ()))
-            starts.extend(self.by_label.get(pair, ()) for pair in key[0])
-            found = [i for i in min(starts, key=len) if _matches(self.nodes[i], key)]
-            self.members_of[key] = found
-        return found
+            starts += [self.by_pin.get(key[1], ())] if key[1] else []
+            starts += [self.by_label.get(pair, ()) for pair in key[0]]
+            self.members_of[key] = [i for i in min(starts, key=len) if _matches(self.nodes[i], key)]
+        return self.members_of[key]
 
     def open(self, i: int, excl: bool, cpus: float, mem: float, gpus: float) -> bool:
         used = self.used[i]
@@ -213,8 +208,8 @@ class _Heap:
         return best, len(held), len(small)
 
 
-def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> str | list[int]:
-    """Why `job` waits, or the nodes that only hard spread keeps it from."""
+def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> str:
+    """Why `job` waits, judged on the state at the end of the pass."""
     if key not in facts:
         members = st.members(key)
         free = [i for i in members if not st.closed[i] and st.used[i] < st.slots[i]]
@@ -222,7 +217,7 @@ def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> 
         facts[key] = (members, free, totals, [min(t) for t in zip(*totals, strict=True)])
     members, left, totals, lows = facts[key]
     if not members:
-        return _static_reason(st.nodes, key)
+        return _static_reason(st, key)
     needs = job.cpus, job.memory_mb, job.gpus
     matching = len(members)
     if any(need > low + _EPS for need, low in zip(needs, lows, strict=True)):
@@ -237,6 +232,8 @@ def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> 
                 totals = kept
         matching = len(totals)
     if not left:
+        if all(st.closed[i] for i in members):
+            return f"every matching node runs an exclusive job ({matching} nodes)"
         return f"all matching nodes are busy ({matching} nodes, 0 free slots)"
     frees: tuple[Sequence[float], ...] = (st.cpu, st.mem, st.gpu)
     for need, have, what in zip(needs, frees, _FREE, strict=True):
@@ -248,7 +245,10 @@ def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> 
         left = [i for i in left if st.used[i] == 0]
         if not left:
             return "waiting for an idle node (exclusive)"
-    return left
+    counts = st.runs.get(job.run_id, {})
+    if job.spread and all(i in counts for i in left):
+        return "every matching node already runs a job of this run (spread)"
+    return "no suitable node right now"  # not expected: a job that fits somewhere is placed
 
 
 def schedule(snapshot: Snapshot, now: float) -> Plan:
@@ -290,16 +290,10 @@ def schedule(snapshot: Snapshot, now: float) -> Plan:
     reasons: dict[tuple[object, ...], str] = {}
     facts: dict[_Key, _Facts] = {}
     for job, key in left_over:
-        sig = (key, job.exclusive, job.cpus, job.memory_mb, job.gpus, job.run_id if job.spread else "")
-        reason = reasons.get(sig)
-        if reason is None:
-            found = _explain(st, job, key, facts)
-            if isinstance(found, list):
-                counts = st.runs.get(job.run_id, {})
-                if job.spread and all(i in counts for i in found):
-                    found = "every matching node already runs a job of this run (spread)"
-                else:  # not expected: a job that fits somewhere is placed
-                    found = "no suitable node right now"
-            reason = reasons[sig] = found
-        waiting[job.id] = reason
+        sig: tuple[object, ...] = (key,)  # a static reason holds for the whole key
+        if st.members(key):
+            sig = (key, job.exclusive, job.cpus, job.memory_mb, job.gpus, job.run_id if job.spread else "")
+        if sig not in reasons:
+            reasons[sig] = _explain(st, job, key, facts)
+        waiting[job.id] = reasons[sig]
     return Plan(placements=tuple(placements), waiting=waiting)

@@ -239,13 +239,32 @@ def _signal_group(group: int, sig: signal.Signals) -> None:
 
 
 def _group_alive(group: int) -> bool:
+    """True while a process of the group is still running (zombies do not count)."""
     try:
         os.killpg(group, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    # killpg also reaches zombies, and an init that reaps lazily (containers) can keep
+    # them for seconds; they hold nothing, so where /proc exists look closer.
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                data = stat_file.read()
+        except OSError:
+            continue
+        # Fields after "(comm)": state, ppid, pgrp, ...; comm itself may hold spaces.
+        fields = data[data.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(group).encode() and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def _signal_name(number: int) -> str:

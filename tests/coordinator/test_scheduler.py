@@ -187,7 +187,7 @@ CASES: dict[str, Case] = {
         [N("a", slots=4)],
         [J("j1", exclusive=True), J("j2")],
         {"j1": "a"},
-        {"j2": "all matching nodes are busy (1 nodes, 0 free slots)"},
+        {"j2": "every matching node runs an exclusive job (1 nodes)"},
     ),
     "exclusive-busy-node-takes-nothing": Case(
         [N("a", slots=4, used_slots=1, exclusive_busy=True), N("b", slots=1)],

@@ -1,0 +1,5 @@
+"""`python -m cli ...` is `flota ...`."""
+
+from cli.main import main
+
+main()
