@@ -112,11 +112,14 @@ def read_facts(disk_path: str, gpus: tuple[Gpu, ...]) -> Facts:
 
 
 def interfaces() -> dict[str, list[str]]:
-    """Up interfaces and their IP addresses (v4 and v6, without scope)."""
+    """Administratively up interfaces and their IP addresses (v4 and v6, without scope).
+
+    "Up" is the interface flag, not carrier: a VPN tunnel can be configured and up
+    while it reports no carrier."""
     stats = psutil.net_if_stats()
     result: dict[str, list[str]] = {}
     for name, addrs in psutil.net_if_addrs().items():
-        if name in stats and not stats[name].isup:
+        if name in stats and "up" not in stats[name].flags.split(","):
             continue
         ips = [a.address.split("%")[0] for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)]
         result[name] = ips

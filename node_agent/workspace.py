@@ -535,6 +535,9 @@ def _check_ref(name: str, kind: str) -> None:
 def _check_url(url: str) -> None:
     if not url or url.startswith("-") or any(ch in url for ch in "\0\n\r"):
         raise WorkspaceError(f"invalid repository URL {url!r}")
+    # git runs inside the mirror, where a relative path would mean something else.
+    if _is_local_url(url) and not url.startswith(("/", "file://")):
+        raise WorkspaceError(f"invalid repository URL {url!r}: a local path must be absolute")
 
 
 def _is_local_url(url: str) -> bool:

@@ -49,9 +49,13 @@ def make_repo(base: Path, files: dict[str, str] | None = None) -> tuple[Path, Pa
 
 
 class Fleet:
-    def __init__(self, home: Path, python: str = sys.executable) -> None:
+    """``cli_prefix`` runs every CLI call under it (e.g. ``ip netns exec HOST`` so the CLI
+    sits in the coordinator's namespace); ``prefix`` does the same for one daemon."""
+
+    def __init__(self, home: Path, python: str = sys.executable, cli_prefix: Sequence[str] = ()) -> None:
         self.home = home
         self.python = python
+        self.cli_prefix = list(cli_prefix)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         home.mkdir(parents=True, exist_ok=True)
@@ -72,11 +76,12 @@ class Fleet:
     def log(self, key: str) -> str:
         return self.logs[key].read_text(errors="replace")
 
-    def start_coordinator(self, *args: str, listen: str = "127.0.0.1:0", prefix: Sequence[str] = ()) -> dict[str, Any]:
+    def start_coordinator(self, *args: str, listen: str = "127.0.0.1:0", prefix: Sequence[str] = (),
+                          mdns: bool = False) -> dict[str, Any]:
         state = self.home / "coordinator" / "coordinator.json"
         state.unlink(missing_ok=True)
         proc = self.spawn("coordinator", ["-m", "coordinator", "start", "--listen", listen, "--join-port", "0",
-                                          "--no-mdns", *args], prefix)
+                                          *([] if mdns else ["--no-mdns"]), *args], prefix)
 
         def ready() -> dict[str, Any] | None:
             assert proc.poll() is None, f"coordinator exited: {self.log('coordinator')}"
@@ -90,8 +95,8 @@ class Fleet:
 
     def flota(self, *args: str, check: bool = False, timeout: float = 120, cwd: Path | None = None,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([self.python, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout,
-                                env={**self.env, **(env or {})}, cwd=cwd or self.home)
+        result = subprocess.run([*self.cli_prefix, self.python, "-m", "cli", *args], capture_output=True, text=True,
+                                timeout=timeout, env={**self.env, **(env or {})}, cwd=cwd or self.home)
         if check and result.returncode != 0:
             raise AssertionError(f"flota {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}")
         return result
@@ -107,18 +112,19 @@ class Fleet:
         data = self.json("token", "create", check=True)
         return data["join_address"], data["token"]
 
-    def join(self, name: str, prefix: Sequence[str] = ()) -> Path:
-        state = self.home / "nodes" / name
+    def join(self, name: str, prefix: Sequence[str] = (), state: Path | None = None) -> Path:
+        state = state or self.home / "nodes" / name
         address, token = self.token()
         subprocess.run([*prefix, self.python, "-m", "node_agent", "join", address, "--token", token, "--name", name,
                         "--state-dir", str(state)], check=True, capture_output=True, env=self.env, timeout=60)
         return state
 
     def start_node(self, name: str, *args: str, join: bool = True, wait: bool = True,
-                   listen: str = "127.0.0.1:0", prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-        state = self.join(name, prefix) if join else self.home / "nodes" / name
+                   listen: str = "127.0.0.1:0", prefix: Sequence[str] = (), mdns: bool = False,
+                   state: Path | None = None) -> subprocess.Popen[bytes]:
+        state = self.join(name, prefix, state) if join else state or self.home / "nodes" / name
         proc = self.spawn(name, ["-m", "node_agent", "start", "--state-dir", str(state), "--name", name,
-                                 "--listen", listen, "--no-mdns", *args], prefix)
+                                 "--listen", listen, *([] if mdns else ["--no-mdns"]), *args], prefix)
         if wait:
             self.wait_node(name, "online")
         return proc

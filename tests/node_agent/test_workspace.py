@@ -281,6 +281,7 @@ def test_job_keys_that_could_escape_are_rejected(ws: Workspace, remote: Remote, 
     ("url", "base_ref", "branch", "fragment"),
     [
         ("--upload-pack=touch /tmp/x", BASE_REF, "b", "invalid repository URL"),
+        ("relative/remote.git", BASE_REF, "b", "a local path must be absolute"),
         (None, "--exec=x", "b", "invalid base ref"),
         (None, "heads/main", "b", "must start with refs/"),
         (None, BASE_REF, "-f", "invalid branch"),
@@ -465,3 +466,39 @@ def test_hostile_repo_and_tampered_mirror_run_nothing(ws: Workspace, tmp_path: P
     git("add", "-A", cwd=wt2)
     fired = {p.name for p in markers.iterdir()}
     assert {"fsmonitor", "filter", "hook-post-index-change"} & fired
+
+
+def test_file_url(ws: Workspace, remote: Remote) -> None:
+    url = f"file://{remote.bare}"
+    wt = ws.prepare(url, BASE_REF, remote.base, "flota/r1/0", "r1.0.a1")
+    (wt / "f.txt").write_text("via file://\n")
+    assert ws.commit_and_push(wt, "flota/r1/0", "result", TRAILERS).pushed
+    assert remote.show("flota/r1/0:f.txt") == "via file://\n"
+
+
+def test_ssh_url_uses_the_operators_ssh_command(tmp_path: Path, remote: Remote) -> None:
+    # A stand-in for ssh that runs the remote command locally and logs it.
+    log = tmp_path / "ssh.log"
+    fake_ssh = tmp_path / "fake-ssh"
+    fake_ssh.write_text(
+        "#!/bin/sh\n"
+        "while [ $# -gt 0 ]; do\n"
+        '  case "$1" in -G) exit 0;; -o|-p) shift 2;; -*) shift;; *) break;; esac\n'
+        "done\n"
+        f'host="$1"; shift; echo "$host $*" >> {log}\n'
+        'exec sh -c "$*"\n'
+    )
+    fake_ssh.chmod(0o755)
+    ws = Workspace(
+        tmp_path / "node", environ={**os.environ, "GIT_SSH_COMMAND": str(fake_ssh), "GIT_DIR": "/x"}
+    )
+    url = f"ssh://buildbox{remote.bare}"
+    wt = ws.prepare(url, BASE_REF, remote.base, "flota/r1/0", "r1.0.a1")
+    (wt / "s.txt").write_text("via ssh\n")
+    assert ws.commit_and_push(wt, "flota/r1/0", "result", TRAILERS).pushed
+    assert remote.show("flota/r1/0:s.txt") == "via ssh\n"
+    # Over ssh the server's own command stays the plain default.
+    assert log.read_text().splitlines() == [
+        f"buildbox git-upload-pack '{remote.bare}'",
+        f"buildbox git-receive-pack '{remote.bare}'",
+    ]
