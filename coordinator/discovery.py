@@ -21,7 +21,7 @@ log = logging.getLogger("flota.coordinator.discovery")
 
 
 class Discovery:
-    def __init__(self, hint: Callable[[str, list[str]], bool], goodbye: Callable[[str], None]) -> None:
+    def __init__(self, hint: Callable[[str, list[str], str], bool], goodbye: Callable[[str], None]) -> None:
         self._hint = hint
         self._goodbye = goodbye
         self._zc: AsyncZeroconf | None = None
@@ -60,6 +60,6 @@ class Discovery:
         if not NODE_ID_RE.match(node_id) or not info.port:
             return
         addresses = [f"{ip}:{info.port}" for ip in info.parsed_addresses(IPVersion.V4Only)][:8]
-        if self._hint(node_id, addresses):
+        if self._hint(node_id, addresses, "mdns"):
             self._ids[name] = node_id
             log.debug("mDNS: %s at %s", node_id, addresses)

@@ -25,6 +25,7 @@ __all__ = ["Credentials", "NodeCallError", "NodeLink"]
 log = logging.getLogger("flota.coordinator.link")
 
 CONNECT_TIMEOUT_S = 2.0
+SOURCE_ORDER = ("register", "mdns", "static", "store")
 CALL_TIMEOUT_S = 5.0
 
 
@@ -64,7 +65,7 @@ class NodeLink:
         self._on_event = on_event
         self._on_state = on_state
         self._heartbeat_s = heartbeat_s
-        self.candidates: dict[str, float] = {}  # address -> last hinted (monotonic)
+        self.sources: dict[str, list[str]] = {}  # "register" | "mdns" | "static" | "store" -> addresses
         self.address = ""
         self.last_error = ""
         self._channel: grpc.aio.Channel | None = None
@@ -72,14 +73,15 @@ class NodeLink:
         self._hinted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def hint(self, addresses: list[str]) -> None:
-        """New places the node may be (RegisterNode, mDNS, config). Wakes a waiting dial."""
-        now = asyncio.get_running_loop().time()
-        fresh = False
-        for addr in addresses:
-            fresh |= addr not in self.candidates
-            self.candidates[addr] = now
-        if fresh or self._stub is None:
+    def hint(self, addresses: list[str], source: str = "register") -> None:
+        """Where the node says (or mDNS, or config says) it listens now. Each source's
+        latest word replaces its earlier one, so a restarted node's old port is dropped.
+        Wakes a dial in progress or waiting."""
+        new = list(dict.fromkeys(addresses))
+        if self.sources.get(source) != new:
+            self.sources[source] = new
+            self._hinted.set()
+        elif self._stub is None:
             self._hinted.set()
 
     def start(self) -> None:
@@ -101,21 +103,34 @@ class NodeLink:
         return self._stub is not None
 
     def _ordered(self) -> list[str]:
-        # Last working address first, then the most recently hinted.
-        rest = sorted(self.candidates, key=lambda a: -self.candidates[a])
-        return ([self.address] if self.address in self.candidates else []) + [a for a in rest if a != self.address]
+        """The last working address first, then the node's own word, then mDNS, config, memory."""
+        found = [a for src in SOURCE_ORDER for a in self.sources.get(src, ())]
+        ordered = ([self.address] if self.address in found else []) + found
+        return list(dict.fromkeys(ordered))
 
     async def _dial(self, address: str) -> grpc.aio.Channel | None:
+        """A ready channel, or None as soon as the address refuses, times out, or a new
+        hint arrives (a refused port never becomes READY, so waiting for it is waste)."""
         channel = grpc.aio.secure_channel(
             address, self._creds.channel(), options=client_options(node_server_name(self.node_id))
         )
-        try:
-            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
-            return channel
-        except (TimeoutError, grpc.aio.AioRpcError) as exc:
-            self.last_error = f"cannot connect to {address}: {type(exc).__name__}"
-            await channel.close()
-            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_TIMEOUT_S
+        state = channel.get_state(try_to_connect=True)
+        while state is not grpc.ChannelConnectivity.READY:
+            remaining = deadline - loop.time()
+            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE or remaining <= 0 or self._hinted.is_set():
+                self.last_error = f"cannot connect to {address}" + (
+                    " (TLS or connection refused)" if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE else ""
+                )
+                await channel.close()
+                return None
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), min(remaining, 0.25))
+            except TimeoutError:
+                pass
+            state = channel.get_state()
+        return channel
 
     async def _loop(self) -> None:
         backoff = 0.2
@@ -123,11 +138,14 @@ class NodeLink:
             self._hinted.clear()
             for address in self._ordered():
                 channel = await self._dial(address)
-                if channel is None:
-                    continue
-                backoff = 0.2
-                await self._session(channel, address)
-                break
+                if channel is not None:
+                    backoff = 0.2
+                    await self._session(channel, address)
+                    break
+                if self._hinted.is_set():
+                    break  # fresher addresses arrived: start over with them
+            if self._hinted.is_set():
+                continue
             try:
                 await asyncio.wait_for(self._hinted.wait(), backoff)
             except TimeoutError:

@@ -87,10 +87,10 @@ class Reconciler:
             if not rec.removed:
                 self._entry(rec.id, rec.name)
                 if rec.address:
-                    self.link(rec.id).hint([rec.address])
+                    self.link(rec.id).hint([rec.address], "store")
         for node_id, address in self.config.static_nodes:
             if node_id in self.nodes:
-                self.link(node_id).hint([address])
+                self.link(node_id).hint([address], "static")
         for run in self.store.active_runs():
             self.runs[run.id] = run
             for job in run.jobs:
@@ -120,11 +120,11 @@ class Reconciler:
     def enrolled(self, node_id: str, name: str) -> None:
         self._entry(node_id, name).name = name
 
-    def hint(self, node_id: str, addresses: list[str]) -> bool:
-        """A place where an enrolled node may listen. False for ids we never enrolled."""
+    def hint(self, node_id: str, addresses: list[str], source: str = "register") -> bool:
+        """Where an enrolled node may listen. False for ids we never enrolled."""
         if node_id not in self.nodes or self.nodes[node_id].removed:
             return False
-        self.link(node_id).hint(addresses)
+        self.link(node_id).hint(addresses, source)
         return True
 
     def goodbye(self, node_id: str) -> None:

@@ -160,9 +160,11 @@ async def run_shell(
         finally:
             # Only the child may hold the write end, or we would never see EOF.
             os.close(write_fd)
-    except OSError as exc:
+    except BaseException as exc:
         transport.close()
-        raise ShellError(f"cannot start {_SHELL} in {cwd}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise ShellError(f"cannot start {_SHELL} in {cwd}: {exc.strerror or exc}") from exc
+        raise
 
     # start_new_session makes the shell a session and group leader: group id == pid.
     group = proc.pid
