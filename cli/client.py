@@ -53,10 +53,12 @@ def _read(path: Path) -> bytes:
 
 
 def _translate(exc: grpc.RpcError, address: str) -> CliError:
-    code = exc.code()  # type: ignore[attr-defined]
-    details = exc.details() or code.name  # type: ignore[attr-defined]
+    code = exc.code()
+    details = exc.details() or code.name
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return CliError(f"cannot reach the coordinator at {address} ({details.splitlines()[0]})", EXIT_UNAVAILABLE)
+        return CliError(
+            f"cannot reach the coordinator at {address} ({details.splitlines()[0]})", EXIT_UNAVAILABLE
+        )
     return CliError(details.splitlines()[0] if details else code.name, EXIT_USAGE)
 
 
@@ -66,8 +68,12 @@ class Client:
         self.address = address or os.environ.get("FLOTA_COORDINATOR") or ""
         if not self.address:
             self.address = _read(admin / "coordinator").decode().strip()
-        creds = grpc.ssl_channel_credentials(_read(admin / "ca.pem"), _read(admin / "key.pem"), _read(admin / "cert.pem"))
-        self.channel = grpc.secure_channel(self.address, creds, options=client_options(COORDINATOR_SERVER_NAME))
+        creds = grpc.ssl_channel_credentials(
+            _read(admin / "ca.pem"), _read(admin / "key.pem"), _read(admin / "cert.pem")
+        )
+        self.channel = grpc.secure_channel(
+            self.address, creds, options=client_options(COORDINATOR_SERVER_NAME)
+        )
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
 
     def call(self, method: str, request: Any, timeout: float = CALL_TIMEOUT_S) -> Any:

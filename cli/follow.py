@@ -13,7 +13,9 @@ from protos.flota.v1 import coordinator_pb2
 __all__ = ["follow_run"]
 
 
-def follow_run(client: Client, run: coordinator_pb2.Run, live: bool, quiet: bool = False) -> coordinator_pb2.Run:
+def follow_run(
+    client: Client, run: coordinator_pb2.Run, live: bool, quiet: bool = False
+) -> coordinator_pb2.Run:
     """Watch until the run ends; returns the final run. A TTY gets a live table, anything
     else one line per job change (readable in CI logs)."""
     jobs = {j.id: j for j in run.jobs}
@@ -55,6 +57,7 @@ def follow_run(client: Client, run: coordinator_pb2.Run, live: bool, quiet: bool
                 break
     if final is None:  # the stream ended without the closing event: read the run back
         final = client.call("GetRun", coordinator_pb2.GetRunRequest(run_id=run.id))
+        assert isinstance(final, coordinator_pb2.Run)
     if not quiet:
         console.print(f"run {final.id} {final.status} in {max(final.finished_at - final.created_at, 0):.1f}s")
     return final

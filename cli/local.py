@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli.client import EXIT_UNAVAILABLE, CliError, Client, flota_home
+from cli.client import EXIT_UNAVAILABLE, Client, CliError, flota_home
 from cli.render import console, nodes_table, print_json, to_dict
 from protos.flota.v1 import coordinator_pb2
 
@@ -103,7 +103,18 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
     try:
         log = local / "coordinator.log"
         coord = _spawn(
-            ["-m", "coordinator", "start", "--home", str(home), "--listen", "127.0.0.1:0", "--join-port", "0", "--no-mdns"],
+            [
+                "-m",
+                "coordinator",
+                "start",
+                "--home",
+                str(home),
+                "--listen",
+                "127.0.0.1:0",
+                "--join-port",
+                "0",
+                "--no-mdns",
+            ],
             log,
             detach,
         )
@@ -122,16 +133,43 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
             if not (state / "identity" / "node.pem").exists():
                 token = client.call("CreateToken", coordinator_pb2.CreateTokenRequest(ttl_s=60))
                 joined = subprocess.run(
-                    [sys.executable, "-m", "node_agent", "join", token.join_address, "--token", token.token,
-                     "--name", name, "--state-dir", str(state)],
-                    capture_output=True, text=True, timeout=30,
+                    [
+                        sys.executable,
+                        "-m",
+                        "node_agent",
+                        "join",
+                        token.join_address,
+                        "--token",
+                        token.token,
+                        "--name",
+                        name,
+                        "--state-dir",
+                        str(state),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
                 )
                 if joined.returncode != 0:
                     raise CliError(f"enrolling {name} failed: {joined.stderr.strip()}", EXIT_UNAVAILABLE)
             log = local / f"{name}.log"
             proc = _spawn(
-                ["-m", "node_agent", "start", "--state-dir", str(state), "--name", name, "--listen", "127.0.0.1:0",
-                 "--network", NETWORKS[(i - 1) % len(NETWORKS)], "--slots", "2", "--no-mdns"],
+                [
+                    "-m",
+                    "node_agent",
+                    "start",
+                    "--state-dir",
+                    str(state),
+                    "--name",
+                    name,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--network",
+                    NETWORKS[(i - 1) % len(NETWORKS)],
+                    "--slots",
+                    "2",
+                    "--no-mdns",
+                ],
                 log,
                 detach,
             )

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.client import EXIT_FAILED, CliError, Client
+from cli.client import EXIT_FAILED, Client, CliError
 from cli.render import console, jobs_table, nodes_table, print_json, results_table, runs_table, to_dict
-from protos.flota.v1 import coordinator_pb2
+from protos.flota.v1 import coordinator_pb2, types_pb2
 
 __all__ = ["app", "main"]
 
@@ -73,7 +73,9 @@ def _exec(module: str, args: list[str]) -> None:
 @coordinator_app.command("start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def coordinator_start(
     ctx: typer.Context,
-    listen: Annotated[str, typer.Option(help="HOST:PORT of the API; port 0 picks a free one.")] = "0.0.0.0:7370",
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT of the API; port 0 picks a free one.")
+    ] = "0.0.0.0:7370",
 ) -> None:
     """Run the coordinator in the foreground (creates its CA on first start).
 
@@ -86,7 +88,9 @@ def coordinator_start(
 def node_start(
     ctx: typer.Context,
     listen: Annotated[str, typer.Option(help="HOST:PORT; port 0 picks a free one.")] = "0.0.0.0:7380",
-    network: Annotated[str | None, typer.Option(help="Declare the network profile (home, vpn, public ...).")] = None,
+    network: Annotated[
+        str | None, typer.Option(help="Declare the network profile (home, vpn, public ...).")
+    ] = None,
     label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
     slots: Annotated[int | None, typer.Option(help="Jobs this node runs at once.")] = None,
 ) -> None:
@@ -165,16 +169,24 @@ def _parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
 @app.command("run")
 def run(
     ctx: typer.Context,
-    command: Annotated[str | None, typer.Argument(help="A shell command (or use --task, repeatable).")] = None,
-    task: Annotated[list[str] | None, typer.Option("--task", "-t", help="A task's shell command; repeatable.")] = None,
+    command: Annotated[
+        str | None, typer.Argument(help="A shell command (or use --task, repeatable).")
+    ] = None,
+    task: Annotated[
+        list[str] | None, typer.Option("--task", "-t", help="A task's shell command; repeatable.")
+    ] = None,
     repo: Annotated[str | None, typer.Option(help="Git repository the tasks work on.")] = None,
     remote: Annotated[str, typer.Option(help="Remote name or URL the nodes use.")] = "origin",
     ref: Annotated[str, typer.Option(help="Base revision.")] = "HEAD",
     from_working_tree: Annotated[bool, typer.Option(help="Include uncommitted changes in the base.")] = False,
     on: Annotated[str | None, typer.Option("--on", help="Pin to a node (name or id).")] = None,
-    label: Annotated[list[str] | None, typer.Option(help="Required node label KEY=VALUE; repeatable.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Required node label KEY=VALUE; repeatable.")
+    ] = None,
     network: Annotated[list[str] | None, typer.Option(help="Allowed network profile; repeatable.")] = None,
-    avoid_network: Annotated[list[str] | None, typer.Option(help="Network profile to avoid; repeatable.")] = None,
+    avoid_network: Annotated[
+        list[str] | None, typer.Option(help="Network profile to avoid; repeatable.")
+    ] = None,
     exclusive: Annotated[bool, typer.Option(help="Nothing else runs on the node meanwhile.")] = False,
     spread: Annotated[bool, typer.Option(help="Every task on a different node (hard).")] = False,
     cpus: Annotated[float, typer.Option(help="CPUs each task needs.")] = 0,
@@ -200,7 +212,7 @@ def run(
             avoid_networks=avoid_network or [],
             exclusive=exclusive,
             spread=spread,
-            resources={"cpus": cpus, "memory_mb": memory, "gpus": gpus},
+            resources=types_pb2.Resources(cpus=cpus, memory_mb=memory, gpus=gpus),
         ),
         timeout_s=timeout,
         retries=retries,
@@ -212,7 +224,9 @@ def run(
         if not os.path.isdir(path):
             raise CliError(f"no such directory: {repo}")
         request.repo.CopyFrom(
-            coordinator_pb2.RepoRequest(path=path, remote=remote, ref=ref, from_working_tree=from_working_tree)
+            coordinator_pb2.RepoRequest(
+                path=path, remote=remote, ref=ref, from_working_tree=from_working_tree
+            )
         )
     client = o.client()
     submitted = client.call("SubmitRun", request, timeout=120)
@@ -220,7 +234,9 @@ def run(
         if o.json:
             print_json(to_dict(submitted))
         else:
-            console.print(f"run {submitted.id}: {len(submitted.jobs)} jobs queued (flota status {submitted.id})")
+            console.print(
+                f"run {submitted.id}: {len(submitted.jobs)} jobs queued (flota status {submitted.id})"
+            )
         return
     from cli.follow import follow_run
 
@@ -236,7 +252,9 @@ def run(
 @app.command("status")
 def status(
     ctx: typer.Context,
-    ident: Annotated[str | None, typer.Argument(metavar="[RUN|JOB]", help="A run or job id; none: recent runs.")] = None,
+    ident: Annotated[
+        str | None, typer.Argument(metavar="[RUN|JOB]", help="A run or job id; none: recent runs.")
+    ] = None,
 ) -> None:
     """Show recent runs, one run and its jobs, or one job and its attempts."""
     o = _opts(ctx)
@@ -257,7 +275,9 @@ def status(
         if job.wait_reason and job.status == "queued":
             console.print(f"waiting: {job.wait_reason}")
         for a in job.attempts:
-            console.print(f"  attempt {a.number} on {a.node_name or a.node_id}: {a.status} {a.branch} {a.error}")
+            console.print(
+                f"  attempt {a.number} on {a.node_name or a.node_id}: {a.status} {a.branch} {a.error}"
+            )
         return
     run_msg = client.call("GetRun", coordinator_pb2.GetRunRequest(run_id=ident))
     if o.json:
@@ -288,7 +308,9 @@ def logs(
 ) -> None:
     """Print a job's output (all attempts)."""
     o = _opts(ctx)
-    for chunk in o.client().stream("StreamLogs", coordinator_pb2.StreamLogsRequest(job_id=job_id, follow=follow)):
+    for chunk in o.client().stream(
+        "StreamLogs", coordinator_pb2.StreamLogsRequest(job_id=job_id, follow=follow)
+    ):
         if o.json:
             for line in chunk.lines:
                 print_json({"attempt_id": chunk.attempt_id, "line": line})
@@ -305,7 +327,10 @@ def cancel(ctx: typer.Context, ident: Annotated[str, typer.Argument(metavar="RUN
     if o.json:
         print_json(to_dict(reply))
     else:
-        console.print(f"cancelled {len(reply.cancelled)} jobs" + (": " + " ".join(reply.cancelled) if reply.cancelled else ""))
+        console.print(
+            f"cancelled {len(reply.cancelled)} jobs"
+            + (": " + " ".join(reply.cancelled) if reply.cancelled else "")
+        )
 
 
 @app.command("cleanup")
@@ -326,7 +351,9 @@ def cleanup(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="R
 def up(
     ctx: typer.Context,
     local: Annotated[int, typer.Option("--local", help="Start a one-machine fleet of N nodes.")] = 0,
-    detach: Annotated[bool, typer.Option(help="Return once the fleet is up (stop it with `flota down`).")] = False,
+    detach: Annotated[
+        bool, typer.Option(help="Return once the fleet is up (stop it with `flota down`).")
+    ] = False,
 ) -> None:
     """Start a local fleet: a coordinator plus N node daemons on this machine."""
     if not 1 <= local <= 32:

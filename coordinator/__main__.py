@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--lost-after", type=float, help="seconds of silence before a node is lost")
     start.add_argument("--unreachable-after", type=float)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     logging.getLogger("zeroconf").setLevel(logging.WARNING)
     try:
         from coordinator.app import serve

@@ -60,7 +60,9 @@ def _role(role: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Aw
         async def checked(self: Any, request: Any, context: Any) -> T:
             have, _ = peer_role(context)
             if have != role:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this call needs a {role} certificate")
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"this call needs a {role} certificate"
+                )
             try:
                 return await method(self, request, context)
             except CoordinatorError as exc:
@@ -79,7 +81,9 @@ def _stream_role(role: str) -> Callable[[Callable[..., AsyncIterator[T]]], Calla
         async def checked(self: Any, request: Any, context: Any) -> AsyncIterator[T]:
             have, _ = peer_role(context)
             if have != role:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this call needs a {role} certificate")
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"this call needs a {role} certificate"
+                )
             try:
                 async for item in method(self, request, context):
                     yield item
@@ -115,7 +119,9 @@ def _check_placement(p: coordinator_pb2.PlacementSpec) -> JobPlacement:
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
-    def __init__(self, rec: Reconciler, ca: CertificateAuthority, config: CoordinatorConfig, join_address: str) -> None:
+    def __init__(
+        self, rec: Reconciler, ca: CertificateAuthority, config: CoordinatorConfig, join_address: str
+    ) -> None:
         self.rec = rec
         self.ca = ca
         self.config = config
@@ -123,7 +129,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     # --- nodes ----------------------------------------------------------------------------
 
-    async def RegisterNode(self, request: coordinator_pb2.RegisterNodeRequest, context: Any) -> coordinator_pb2.RegisterNodeReply:
+    async def RegisterNode(
+        self, request: coordinator_pb2.RegisterNodeRequest, context: Any
+    ) -> coordinator_pb2.RegisterNodeReply:
         role, node_id = peer_role(context)
         if role != "node" or node_id != request.info.id:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a node may only register itself")
@@ -133,11 +141,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             port = addresses[0].rpartition(":")[2]
             addresses.append(f"[{peer_ip}]:{port}" if ":" in peer_ip else f"{peer_ip}:{port}")
         if not self.rec.hint(node_id, addresses):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this node is not enrolled (or was removed)")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "this node is not enrolled (or was removed)"
+            )
         return coordinator_pb2.RegisterNodeReply(heartbeat_s=self.config.heartbeat_s)
 
     @_role("admin")
-    async def ListNodes(self, request: coordinator_pb2.ListNodesRequest, context: Any) -> coordinator_pb2.ListNodesReply:
+    async def ListNodes(
+        self, request: coordinator_pb2.ListNodesRequest, context: Any
+    ) -> coordinator_pb2.ListNodesReply:
         out = []
         for entry in sorted(self.rec.nodes.values(), key=lambda e: e.name):
             if entry.removed:
@@ -158,14 +170,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.ListNodesReply(nodes=out)
 
     @_role("admin")
-    async def CreateToken(self, request: coordinator_pb2.CreateTokenRequest, context: Any) -> coordinator_pb2.CreateTokenReply:
+    async def CreateToken(
+        self, request: coordinator_pb2.CreateTokenRequest, context: Any
+    ) -> coordinator_pb2.CreateTokenReply:
         ttl = request.ttl_s or self.config.token_ttl_s
         if not 10 <= ttl <= 7 * 86400:
             raise InvalidRequest("token lifetime must be between 10 seconds and 7 days")
         token = make_token(self.ca.fingerprint)
         now = time.time()
         self.rec.store.add_token(token.id, secret_hash(token), now, now + ttl)
-        return coordinator_pb2.CreateTokenReply(token=str(token), join_address=self.join_address, expires_at=now + ttl)
+        return coordinator_pb2.CreateTokenReply(
+            token=str(token), join_address=self.join_address, expires_at=now + ttl
+        )
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -197,16 +213,36 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             repo = await asyncio.to_thread(push_base, r.path, r.remote, r.ref, r.from_working_tree, run_id)
         now = time.time()
         retries = self.config.default_retries if request.retries < 0 else request.retries
-        run = Run(id=run_id, name=request.name or "", status="running", created_at=now,
-                  repo_url=repo.url if repo else "", base_commit=repo.base_commit if repo else "")
+        run = Run(
+            id=run_id,
+            name=request.name or "",
+            status="running",
+            created_at=now,
+            repo_url=repo.url if repo else "",
+            base_commit=repo.base_commit if repo else "",
+        )
         for i, task in enumerate(request.tasks, 1):
-            run.jobs.append(Job(
-                id=f"{run_id}.{i}", run_id=run_id, index=i, name=task.name or task.command[:80],
-                agent="shell", command=task.command, prompt=task.prompt, model=task.model,
-                status="queued", created_at=now, updated_at=now, timeout_s=request.timeout_s,
-                max_attempts=1 + retries, env=dict(request.env), placement=placement, repo=repo,
-                wait_reason="waiting for a node",
-            ))
+            run.jobs.append(
+                Job(
+                    id=f"{run_id}.{i}",
+                    run_id=run_id,
+                    index=i,
+                    name=task.name or task.command[:80],
+                    agent="shell",
+                    command=task.command,
+                    prompt=task.prompt,
+                    model=task.model,
+                    status="queued",
+                    created_at=now,
+                    updated_at=now,
+                    timeout_s=request.timeout_s,
+                    max_attempts=1 + retries,
+                    env=dict(request.env),
+                    placement=placement,
+                    repo=repo,
+                    wait_reason="waiting for a node",
+                )
+            )
         self.rec.submit(run)
         return run_to_pb(run, self.rec.node_names())
 
@@ -227,7 +263,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return run_to_pb(self._run(request.run_id), self.rec.node_names())
 
     @_role("admin")
-    async def ListRuns(self, request: coordinator_pb2.ListRunsRequest, context: Any) -> coordinator_pb2.ListRunsReply:
+    async def ListRuns(
+        self, request: coordinator_pb2.ListRunsRequest, context: Any
+    ) -> coordinator_pb2.ListRunsReply:
         limit = request.limit if 0 < request.limit <= 1000 else 20
         names = self.rec.node_names()
         return coordinator_pb2.ListRunsReply(
@@ -239,7 +277,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return job_to_pb(self._job(request.job_id), self.rec.node_names())
 
     @_stream_role("admin")
-    async def WatchRun(self, request: coordinator_pb2.WatchRunRequest, context: Any) -> AsyncIterator[coordinator_pb2.RunEvent]:
+    async def WatchRun(
+        self, request: coordinator_pb2.WatchRunRequest, context: Any
+    ) -> AsyncIterator[coordinator_pb2.RunEvent]:
         queue = self.rec.hub.watch(request.run_id)  # before reading, so no change slips between
         try:
             run = self._run(request.run_id)
@@ -258,7 +298,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             self.rec.hub.unwatch(request.run_id, queue)
 
     @_stream_role("admin")
-    async def StreamLogs(self, request: coordinator_pb2.StreamLogsRequest, context: Any) -> AsyncIterator[coordinator_pb2.LogChunk]:
+    async def StreamLogs(
+        self, request: coordinator_pb2.StreamLogsRequest, context: Any
+    ) -> AsyncIterator[coordinator_pb2.LogChunk]:
         job = self._job(request.job_id)
         waiter = self.rec.hub.log_waiter(job.id)
         after = 0
@@ -272,7 +314,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     j = i
                     while j < len(rows) and rows[j][1] == attempt:
                         j += 1
-                    yield coordinator_pb2.LogChunk(job_id=job.id, attempt_id=attempt, lines=[r[2] for r in rows[i:j]])
+                    yield coordinator_pb2.LogChunk(
+                        job_id=job.id, attempt_id=attempt, lines=[r[2] for r in rows[i:j]]
+                    )
                     i = j
                 if rows:
                     after = rows[-1][0]
@@ -288,14 +332,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             self.rec.hub.drop_log_waiter(job.id, waiter)
 
     @_role("admin")
-    async def Cancel(self, request: coordinator_pb2.CancelRequest, context: Any) -> coordinator_pb2.CancelReply:
+    async def Cancel(
+        self, request: coordinator_pb2.CancelRequest, context: Any
+    ) -> coordinator_pb2.CancelReply:
         ident = request.id
         run = self.rec.runs.get(ident) or (self.rec.store.get_run(ident) if "." not in ident else None)
         jobs = run.jobs if run is not None else [self._job(ident)]
         return coordinator_pb2.CancelReply(cancelled=await self.rec.cancel(jobs))
 
     @_role("admin")
-    async def Cleanup(self, request: coordinator_pb2.CleanupRequest, context: Any) -> coordinator_pb2.CleanupReply:
+    async def Cleanup(
+        self, request: coordinator_pb2.CleanupRequest, context: Any
+    ) -> coordinator_pb2.CleanupReply:
         run = self._run(request.run_id)
         node_ids = {a.node_id for j in run.jobs for a in j.attempts}
         removed, unreachable = 0, []
@@ -363,12 +411,17 @@ class EnrollmentServicer(coordinator_pb2_grpc.EnrollmentServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the token pins another CA")
         node_id = _csr_node_id(request.csr_pem)
         if node_id is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the CSR must name the node as CN=node:<id>")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the CSR must name the node as CN=node:<id>"
+            )
         assert node_id is not None
-        taken = next((e for e in self.rec.nodes.values() if e.name == name and e.id != node_id and not e.removed), None)
+        taken = next(
+            (e for e in self.rec.nodes.values() if e.name == name and e.id != node_id and not e.removed), None
+        )
         if taken is not None:
             await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS, f"the name {name!r} belongs to node {taken.id}; join with another --name"
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"the name {name!r} belongs to node {taken.id}; join with another --name",
             )
         try:
             cert_pem = self.ca.sign_node_csr(request.csr_pem, node_id)
@@ -381,7 +434,10 @@ class EnrollmentServicer(coordinator_pb2_grpc.EnrollmentServicer):
         self.rec.enrolled(node_id, name)
         log.info("node %s (%s) joined", name, node_id)
         return coordinator_pb2.JoinReply(
-            certificate_pem=cert_pem, ca_pem=self.ca.cert_pem, node_id=node_id, coordinator_address=self.api_address
+            certificate_pem=cert_pem,
+            ca_pem=self.ca.cert_pem,
+            node_id=node_id,
+            coordinator_address=self.api_address,
         )
 
 

@@ -87,14 +87,18 @@ class Coordinator:
 
     async def run(self, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
         cfg = self.config
-        advertise = cfg.advertise or (cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::") else _guess_host())
+        advertise = cfg.advertise or (
+            cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::") else _guess_host()
+        )
         api = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=256)
         join = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=16)
         try:
             self.api_port = api.add_secure_port(
                 _bind(cfg.listen_host, cfg.listen_port),
                 grpc.ssl_server_credentials(
-                    [(self.own.key_pem, self.own.cert_pem)], root_certificates=self.ca.cert_pem, require_client_auth=True
+                    [(self.own.key_pem, self.own.cert_pem)],
+                    root_certificates=self.ca.cert_pem,
+                    require_client_auth=True,
                 ),
             )
             # The enrollment port shows the CA certificate itself: a joining node checks
@@ -104,10 +108,13 @@ class Coordinator:
                 grpc.ssl_server_credentials([(self.ca.key_pem, self.ca.cert_pem)]),
             )
         except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}/{cfg.join_port}: {exc}") from exc
+            raise ConfigError(
+                f"cannot listen on {cfg.listen_host}:{cfg.listen_port}/{cfg.join_port}: {exc}"
+            ) from exc
         if not self.api_port or not self.join_port:
             raise ConfigError(
-                f"cannot listen on {cfg.listen_host} ports {cfg.listen_port} and {cfg.join_port}: address in use"
+                f"cannot listen on {cfg.listen_host} ports {cfg.listen_port} and {cfg.join_port}: "
+                "address in use"
             )
         api_address = f"{advertise}:{self.api_port}"
         join_address = f"{advertise}:{self.join_port}"
@@ -115,14 +122,24 @@ class Coordinator:
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
             CoordinatorServicer(self.rec, self.ca, cfg, join_address), api
         )
-        coordinator_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(self.rec, self.ca, api_address), join)
+        coordinator_pb2_grpc.add_EnrollmentServicer_to_server(
+            EnrollmentServicer(self.rec, self.ca, api_address), join
+        )
         await api.start()
         await join.start()
         local = "127.0.0.1" if cfg.listen_host in ("0.0.0.0", "::") else cfg.listen_host
         write_private(cfg.admin_dir / "coordinator", f"{local}:{self.api_port}".encode())
-        state = {"pid": os.getpid(), "api": api_address, "join": join_address, "local": f"{local}:{self.api_port}"}
+        state = {
+            "pid": os.getpid(),
+            "api": api_address,
+            "join": join_address,
+            "local": f"{local}:{self.api_port}",
+        }
         (cfg.state_dir / "coordinator.json").write_text(json.dumps(state))
-        line = f"coordinator listening on {cfg.listen_host}:{self.api_port} (join {join_address}), CA {self.ca.fingerprint[:16]}"
+        line = (
+            f"coordinator listening on {cfg.listen_host}:{self.api_port} (join {join_address}), "
+            f"CA {self.ca.fingerprint[:16]}"
+        )
         log.info(line)
         if ready:
             ready(line)

@@ -64,7 +64,9 @@ def load_config(
             file = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
-    host, port = parse_hostport(listen or str(file.get("listen", f"0.0.0.0:{DEFAULT_COORDINATOR_PORT}")), DEFAULT_COORDINATOR_PORT)
+    host, port = parse_hostport(
+        listen or str(file.get("listen", f"0.0.0.0:{DEFAULT_COORDINATOR_PORT}")), DEFAULT_COORDINATOR_PORT
+    )
     if join_listen_port is None:
         join_listen_port = int(file.get("join_port", port + 1 if port else 0))
     static = []
@@ -75,7 +77,11 @@ def load_config(
         parse_hostport(addr, 0)
         static.append((node_id, addr))
     lost = lost_after_s if lost_after_s is not None else float(file.get("lost_after_s", 30.0))
-    unreachable = unreachable_after_s if unreachable_after_s is not None else float(file.get("unreachable_after_s", 3.0))
+    unreachable = (
+        unreachable_after_s
+        if unreachable_after_s is not None
+        else float(file.get("unreachable_after_s", 3.0))
+    )
     if not 0.5 <= unreachable <= lost:
         raise ConfigError("need 0.5 <= unreachable-after <= lost-after (seconds)")
     return CoordinatorConfig(

@@ -1,10 +1,10 @@
 """The coordinator's error tree.
 
-    CoordinatorError         a request or setting the coordinator cannot honour (one line)
-    ├── ConfigError          bad flag, config file or state directory
-    ├── NotFound             unknown run, job or node              -> NOT_FOUND
-    ├── InvalidRequest       malformed request                      -> INVALID_ARGUMENT
-    └── RepoError            the repo or its remote cannot be used  -> FAILED_PRECONDITION
+CoordinatorError         a request or setting the coordinator cannot honour (one line)
+├── ConfigError          bad flag, config file or state directory
+├── NotFound             unknown run, job or node              -> NOT_FOUND
+├── InvalidRequest       malformed request                      -> INVALID_ARGUMENT
+└── RepoError            the repo or its remote cannot be used  -> FAILED_PRECONDITION
 """
 
 from __future__ import annotations

@@ -54,10 +54,14 @@ def _working_tree_commit(repo: git.Repo, head: str) -> str:
         if tree == repo.commit(head).tree.hexsha:
             return head
         with repo.git.custom_environment(
-            GIT_AUTHOR_NAME="flota", GIT_AUTHOR_EMAIL="flota@localhost",
-            GIT_COMMITTER_NAME="flota", GIT_COMMITTER_EMAIL="flota@localhost",
+            GIT_AUTHOR_NAME="flota",
+            GIT_AUTHOR_EMAIL="flota@localhost",
+            GIT_COMMITTER_NAME="flota",
+            GIT_COMMITTER_EMAIL="flota@localhost",
         ):
-            return str(repo.git.commit_tree(tree, "-p", head, "-m", "flota: uncommitted changes of the working tree"))
+            return str(
+                repo.git.commit_tree(tree, "-p", head, "-m", "flota: uncommitted changes of the working tree")
+            )
 
 
 def push_base(path: str, remote: str, ref: str, from_working_tree: bool, run_id: str) -> Repo:

@@ -121,7 +121,9 @@ class NodeLink:
             remaining = deadline - loop.time()
             if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE or remaining <= 0 or self._hinted.is_set():
                 self.last_error = f"cannot connect to {address}" + (
-                    " (TLS or connection refused)" if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE else ""
+                    " (TLS or connection refused)"
+                    if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+                    else ""
                 )
                 await channel.close()
                 return None
@@ -157,7 +159,7 @@ class NodeLink:
         call = stub.Session(node_pb2.SessionRequest(heartbeat_s=self._heartbeat_s))
         try:
             first = await call.read()
-            if first is grpc.aio.EOF:
+            if not isinstance(first, node_pb2.NodeEvent):
                 raise NodeCallError("session closed at once")
             self._channel, self._stub, self.address = channel, stub, address
             self.last_error = ""
@@ -165,7 +167,7 @@ class NodeLink:
             await self._on_state(self.node_id, "up", address)
             while True:
                 event = await call.read()
-                if event is grpc.aio.EOF:
+                if not isinstance(event, node_pb2.NodeEvent):
                     self.last_error = "session ended by the node"
                     break
                 self._on_event(self.node_id, event)

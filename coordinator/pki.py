@@ -25,10 +25,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from protos.contract import (
     ADMIN_CN_PREFIX,
     CA_SERVER_NAME,
-    JoinToken,
     COORDINATOR_CN,
     COORDINATOR_SERVER_NAME,
     NODE_ID_RE,
+    JoinToken,
     fingerprint,
     node_cn,
     node_server_name,

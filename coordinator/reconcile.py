@@ -11,10 +11,12 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from typing import Any
 
 from coordinator.config import CoordinatorConfig
+from coordinator.convert import result_from_pb
 from coordinator.events import RunHub
 from coordinator.models import (
     ATTEMPT_ACTIVE,
@@ -32,7 +34,6 @@ from coordinator.node_client import Credentials, NodeCallError, NodeLink
 from coordinator.registry import GOODBYE_WINDOW_S, NodeEntry, liveness
 from coordinator.scheduler import schedule
 from coordinator.store import Store
-from coordinator.convert import result_from_pb
 from protos.flota.v1 import node_pb2, types_pb2
 
 __all__ = ["Reconciler"]
@@ -163,7 +164,9 @@ class Reconciler:
         if not queued:
             return
         online = [e for e in self.nodes.values() if e.state == "online" and e.info is not None]
-        plan = schedule(Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued)), now)
+        plan = schedule(
+            Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued)), now
+        )
         for placement in plan.placements:
             self._dispatch(self.jobs[placement.job_id], self.nodes[placement.node_id])
         for job_id, reason in plan.waiting.items():
@@ -230,7 +233,9 @@ class Reconciler:
                 if attempt_id in self.attempts:
                     job, attempt = self.attempts[attempt_id]
                     self._finish_attempt(
-                        job, attempt, Result(status="lost", node_id=entry.id, error=f"node {entry.name} was lost")
+                        job,
+                        attempt,
+                        Result(status="lost", node_id=entry.id, error=f"node {entry.name} was lost"),
                     )
         if state == "online":
             self.wake()
@@ -287,7 +292,9 @@ class Reconciler:
         )
         if job.repo:
             spec.repo.CopyFrom(
-                types_pb2.RepoSpec(url=job.repo.url, base_ref=job.repo.base_ref, base_commit=job.repo.base_commit)
+                types_pb2.RepoSpec(
+                    url=job.repo.url, base_ref=job.repo.base_ref, base_commit=job.repo.base_commit
+                )
             )
         return spec
 
@@ -302,16 +309,20 @@ class Reconciler:
             error = f"node refused the job: {reply.reason}"
         except NodeCallError as exc:
             if exc.code is not None and exc.code.name == "INVALID_ARGUMENT":
-                self._finish_attempt(job, attempt, Result(status="failed", error=str(exc), node_id=attempt.node_id))
+                self._finish_attempt(
+                    job, attempt, Result(status="failed", error=str(exc), node_id=attempt.node_id)
+                )
                 return
             error = f"dispatch failed: {exc}"
         if attempt.status != "dispatching":
             return  # a result or a start raced ahead of the reply
         log.warning("attempt %s: %s", attempt.id, error)
-        self._finish_attempt(job, attempt, Result(status="failed", error=error, node_id=attempt.node_id), retry=True)
+        self._finish_attempt(
+            job, attempt, Result(status="failed", error=error, node_id=attempt.node_id), retry=True
+        )
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -384,13 +395,19 @@ class Reconciler:
             if job.state == "finished":
                 self._on_result(entry.id, job.result)
             elif job.spec.attempt_id in self.attempts:
-                self.on_event(entry.id, node_pb2.NodeEvent(started=node_pb2.JobStarted(
-                    job_id=job.spec.job_id, attempt_id=job.spec.attempt_id)))
+                self.on_event(
+                    entry.id,
+                    node_pb2.NodeEvent(
+                        started=node_pb2.JobStarted(job_id=job.spec.job_id, attempt_id=job.spec.attempt_id)
+                    ),
+                )
         for attempt_id in list(entry.reservations):
             found = self.attempts.get(attempt_id)
             if found and attempt_id not in known and found[1].status == "running":
                 self._finish_attempt(
-                    found[0], found[1], Result(status="lost", node_id=entry.id, error="the node no longer knows this job")
+                    found[0],
+                    found[1],
+                    Result(status="lost", node_id=entry.id, error="the node no longer knows this job"),
                 )
         await self._flush_acks()
 
@@ -415,7 +432,9 @@ class Reconciler:
         self._release(attempt)
         ran = sum(1 for a in job.attempts if a.status == "lost")
         failures = sum(1 for a in job.attempts if a.error.startswith(("dispatch failed", "node refused")))
-        again = (result.status == "lost" and ran < job.max_attempts) or (retry and failures < MAX_DISPATCH_FAILURES)
+        again = (result.status == "lost" and ran < job.max_attempts) or (
+            retry and failures < MAX_DISPATCH_FAILURES
+        )
         if again and not job.cancel_requested:
             job.status, job.node_id, job.updated_at = "queued", "", now
             job.wait_reason = f"retrying: {result.error}"
@@ -482,6 +501,8 @@ class Reconciler:
                     continue  # the start may still arrive; its result will say cancelled
                 # The node cannot be told: record the cancel now; a late result is ignored.
                 self._finish_attempt(
-                    job, attempt, Result(status="cancelled", node_id=attempt.node_id, error="cancelled (node unreachable)")
+                    job,
+                    attempt,
+                    Result(status="cancelled", node_id=attempt.node_id, error="cancelled (node unreachable)"),
                 )
         return cancelled

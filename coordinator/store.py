@@ -177,7 +177,16 @@ class Store:
                 "INSERT INTO jobs (id, run_id, idx, status, spec, created_at, updated_at, wait_reason) "
                 "VALUES (?,?,?,?,?,?,?,?)",
                 [
-                    (j.id, j.run_id, j.index, j.status, self._spec(j), j.created_at, j.updated_at, j.wait_reason)
+                    (
+                        j.id,
+                        j.run_id,
+                        j.index,
+                        j.status,
+                        self._spec(j),
+                        j.created_at,
+                        j.updated_at,
+                        j.wait_reason,
+                    )
                     for j in run.jobs
                 ],
             )
@@ -247,7 +256,9 @@ class Store:
 
     def finish_run(self, run_id: str, status: str, finished_at: float) -> None:
         with self._tx() as db:
-            db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", (status, finished_at, run_id))
+            db.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", (status, finished_at, run_id)
+            )
 
     # --- reading ------------------------------------------------------------------------
 

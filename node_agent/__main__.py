@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--name")
     start.add_argument("--listen", help="HOST:PORT (port 0 picks a free one)")
     start.add_argument("--network", help="declare the network profile (home, vpn, public ...)")
-    start.add_argument("--network-rule", action="append", default=[], help="PROFILE=if:GLOB or PROFILE=subnet:CIDR")
+    start.add_argument(
+        "--network-rule", action="append", default=[], help="PROFILE=if:GLOB or PROFILE=subnet:CIDR"
+    )
     start.add_argument("--label", action="append", default=[], help="KEY=VALUE")
     start.add_argument("--slots", type=int)
     start.add_argument("--heartbeat", type=float)
@@ -42,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     state_dir: Path = args.state_dir or default_state_dir()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
     logging.getLogger("zeroconf").setLevel(logging.WARNING)
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -36,7 +36,12 @@ class Announcer:
             f"{instance}.{SERVICE_TYPE}",
             port=port,
             addresses=ips,
-            properties={TXT_ID: self.node_id, TXT_VERSION: self.version, TXT_PORT: str(port), TXT_FINGERPRINT: self.fp},
+            properties={
+                TXT_ID: self.node_id,
+                TXT_VERSION: self.version,
+                TXT_PORT: str(port),
+                TXT_FINGERPRINT: self.fp,
+            },
             server=f"{instance}.local.",
         )
 

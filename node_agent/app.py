@@ -101,7 +101,9 @@ class NodeDaemon:
                 self._registered.set()
                 delay = REGISTER_PERIOD_S
             except grpc.aio.AioRpcError as exc:
-                log.warning("cannot register with coordinator %s: %s", self.identity.coordinator, exc.details())
+                log.warning(
+                    "cannot register with coordinator %s: %s", self.identity.coordinator, exc.details()
+                )
                 delay = min(max(delay * 2, 0.5), 5.0)
             self._changed = asyncio.Event()
             try:
@@ -138,11 +140,17 @@ class NodeDaemon:
     async def run(self, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
         cfg, ident = self.config, self.identity
         server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=64)
-        node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(self.runner, self.hub, self.info, cfg.heartbeat_s), server)
+        node_pb2_grpc.add_NodeServicer_to_server(
+            NodeServicer(self.runner, self.hub, self.info, cfg.heartbeat_s), server
+        )
         creds = grpc.ssl_server_credentials(
             [(ident.key_pem, ident.cert_pem)], root_certificates=ident.ca_pem, require_client_auth=True
         )
-        listen = f"[{cfg.listen_host}]:{cfg.listen_port}" if ":" in cfg.listen_host else f"{cfg.listen_host}:{cfg.listen_port}"
+        listen = (
+            f"[{cfg.listen_host}]:{cfg.listen_port}"
+            if ":" in cfg.listen_host
+            else f"{cfg.listen_host}:{cfg.listen_port}"
+        )
         try:
             self.port = server.add_secure_port(listen, creds)
         except RuntimeError as exc:
@@ -152,9 +160,17 @@ class NodeDaemon:
         await server.start()
         self.addresses = listen_addresses(cfg.listen_host, self.port, self.ifaces)
         self._changed = asyncio.Event()
-        state = {"pid": os.getpid(), "id": ident.id, "name": cfg.name, "port": self.port, "addresses": self.addresses}
+        state = {
+            "pid": os.getpid(),
+            "id": ident.id,
+            "name": cfg.name,
+            "port": self.port,
+            "addresses": self.addresses,
+        }
         (cfg.state_dir / "daemon.json").write_text(json.dumps(state))
-        line = f"node {cfg.name} ({ident.id}) listening on {cfg.listen_host}:{self.port} network={self.network}"
+        line = (
+            f"node {cfg.name} ({ident.id}) listening on {cfg.listen_host}:{self.port} network={self.network}"
+        )
         log.info(line)
         if ready:
             ready(line)
@@ -168,7 +184,10 @@ class NodeDaemon:
             der = ssl.PEM_cert_to_DER_cert(ident.cert_pem.decode())
             announcer = Announcer(ident.id, cfg.name, __version__, fingerprint(der))
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._register_loop(channel)), tg.create_task(self._watch_loop(announcer))]
+            tasks = [
+                tg.create_task(self._register_loop(channel)),
+                tg.create_task(self._watch_loop(announcer)),
+            ]
             if announcer:
                 tg.create_task(announcer.start([a.rpartition(":")[0] for a in self.addresses], self.port))
             await stop.wait()

@@ -77,14 +77,16 @@ def join(state_dir: Path, address: str, token_text: str, name: str, timeout: flo
                 timeout=timeout,
             )
         except grpc.RpcError as exc:
-            raise EnrollError(f"join refused: {exc.details()}") from exc  # type: ignore[attr-defined]
+            raise EnrollError(f"join refused: {exc.details()}") from exc
     if reply.node_id != ident:
         raise EnrollError("the coordinator issued a certificate for another node id")
     _, _, api_port = reply.coordinator_address.rpartition(":")
     d = state_dir / "identity"
     write_private(
         d / "node.key",
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
     )
     write_private(d / "node.pem", reply.certificate_pem)
     write_private(d / "ca.pem", ca_pem)

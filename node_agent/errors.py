@@ -1,9 +1,9 @@
 """The node daemon's error tree.
 
-    NodeError
-    ├── ConfigError      bad flag, config file or state directory
-    ├── EnrollError      joining a coordinator failed
-    └── (workspace.WorkspaceError, raised by git operations, is reported per job)
+NodeError
+├── ConfigError      bad flag, config file or state directory
+├── EnrollError      joining a coordinator failed
+└── (workspace.WorkspaceError, raised by git operations, is reported per job)
 """
 
 from __future__ import annotations

@@ -95,7 +95,9 @@ class Runner:
     def jobs(self) -> list[node_pb2.NodeJob]:
         out = [node_pb2.NodeJob(spec=a.spec, state="running") for a in self.active.values()]
         out += [
-            node_pb2.NodeJob(spec=types_pb2.JobSpec(job_id=r.job_id, attempt_id=r.attempt_id), state="finished", result=r)
+            node_pb2.NodeJob(
+                spec=types_pb2.JobSpec(job_id=r.job_id, attempt_id=r.attempt_id), state="finished", result=r
+            )
             for r in self.finished.values()
         ]
         return out
@@ -114,7 +116,9 @@ class Runner:
 
     # --- one attempt ------------------------------------------------------------------
 
-    def _result(self, spec: types_pb2.JobSpec, status: str, started: float, **fields: object) -> types_pb2.JobResult:
+    def _result(
+        self, spec: types_pb2.JobSpec, status: str, started: float, **fields: object
+    ) -> types_pb2.JobResult:
         now = time.time()
         return types_pb2.JobResult(
             job_id=spec.job_id,
@@ -142,12 +146,19 @@ class Runner:
 
     async def _attempt(self, active: _Active) -> types_pb2.JobResult:
         spec, started = active.spec, active.started_at
-        self.hub.publish(started=node_pb2.JobStarted(job_id=spec.job_id, attempt_id=spec.attempt_id, started_at=started))
+        self.hub.publish(
+            started=node_pb2.JobStarted(job_id=spec.job_id, attempt_id=spec.attempt_id, started_at=started)
+        )
         repo = spec.repo if spec.HasField("repo") else None
         try:
             if repo:
                 cwd = await asyncio.to_thread(
-                    self.workspace.prepare, repo.url, repo.base_ref, repo.base_commit, spec.branch, spec.attempt_id
+                    self.workspace.prepare,
+                    repo.url,
+                    repo.base_ref,
+                    repo.base_commit,
+                    spec.branch,
+                    spec.attempt_id,
                 )
             else:
                 cwd = self.workspace.scratch(spec.attempt_id)
@@ -155,7 +166,9 @@ class Runner:
             return self._result(spec, "failed", started, exit_code=-1, error=str(exc))
 
         def on_lines(lines: list[str]) -> None:
-            self.hub.publish(log=node_pb2.LogLines(job_id=spec.job_id, attempt_id=spec.attempt_id, lines=lines))
+            self.hub.publish(
+                log=node_pb2.LogLines(job_id=spec.job_id, attempt_id=spec.attempt_id, lines=lines)
+            )
 
         outcome = await run_shell(
             spec.command,

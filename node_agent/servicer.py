@@ -48,7 +48,9 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
 
 
 class NodeServicer(node_pb2_grpc.NodeServicer):
-    def __init__(self, runner: Runner, hub: Hub, info: Callable[[], types_pb2.NodeInfo], heartbeat_s: float) -> None:
+    def __init__(
+        self, runner: Runner, hub: Hub, info: Callable[[], types_pb2.NodeInfo], heartbeat_s: float
+    ) -> None:
         self.runner = runner
         self.hub = hub
         self.info = info
@@ -59,7 +61,9 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         if role != "coordinator":
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the coordinator may call a node")
 
-    async def Session(self, request: node_pb2.SessionRequest, context: Any) -> AsyncIterator[node_pb2.NodeEvent]:
+    async def Session(
+        self, request: node_pb2.SessionRequest, context: Any
+    ) -> AsyncIterator[node_pb2.NodeEvent]:
         await self._only_coordinator(context)
         period = request.heartbeat_s if 0.1 <= request.heartbeat_s <= 60 else self.heartbeat_s
         sub = self.hub.subscribe()

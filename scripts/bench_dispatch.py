@@ -73,9 +73,23 @@ def visible_after_start(fleet: Fleet, client: Client, trials: int) -> list[float
     for _ in range(trials):
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [fleet.python, "-m", "cli", "node", "start", "--listen", "127.0.0.1:0", "--no-mdns",
-             "--state-dir", str(state), "--name", "probe"],
-            env=fleet.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                fleet.python,
+                "-m",
+                "cli",
+                "node",
+                "start",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--state-dir",
+                str(state),
+                "--name",
+                "probe",
+            ],
+            env=fleet.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
         def online() -> bool:
@@ -96,7 +110,9 @@ def visible_after_start(fleet: Fleet, client: Client, trials: int) -> list[float
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--slots", type=int, default=4)
@@ -127,13 +143,20 @@ def main() -> int:
         "coordinator_rss_mb": coord_rss,
         "node_visible_ms": {"median": statistics.median(visible), "min": min(visible), "max": max(visible)},
     }
-    print(f"{'submit -> start':28s} p50 {report['submit_to_start_ms']['p50']:7.2f} ms   p99 {report['submit_to_start_ms']['p99']:7.2f} ms")
-    print(f"{'submit -> result':28s} p50 {report['submit_to_result_ms']['p50']:7.2f} ms   p99 {report['submit_to_result_ms']['p99']:7.2f} ms")
-    print(f"{'throughput (1 run, 2 nodes)':28s} {rate:7.1f} jobs/s ({opts.jobs} jobs, {opts.slots} slots per node)")
-    print(f"{'node daemon idle RSS':28s} {report['node_idle_rss_mb']['median']:7.1f} MB (max {max(idle_rss):.1f})")
-    print(f"{'coordinator RSS':28s} {coord_rss:7.1f} MB")
-    v = report["node_visible_ms"]
-    print(f"{'node start -> visible':28s} median {v['median']:7.1f} ms (min {v['min']:.1f}, max {v['max']:.1f}, {opts.trials} trials)")
+    s, r, v = report["submit_to_start_ms"], report["submit_to_result_ms"], report["node_visible_ms"]
+    rows = [
+        ("submit -> start", f"p50 {s['p50']:7.2f} ms   p99 {s['p99']:7.2f} ms"),
+        ("submit -> result", f"p50 {r['p50']:7.2f} ms   p99 {r['p99']:7.2f} ms"),
+        (
+            "throughput (1 run, 2 nodes)",
+            f"{rate:7.1f} jobs/s ({opts.jobs} jobs, {opts.slots} slots per node)",
+        ),
+        ("node daemon idle RSS", f"{statistics.median(idle_rss):7.1f} MB (max {max(idle_rss):.1f})"),
+        ("coordinator RSS", f"{coord_rss:7.1f} MB"),
+        ("node start -> visible", f"median {v['median']:.0f} ms (min {v['min']:.0f}, max {v['max']:.0f})"),
+    ]
+    for name, value in rows:
+        print(f"{name:28s} {value}")
     if opts.json:
         opts.json.write_text(json.dumps(report, indent=2))
     return 0

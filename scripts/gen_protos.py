@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos" / "flota" / "v1"
-SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
 def generate(out: Path) -> list[Path]:
@@ -37,6 +37,8 @@ def generate(out: Path) -> list[Path]:
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        f"--plugin=protoc-gen-mypy_grpc={mypy_plugin}_grpc",
         *[str(p.relative_to(ROOT)) for p in protos],
     ]
     if protoc.main(args) != 0:
@@ -60,7 +62,9 @@ def main() -> int:
             if opts.check:
                 stale.append(path.name)
                 sys.stdout.writelines(
-                    list(difflib.unified_diff(old.splitlines(True), new.splitlines(True), str(target), "fresh"))[:40]
+                    list(
+                        difflib.unified_diff(old.splitlines(True), new.splitlines(True), str(target), "fresh")
+                    )[:40]
                 )
             else:
                 shutil.copyfile(path, target)
@@ -68,7 +72,10 @@ def main() -> int:
         names = {p.name for p in fresh}
         extra = [p.name for p in PROTO_DIR.iterdir() if p.name.endswith(SUFFIXES) and p.name not in names]
         if opts.check and (stale or extra):
-            print(f"gen_protos: stale stubs: {', '.join(stale + extra)}; run scripts/gen_protos.py", file=sys.stderr)
+            print(
+                f"gen_protos: stale stubs: {', '.join(stale + extra)}; run scripts/gen_protos.py",
+                file=sys.stderr,
+            )
             return 1
         for name in extra:
             (PROTO_DIR / name).unlink()

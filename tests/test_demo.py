@@ -17,7 +17,9 @@ def test_readme_demo_runs_and_leaves_nothing_running(tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "demo")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "FLOTA_DEMO_HOME": str(home), "COLUMNS": "200"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -25,13 +27,18 @@ def test_readme_demo_runs_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert "local fleet up" in out
     assert "success" in out and "failed" not in out
     branches = subprocess.run(
-        ["git", "branch", "--list", "flota/*"], cwd=home / "demo" / "remote.git",
-        capture_output=True, text=True, check=True,
+        ["git", "branch", "--list", "flota/*"],
+        cwd=home / "demo" / "remote.git",
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert len(branches) == 4
     # The four tasks ran in parallel on more than one node.
     nodes = {line.split()[1] for line in out.splitlines() if line.startswith("r") and " flota/" in line}
     assert len(nodes) >= 2, out
     # Nothing is left running: no daemon of this demo survives it.
-    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])]
+    leftovers = [
+        p for p in psutil.process_iter(["cmdline"]) if str(home) in " ".join(p.info["cmdline"] or [])
+    ]
     assert leftovers == []

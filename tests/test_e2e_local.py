@@ -30,11 +30,16 @@ def test_jobs_run_across_two_nodes_and_push_their_branches(fleet: Fleet, tmp_pat
 
     result, run = _run(
         fleet,
-        "--repo", str(work),
-        "-t", "echo alpha-was-here > notes.txt",
-        "-t", "sed -i s/v1/v2/ src/app.py",
-        "-t", "git rm -q README.md",
-        "-t", "echo nothing to change",
+        "--repo",
+        str(work),
+        "-t",
+        "echo alpha-was-here > notes.txt",
+        "-t",
+        "sed -i s/v1/v2/ src/app.py",
+        "-t",
+        "git rm -q README.md",
+        "-t",
+        "echo nothing to change",
     )
     assert result.returncode == 0, result.stderr
     assert run["status"] == "success"
@@ -108,20 +113,27 @@ def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet) -> None:
 
     # Exclusive: while it runs, nothing else is placed on its node.
     excl = fleet.json("run", "--on", "vpn-box", "--exclusive", "sleep 2")
-    wait_until(lambda: fleet.json("status", excl["id"])["jobs"][0]["status"] == "running", what="exclusive job running")
+    wait_until(
+        lambda: fleet.json("status", excl["id"])["jobs"][0]["status"] == "running",
+        what="exclusive job running",
+    )
     other = fleet.json("run", "--on", "vpn-box", "true")
     time.sleep(0.5)  # give the scheduler several passes to (wrongly) place it
     job = fleet.json("status", other["jobs"][0]["id"])
     assert job["status"] == "queued"
     assert "exclusive" in job["wait_reason"], job["wait_reason"]
-    wait_until(lambda: fleet.json("status", other["id"])["status"] == "success", what="queued job to run after")
+    wait_until(
+        lambda: fleet.json("status", other["id"])["status"] == "success", what="queued job to run after"
+    )
     first = fleet.json("status", excl["id"])["jobs"][0]["result"]
     second = fleet.json("status", other["id"])["jobs"][0]["result"]
     assert second["started_at"] >= first["finished_at"]
 
     # No node can take it: the job waits and says why.
     waiting = fleet.json("run", "--network", "office", "true")
-    wait_until(lambda: "office" in fleet.json("status", waiting["jobs"][0]["id"])["wait_reason"], what="wait reason")
+    wait_until(
+        lambda: "office" in fleet.json("status", waiting["jobs"][0]["id"])["wait_reason"], what="wait reason"
+    )
     fleet.flota("cancel", waiting["id"], check=True)
 
 
@@ -146,7 +158,8 @@ def test_timeout_and_cancel_kill_the_whole_process_group(fleet: Fleet) -> None:
     reply = fleet.json("cancel", started["id"])
     assert reply["cancelled"] == [job_id]
     final = wait_until(
-        lambda: (j := fleet.json("status", job_id))["status"] in ("cancelled", "failed", "success") and j, what="cancel"
+        lambda: (j := fleet.json("status", job_id))["status"] in ("cancelled", "failed", "success") and j,
+        what="cancel",
     )
     assert final["status"] == "cancelled"
     wait_until(lambda: not ours(), timeout=10, what="job processes to be gone")
@@ -180,10 +193,14 @@ def test_lost_node_mid_job_is_retried_on_another(fleet: Fleet) -> None:
     fleet.start_node("spare-3")
     run = fleet.json("run", "sleep 2; echo done")
     job_id = run["jobs"][0]["id"]
-    first = wait_until(lambda: (j := fleet.json("status", job_id))["status"] == "running" and j, what="running")
+    first = wait_until(
+        lambda: (j := fleet.json("status", job_id))["status"] == "running" and j, what="running"
+    )
     victim = first["node_name"]
     fleet.stop(victim, signal.SIGKILL)
-    final = wait_until(lambda: (j := fleet.json("status", job_id))["status"] == "success" and j, timeout=30, what="retry")
+    final = wait_until(
+        lambda: (j := fleet.json("status", job_id))["status"] == "success" and j, timeout=30, what="retry"
+    )
     assert [a["status"] for a in final["attempts"]] == ["lost", "success"]
     assert final["attempts"][0]["node_name"] == victim
     assert final["node_name"] != victim
@@ -261,8 +278,25 @@ def test_bad_join_token_and_port_in_use(fleet: Fleet) -> None:
     env = fleet.env
 
     def join(tok: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([fleet.python, "-m", "cli", "node", "join", address, "--token", tok,
-                               "--state-dir", str(state), "--name", "x"], capture_output=True, text=True, env=env)
+        return subprocess.run(
+            [
+                fleet.python,
+                "-m",
+                "cli",
+                "node",
+                "join",
+                address,
+                "--token",
+                tok,
+                "--state-dir",
+                str(state),
+                "--name",
+                "x",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
 
     bad = join("not-a-token")
     assert bad.returncode == 2 and "malformed join token" in bad.stderr and "Traceback" not in bad.stderr
@@ -278,18 +312,44 @@ def test_bad_join_token_and_port_in_use(fleet: Fleet) -> None:
     assert reused.returncode == 2 and "already used" in reused.stderr
 
     port = coord["local"].rpartition(":")[2]
-    clash = fleet.flota("coordinator", "start", "--listen", f"127.0.0.1:{port}", "--no-mdns",
-                        env={"FLOTA_HOME": str(fleet.home / "other")})
+    clash = fleet.flota(
+        "coordinator",
+        "start",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--no-mdns",
+        env={"FLOTA_HOME": str(fleet.home / "other")},
+    )
     assert clash.returncode == 2 and "cannot listen" in clash.stderr and "Traceback" not in clash.stderr
-    node = subprocess.run([fleet.python, "-m", "node_agent", "start", "--state-dir", str(state), "--listen",
-                           f"127.0.0.1:{port}", "--no-mdns"], capture_output=True, text=True, env=env, timeout=30)
+    node = subprocess.run(
+        [
+            fleet.python,
+            "-m",
+            "node_agent",
+            "start",
+            "--state-dir",
+            str(state),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--no-mdns",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert node.returncode == 2 and "cannot listen" in node.stderr and "Traceback" not in node.stderr
 
 
 def test_node_that_never_joined_says_how_to_join(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path / "home")
-    result = subprocess.run([fleet.python, "-m", "node_agent", "start", "--state-dir", str(tmp_path / "n")],
-                            capture_output=True, text=True, env=fleet.env, timeout=30)
+    result = subprocess.run(
+        [fleet.python, "-m", "node_agent", "start", "--state-dir", str(tmp_path / "n")],
+        capture_output=True,
+        text=True,
+        env=fleet.env,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "has not joined a coordinator" in result.stderr and "flota node join" in result.stderr
 
@@ -298,7 +358,16 @@ def test_json_shapes_are_stable(fleet: Fleet) -> None:
     fleet.start_coordinator()
     fleet.start_node("solo")
     _, run = _run(fleet, "echo hi")
-    assert set(run) >= {"id", "name", "status", "created_at", "finished_at", "jobs", "repo_url", "base_commit"}
+    assert set(run) >= {
+        "id",
+        "name",
+        "status",
+        "created_at",
+        "finished_at",
+        "jobs",
+        "repo_url",
+        "base_commit",
+    }
     job = run["jobs"][0]
     assert set(job) >= {"id", "run_id", "status", "node_id", "node_name", "branch", "attempts", "result"}
     assert set(job["attempts"][0]) >= {"id", "number", "node_id", "status", "branch", "error"}

@@ -9,8 +9,12 @@ from tests.fleet import ROOT
 
 
 def test_generated_stubs_are_fresh() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -23,7 +27,11 @@ def test_check_fails_on_stale_stubs(tmp_path) -> None:
     shutil.copytree(ROOT / "scripts", copy / "scripts")
     stub = copy / "protos" / "flota" / "v1" / "types_pb2.py"
     stub.write_text(stub.read_text() + "\n# edited by hand\n")
-    result = subprocess.run([sys.executable, str(copy / "scripts" / "gen_protos.py"), "--check"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(copy / "scripts" / "gen_protos.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "stale stubs: types_pb2.py" in result.stderr
