@@ -140,7 +140,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if peer_ip and addresses:
             port = addresses[0].rpartition(":")[2]
             addresses.append(f"[{peer_ip}]:{port}" if ":" in peer_ip else f"{peer_ip}:{port}")
-        if not self.rec.hint(node_id, addresses):
+        if request.leaving:
+            self.rec.goodbye(node_id)
+        elif not self.rec.hint(node_id, addresses):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "this node is not enrolled (or was removed)"
             )

@@ -41,6 +41,7 @@ __all__ = ["Reconciler"]
 log = logging.getLogger("flota.coordinator")
 
 MAX_DISPATCH_FAILURES = 5
+LOG_LINES_MAX = 50_000
 TICK_S = 0.5
 
 
@@ -79,6 +80,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._pending_acks: dict[str, list[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._log_lines: dict[str, int] = {}  # attempt id -> lines stored
 
     # --- start-up -----------------------------------------------------------------------
 
@@ -354,11 +356,24 @@ class Reconciler:
                 self.store.save_attempt(job, attempt)
                 self.hub.job(job, self.node_names())
         elif kind == "log":
-            lines = list(event.log.lines)
-            self.store.append_logs(event.log.job_id, event.log.attempt_id, lines)
-            self.hub.log(event.log.job_id, event.log.attempt_id, lines)
+            self._on_log(event.log.job_id, event.log.attempt_id, list(event.log.lines))
         elif kind == "result":
             self._on_result(node_id, event.result)
+
+    def _on_log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
+        """Store and relay log lines, up to LOG_LINES_MAX per attempt: a job that prints
+        without end must not fill the coordinator's disk (the node keeps the tail)."""
+        if attempt_id not in self.attempts:
+            return
+        kept = self._log_lines.get(attempt_id, 0)
+        room = LOG_LINES_MAX - kept
+        if room <= 0:
+            return
+        if len(lines) > room:
+            lines = [*lines[: room - 1], f"[flota: log truncated after {LOG_LINES_MAX} lines]"]
+        self._log_lines[attempt_id] = kept + len(lines)
+        self.store.append_logs(job_id, attempt_id, lines)
+        self.hub.log(job_id, attempt_id, lines)
 
     def _on_result(self, node_id: str, msg: types_pb2.JobResult) -> None:
         self._pending_acks.setdefault(node_id, []).append(msg.attempt_id)
@@ -374,6 +389,7 @@ class Reconciler:
         if entry is None:
             return
         if state == "up":
+            entry.goodbye_at = 0.0
             if entry.state != "online":
                 self._set_state(entry, "online")
             self.store.node_seen(node_id, entry.name, detail, self.wall())
@@ -429,6 +445,7 @@ class Reconciler:
         attempt.finished_at = result.finished_at or now
         attempt.error = result.error
         self.attempts.pop(attempt.id, None)
+        self._log_lines.pop(attempt.id, None)
         self._release(attempt)
         ran = sum(1 for a in job.attempts if a.status == "lost")
         failures = sum(1 for a in job.attempts if a.error.startswith(("dispatch failed", "node refused")))

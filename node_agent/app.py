@@ -195,6 +195,13 @@ class NodeDaemon:
             for task in tasks:
                 task.cancel()
         await self.runner.stop()
+        try:
+            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+            await stub.RegisterNode(
+                coordinator_pb2.RegisterNodeRequest(info=self.info(), leaving=True), timeout=2
+            )
+        except grpc.aio.AioRpcError as exc:  # the coordinator may be gone too; it will see us lost
+            log.info("could not say goodbye to the coordinator: %s", exc.code().name)
         if announcer:
             try:
                 await announcer.stop()

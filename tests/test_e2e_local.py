@@ -376,3 +376,13 @@ def test_json_shapes_are_stable(fleet: Fleet) -> None:
     nodes = fleet.json("nodes")
     assert set(nodes[0]) >= {"info", "state", "address", "last_seen"}
     assert set(nodes[0]["info"]) >= {"id", "name", "network", "labels", "slots", "facts", "running"}
+
+
+def test_graceful_stop_shows_offline_and_restart_online(fleet: Fleet) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("laptop")
+    assert fleet.stop("laptop") == 0
+    fleet.wait_node("laptop", "offline", timeout=10)
+    fleet.start_node("laptop", join=False)
+    assert fleet.nodes()["laptop"]["state"] == "online"
+    assert fleet.flota("run", "--on", "laptop", "--follow", "true").returncode == 0
