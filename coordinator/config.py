@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.errors import ConfigError
+from protos import contract
 from protos.contract import DEFAULT_COORDINATOR_PORT, NODE_ID_RE
 
 __all__ = ["CoordinatorConfig", "flota_home", "load_config", "parse_hostport"]
@@ -36,13 +37,10 @@ def flota_home() -> Path:
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(default_port)
-    host = host.strip("[]") or "0.0.0.0"
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"invalid address {text!r} (expected HOST:PORT; port 0 picks a free one)")
-    return host, int(port)
+    try:
+        return contract.parse_hostport(text, default_port)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; port 0 picks a free one") from exc
 
 
 def load_config(

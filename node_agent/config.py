@@ -12,6 +12,7 @@ from typing import Any
 
 from node_agent.errors import ConfigError
 from node_agent.facts import NetworkRule, check_profile, parse_rule
+from protos.contract import parse_hostport
 
 __all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen"]
 
@@ -41,13 +42,10 @@ def default_state_dir() -> Path:
 
 
 def parse_listen(text: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = text, str(default_port)
-    host = host.strip("[]") or "0.0.0.0"
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"invalid listen address {text!r} (expected HOST:PORT, port 0 picks a free one)")
-    return host, int(port)
+    try:
+        return parse_hostport(text, default_port)
+    except ValueError as exc:
+        raise ConfigError(f"invalid listen address: {exc}; port 0 picks a free one") from exc
 
 
 def parse_labels(items: list[str]) -> dict[str, str]:

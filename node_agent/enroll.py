@@ -19,20 +19,20 @@ from cryptography.x509.oid import NameOID
 
 from node_agent.errors import EnrollError
 from node_agent.identity import node_id, write_private
-from protos.contract import CA_SERVER_NAME, JoinToken, TokenError, fingerprint, node_cn
+from protos.contract import CA_SERVER_NAME, JoinToken, TokenError, fingerprint, node_cn, parse_hostport
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 __all__ = ["join", "split_address"]
 
 
 def split_address(address: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep:
-        host, port = address, str(default_port)
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = parse_hostport(address, default_port, default_host="")
+    except ValueError as exc:
+        raise EnrollError(str(exc)) from exc
+    if not host or port == 0:
         raise EnrollError(f"invalid address {address!r} (expected HOST:PORT)")
-    return host, int(port)
+    return host, port
 
 
 def _fetch_ca(host: str, port: int, timeout: float) -> bytes:

@@ -28,6 +28,7 @@ __all__ = [
     "fingerprint",
     "node_cn",
     "node_server_name",
+    "parse_hostport",
 ]
 
 API_VERSION = "1"
@@ -51,6 +52,18 @@ CA_SERVER_NAME = "ca.flota"  # the enrollment port serves the CA certificate its
 NODE_ID_RE = re.compile(r"^[a-z0-9]{8,32}$")
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def parse_hostport(text: str, default_port: int, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT`, `HOST` (default port) or `:PORT` (default host).
+    Raises ValueError for anything else; port 0 is allowed (pick a free one)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or (host and ":" in host and not host.startswith("[")):
+        host, port = text.strip(), str(default_port)  # no port, or a bare IPv6 address
+    host = host.strip("[]") or default_host
+    if not port.isdigit() or not 0 <= int(port) < 65536 or any(c.isspace() for c in host):
+        raise ValueError(f"invalid address {text!r} (expected HOST:PORT)")
+    return host, int(port)
 
 
 def node_cn(node_id: str) -> str:
