@@ -59,6 +59,7 @@ class NodeDaemon:
         )
         self.addresses: list[str] = []
         self._registered = asyncio.Event()
+        self._changed = asyncio.Event()  # addresses or profile changed: register again
 
     def info(self) -> types_pb2.NodeInfo:
         f = read_facts(str(self.config.state_dir), self.gpus)
@@ -94,6 +95,8 @@ class NodeDaemon:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         delay = 0.2
         while True:
+            # Cleared before the snapshot is read: a change after this point sets it again.
+            self._changed.clear()
             try:
                 await stub.RegisterNode(coordinator_pb2.RegisterNodeRequest(info=self.info()), timeout=5)
                 if not self._registered.is_set():
@@ -105,7 +108,6 @@ class NodeDaemon:
                     "cannot register with coordinator %s: %s", self.identity.coordinator, exc.details()
                 )
                 delay = min(max(delay * 2, 0.5), 5.0)
-            self._changed = asyncio.Event()
             try:
                 await asyncio.wait_for(self._changed.wait(), delay)
             except TimeoutError:
@@ -159,7 +161,6 @@ class NodeDaemon:
             raise ConfigError(f"cannot listen on {listen}: address in use or not available")
         await server.start()
         self.addresses = listen_addresses(cfg.listen_host, self.port, self.ifaces)
-        self._changed = asyncio.Event()
         state = {
             "pid": os.getpid(),
             "id": ident.id,

@@ -16,7 +16,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition", period: float = 0.05) -> Any:
+def wait_until(
+    check: Callable[[], Any], timeout: float = 20.0, what: str = "condition", period: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -28,8 +30,13 @@ def wait_until(check: Callable[[], Any], timeout: float = 20.0, what: str = "con
 
 
 def git(*args: str, cwd: Path | str | None = None) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
@@ -66,22 +73,28 @@ class Fleet:
 
     def spawn(self, key: str, argv: Sequence[str], prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         log = self.home / f"{key}.log"
-        out = open(log, "ab")
-        proc = subprocess.Popen([*prefix, self.python, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=self.env, cwd=self.home)
-        out.close()
+        with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [*prefix, self.python, *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.home,
+            )
         self.procs[key], self.logs[key] = proc, log
         return proc
 
     def log(self, key: str) -> str:
         return self.logs[key].read_text(errors="replace")
 
-    def start_coordinator(self, *args: str, listen: str = "127.0.0.1:0", prefix: Sequence[str] = (),
-                          mdns: bool = False) -> dict[str, Any]:
+    def start_coordinator(
+        self, *args: str, listen: str = "127.0.0.1:0", prefix: Sequence[str] = (), mdns: bool = False
+    ) -> dict[str, Any]:
         state = self.home / "coordinator" / "coordinator.json"
         state.unlink(missing_ok=True)
-        proc = self.spawn("coordinator", ["-m", "coordinator", "start", "--listen", listen, "--join-port", "0",
-                                          *([] if mdns else ["--no-mdns"]), *args], prefix)
+        argv = ["-m", "coordinator", "start", "--listen", listen, "--join-port", "0"]
+        proc = self.spawn("coordinator", [*argv, *([] if mdns else ["--no-mdns"]), *args], prefix)
 
         def ready() -> dict[str, Any] | None:
             assert proc.poll() is None, f"coordinator exited: {self.log('coordinator')}"
@@ -93,12 +106,26 @@ class Fleet:
 
         return wait_until(ready, what="coordinator start")
 
-    def flota(self, *args: str, check: bool = False, timeout: float = 120, cwd: Path | None = None,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*self.cli_prefix, self.python, "-m", "cli", *args], capture_output=True, text=True,
-                                timeout=timeout, env={**self.env, **(env or {})}, cwd=cwd or self.home)
+    def flota(
+        self,
+        *args: str,
+        check: bool = False,
+        timeout: float = 120,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*self.cli_prefix, self.python, "-m", "cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            cwd=cwd or self.home,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"flota {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}")
+            raise AssertionError(
+                f"flota {' '.join(args)} exited {result.returncode}: {result.stderr}{result.stdout}"
+            )
         return result
 
     def json(self, *args: str, **kw: Any) -> Any:
@@ -106,7 +133,9 @@ class Fleet:
         try:
             return json.loads(result.stdout)
         except ValueError as exc:
-            raise AssertionError(f"not JSON from flota {' '.join(args)}: {result.stdout!r} {result.stderr!r}") from exc
+            raise AssertionError(
+                f"not JSON from flota {' '.join(args)}: {result.stdout!r} {result.stderr!r}"
+            ) from exc
 
     def token(self) -> tuple[str, str]:
         data = self.json("token", "create", check=True)
@@ -115,16 +144,57 @@ class Fleet:
     def join(self, name: str, prefix: Sequence[str] = (), state: Path | None = None) -> Path:
         state = state or self.home / "nodes" / name
         address, token = self.token()
-        subprocess.run([*prefix, self.python, "-m", "node_agent", "join", address, "--token", token, "--name", name,
-                        "--state-dir", str(state)], check=True, capture_output=True, env=self.env, timeout=60)
+        subprocess.run(
+            [
+                *prefix,
+                self.python,
+                "-m",
+                "node_agent",
+                "join",
+                address,
+                "--token",
+                token,
+                "--name",
+                name,
+                "--state-dir",
+                str(state),
+            ],
+            check=True,
+            capture_output=True,
+            env=self.env,
+            timeout=60,
+        )
         return state
 
-    def start_node(self, name: str, *args: str, join: bool = True, wait: bool = True,
-                   listen: str = "127.0.0.1:0", prefix: Sequence[str] = (), mdns: bool = False,
-                   state: Path | None = None) -> subprocess.Popen[bytes]:
+    def start_node(
+        self,
+        name: str,
+        *args: str,
+        join: bool = True,
+        wait: bool = True,
+        listen: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
+        mdns: bool = False,
+        state: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         state = self.join(name, prefix, state) if join else state or self.home / "nodes" / name
-        proc = self.spawn(name, ["-m", "node_agent", "start", "--state-dir", str(state), "--name", name,
-                                 "--listen", listen, *([] if mdns else ["--no-mdns"]), *args], prefix)
+        proc = self.spawn(
+            name,
+            [
+                "-m",
+                "node_agent",
+                "start",
+                "--state-dir",
+                str(state),
+                "--name",
+                name,
+                "--listen",
+                listen,
+                *([] if mdns else ["--no-mdns"]),
+                *args,
+            ],
+            prefix,
+        )
         if wait:
             self.wait_node(name, "online")
         return proc
@@ -135,7 +205,7 @@ class Fleet:
     def wait_node(self, name: str, state: str, timeout: float = 20) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             for key, proc in self.procs.items():
-                if key == name:
+                if key == name and state == "online":
                     assert proc.poll() is None, f"{name} exited: {self.log(name)}"
             node = self.nodes().get(name)
             return node if node and node["state"] == state else None
