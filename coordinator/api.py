@@ -36,11 +36,11 @@ log = logging.getLogger("flota.coordinator.api")
 
 T = TypeVar("T")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}$")
-_PROFILE = re.compile(r"^[a-z0-9._-]{1,32}$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}\Z")
+_PROFILE = re.compile(r"^[a-z0-9._-]{1,32}\Z")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 MAX_TASKS = 1000
 MAX_COMMAND = 64 * 1024
 

@@ -65,21 +65,26 @@ def load_config(
     host, port = parse_hostport(
         listen or str(file.get("listen", f"0.0.0.0:{DEFAULT_COORDINATOR_PORT}")), DEFAULT_COORDINATOR_PORT
     )
-    if join_listen_port is None:
-        join_listen_port = int(file.get("join_port", port + 1 if port else 0))
+    try:
+        if join_listen_port is None:
+            join_listen_port = int(file.get("join_port", port + 1 if port else 0))
+        lost = lost_after_s if lost_after_s is not None else float(file.get("lost_after_s", 30.0))
+        unreachable = (
+            unreachable_after_s
+            if unreachable_after_s is not None
+            else float(file.get("unreachable_after_s", 3.0))
+        )
+        items = list(file.get("nodes", []))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value in {path}: {exc}") from exc
+    if not 0 <= join_listen_port < 65536:
+        raise ConfigError(f"invalid join port {join_listen_port}")
     static = []
-    for item in file.get("nodes", []):
+    for item in items:
         node_id, sep, addr = str(item).partition("@")
-        if not sep or not NODE_ID_RE.match(node_id):
+        if not sep or not NODE_ID_RE.match(node_id) or parse_hostport(addr, 0)[1] == 0:
             raise ConfigError(f"invalid static node {item!r} in {path} (expected ID@HOST:PORT)")
-        parse_hostport(addr, 0)
         static.append((node_id, addr))
-    lost = lost_after_s if lost_after_s is not None else float(file.get("lost_after_s", 30.0))
-    unreachable = (
-        unreachable_after_s
-        if unreachable_after_s is not None
-        else float(file.get("unreachable_after_s", 3.0))
-    )
     if not 0.5 <= unreachable <= lost:
         raise ConfigError("need 0.5 <= unreachable-after <= lost-after (seconds)")
     return CoordinatorConfig(

@@ -27,6 +27,8 @@ def _last_line(exc: git.GitCommandError) -> str:
 
 def resolve_url(repo: git.Repo, remote: str) -> str:
     """A remote name or URL -> a URL any node can use (local paths made absolute)."""
+    if remote.startswith("-"):
+        raise RepoError(f"invalid remote {remote!r}")
     if "/" in remote or ":" in remote:
         url = remote
     else:

@@ -91,9 +91,9 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+            path.chmod(0o600)
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
-        path.chmod(0o600)
 
     def close(self) -> None:
         self._db.close()

@@ -17,9 +17,9 @@ from protos.contract import parse_hostport
 __all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen"]
 
 DEFAULT_PORT = 7380
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +85,16 @@ def load_config(
     if declared:
         check_profile(declared)
     rules = tuple(parse_rule(r) for r in (network_rules or file.get("network_rules", [])))
-    merged = dict(file.get("labels", {}))
+    try:
+        from_file = {str(k): str(v) for k, v in dict(file.get("labels", {})).items()}
+        slots = slots if slots is not None else int(file.get("slots", 1))
+        heartbeat = heartbeat_s if heartbeat_s is not None else float(file.get("heartbeat_s", 1.0))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value in {path}: {exc}") from exc
+    merged = parse_labels([f"{k}={v}" for k, v in from_file.items()])
     merged.update(parse_labels(labels or []))
-    parse_labels([f"{k}={v}" for k, v in merged.items()])
-    slots = slots if slots is not None else int(file.get("slots", 1))
     if not 1 <= slots <= 256:
         raise ConfigError(f"invalid slots {slots} (1 to 256)")
-    heartbeat = heartbeat_s if heartbeat_s is not None else float(file.get("heartbeat_s", 1.0))
     if not 0.1 <= heartbeat <= 60:
         raise ConfigError("heartbeat must be between 0.1 and 60 seconds")
     return NodeConfig(

@@ -130,7 +130,7 @@ def listen_addresses(host: str, port: int, ifaces: Mapping[str, list[str]]) -> l
     """host:port pairs the coordinator may dial. A wildcard listener offers every IPv4
     address but loopback (on another host, 127.0.0.1 is someone else)."""
     if host not in ("0.0.0.0", "", "::"):
-        return [f"{host}:{port}"]
+        return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     found = []
     for ips in ifaces.values():
         for ip in ips:

@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from protos.flota.v1 import types_pb2
 
 __all__ = ["Journal"]
@@ -48,13 +50,13 @@ class Journal:
         for d in sorted(self.root.iterdir()):
             try:
                 spec = types_pb2.JobSpec.FromString((d / "spec.pb").read_bytes())
-            except (OSError, ValueError):
+            except (OSError, ValueError, DecodeError):
                 continue
             result = None
             if (d / "result.pb").exists():
                 try:
                     result = types_pb2.JobResult.FromString((d / "result.pb").read_bytes())
-                except (OSError, ValueError):
+                except (OSError, ValueError, DecodeError):
                     result = None
             found.append((spec, result))
         return found

@@ -16,8 +16,8 @@ from protos.peer import peer_role
 
 __all__ = ["NodeServicer", "validate_spec"]
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_BRANCH = re.compile(r"^flota/[A-Za-z0-9._/-]{1,200}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+_BRANCH = re.compile(r"^flota/[A-Za-z0-9._/-]{1,200}\Z")
 AGENTS = ("shell",)
 
 
@@ -37,7 +37,8 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
             return "repo url missing or invalid"
         if not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", spec.repo.base_commit):
             return "repo base_commit must be a full hex commit id"
-        if spec.repo.base_ref and not re.fullmatch(r"refs/[A-Za-z0-9._/-]{1,200}", spec.repo.base_ref):
+        ref = spec.repo.base_ref
+        if ref and (not re.fullmatch(r"refs/[A-Za-z0-9._/-]{1,200}", ref) or ".." in ref):
             return "invalid repo base_ref"
         if not _BRANCH.match(spec.branch) or ".." in spec.branch:
             return f"invalid branch {spec.branch!r}"

@@ -49,7 +49,7 @@ NODE_CN_PREFIX = "node:"
 ADMIN_CN_PREFIX = "admin:"
 CA_SERVER_NAME = "ca.flota"  # the enrollment port serves the CA certificate itself
 
-NODE_ID_RE = re.compile(r"^[a-z0-9]{8,32}$")
+NODE_ID_RE = re.compile(r"^[a-z0-9]{8,32}\Z")
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -57,11 +57,18 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 def parse_hostport(text: str, default_port: int, default_host: str = "0.0.0.0") -> tuple[str, int]:
     """`HOST:PORT`, `[V6]:PORT`, `HOST` (default port) or `:PORT` (default host).
     Raises ValueError for anything else; port 0 is allowed (pick a free one)."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or (host and ":" in host and not host.startswith("[")):
-        host, port = text.strip(), str(default_port)  # no port, or a bare IPv6 address
-    host = host.strip("[]") or default_host
-    if not port.isdigit() or not 0 <= int(port) < 65536 or any(c.isspace() for c in host):
+    text = text.strip()
+    if text.startswith("["):  # [v6] or [v6]:port
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ValueError(f"invalid address {text!r} (expected HOST:PORT)")
+        port = rest[1:] if rest else str(default_port)
+    elif text.count(":") > 1:  # a bare IPv6 address: no port
+        host, port = text, str(default_port)
+    else:
+        host, _, port = text.partition(":") if ":" in text else (text, "", str(default_port))
+    host = host or default_host
+    if not port.isdigit() or not 0 <= int(port) < 65536 or any(c.isspace() or c in "[]" for c in host):
         raise ValueError(f"invalid address {text!r} (expected HOST:PORT)")
     return host, int(port)
 

@@ -1,0 +1,436 @@
+"""coordinator/store.py against real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.models import Attempt, Job, JobPlacement, NodeRecord, Repo, Result, Run
+from coordinator.store import Store, StoreError
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "flota.db"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    s = Store(db_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def make_job(run_id: str, index: int, **kw: object) -> Job:
+    fields: dict[str, object] = {
+        "id": f"{run_id}.{index}",
+        "run_id": run_id,
+        "index": index,
+        "name": f"job {index}",
+        "agent": "shell",
+        "command": f"echo {index}",
+        "status": "queued",
+        "created_at": T0 + index,
+        "updated_at": T0 + index,
+    }
+    fields.update(kw)
+    return Job(**fields)  # type: ignore[arg-type]
+
+
+def make_run(run_id: str, n_jobs: int = 2, created_at: float = T0, **kw: object) -> Run:
+    run = Run(id=run_id, name=f"run {run_id}", status="running", created_at=created_at, **kw)  # type: ignore[arg-type]
+    run.jobs = [make_job(run_id, i) for i in range(n_jobs)]
+    return run
+
+
+def rich_job(run_id: str) -> Job:
+    """A job with every field the store keeps set to something other than its default."""
+    return make_job(
+        run_id,
+        0,
+        name="refactor 'everything' \u2603",
+        prompt="do the thing\nand the other",
+        model="m-1",
+        timeout_s=120.5,
+        max_attempts=5,
+        env={"A": "1", "B_2": "x=y", "EMPTY": ""},
+        placement=JobPlacement(
+            node="n1",
+            labels={"gpu": "a100", "zone": "eu/1"},
+            networks=("home", "vpn"),
+            avoid_networks=("public",),
+            exclusive=True,
+            spread=True,
+            cpus=2.5,
+            memory_mb=4096,
+            gpus=1,
+        ),
+        repo=Repo(url="/srv/repo.git", base_ref=f"refs/flota/base/{run_id}", base_commit="a" * 40),
+        wait_reason="no node with 1 gpus",
+    )
+
+
+# --- runs and jobs --------------------------------------------------------------------------
+
+
+def test_create_run_round_trips_every_field(store: Store) -> None:
+    run = Run(
+        id="r1",
+        name="nightly",
+        status="running",
+        created_at=T0,
+        repo_url="/srv/repo.git",
+        base_commit="a" * 40,
+    )
+    run.jobs = [rich_job("r1"), make_job("r1", 1)]
+    store.create_run(run)
+
+    back = store.get_run("r1")
+    assert back == run
+    assert isinstance(back.jobs[0].placement.networks, tuple)
+    assert store.get_job("r1.0") == run.jobs[0]
+    assert store.get_job("r1.1") == run.jobs[1]
+    assert store.run_exists("r1")
+
+
+def test_unknown_run_and_job(store: Store) -> None:
+    assert store.get_run("nope") is None
+    assert store.get_job("nope") is None
+    assert not store.run_exists("nope")
+
+
+def test_jobs_come_back_in_index_order(store: Store) -> None:
+    run = make_run("r1", n_jobs=0)
+    run.jobs = [make_job("r1", i) for i in (2, 0, 1)]
+    store.create_run(run)
+    assert [j.index for j in store.get_run("r1").jobs] == [0, 1, 2]  # type: ignore[union-attr]
+
+
+def test_attempts_and_result_round_trip(store: Store) -> None:
+    run = make_run("r1", n_jobs=1)
+    store.create_run(run)
+    job = run.jobs[0]
+
+    first = Attempt("r1.0.a1", job.id, 1, "n1", "dispatching", "flota/r1/0-a1", created_at=T0 + 10)
+    job.status, job.node_id, job.branch, job.updated_at = "dispatching", "n1", first.branch, T0 + 10
+    job.attempts.append(first)
+    store.add_attempt(job, first)
+    assert store.get_job(job.id) == job
+
+    first.status, first.started_at = "running", T0 + 11
+    job.status = "running"
+    store.save_attempt(job, first)
+    assert store.get_job(job.id) == job
+
+    first.status, first.finished_at, first.error = "lost", T0 + 20, "node went away"
+    second = Attempt("r1.0.a2", job.id, 2, "n2", "dispatching", "flota/r1/0-a2", created_at=T0 + 21)
+    job.status, job.node_id, job.branch, job.updated_at = "dispatching", "n2", second.branch, T0 + 21
+    store.save_attempt(job, first)
+    job.attempts.append(second)
+    store.add_attempt(job, second)
+
+    result = Result(
+        status="success",
+        exit_code=0,
+        branch=second.branch,
+        base_commit="a" * 40,
+        head_commit="b" * 40,
+        files_modified=("a.txt", "dir/b.txt"),
+        insertions=3,
+        deletions=1,
+        started_at=T0 + 22,
+        finished_at=T0 + 30,
+        duration_s=8.0,
+        error="",
+        log_tail="ok\n",
+        steps=4,
+        tokens_in=100,
+        tokens_out=50,
+        cost_usd=0.25,
+        node_id="n2",
+        model="m-1",
+    )
+    second.status, second.started_at, second.finished_at = "success", T0 + 22, T0 + 30
+    job.status, job.result, job.updated_at, job.wait_reason = "success", result, T0 + 30, ""
+    store.save_attempt(job, second, result)
+
+    back = store.get_job(job.id)
+    assert back == job
+    assert back is not None
+    assert [a.number for a in back.attempts] == [1, 2]
+    assert back.attempts[0].error == "node went away"
+    assert back.result == result
+    assert back.result.files_modified == ("a.txt", "dir/b.txt")
+
+
+def test_save_job(store: Store) -> None:
+    run = make_run("r1", n_jobs=2)
+    store.create_run(run)
+    job = run.jobs[1]
+    job.status, job.wait_reason, job.cancel_requested, job.updated_at = "cancelled", "", True, T0 + 5
+    job.result = Result(status="cancelled", error="cancelled by the user")
+    store.save_job(job)
+    assert store.get_job(job.id) == job
+    assert store.get_job(run.jobs[0].id) == run.jobs[0]  # the other job is untouched
+
+
+def test_create_run_is_one_transaction(store: Store) -> None:
+    run = make_run("r1", n_jobs=2)
+    run.jobs[1].id = run.jobs[0].id  # the second insert fails
+    with pytest.raises(StoreError) as info:
+        store.create_run(run)
+    assert "\n" not in str(info.value)
+    assert store.get_run("r1") is None
+    assert store.get_job(run.jobs[0].id) is None
+    # The connection is usable afterwards: no transaction was left open.
+    store.create_run(make_run("r2"))
+    assert store.run_exists("r2")
+
+
+def test_add_attempt_is_one_transaction(store: Store) -> None:
+    run = make_run("r1", n_jobs=1)
+    store.create_run(run)
+    job = run.jobs[0]
+    attempt = Attempt("a1", job.id, 1, "n1", "dispatching", "flota/r1/0", created_at=T0)
+    store.add_attempt(job, attempt)
+    before = store.get_job(job.id)
+
+    job.status = "dispatching"  # must not be saved: the attempt insert fails (duplicate id)
+    with pytest.raises(StoreError):
+        store.add_attempt(job, attempt)
+    assert store.get_job(job.id) == before
+
+
+def test_attempt_for_unknown_job_is_refused(store: Store) -> None:
+    ghost = make_job("r9", 0)
+    with pytest.raises(StoreError):
+        store.add_attempt(ghost, Attempt("a1", ghost.id, 1, "n1", "dispatching", "b", created_at=T0))
+
+
+def test_duplicate_run_id(store: Store) -> None:
+    store.create_run(make_run("r1"))
+    with pytest.raises(StoreError):
+        store.create_run(make_run("r1", n_jobs=0))
+
+
+def test_finish_run_and_active_runs(store: Store) -> None:
+    for i, rid in enumerate(("r1", "r2", "r3")):
+        store.create_run(make_run(rid, created_at=T0 + i))
+    store.finish_run("r2", "success", T0 + 100)
+
+    active = store.active_runs()
+    assert [r.id for r in active] == ["r1", "r3"]
+    assert all(len(r.jobs) == 2 for r in active)  # with their jobs, ready to resume
+
+    r2 = store.get_run("r2")
+    assert r2 is not None
+    assert (r2.status, r2.finished_at) == ("success", T0 + 100)
+
+    for rid in ("r1", "r3"):
+        store.finish_run(rid, "failed", T0 + 200)
+    assert store.active_runs() == []
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [(10, ["r3", "r2", "r1"]), (2, ["r3", "r2"]), (1, ["r3"]), (0, [])],
+)
+def test_list_runs_newest_first(store: Store, limit: int, expected: list[str]) -> None:
+    for rid, created in (("r2", T0 + 1), ("r1", T0), ("r3", T0 + 2)):
+        store.create_run(make_run(rid, created_at=created))
+    runs = store.list_runs(limit)
+    assert [r.id for r in runs] == expected
+    assert all(r.jobs == [] for r in runs)  # a listing does not load jobs
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+def test_token_is_single_use(store: Store) -> None:
+    store.add_token("t1", "hash1", T0, T0 + 900)
+    assert store.token("t1") == ("hash1", T0 + 900, None)
+    assert store.use_token("t1", "node1", T0 + 1) is True
+    assert store.token("t1") == ("hash1", T0 + 900, T0 + 1)
+    assert store.use_token("t1", "node2", T0 + 2) is False
+    assert store.token("t1") == ("hash1", T0 + 900, T0 + 1)  # the first use stands
+
+
+def test_unknown_token(store: Store) -> None:
+    assert store.token("nope") is None
+    assert store.use_token("nope", "node1", T0) is False
+
+
+def test_duplicate_token_id(store: Store) -> None:
+    store.add_token("t1", "hash1", T0, T0 + 900)
+    with pytest.raises(StoreError):
+        store.add_token("t1", "hash2", T0, T0 + 900)
+    assert store.token("t1") == ("hash1", T0 + 900, None)
+
+
+# --- nodes ----------------------------------------------------------------------------------
+
+
+def test_enroll_node_upserts(store: Store) -> None:
+    store.enroll_node(NodeRecord("id2", "beta", "fp2", T0))
+    store.enroll_node(NodeRecord("id1", "alpha", "fp1", T0))
+    assert store.nodes() == [NodeRecord("id1", "alpha", "fp1", T0), NodeRecord("id2", "beta", "fp2", T0)]
+
+    store.node_seen("id1", "alpha", "10.0.0.1:7380", T0 + 5)
+    # Re-enrolling (a new key) replaces name and fingerprint but keeps where it was seen.
+    store.enroll_node(NodeRecord("id1", "gamma", "fp1b", T0 + 10))
+    assert store.nodes() == [
+        NodeRecord("id2", "beta", "fp2", T0),
+        NodeRecord("id1", "gamma", "fp1b", T0 + 10, "10.0.0.1:7380", T0 + 5, False),
+    ]
+
+
+def test_node_seen(store: Store) -> None:
+    store.enroll_node(NodeRecord("id1", "alpha", "fp1", T0))
+    store.node_seen("id1", "renamed", "[fd00::1]:7380", T0 + 3)
+    store.node_seen("ghost", "ghost", "10.0.0.9:7380", T0 + 3)  # unknown: nothing happens
+    assert store.nodes() == [NodeRecord("id1", "renamed", "fp1", T0, "[fd00::1]:7380", T0 + 3)]
+
+
+# --- logs -----------------------------------------------------------------------------------
+
+
+def test_logs_append_and_read(store: Store) -> None:
+    store.append_logs("j1", "a1", ["one", "two"])
+    store.append_logs("j2", "b1", ["other job"])
+    store.append_logs("j1", "a2", ["three", "", "unicode \u2603"])
+    store.append_logs("j1", "a2", [])
+
+    all_lines = store.logs("j1")
+    assert [(a, line) for _, a, line in all_lines] == [
+        ("a1", "one"),
+        ("a1", "two"),
+        ("a2", "three"),
+        ("a2", ""),
+        ("a2", "unicode \u2603"),
+    ]
+    seqs = [s for s, _, _ in all_lines]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+    assert store.logs("j1", after_seq=seqs[1]) == all_lines[2:]
+    assert store.logs("j1", after_seq=seqs[-1]) == []
+    assert store.logs("j1", limit=2) == all_lines[:2]
+    assert store.logs("j1", after_seq=seqs[0], limit=2) == all_lines[1:3]
+    assert store.logs("nope") == []
+
+
+def test_following_logs_page_by_page(store: Store) -> None:
+    store.append_logs("j1", "a1", [f"line {i}" for i in range(25)])
+    seen: list[str] = []
+    after = 0
+    while page := store.logs("j1", after_seq=after, limit=10):
+        seen += [line for _, _, line in page]
+        after = page[-1][0]
+    assert seen == [f"line {i}" for i in range(25)]
+
+
+# --- the file -------------------------------------------------------------------------------
+
+
+def test_state_survives_close_and_reopen(db_path: Path) -> None:
+    first = Store(db_path)
+    run = Run(id="r1", name="x", status="running", created_at=T0)
+    run.jobs = [rich_job("r1")]
+    first.create_run(run)
+    first.add_token("t1", "h", T0, T0 + 1)
+    first.enroll_node(NodeRecord("id1", "alpha", "fp", T0))
+    first.append_logs(run.jobs[0].id, "a1", ["hello"])
+    first.close()
+
+    again = Store(db_path)
+    try:
+        assert again.get_run("r1") == run
+        assert again.token("t1") == ("h", T0 + 1, None)
+        assert [n.id for n in again.nodes()] == ["id1"]
+        assert [line for _, _, line in again.logs(run.jobs[0].id)] == ["hello"]
+        # Sequence numbers keep growing after a reopen.
+        again.append_logs(run.jobs[0].id, "a1", ["world"])
+        seqs = [s for s, _, _ in again.logs(run.jobs[0].id)]
+        assert seqs[1] > seqs[0]
+    finally:
+        again.close()
+
+
+def test_committed_state_survives_a_killed_process(db_path: Path) -> None:
+    """Each call commits: a process killed without close() loses nothing it was told was saved."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from coordinator.models import Job, Run
+        from coordinator.store import Store
+        s = Store(Path({str(db_path)!r}))
+        run = Run(id="r1", name="x", status="running", created_at=1.0)
+        run.jobs = [Job(id="r1.0", run_id="r1", index=0, name="j", agent="shell", command="true",
+                        status="queued", created_at=1.0, updated_at=1.0)]
+        s.create_run(run)
+        s.append_logs("r1.0", "a1", ["before the crash"])
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+
+    s = Store(db_path)
+    try:
+        assert [r.id for r in s.active_runs()] == ["r1"]
+        assert [line for _, _, line in s.logs("r1.0")] == ["before the crash"]
+    finally:
+        s.close()
+
+
+def test_database_file_is_private_and_in_wal_mode(store: Store, db_path: Path) -> None:
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o700
+    other = sqlite3.connect(db_path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        other.close()
+
+
+def test_reopen_fixes_a_loosened_mode(db_path: Path) -> None:
+    Store(db_path).close()
+    db_path.chmod(0o644)
+    Store(db_path).close()
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+
+
+def test_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    with pytest.raises(StoreError, match="cannot open the database") as info:
+        Store(directory)
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert str(directory) in message
+
+
+def test_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "flota.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError) as info:
+        Store(path)
+    assert "\n" not in str(info.value)
+
+
+def test_parent_is_a_file_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    with pytest.raises(StoreError):
+        Store(blocker / "flota.db")

@@ -1,0 +1,129 @@
+"""node_agent/journal.py: attempts on disk until the coordinator has their results."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from node_agent.journal import Journal
+from protos.flota.v1 import types_pb2
+
+
+def spec(attempt_id: str, **kw: object) -> types_pb2.JobSpec:
+    return types_pb2.JobSpec(
+        job_id="r1.0",
+        run_id="r1",
+        attempt_id=attempt_id,
+        agent="shell",
+        command="echo hi",
+        env={"A": "1"},
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def result(attempt_id: str, status: str = "success") -> types_pb2.JobResult:
+    return types_pb2.JobResult(
+        job_id="r1.0", attempt_id=attempt_id, status=status, files_modified=["a.txt", "b/c.txt"], exit_code=3
+    )
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "jobs"
+
+
+def test_begin_finish_entries_forget(root: Path) -> None:
+    journal = Journal(root)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert journal.entries() == []
+
+    journal.begin(spec("a1"))
+    journal.begin(spec("a2", timeout_s=30))
+    assert journal.entries() == [(spec("a1"), None), (spec("a2", timeout_s=30), None)]
+    assert stat.S_IMODE((root / "a1").stat().st_mode) == 0o700
+
+    journal.finish(result("a1"))
+    assert journal.entries() == [(spec("a1"), result("a1")), (spec("a2", timeout_s=30), None)]
+
+    journal.forget("a1")
+    assert journal.entries() == [(spec("a2", timeout_s=30), None)]
+    assert not (root / "a1").exists()
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_entries_survive_a_new_journal_on_the_same_root(root: Path) -> None:
+    first = Journal(root)
+    first.begin(spec("a1"))
+    first.finish(result("a1", "failed"))
+    first.begin(spec("a2"))
+    assert Journal(root).entries() == [(spec("a1"), result("a1", "failed")), (spec("a2"), None)]
+
+
+def test_finish_twice_keeps_the_last_result(root: Path) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    journal.finish(result("a1", "failed"))
+    journal.finish(result("a1", "cancelled"))
+    assert journal.entries() == [(spec("a1"), result("a1", "cancelled"))]
+
+
+def test_forget_unknown_attempt_is_harmless(root: Path) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    journal.forget("never-begun")
+    assert [s.attempt_id for s, _ in journal.entries()] == ["a1"]
+
+
+def test_things_that_are_not_attempts_are_skipped(root: Path) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    (root / "stray-file").write_text("not a directory")
+    (root / "empty-dir").mkdir()
+    (root / "half").mkdir()
+    (root / "half" / "spec.pb.tmp").write_bytes(b"\x0a")  # a write interrupted before its rename
+    assert [s.attempt_id for s, _ in journal.entries()] == ["a1"]
+
+
+@pytest.mark.parametrize("which", ["spec.pb", "result.pb"])
+def test_corrupt_files_are_skipped(root: Path, which: str) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    journal.begin(spec("a2"))
+    journal.finish(result("a2"))
+    (root / "a2" / which).write_bytes(b"\xff\xff\xff garbage")
+    found = journal.entries()
+    if which == "spec.pb":
+        assert found == [(spec("a1"), None)]
+    else:
+        assert found == [(spec("a1"), None), (spec("a2"), None)]  # the attempt stays, its result is unknown
+
+
+@pytest.mark.parametrize(
+    "attempt_id", ["", ".", "..", "/", "../sibling", "../../x", "a/../../sibling", "/tmp"]
+)
+def test_forget_refuses_path_like_ids(root: Path, attempt_id: str) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    sibling = root.parent / "sibling"
+    sibling.mkdir()
+    (sibling / "keep.txt").write_text("keep")
+
+    journal.forget(attempt_id)
+
+    assert (sibling / "keep.txt").read_text() == "keep"
+    assert root.is_dir()
+    assert [s.attempt_id for s, _ in journal.entries()] == ["a1"]
+
+
+def test_forget_does_not_follow_a_symlink_out_of_the_root(root: Path) -> None:
+    journal = Journal(root)
+    outside = root.parent / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+
+    journal.forget("link")
+
+    assert (outside / "keep.txt").read_text() == "keep"
