@@ -27,7 +27,7 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_timeout_ms", 5000),
     ("grpc.keepalive_permit_without_calls", 1),
     # Accept the clients' 2 s pings; faster ones are a misbehaving peer.
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1000),
     ("grpc.http2.max_ping_strikes", 3),
     ("grpc.max_connection_idle_ms", 10 * 60 * 1000),
     ("grpc.so_reuseport", 0),

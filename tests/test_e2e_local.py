@@ -386,3 +386,15 @@ def test_graceful_stop_shows_offline_and_restart_online(fleet: Fleet) -> None:
     fleet.start_node("laptop", join=False)
     assert fleet.nodes()["laptop"]["state"] == "online"
     assert fleet.flota("run", "--on", "laptop", "--follow", "true").returncode == 0
+
+
+def test_long_quiet_follow_survives_keepalive(fleet: Fleet) -> None:
+    """A stream that stays idle longer than several keepalive periods must not be cut
+    by the server's ping policy (the client pings every 2 s)."""
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    result = fleet.flota("run", "--follow", "sleep 14; echo woke")
+    assert result.returncode == 0, result.stderr
+    assert "Too many pings" not in result.stderr
+    node_log = fleet.log("solo")
+    assert "too_many_pings" not in node_log.lower() and "Too many pings" not in node_log
