@@ -282,7 +282,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def WatchRun(
         self, request: coordinator_pb2.WatchRunRequest, context: Any
     ) -> AsyncIterator[coordinator_pb2.RunEvent]:
-        queue = self.rec.hub.watch(request.run_id)  # before reading, so no change slips between
+        watcher = self.rec.hub.watch(request.run_id, request.logs)  # before reading: no change slips by
         try:
             run = self._run(request.run_id)
             names = self.rec.node_names()
@@ -291,13 +291,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if run.status != "running":
                 yield coordinator_pb2.RunEvent(run=run_to_pb(run, names))
                 return
-            while True:
-                event = await queue.get()
+            while not watcher.overflowed:
+                event = await watcher.queue.get()
                 yield event
                 if event.WhichOneof("kind") == "run":
                     return
         finally:
-            self.rec.hub.unwatch(request.run_id, queue)
+            self.rec.hub.unwatch(request.run_id, watcher)
 
     @_stream_role("admin")
     async def StreamLogs(

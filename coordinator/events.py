@@ -9,32 +9,46 @@ from coordinator.convert import job_to_pb, run_to_pb
 from coordinator.models import Job, Run
 from protos.flota.v1 import coordinator_pb2
 
-__all__ = ["RunHub"]
+__all__ = ["RunHub", "Watcher"]
 
 QUEUE_LIMIT = 20_000
 
 
+class Watcher:
+    """One WatchRun stream's queue. A watcher that falls QUEUE_LIMIT events behind is
+    marked overflowed and its stream ends; the client watches again from a fresh read."""
+
+    def __init__(self, logs: bool) -> None:
+        self.logs = logs
+        self.queue: asyncio.Queue[coordinator_pb2.RunEvent] = asyncio.Queue()
+        self.overflowed = False
+
+
 class RunHub:
     def __init__(self) -> None:
-        self._runs: dict[str, set[asyncio.Queue[coordinator_pb2.RunEvent]]] = defaultdict(set)
+        self._runs: dict[str, set[Watcher]] = defaultdict(set)
         self._logs: dict[str, set[asyncio.Event]] = defaultdict(set)
 
-    def watch(self, run_id: str) -> asyncio.Queue[coordinator_pb2.RunEvent]:
-        queue: asyncio.Queue[coordinator_pb2.RunEvent] = asyncio.Queue(QUEUE_LIMIT)
-        self._runs[run_id].add(queue)
-        return queue
+    def watch(self, run_id: str, logs: bool = False) -> Watcher:
+        watcher = Watcher(logs)
+        self._runs[run_id].add(watcher)
+        return watcher
 
-    def unwatch(self, run_id: str, queue: asyncio.Queue[coordinator_pb2.RunEvent]) -> None:
+    def unwatch(self, run_id: str, watcher: Watcher) -> None:
         watchers = self._runs.get(run_id)
         if watchers is not None:
-            watchers.discard(queue)
+            watchers.discard(watcher)
             if not watchers:
                 del self._runs[run_id]
 
-    def _put(self, run_id: str, event: coordinator_pb2.RunEvent) -> None:
-        for queue in self._runs.get(run_id, ()):
-            if not queue.full():  # a watcher that fell this far behind re-reads the run
-                queue.put_nowait(event)
+    def _put(self, run_id: str, event: coordinator_pb2.RunEvent, log: bool = False) -> None:
+        for watcher in self._runs.get(run_id, ()):
+            if log and not watcher.logs:
+                continue
+            if watcher.queue.qsize() >= QUEUE_LIMIT:
+                watcher.overflowed = True
+                continue
+            watcher.queue.put_nowait(event)
 
     def job(self, job: Job, names: dict[str, str]) -> None:
         if job.run_id in self._runs:
@@ -42,9 +56,9 @@ class RunHub:
 
     def log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
         run_id = job_id.partition(".")[0]
-        if run_id in self._runs:
+        if any(w.logs for w in self._runs.get(run_id, ())):
             chunk = coordinator_pb2.LogChunk(job_id=job_id, attempt_id=attempt_id, lines=lines)
-            self._put(run_id, coordinator_pb2.RunEvent(log=chunk))
+            self._put(run_id, coordinator_pb2.RunEvent(log=chunk), log=True)
         for waiter in self._logs.get(job_id, ()):
             waiter.set()
 

@@ -135,6 +135,16 @@ class NodeLink:
         return channel
 
     async def _loop(self) -> None:
+        while True:
+            try:
+                await self._dial_and_hold()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or a store error must not end this node's link for good
+                log.exception("link to %s failed; retrying", self.node_id)
+                await asyncio.sleep(1.0)
+
+    async def _dial_and_hold(self) -> None:
         backoff = 0.2
         while True:
             self._hinted.clear()

@@ -81,6 +81,7 @@ class Reconciler:
         self._pending_acks: dict[str, list[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._log_lines: dict[str, int] = {}  # attempt id -> lines stored
+        self._held: dict[str, float] = {}  # job id -> not before (a busy node refused it)
 
     # --- start-up -----------------------------------------------------------------------
 
@@ -88,7 +89,8 @@ class Reconciler:
         """Rebuild the in-memory view from the store (a restart resumes every run)."""
         for rec in self.store.nodes():
             if not rec.removed:
-                self._entry(rec.id, rec.name)
+                # Silence is counted from now: a node that never comes back is lost in time.
+                self._entry(rec.id, rec.name).last_seen = self.clock()
                 if rec.address:
                     self.link(rec.id).hint([rec.address], "store")
         for node_id, address in self.config.static_nodes:
@@ -108,7 +110,7 @@ class Reconciler:
     def _entry(self, node_id: str, name: str) -> NodeEntry:
         entry = self.nodes.get(node_id)
         if entry is None:
-            entry = self.nodes[node_id] = NodeEntry(node_id, name, since=self.clock())
+            entry = self.nodes[node_id] = NodeEntry(node_id, name)
         return entry
 
     def link(self, node_id: str) -> NodeLink:
@@ -135,7 +137,9 @@ class Reconciler:
         if entry is None:
             return
         entry.goodbye_at = self.clock()
-        if entry.state != "online":
+        # A goodbye (which anyone can forge over mDNS) never ends work: a node that still
+        # holds attempts goes through unreachable and lost like any silent node.
+        if entry.state != "online" and not entry.reservations:
             self._set_state(entry, "offline")
 
     def wake(self) -> None:
@@ -154,7 +158,7 @@ class Reconciler:
                 self.tick()
             except Exception:  # the loop must outlive one bad tick
                 log.exception("reconcile tick failed")
-            await self._flush_acks()
+            self._flush_acks()
 
     def tick(self) -> None:
         now = self.clock()
@@ -162,7 +166,7 @@ class Reconciler:
             state = liveness(entry, now, self.config.unreachable_after_s, self.config.lost_after_s)
             if state != entry.state:
                 self._set_state(entry, state)
-        queued = [j for j in self.jobs.values() if j.status == "queued"]
+        queued = [j for j in self.jobs.values() if j.status == "queued" and self._held.get(j.id, 0) <= now]
         if not queued:
             return
         online = [e for e in self.nodes.values() if e.state == "online" and e.info is not None]
@@ -196,7 +200,8 @@ class Reconciler:
             cpus=float(cpus),
             memory_mb=info.facts.memory_total_mb,
             gpus=len(info.facts.gpus),
-            used_slots=len(entry.reservations),
+            # The node's own count also covers attempts this coordinator gave up on.
+            used_slots=max(len(entry.reservations), info.running),
             used_cpus=sum(r[1] for r in res),
             used_memory_mb=sum(r[2] for r in res),
             used_gpus=sum(r[3] for r in res),
@@ -229,7 +234,7 @@ class Reconciler:
 
     def _set_state(self, entry: NodeEntry, state: str) -> None:
         log.info("node %s (%s): %s -> %s", entry.name, entry.id, entry.state, state)
-        entry.state, entry.since = state, self.clock()
+        entry.state = state
         if state == "lost":
             for attempt_id in list(entry.reservations):
                 if attempt_id in self.attempts:
@@ -307,6 +312,18 @@ class Reconciler:
                 raise NodeCallError("no link to the node")
             reply = await link.start_job(self._spec(job, attempt))
             if reply.accepted:
+                if job.cancel_requested and attempt.status in ATTEMPT_ACTIVE:
+                    await self._tell_cancel(link, attempt)  # a cancel raced this start
+                return
+            if reply.reason.startswith("no free slot") and attempt.status == "dispatching":
+                # Busy with work we no longer track: try again shortly, without counting it.
+                self._held[job.id] = self.clock() + 1.0
+                self._finish_attempt(
+                    job,
+                    attempt,
+                    Result(status="failed", error=f"node busy: {reply.reason}", node_id=attempt.node_id),
+                    retry=True,
+                )
                 return
             error = f"node refused the job: {reply.reason}"
         except NodeCallError as exc:
@@ -322,6 +339,12 @@ class Reconciler:
         self._finish_attempt(
             job, attempt, Result(status="failed", error=error, node_id=attempt.node_id), retry=True
         )
+
+    async def _tell_cancel(self, link: NodeLink, attempt: Attempt) -> bool:
+        try:
+            return await link.cancel_job(attempt.id, "cancelled by the user")
+        except NodeCallError:
+            return False
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -340,7 +363,10 @@ class Reconciler:
         if kind == "heartbeat":
             old = entry.info
             entry.info = event.heartbeat
-            entry.name = event.heartbeat.name or entry.name
+            if event.heartbeat.name != entry.name and (old is None or old.name != event.heartbeat.name):
+                log.warning(
+                    "node %s calls itself %r; it keeps its enrolled name", entry.name, event.heartbeat.name
+                )
             if old is not None and old.network != entry.info.network:
                 log.info("node %s network: %s -> %s", entry.name, old.network, entry.info.network)
             if entry.state != "online" and self.links[node_id].connected:
@@ -348,7 +374,7 @@ class Reconciler:
             if old is None or old.slots != entry.info.slots or old.network != entry.info.network:
                 self.wake()
         elif kind == "started":
-            found = self.attempts.get(event.started.attempt_id)
+            found = self._owned(node_id, event.started.attempt_id)
             if found and found[1].status == "dispatching":
                 job, attempt = found
                 attempt.status, attempt.started_at = "running", event.started.started_at
@@ -356,9 +382,19 @@ class Reconciler:
                 self.store.save_attempt(job, attempt)
                 self.hub.job(job, self.node_names())
         elif kind == "log":
-            self._on_log(event.log.job_id, event.log.attempt_id, list(event.log.lines))
+            if self._owned(node_id, event.log.attempt_id):
+                self._on_log(event.log.job_id, event.log.attempt_id, list(event.log.lines))
         elif kind == "result":
             self._on_result(node_id, event.result)
+
+    def _owned(self, node_id: str, attempt_id: str) -> tuple[Job, Attempt] | None:
+        """The active attempt, if `node_id` is the node it was given to: a node speaks
+        only for its own work."""
+        found = self.attempts.get(attempt_id)
+        if found is not None and found[1].node_id != node_id:
+            log.warning("node %s sent an event for %s, which is not its attempt", node_id, attempt_id)
+            return None
+        return found
 
     def _on_log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
         """Store and relay log lines, up to LOG_LINES_MAX per attempt: a job that prints
@@ -376,13 +412,14 @@ class Reconciler:
         self.hub.log(job_id, attempt_id, lines)
 
     def _on_result(self, node_id: str, msg: types_pb2.JobResult) -> None:
+        if msg.attempt_id in self.attempts:
+            found = self._owned(node_id, msg.attempt_id)
+            if found is None:
+                return
+            self._finish_attempt(*found, result_from_pb(msg))  # persisted before the ack below
+            self.wake()
+        # Acked only once stored (or already final): the node then forgets it.
         self._pending_acks.setdefault(node_id, []).append(msg.attempt_id)
-        found = self.attempts.get(msg.attempt_id)
-        if found is None:
-            return  # already recorded (a repeat after reconnect) or unknown: just ack it
-        job, attempt = found
-        self._finish_attempt(job, attempt, result_from_pb(msg))
-        self.wake()
 
     async def on_link_state(self, node_id: str, state: str, detail: str) -> None:
         entry = self.nodes.get(node_id)
@@ -399,43 +436,59 @@ class Reconciler:
             self._set_state(entry, "offline" if recent_goodbye and not entry.reservations else "unreachable")
 
     async def _reconcile_node(self, entry: NodeEntry) -> None:
-        """After a (re)connect: collect results the node kept, and give up attempts it
-        no longer knows (it restarted without them)."""
+        """After a (re)connect: collect results the node kept, resend starts it never
+        got, give up attempts it lost, and stop work it runs that we gave up on."""
+        link = self.links[entry.id]
+        # Taken before the call: an attempt dispatched meanwhile is not "forgotten".
+        before = {a: self.attempts[a][1].status for a in entry.reservations if a in self.attempts}
         try:
-            jobs = await self.links[entry.id].list_jobs()
+            jobs = await link.list_jobs()
         except NodeCallError as exc:
             log.warning("cannot list jobs on %s: %s", entry.name, exc)
             return
         known = {j.spec.attempt_id for j in jobs}
         for job in jobs:
+            attempt_id = job.spec.attempt_id
             if job.state == "finished":
                 self._on_result(entry.id, job.result)
-            elif job.spec.attempt_id in self.attempts:
-                self.on_event(
-                    entry.id,
-                    node_pb2.NodeEvent(
-                        started=node_pb2.JobStarted(job_id=job.spec.job_id, attempt_id=job.spec.attempt_id)
-                    ),
-                )
-        for attempt_id in list(entry.reservations):
+            elif attempt_id in self.attempts:
+                started = node_pb2.JobStarted(job_id=job.spec.job_id, attempt_id=attempt_id)
+                self.on_event(entry.id, node_pb2.NodeEvent(started=started))
+            else:
+                log.info("stopping %s on %s: no longer ours", attempt_id, entry.name)
+                self._spawn(self._cancel_quietly(link, attempt_id))
+        for attempt_id, status in before.items():
             found = self.attempts.get(attempt_id)
-            if found and attempt_id not in known and found[1].status == "running":
+            if found is None or attempt_id in known:
+                continue
+            if status == "dispatching":
+                self._spawn(self._send(*found))  # StartJob is idempotent on the attempt id
+            else:
                 self._finish_attempt(
-                    found[0],
-                    found[1],
-                    Result(status="lost", node_id=entry.id, error="the node no longer knows this job"),
+                    *found, Result(status="lost", node_id=entry.id, error="the node no longer knows this job")
                 )
-        await self._flush_acks()
+        self._flush_acks()
 
-    async def _flush_acks(self) -> None:
+    async def _cancel_quietly(self, link: NodeLink, attempt_id: str) -> None:
+        try:
+            await link.cancel_job(attempt_id, "the coordinator gave up on this attempt")
+        except NodeCallError:
+            pass
+
+    def _flush_acks(self) -> None:
+        """Send pending acks, one background call per node: a slow node delays no one."""
         pending, self._pending_acks = self._pending_acks, {}
         for node_id, ids in pending.items():
             link = self.links.get(node_id)
             if link and link.connected:
-                try:
-                    await link.ack(ids)
-                except NodeCallError:
-                    pass  # the node keeps them; they are acked after the next reconnect
+                self._spawn(self._ack(link, ids))
+
+    @staticmethod
+    async def _ack(link: NodeLink, ids: list[str]) -> None:
+        try:
+            await link.ack(ids)
+        except NodeCallError:
+            pass  # the node keeps them; they are acked after the next reconnect
 
     # --- outcomes --------------------------------------------------------------------------
 
@@ -449,6 +502,8 @@ class Reconciler:
         self._release(attempt)
         ran = sum(1 for a in job.attempts if a.status == "lost")
         failures = sum(1 for a in job.attempts if a.error.startswith(("dispatch failed", "node refused")))
+        if not retry:
+            self._held.pop(job.id, None)
         again = (result.status == "lost" and ran < job.max_attempts) or (
             retry and failures < MAX_DISPATCH_FAILURES
         )
@@ -489,7 +544,9 @@ class Reconciler:
         self.wake()
 
     async def cancel(self, jobs: list[Job]) -> list[str]:
-        cancelled = []
+        """Cancel jobs: queued ones at once; running ones by telling their nodes, whose
+        result then says cancelled. Attempts on nodes that cannot be told end now."""
+        cancelled, calls = [], []
         for job in jobs:
             job = self.jobs.get(job.id, job)
             if job.status in JOB_FINAL:
@@ -505,21 +562,21 @@ class Reconciler:
                 self._maybe_finish_run(job.run_id)
                 continue
             self.store.save_job(job)
-            for attempt in active:
-                link = self.links.get(attempt.node_id)
-                try:
-                    if link is None:
-                        raise NodeCallError("no link")
-                    if await link.cancel_job(attempt.id, "cancelled by the user"):
-                        continue
-                except NodeCallError:
-                    pass
-                if attempt.status == "dispatching" and link is not None and link.connected:
-                    continue  # the start may still arrive; its result will say cancelled
-                # The node cannot be told: record the cancel now; a late result is ignored.
-                self._finish_attempt(
-                    job,
-                    attempt,
-                    Result(status="cancelled", node_id=attempt.node_id, error="cancelled (node unreachable)"),
-                )
+            calls += [self._cancel_attempt(job, a) for a in active]
+        await asyncio.gather(*calls)
         return cancelled
+
+    async def _cancel_attempt(self, job: Job, attempt: Attempt) -> None:
+        link = self.links.get(attempt.node_id)
+        if link is not None and link.connected:
+            await self._tell_cancel(link, attempt)
+            if link.connected:
+                # Told, or not found yet: a start still on its way is cancelled when it is
+                # accepted, and a result on its way is recorded as it arrives.
+                return
+        if attempt.status in ATTEMPT_ACTIVE:
+            self._finish_attempt(
+                job,
+                attempt,
+                Result(status="cancelled", node_id=attempt.node_id, error="cancelled (node unreachable)"),
+            )

@@ -29,24 +29,20 @@ class NodeEntry:
     info: types_pb2.NodeInfo | None = None  # the node's last heartbeat, shown as is
     last_seen: float = 0.0  # monotonic
     last_seen_wall: float = 0.0
-    since: float = 0.0  # monotonic time of the last state change
     goodbye_at: float = 0.0  # monotonic; 0: none
     removed: bool = False
     # attempt id -> (run id, cpus, memory_mb, gpus, exclusive): what runs there now
     reservations: dict[str, tuple[str, float, int, int, bool]] = field(default_factory=dict)
 
-    @property
-    def network(self) -> str:
-        return self.info.network if self.info else ""
-
 
 def liveness(entry: NodeEntry, now: float, unreachable_after: float, lost_after: float) -> str:
-    """The state an entry should be in at `now`, from heartbeats alone."""
-    if entry.state in ("unknown", "offline", "lost"):
+    """The state an entry should be in at `now`, from heartbeats alone. A node that
+    holds attempts is lost after `lost_after` of silence whatever it said before."""
+    if entry.state == "lost" or (entry.state in ("unknown", "offline") and not entry.reservations):
         return entry.state
     silent = now - entry.last_seen
     if entry.state == "online" and silent <= unreachable_after:
         return "online"
     if silent > lost_after:
         return "lost"
-    return "unreachable"
+    return "unreachable" if entry.state in ("online", "unreachable") else entry.state

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.models import (
-    JOB_FINAL,
     Attempt,
     Job,
     JobPlacement,
@@ -104,10 +103,11 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # also after a failed COMMIT
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"database error: {exc}") from exc
 
@@ -341,7 +341,3 @@ class Store:
             (job_id, after_seq, limit),
         )
         return [(r[0], r[1], r[2]) for r in rows]
-
-
-def is_final(status: str) -> bool:
-    return status in JOB_FINAL

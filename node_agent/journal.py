@@ -37,6 +37,16 @@ class Journal:
         d.mkdir(exist_ok=True, mode=0o700)
         _write(d / "spec.pb", spec.SerializeToString())
 
+    def started(self, attempt_id: str, process_group: int) -> None:
+        _write(self._dir(attempt_id) / "pgid", str(process_group).encode())
+
+    def process_group(self, attempt_id: str) -> int:
+        """The process group an unfinished attempt ran in, or 0 when unknown."""
+        try:
+            return int((self._dir(attempt_id) / "pgid").read_text())
+        except (OSError, ValueError):
+            return 0
+
     def finish(self, result: types_pb2.JobResult) -> None:
         _write(self._dir(result.attempt_id) / "result.pb", result.SerializeToString())
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node_agent.agents.shell import run_shell
+from node_agent.agents.shell import ShellError, run_shell
 from node_agent.hub import Hub
 from node_agent.journal import Journal
 from node_agent.workspace import Workspace, WorkspaceError
@@ -56,11 +57,14 @@ class Runner:
         self.kill_grace_s = kill_grace_s
         self.active: dict[str, _Active] = {}
         self.finished: dict[str, types_pb2.JobResult] = {}  # attempt id -> result not yet acked
+        self._stopping = False
         for spec, result in journal.entries():
             if result is not None:
                 self.finished[spec.attempt_id] = result
             else:
-                # The daemon stopped while this ran: its process group died with it.
+                # The daemon died while this ran. Its job runs in its own session, so it
+                # may still be alive: stop it, so that a retry never runs beside it.
+                _kill_group(journal.process_group(spec.attempt_id))
                 lost = self._result(spec, "lost", time.time(), error="the node daemon restarted mid-job")
                 journal.finish(lost)
                 self.finished[spec.attempt_id] = lost
@@ -107,7 +111,9 @@ class Runner:
         return self.workspace.remove_run(run_id, keep=busy)
 
     async def stop(self) -> None:
-        """Cancel every running attempt and wait for their results to be journaled."""
+        """Stop every running attempt and journal its result as lost (not cancelled: the
+        user did not ask, so the coordinator may retry it elsewhere)."""
+        self._stopping = True
         for active in self.active.values():
             active.cancel.set()
         tasks = [a.task for a in self.active.values() if a.task]
@@ -170,21 +176,27 @@ class Runner:
                 log=node_pb2.LogLines(job_id=spec.job_id, attempt_id=spec.attempt_id, lines=lines)
             )
 
-        outcome = await run_shell(
-            spec.command,
-            cwd,
-            self._env(spec, cwd),
-            spec.timeout_s,
-            on_lines,
-            active.cancel,
-            grace_s=self.kill_grace_s,
-        )
+        try:
+            outcome = await run_shell(
+                spec.command,
+                cwd,
+                self._env(spec, cwd),
+                spec.timeout_s,
+                on_lines,
+                active.cancel,
+                grace_s=self.kill_grace_s,
+                on_start=lambda pgid: self.journal.started(spec.attempt_id, pgid),
+            )
+        except (ShellError, ValueError) as exc:  # cannot start: no shell, bad cwd, NUL in env
+            return self._result(spec, "failed", started, exit_code=-1, error=str(exc))
         fields: dict[str, object] = {
             "exit_code": outcome.exit_code,
             "error": outcome.error,
             "log_tail": outcome.log_tail,
         }
         status = outcome.status
+        if status == "cancelled" and self._stopping:
+            status, fields["error"] = "lost", "the node daemon stopped"
         if repo:
             trailers = {
                 "Flota-Job": spec.job_id,
@@ -195,9 +207,13 @@ class Runner:
             if spec.model:
                 trailers["Flota-Model"] = spec.model
             title = f"flota: {spec.name or spec.command}"[:200]
-            commit = await asyncio.to_thread(
-                self.workspace.commit_and_push, cwd, spec.branch, f"{title}\n\nstatus: {status}", trailers
-            )
+            try:
+                commit = await asyncio.to_thread(
+                    self.workspace.commit_and_push, cwd, spec.branch, f"{title}\n\nstatus: {status}", trailers
+                )
+            except WorkspaceError as exc:
+                fields["error"] = f"cannot commit the result: {exc}"
+                return self._result(spec, "failed", started, **fields)
             fields.update(
                 base_commit=commit.base_commit,
                 head_commit=commit.head_commit,
@@ -225,3 +241,11 @@ class Runner:
             FLOTA_WORKTREE=str(cwd),
         )
         return env
+
+
+def _kill_group(pgid: int) -> None:
+    if pgid > 1:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

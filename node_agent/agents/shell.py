@@ -132,6 +132,7 @@ async def run_shell(
     on_lines: Callable[[list[str]], None],
     cancel: asyncio.Event,
     grace_s: float = 5.0,
+    on_start: Callable[[int], None] | None = None,
 ) -> ShellOutcome:
     """Run ``command`` with the shell in ``cwd`` with exactly ``env``; no timeout if ``timeout_s <= 0``."""
     if cancel.is_set():
@@ -170,6 +171,8 @@ async def run_shell(
     group = proc.pid
     reason = ""
     try:
+        if on_start is not None:
+            on_start(group)  # e.g. journaled, so a restarted daemon can find the group
         reason = await _supervise(proc, group, cancel, timeout_s, grace_s)
     finally:
         # Also on our own cancellation: no process of the job may outlive this call.

@@ -137,7 +137,8 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRun(self, request, context):
-        """Job updates of a run until it ends (or forever with follow on an ended run: no).
+        """The run's jobs, then each change, until the run ends (the last event is the run).
+        A watcher that falls too far behind is ended early; it may watch again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

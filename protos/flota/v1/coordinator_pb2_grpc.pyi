@@ -45,7 +45,9 @@ class CoordinatorStub:
     ListRuns: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListRunsRequest, _coordinator_pb2.ListRunsReply]
     GetJob: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.Job]
     WatchRun: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.WatchRunRequest, _coordinator_pb2.RunEvent]
-    """Job updates of a run until it ends (or forever with follow on an ended run: no)."""
+    """The run's jobs, then each change, until the run ends (the last event is the run).
+    A watcher that falls too far behind is ended early; it may watch again.
+    """
     StreamLogs: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.StreamLogsRequest, _coordinator_pb2.LogChunk]
     Cancel: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]
     Cleanup: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]
@@ -61,7 +63,9 @@ class CoordinatorAsyncStub(CoordinatorStub):
     ListRuns: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListRunsRequest, _coordinator_pb2.ListRunsReply]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetJobRequest, _coordinator_pb2.Job]  # type: ignore[assignment]
     WatchRun: _aio.UnaryStreamMultiCallable[_coordinator_pb2.WatchRunRequest, _coordinator_pb2.RunEvent]  # type: ignore[assignment]
-    """Job updates of a run until it ends (or forever with follow on an ended run: no)."""
+    """The run's jobs, then each change, until the run ends (the last event is the run).
+    A watcher that falls too far behind is ended early; it may watch again.
+    """
     StreamLogs: _aio.UnaryStreamMultiCallable[_coordinator_pb2.StreamLogsRequest, _coordinator_pb2.LogChunk]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]  # type: ignore[assignment]
     Cleanup: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]  # type: ignore[assignment]
@@ -122,7 +126,9 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.WatchRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.RunEvent], _abc.AsyncIterator[_coordinator_pb2.RunEvent]]:
-        """Job updates of a run until it ends (or forever with follow on an ended run: no)."""
+        """The run's jobs, then each change, until the run ends (the last event is the run).
+        A watcher that falls too far behind is ended early; it may watch again.
+        """
 
     @_abc_1.abstractmethod
     def StreamLogs(
