@@ -82,10 +82,11 @@ class Client:
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
 
-    def stream(self, method: str, request: Any) -> Iterator[Any]:
-        """A server stream; long-lived, so no deadline, but keepalive catches a dead link."""
+    def stream(self, method: str, request: Any, timeout: float | None = None) -> Iterator[Any]:
+        """A server stream. Following one has no deadline (keepalive catches a dead link);
+        a bounded read passes `timeout`."""
         try:
-            yield from getattr(self.stub, method)(request)
+            yield from getattr(self.stub, method)(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
 

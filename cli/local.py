@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from cli.client import EXIT_UNAVAILABLE, Client, CliError, flota_home
 from cli.render import console, nodes_table, print_json, to_dict
 from protos.flota.v1 import coordinator_pb2
@@ -34,6 +36,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _ours(pid: int, home: Path) -> bool:
+    """Is `pid` a flota daemon of this FLOTA_HOME? (A pid file can outlive a reboot, and
+    the number may now belong to anything.)"""
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except (psutil.Error, ValueError):
+        return False
+    text = " ".join(cmdline)
+    return ("coordinator" in cmdline or "node_agent" in cmdline) and str(home) in text
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -93,11 +106,20 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
     local = home / "local"
     fleet_file = local / "fleet.json"
     if fleet_file.exists():
-        old = json.loads(fleet_file.read_text())
-        if any(_alive(p) for p in [old.get("coordinator", 0), *old.get("nodes", [])] if p):
+        try:
+            old = json.loads(fleet_file.read_text())
+        except ValueError:
+            old = {}
+        if any(_ours(p, home) for p in [old.get("coordinator", 0), *old.get("nodes", [])] if p):
             raise CliError("a local fleet is already running here (stop it with: flota down)")
     local.mkdir(parents=True, exist_ok=True, mode=0o700)
     state_file = home / "coordinator" / "coordinator.json"
+    try:
+        running = json.loads(state_file.read_text()).get("pid", 0)
+    except (OSError, ValueError):
+        running = 0
+    if running and _ours(running, home):
+        raise CliError(f"a coordinator already runs on {home} (pid {running}); stop it first")
     state_file.unlink(missing_ok=True)
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
@@ -130,7 +152,10 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
         client = Client()
         for i in range(1, count + 1):
             name, state = f"node-{i}", local / f"node-{i}"
-            if not (state / "identity" / "node.pem").exists():
+            if (state / "identity" / "node.pem").exists():
+                # Enrolled by an earlier `up`: the coordinator came back on a new port.
+                (state / "identity" / "coordinator").write_text(client.address)
+            else:
                 token = client.call("CreateToken", coordinator_pb2.CreateTokenRequest(ttl_s=60))
                 joined = subprocess.run(
                     [
@@ -212,9 +237,10 @@ def down_local() -> None:
     except (OSError, ValueError):
         console.print("no local fleet is running")
         return
-    pids = [p for p in [*fleet.get("nodes", []), fleet.get("coordinator", 0)] if p and _alive(p)]
-    # Nodes first, so they leave before the coordinator goes.
-    _stop(pids[:-1])
-    _stop(pids[-1:])
+    home = flota_home()
+    nodes = [p for p in fleet.get("nodes", []) if p and _ours(p, home)]
+    coordinator = [p for p in [fleet.get("coordinator", 0)] if p and _ours(p, home)]
+    _stop(nodes)  # nodes first, so they say goodbye before the coordinator goes
+    _stop(coordinator)
     fleet_file.unlink(missing_ok=True)
-    console.print(f"stopped {len(pids)} daemons")
+    console.print(f"stopped {len(nodes) + len(coordinator)} daemons")

@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 a run or job did not succeed, 2 bad input or refused request
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -296,7 +297,7 @@ def results(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="R
         print_json([{"job": j.id, "node": j.node_name, **to_dict(j.result)} for j in run_msg.jobs])
     else:
         console.print(results_table(run_msg))
-    if run_msg.status not in ("success", "running"):
+    if run_msg.status != "success":
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -309,11 +310,11 @@ def logs(
     """Print a job's output (all attempts)."""
     o = _opts(ctx)
     for chunk in o.client().stream(
-        "StreamLogs", coordinator_pb2.StreamLogsRequest(job_id=job_id, follow=follow)
+        "StreamLogs", coordinator_pb2.StreamLogsRequest(job_id=job_id, follow=follow), None if follow else 120
     ):
         if o.json:
             for line in chunk.lines:
-                print_json({"attempt_id": chunk.attempt_id, "line": line})
+                print(json.dumps({"attempt_id": chunk.attempt_id, "line": line}), flush=True)
         else:
             sys.stdout.write("".join(line + "\n" for line in chunk.lines))
             sys.stdout.flush()

@@ -10,12 +10,14 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from protos.flota.v1 import coordinator_pb2
 
 __all__ = ["console", "jobs_table", "nodes_table", "print_json", "results_table", "runs_table", "to_dict"]
 
-console = Console(highlight=False)
+# Markup off: task names, commands and errors are user text and print as written.
+console = Console(highlight=False, markup=False)
 
 STATUS_STYLE = {
     "success": "green",
@@ -28,7 +30,6 @@ STATUS_STYLE = {
     "queued": "dim",
     "online": "green",
     "unreachable": "yellow",
-    "lost ": "red",
     "offline": "dim",
 }
 
@@ -41,9 +42,8 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False))
 
 
-def _status(text: str) -> str:
-    style = STATUS_STYLE.get(text)
-    return f"[{style}]{text}[/]" if style else text
+def _status(text: str) -> Text:
+    return Text(text, style=STATUS_STYLE.get(text, ""))
 
 
 def _duration(seconds: float) -> str:

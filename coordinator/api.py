@@ -11,7 +11,6 @@ import asyncio
 import functools
 import ipaddress
 import logging
-import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,17 @@ from coordinator.gitbase import push_base
 from coordinator.models import JOB_FINAL, Job, JobPlacement, NodeRecord, Run
 from coordinator.pki import CertificateAuthority, PkiError, make_token, secret_hash, token_matches
 from coordinator.reconcile import Reconciler, new_run_id
-from protos.contract import NODE_ID_RE, JoinToken, TokenError, fingerprint
+from protos.contract import (
+    ENV_KEY_RE,
+    LABEL_KEY_RE,
+    LABEL_VALUE_RE,
+    NAME_RE,
+    NODE_ID_RE,
+    PROFILE_RE,
+    JoinToken,
+    TokenError,
+    fingerprint,
+)
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
 from protos.peer import peer_role
 
@@ -36,11 +45,6 @@ log = logging.getLogger("flota.coordinator.api")
 
 T = TypeVar("T")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}\Z")
-_PROFILE = re.compile(r"^[a-z0-9._-]{1,32}\Z")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 MAX_TASKS = 1000
 MAX_COMMAND = 64 * 1024
 
@@ -97,10 +101,10 @@ def _stream_role(role: str) -> Callable[[Callable[..., AsyncIterator[T]]], Calla
 
 def _check_placement(p: coordinator_pb2.PlacementSpec) -> JobPlacement:
     for key, value in p.labels.items():
-        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        if not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(value):
             raise InvalidRequest(f"invalid label {key}={value} (letters, digits, . _ - / :)")
     for net in [*p.networks, *p.avoid_networks]:
-        if not _PROFILE.match(net):
+        if not PROFILE_RE.match(net):
             raise InvalidRequest(f"invalid network profile {net!r}")
     r = p.resources
     if not (0 <= r.cpus <= 4096 and 0 <= r.memory_mb <= 2**24 and 0 <= r.gpus <= 64):
@@ -135,6 +139,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         role, node_id = peer_role(context)
         if role != "node" or node_id != request.info.id:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a node may only register itself")
+        entry = self.rec.nodes.get(node_id)
+        if entry is None or entry.removed or entry.fingerprint != _peer_fingerprint(context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this certificate is not the one enrolled")
         addresses = [a for a in request.info.addresses if _valid_address(a)][:16]
         peer_ip = _peer_ip(context.peer())
         if peer_ip and addresses:
@@ -197,7 +204,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if not task.command.strip() or len(task.command) > MAX_COMMAND or "\0" in task.command:
                 raise InvalidRequest("every task needs a command (at most 64 KiB, no NUL)")
         for key in request.env:
-            if not _ENV_KEY.match(key):
+            if not ENV_KEY_RE.match(key):
                 raise InvalidRequest(f"invalid environment variable name {key!r}")
         if not 0 <= request.timeout_s <= 7 * 86400:
             raise InvalidRequest("timeout must be between 0 (none) and 7 days")
@@ -370,8 +377,15 @@ def _valid_address(address: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return bool(_NAME.match(host))
+        return bool(NAME_RE.match(host))
     return True
+
+
+def _peer_fingerprint(context: Any) -> str:
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if len(pems) != 1:
+        return ""
+    return fingerprint(ssl.PEM_cert_to_DER_cert(pems[0].decode()))
 
 
 def _peer_ip(peer: str) -> str:
@@ -399,7 +413,7 @@ class EnrollmentServicer(coordinator_pb2_grpc.EnrollmentServicer):
         except TokenError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         name = request.name
-        if not _NAME.match(name):
+        if not NAME_RE.match(name):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid node name {name!r}")
         stored = self.rec.store.token(token.id)
         now = time.time()
@@ -417,6 +431,13 @@ class EnrollmentServicer(coordinator_pb2_grpc.EnrollmentServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the CSR must name the node as CN=node:<id>"
             )
         assert node_id is not None
+        if node_id in self.rec.nodes and not self.rec.nodes[node_id].removed:
+            # An id is public (mDNS); a token holder must not get a second certificate for it.
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"node id {node_id} is already enrolled; to enroll this machine again, "
+                "delete its identity directory first",
+            )
         taken = next(
             (e for e in self.rec.nodes.values() if e.name == name and e.id != node_id and not e.removed), None
         )
@@ -433,7 +454,7 @@ class EnrollmentServicer(coordinator_pb2_grpc.EnrollmentServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "invalid or already used join token")
         der = ssl.PEM_cert_to_DER_cert(cert_pem.decode())
         self.rec.store.enroll_node(NodeRecord(node_id, name, fingerprint(der), now))
-        self.rec.enrolled(node_id, name)
+        self.rec.enrolled(node_id, name, fingerprint(der))
         log.info("node %s (%s) joined", name, node_id)
         return coordinator_pb2.JoinReply(
             certificate_pem=cert_pem,

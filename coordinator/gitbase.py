@@ -20,9 +20,14 @@ from coordinator.models import Repo
 __all__ = ["push_base", "resolve_url"]
 
 
-def _last_line(exc: git.GitCommandError) -> str:
-    text = str(exc.stderr or exc).strip().splitlines()
-    return text[-1].strip().removeprefix("stderr: ").strip("' ") if text else "git failed"
+def _why(exc: git.GitCommandError) -> str:
+    """git's own reason: its first `fatal:`/`error:` line, else its last line."""
+    lines = [ln.strip().removeprefix("stderr:").strip(" '") for ln in str(exc.stderr or "").splitlines()]
+    lines = [ln for ln in lines if ln]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
+    return lines[-1] if lines else f"git exited with {exc.status}"
 
 
 def resolve_url(repo: git.Repo, remote: str) -> str:
@@ -83,7 +88,9 @@ def push_base(path: str, remote: str, ref: str, from_working_tree: bool, run_id:
         try:
             repo.git.push(url, f"{base}:{base_ref}", env={"GIT_TERMINAL_PROMPT": "0"})
         except git.GitCommandError as exc:
-            raise RepoError(f"cannot push the base to {url}: {_last_line(exc)}") from exc
+            raise RepoError(f"cannot push the base to {url}: {_why(exc)}") from exc
         return Repo(url=url, base_ref=base_ref, base_commit=base)
+    except git.GitCommandError as exc:  # anything else git refused, e.g. recording the working tree
+        raise RepoError(f"git failed in {repo.working_dir}: {_why(exc)}") from exc
     finally:
         repo.close()

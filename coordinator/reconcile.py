@@ -90,7 +90,8 @@ class Reconciler:
         for rec in self.store.nodes():
             if not rec.removed:
                 # Silence is counted from now: a node that never comes back is lost in time.
-                self._entry(rec.id, rec.name).last_seen = self.clock()
+                entry = self._entry(rec.id, rec.name)
+                entry.last_seen, entry.fingerprint = self.clock(), rec.fingerprint
                 if rec.address:
                     self.link(rec.id).hint([rec.address], "store")
         for node_id, address in self.config.static_nodes:
@@ -122,8 +123,9 @@ class Reconciler:
             link.start()
         return link
 
-    def enrolled(self, node_id: str, name: str) -> None:
-        self._entry(node_id, name).name = name
+    def enrolled(self, node_id: str, name: str, fingerprint: str) -> None:
+        entry = self._entry(node_id, name)
+        entry.name, entry.fingerprint = name, fingerprint
 
     def hint(self, node_id: str, addresses: list[str], source: str = "register") -> bool:
         """Where an enrolled node may listen. False for ids we never enrolled."""
@@ -169,7 +171,10 @@ class Reconciler:
         queued = [j for j in self.jobs.values() if j.status == "queued" and self._held.get(j.id, 0) <= now]
         if not queued:
             return
-        online = [e for e in self.nodes.values() if e.state == "online" and e.info is not None]
+        # A node that said goodbye is leaving: its session may still be open, but no new work.
+        online = [
+            e for e in self.nodes.values() if e.state == "online" and e.info is not None and not e.goodbye_at
+        ]
         plan = schedule(
             Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued)), now
         )
@@ -315,8 +320,9 @@ class Reconciler:
                 if job.cancel_requested and attempt.status in ATTEMPT_ACTIVE:
                     await self._tell_cancel(link, attempt)  # a cancel raced this start
                 return
-            if reply.reason.startswith("no free slot") and attempt.status == "dispatching":
-                # Busy with work we no longer track: try again shortly, without counting it.
+            if attempt.status == "dispatching":
+                # A refusal is the node's passing state (busy with work we no longer track,
+                # or stopping): try again shortly, without counting it against the job.
                 self._held[job.id] = self.clock() + 1.0
                 self._finish_attempt(
                     job,
@@ -324,8 +330,7 @@ class Reconciler:
                     Result(status="failed", error=f"node busy: {reply.reason}", node_id=attempt.node_id),
                     retry=True,
                 )
-                return
-            error = f"node refused the job: {reply.reason}"
+            return
         except NodeCallError as exc:
             if exc.code is not None and exc.code.name == "INVALID_ARGUMENT":
                 self._finish_attempt(
@@ -401,12 +406,15 @@ class Reconciler:
         without end must not fill the coordinator's disk (the node keeps the tail)."""
         if attempt_id not in self.attempts:
             return
-        kept = self._log_lines.get(attempt_id, 0)
-        room = LOG_LINES_MAX - kept
-        if room <= 0:
+        kept = self._log_lines.get(attempt_id)
+        if kept is None:  # first lines since this coordinator started: count what is stored
+            kept = self.store.log_count(job_id, attempt_id)
+        if kept >= LOG_LINES_MAX:
             return
+        # The last place is kept for the marker, so a truncated log always says so.
+        room = LOG_LINES_MAX - 1 - kept
         if len(lines) > room:
-            lines = [*lines[: room - 1], f"[flota: log truncated after {LOG_LINES_MAX} lines]"]
+            lines = [*lines[:room], f"[flota: log truncated after {LOG_LINES_MAX - 1} lines]"]
         self._log_lines[attempt_id] = kept + len(lines)
         self.store.append_logs(job_id, attempt_id, lines)
         self.hub.log(job_id, attempt_id, lines)
@@ -444,7 +452,8 @@ class Reconciler:
         try:
             jobs = await link.list_jobs()
         except NodeCallError as exc:
-            log.warning("cannot list jobs on %s: %s", entry.name, exc)
+            log.warning("cannot list jobs on %s: %s; retrying", entry.name, exc)
+            self._spawn(self._reconcile_later(entry))
             return
         known = {j.spec.attempt_id for j in jobs}
         for job in jobs:
@@ -468,6 +477,12 @@ class Reconciler:
                     *found, Result(status="lost", node_id=entry.id, error="the node no longer knows this job")
                 )
         self._flush_acks()
+
+    async def _reconcile_later(self, entry: NodeEntry) -> None:
+        await asyncio.sleep(1.0)
+        link = self.links.get(entry.id)
+        if link is not None and link.connected:
+            await self._reconcile_node(entry)
 
     async def _cancel_quietly(self, link: NodeLink, attempt_id: str) -> None:
         try:
@@ -501,7 +516,7 @@ class Reconciler:
         self._log_lines.pop(attempt.id, None)
         self._release(attempt)
         ran = sum(1 for a in job.attempts if a.status == "lost")
-        failures = sum(1 for a in job.attempts if a.error.startswith(("dispatch failed", "node refused")))
+        failures = sum(1 for a in job.attempts if a.error.startswith("dispatch failed"))
         if not retry:
             self._held.pop(job.id, None)
         again = (result.status == "lost" and ran < job.max_attempts) or (

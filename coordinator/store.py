@@ -334,6 +334,12 @@ class Store:
                 [(job_id, attempt_id, line) for line in lines],
             )
 
+    def log_count(self, job_id: str, attempt_id: str) -> int:
+        rows = self._query(
+            "SELECT COUNT(*) FROM logs WHERE job_id = ? AND attempt_id = ?", (job_id, attempt_id)
+        )
+        return int(rows[0][0])
+
     def logs(self, job_id: str, after_seq: int = 0, limit: int = 5000) -> list[tuple[int, str, str]]:
         """(seq, attempt_id, line) for a job, oldest first."""
         rows = self._query(

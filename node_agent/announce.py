@@ -29,7 +29,12 @@ class Announcer:
         self._info: ServiceInfo | None = None
 
     def _service(self, addresses: list[str], port: int) -> ServiceInfo:
-        ips = [ipaddress.ip_address(a).packed for a in addresses]
+        ips = []
+        for address in addresses:
+            try:
+                ips.append(ipaddress.ip_address(address.strip("[]")).packed)
+            except ValueError:
+                pass  # a host name: zeroconf announces our own addresses instead
         instance = f"{self.name}-{self.node_id[:6]}"[:63]
         return ServiceInfo(
             SERVICE_TYPE,

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -137,7 +137,17 @@ class NodeDaemon:
                 self.hub.publish(heartbeat=self.info())
                 self._changed.set()
                 if announcer:
-                    await announcer.update([a.rpartition(":")[0] for a in addresses], self.port)
+                    await self._announce(announcer.update, addresses)
+
+    async def _announce(
+        self, step: Callable[[list[str], int], Awaitable[None]], addresses: list[str]
+    ) -> None:
+        """mDNS is a convenience: if it fails, say so and keep serving (registration and
+        static addresses still let the coordinator find us)."""
+        try:
+            await step([a.rpartition(":")[0] for a in addresses], self.port)
+        except Exception as exc:
+            log.warning("mDNS announcement unavailable: %s", exc)
 
     async def run(self, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
         cfg, ident = self.config, self.identity
@@ -190,12 +200,13 @@ class NodeDaemon:
                 tg.create_task(self._watch_loop(announcer)),
             ]
             if announcer:
-                tg.create_task(announcer.start([a.rpartition(":")[0] for a in self.addresses], self.port))
+                tg.create_task(self._announce(announcer.start, self.addresses))
             await stop.wait()
             log.info("stopping")
             for task in tasks:
                 task.cancel()
-        await self.runner.stop()
+        # Say goodbye first, so no new work is placed here, then stop what runs.
+        self.runner.closing = True
         try:
             stub = coordinator_pb2_grpc.CoordinatorStub(channel)
             await stub.RegisterNode(
@@ -203,6 +214,7 @@ class NodeDaemon:
             )
         except grpc.aio.AioRpcError as exc:  # the coordinator may be gone too; it will see us lost
             log.info("could not say goodbye to the coordinator: %s", exc.code().name)
+        await self.runner.stop()
         if announcer:
             try:
                 await announcer.stop()

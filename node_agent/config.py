@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -12,14 +11,11 @@ from typing import Any
 
 from node_agent.errors import ConfigError
 from node_agent.facts import NetworkRule, check_profile, parse_rule
-from protos.contract import parse_hostport
+from protos.contract import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, parse_hostport
 
 __all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen"]
 
 DEFAULT_PORT = 7380
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +48,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
     labels = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+        if not sep or not LABEL_KEY_RE.match(key) or not LABEL_VALUE_RE.match(value):
             raise ConfigError(f"invalid label {item!r} (expected key=value: letters, digits, . _ - / :)")
         labels[key] = value
     return labels
@@ -78,7 +74,7 @@ def load_config(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
     name = name or file.get("name") or socket.gethostname().split(".")[0] or "node"
-    if not _NAME.match(name):
+    if not NAME_RE.match(name):
         raise ConfigError(f"invalid node name {name!r} (letters, digits, . _ -; at most 63)")
     host, port = parse_listen(listen or str(file.get("listen", f"0.0.0.0:{DEFAULT_PORT}")), DEFAULT_PORT)
     declared = network if network is not None else str(file.get("network", ""))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import psutil
 
 from node_agent.errors import ConfigError
+from protos.contract import PROFILE_RE
 
 __all__ = [
     "AGENT_CLIS",
@@ -156,11 +157,8 @@ class NetworkRule:
         return any(ipaddress.ip_address(ip) in net for ips in ifaces.values() for ip in ips)
 
 
-_PROFILE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
-
-
 def check_profile(name: str) -> str:
-    if not name or len(name) > 32 or not set(name) <= _PROFILE_CHARS:
+    if not PROFILE_RE.match(name):
         raise ConfigError(f"invalid network profile {name!r} (lowercase letters, digits, - _ .)")
     return name
 

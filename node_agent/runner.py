@@ -58,6 +58,7 @@ class Runner:
         self.active: dict[str, _Active] = {}
         self.finished: dict[str, types_pb2.JobResult] = {}  # attempt id -> result not yet acked
         self._stopping = False
+        self.closing = False  # the daemon is stopping: accept nothing new
         for spec, result in journal.entries():
             if result is not None:
                 self.finished[spec.attempt_id] = result
@@ -76,6 +77,8 @@ class Runner:
     def start(self, spec: types_pb2.JobSpec) -> tuple[bool, str]:
         if spec.attempt_id in self.active or spec.attempt_id in self.finished:
             return True, "already known"
+        if self.closing or self._stopping:
+            return False, "the node is stopping"
         if len(self.active) >= self._slots():
             return False, f"no free slot ({len(self.active)} of {self._slots()} busy)"
         active = _Active(spec, started_at=time.time())

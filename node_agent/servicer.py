@@ -11,6 +11,7 @@ import grpc
 
 from node_agent.hub import Hub
 from node_agent.runner import Runner
+from protos.contract import ENV_KEY_RE
 from protos.flota.v1 import node_pb2, node_pb2_grpc, types_pb2
 from protos.peer import peer_role
 
@@ -43,7 +44,7 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
         if not _BRANCH.match(spec.branch) or ".." in spec.branch:
             return f"invalid branch {spec.branch!r}"
     for key in spec.env:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+        if not ENV_KEY_RE.match(key):
             return f"invalid environment variable name {key!r}"
     return ""
 

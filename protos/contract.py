@@ -17,7 +17,12 @@ __all__ = [
     "DEFAULT_COORDINATOR_PORT",
     "MAX_MESSAGE_BYTES",
     "NODE_CN_PREFIX",
+    "ENV_KEY_RE",
+    "LABEL_KEY_RE",
+    "LABEL_VALUE_RE",
+    "NAME_RE",
     "NODE_ID_RE",
+    "PROFILE_RE",
     "SERVICE_TYPE",
     "TXT_FINGERPRINT",
     "TXT_ID",
@@ -50,6 +55,12 @@ ADMIN_CN_PREFIX = "admin:"
 CA_SERVER_NAME = "ca.flota"  # the enrollment port serves the CA certificate itself
 
 NODE_ID_RE = re.compile(r"^[a-z0-9]{8,32}\Z")
+# What both sides accept as names and labels (\Z, not $: no trailing newline slips in).
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}\Z")
+PROFILE_RE = re.compile(r"^[a-z0-9._-]{1,32}\Z")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 

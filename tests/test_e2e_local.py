@@ -398,3 +398,74 @@ def test_long_quiet_follow_survives_keepalive(fleet: Fleet) -> None:
     assert "Too many pings" not in result.stderr
     node_log = fleet.log("solo")
     assert "too_many_pings" not in node_log.lower() and "Too many pings" not in node_log
+
+
+def test_stopping_a_node_retries_its_job_elsewhere(fleet: Fleet) -> None:
+    """A daemon stopped by its owner did not cancel the job: it is retried, not lost."""
+    fleet.start_coordinator()
+    fleet.start_node("first")
+    run = fleet.json("run", "--on", "first", "sleep 30")
+    job_id = run["jobs"][0]["id"]
+    wait_until(lambda: fleet.json("status", job_id)["status"] == "running", what="running on first")
+    fleet.start_node("second")
+    assert fleet.stop("first") == 0
+    job = wait_until(
+        lambda: (j := fleet.json("status", job_id))["attempts"][0]["status"] != "running" and j,
+        what="first attempt to end",
+    )
+    assert job["attempts"][0]["status"] == "lost"
+    assert job["attempts"][0]["error"] == "the node daemon stopped"
+    assert job["status"] == "queued"  # pinned to the stopped node: it waits for it
+    fleet.flota("cancel", job_id, check=True)
+
+    run = fleet.json("run", "sleep 3; echo moved")
+    job_id = run["jobs"][0]["id"]
+    first = wait_until(
+        lambda: (j := fleet.json("status", job_id))["status"] == "running" and j, what="running"
+    )
+    fleet.start_node("first", join=False)
+    fleet.stop(first["node_name"])
+    final = wait_until(
+        lambda: (j := fleet.json("status", job_id))["status"] == "success" and j,
+        timeout=30,
+        what="retried job to succeed",
+    )
+    assert [a["status"] for a in final["attempts"]] == ["lost", "success"]
+    assert final["node_name"] != first["node_name"]
+
+
+def test_killed_daemon_leaves_no_job_running_after_restart(fleet: Fleet) -> None:
+    fleet.start_coordinator("--lost-after", "30")
+    fleet.start_node("crashy")
+    marker = f"flota-crash-{os.getpid()}-{time.time_ns()}"
+    run = fleet.json("run", "--retries", "0", f"sleep 300; : {marker}")
+    job_id = run["jobs"][0]["id"]
+    wait_until(lambda: fleet.json("status", job_id)["status"] == "running", what="running")
+
+    def ours() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+    wait_until(ours, what="job process")
+    fleet.stop("crashy", signal.SIGKILL)
+    assert ours(), "the job runs in its own session and outlives the daemon"
+    fleet.start_node("crashy", join=False)
+    wait_until(lambda: not ours(), timeout=10, what="the orphaned job to be stopped")
+    job = wait_until(lambda: (j := fleet.json("status", job_id))["status"] == "lost" and j, what="job lost")
+    assert job["attempts"][0]["error"] == "the node daemon restarted mid-job"
+    assert not ours()
+
+
+def test_user_text_prints_as_written(fleet: Fleet) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    command = "echo '[/] [bold]not bold[/bold] [a-z]'"
+    result, run = _run(fleet, command)
+    assert result.returncode == 0, result.stderr
+    status = fleet.flota("status", run["id"], env={"COLUMNS": "200"})
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    assert "[bold]not bold[/bold]" in status.stdout
+    job = fleet.flota("status", run["jobs"][0]["id"], env={"COLUMNS": "200"})
+    assert job.returncode == 0 and "[a-z]" in job.stdout
+    assert fleet.flota("logs", run["jobs"][0]["id"]).stdout == "[/] [bold]not bold[/bold] [a-z]\n"
+    lines = fleet.flota("--json", "logs", run["jobs"][0]["id"]).stdout.splitlines()
+    assert [json.loads(line)["line"] for line in lines] == ["[/] [bold]not bold[/bold] [a-z]"]

@@ -174,3 +174,42 @@ def test_static_node_from_config_is_found_without_registration(fleet: Fleet) -> 
     assert fleet.nodes()["static"]["address"] == f"127.0.0.1:{port}"
     env = {"FLOTA_COORDINATOR": (fleet.home / "admin" / "coordinator").read_text().strip()}
     assert fleet.flota("run", "--follow", "echo via static", env=env).returncode == 0
+
+
+def test_a_join_token_cannot_take_over_an_enrolled_id(two_nodes: Fleet, tmp_path: Path) -> None:
+    """Node ids are public (mDNS TXT). A token holder asking for a certificate for an
+    enrolled id is refused, and the real node keeps working."""
+    import shutil
+    import subprocess
+
+    fleet = two_nodes
+    alpha_id, _, _ = _node(fleet, "alpha")
+    thief = tmp_path / "thief"
+    (thief / "identity").mkdir(parents=True)
+    (thief / "identity" / "id").write_text(alpha_id)
+    address, token = fleet.token()
+    result = subprocess.run(
+        [
+            fleet.python,
+            "-m",
+            "node_agent",
+            "join",
+            address,
+            "--token",
+            token,
+            "--name",
+            "impostor",
+            "--state-dir",
+            str(thief),
+        ],
+        capture_output=True,
+        text=True,
+        env=fleet.env,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "already enrolled" in result.stderr and "Traceback" not in result.stderr
+    assert not (thief / "identity" / "node.pem").exists()
+    shutil.rmtree(thief)
+    assert fleet.nodes()["alpha"]["state"] == "online"
+    assert fleet.flota("run", "--on", "alpha", "--follow", "true").returncode == 0
