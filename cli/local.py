@@ -230,12 +230,15 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
         fleet_file.unlink(missing_ok=True)
 
 
-def down_local() -> None:
+def down_local(as_json: bool = False) -> None:
     fleet_file = flota_home() / "local" / "fleet.json"
     try:
         fleet = json.loads(fleet_file.read_text())
     except (OSError, ValueError):
-        console.print("no local fleet is running")
+        if as_json:
+            print_json({"stopped": 0})
+        else:
+            console.print("no local fleet is running")
         return
     home = flota_home()
     nodes = [p for p in fleet.get("nodes", []) if p and _ours(p, home)]
@@ -243,4 +246,7 @@ def down_local() -> None:
     _stop(nodes)  # nodes first, so they say goodbye before the coordinator goes
     _stop(coordinator)
     fleet_file.unlink(missing_ok=True)
-    console.print(f"stopped {len(nodes) + len(coordinator)} daemons")
+    if as_json:
+        print_json({"stopped": len(nodes) + len(coordinator)})
+    else:
+        console.print(f"stopped {len(nodes) + len(coordinator)} daemons")

@@ -61,6 +61,10 @@ def _opts(ctx: typer.Context) -> Options:
     return obj if isinstance(obj, Options) else Options()
 
 
+def _json_flag(ctx: typer.Context) -> list[str]:
+    return ["--json"] if _opts(ctx).json else []
+
+
 def _exec(module: str, args: list[str]) -> None:
     """Replace this process with a daemon's own entry point."""
     argv = [sys.executable, "-m", module, *args]
@@ -82,7 +86,7 @@ def coordinator_start(
 
     More options: --join-port N, --advertise HOST, --no-mdns, --lost-after S.
     """
-    _exec("coordinator", ["start", "--listen", listen, *ctx.args])
+    _exec("coordinator", ["start", "--listen", listen, *_json_flag(ctx), *ctx.args])
 
 
 @node_app.command("start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -107,11 +111,12 @@ def node_start(
         args += ["--label", item]
     if slots is not None:
         args += ["--slots", str(slots)]
-    _exec("node_agent", [*args, *ctx.args])
+    _exec("node_agent", [*args, *_json_flag(ctx), *ctx.args])
 
 
 @node_app.command("join")
 def node_join(
+    ctx: typer.Context,
     address: Annotated[str, typer.Argument(help="The coordinator's join address HOST:PORT.")],
     token: Annotated[str, typer.Option(help="A token from `flota token create`.")],
     name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
@@ -123,7 +128,7 @@ def node_join(
         args += ["--name", name]
     if state_dir:
         args += ["--state-dir", state_dir]
-    _exec("node_agent", args)
+    _exec("node_agent", [*args, *_json_flag(ctx)])
 
 
 @token_app.command("create")
@@ -369,7 +374,7 @@ def down(ctx: typer.Context) -> None:
     """Stop the local fleet started by `flota up --local N --detach`."""
     from cli.local import down_local
 
-    down_local()
+    down_local(as_json=_opts(ctx).json)
 
 
 def main(argv: list[str] | None = None) -> Any:

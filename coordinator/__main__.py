@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -15,6 +16,10 @@ from coordinator.config import load_config
 from coordinator.errors import CoordinatorError
 
 __all__ = ["main"]
+
+
+def _say(as_json: bool, line: str, details: dict[str, object]) -> None:
+    print(json.dumps(details) if as_json else line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--no-mdns", action="store_true")
     start.add_argument("--lost-after", type=float, help="seconds of silence before a node is lost")
     start.add_argument("--unreachable-after", type=float)
+    start.add_argument("--json", action="store_true", help="print the ready line as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             lost_after_s=args.lost_after,
             unreachable_after_s=args.unreachable_after,
         )
-        asyncio.run(serve(config, ready=lambda line: print(line, flush=True)))
+        asyncio.run(
+            serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))
+        )
         return 0
     except CoordinatorError as exc:
         print(f"flota: {exc}", file=sys.stderr)

@@ -85,7 +85,9 @@ class Coordinator:
         self.api_port = 0
         self.join_port = 0
 
-    async def run(self, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
+    async def run(
+        self, stop: asyncio.Event, ready: Callable[[str, dict[str, object]], None] | None = None
+    ) -> None:
         cfg = self.config
         advertise = cfg.advertise or (
             cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::") else _guess_host()
@@ -134,6 +136,7 @@ class Coordinator:
             "api": api_address,
             "join": join_address,
             "local": f"{local}:{self.api_port}",
+            "ca_fingerprint": self.ca.fingerprint,
         }
         (cfg.state_dir / "coordinator.json").write_text(json.dumps(state))
         line = (
@@ -142,7 +145,7 @@ class Coordinator:
         )
         log.info(line)
         if ready:
-            ready(line)
+            ready(line, state)
         discovery = Discovery(self.rec.hint, self.rec.goodbye) if cfg.mdns else None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -166,7 +169,9 @@ class Coordinator:
             self.store.close()
 
 
-async def serve(config: CoordinatorConfig, ready: Callable[[str], None] | None = None) -> None:
+async def serve(
+    config: CoordinatorConfig, ready: Callable[[str, dict[str, object]], None] | None = None
+) -> None:
     coordinator = Coordinator(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

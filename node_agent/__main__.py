@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import socket
 import sys
@@ -33,12 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--slots", type=int)
     start.add_argument("--heartbeat", type=float)
     start.add_argument("--no-mdns", action="store_true")
+    start.add_argument("--json", action="store_true", help="print the ready line as JSON")
     join = sub.add_parser("join", help="enroll this node with a coordinator")
     join.add_argument("address", help="the coordinator's join address HOST:PORT")
     join.add_argument("--token", required=True)
     join.add_argument("--name")
     join.add_argument("--state-dir", type=Path)
+    join.add_argument("--json", action="store_true")
     return p
+
+
+def _say(as_json: bool, line: str, details: dict[str, object]) -> None:
+    print(json.dumps(details) if as_json else line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg_path = state_dir / "node.toml"
             if args.name and not cfg_path.exists():
                 cfg_path.write_text(f'name = "{args.name}"\n')
-            print(f"joined as {name} ({node_id}); start it with: flota node start")
+            _say(
+                args.json,
+                f"joined as {name} ({node_id}); start it with: flota node start",
+                {"event": "joined", "id": node_id, "name": name, "state_dir": str(state_dir)},
+            )
             return 0
         from node_agent.app import serve
 
@@ -73,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat_s=args.heartbeat,
             mdns=False if args.no_mdns else None,
         )
-        asyncio.run(serve(config, ready=lambda line: print(line, flush=True)))
+        asyncio.run(
+            serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))
+        )
         return 0
     except NodeError as exc:
         print(f"flota: {exc}", file=sys.stderr)

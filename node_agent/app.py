@@ -149,7 +149,9 @@ class NodeDaemon:
         except Exception as exc:
             log.warning("mDNS announcement unavailable: %s", exc)
 
-    async def run(self, stop: asyncio.Event, ready: Callable[[str], None] | None = None) -> None:
+    async def run(
+        self, stop: asyncio.Event, ready: Callable[[str, dict[str, object]], None] | None = None
+    ) -> None:
         cfg, ident = self.config, self.identity
         server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=64)
         node_pb2_grpc.add_NodeServicer_to_server(
@@ -177,6 +179,7 @@ class NodeDaemon:
             "name": cfg.name,
             "port": self.port,
             "addresses": self.addresses,
+            "network": self.network,
         }
         (cfg.state_dir / "daemon.json").write_text(json.dumps(state))
         line = (
@@ -184,7 +187,7 @@ class NodeDaemon:
         )
         log.info(line)
         if ready:
-            ready(line)
+            ready(line, state)
         channel = grpc.aio.secure_channel(
             ident.coordinator,
             grpc.ssl_channel_credentials(ident.ca_pem, ident.key_pem, ident.cert_pem),
@@ -224,7 +227,7 @@ class NodeDaemon:
         await server.stop(grace=1.0)
 
 
-async def serve(config: NodeConfig, ready: Callable[[str], None] | None = None) -> None:
+async def serve(config: NodeConfig, ready: Callable[[str, dict[str, object]], None] | None = None) -> None:
     daemon = NodeDaemon(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

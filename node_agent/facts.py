@@ -94,7 +94,7 @@ def read_facts(disk_path: str, gpus: tuple[Gpu, ...]) -> Facts:
         disk_free = 0
     try:
         battery = psutil.sensors_battery()
-    except (OSError, NotImplementedError, AttributeError):
+    except (OSError, AttributeError):
         battery = None
     return Facts(
         cpu_count=os.cpu_count() or 1,
