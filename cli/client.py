@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from protos.channels import client_options
-from protos.contract import COORDINATOR_SERVER_NAME
+from protos.contract import COORDINATOR_SERVER_NAME, flota_home
 from protos.flota.v1 import coordinator_pb2_grpc
 
 __all__ = ["EXIT_FAILED", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError", "Client", "flota_home"]
@@ -33,10 +33,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
-
-
-def flota_home() -> Path:
-    return Path(os.environ.get("FLOTA_HOME") or Path.home() / ".flota")
 
 
 def _read(path: Path) -> bytes:

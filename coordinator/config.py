@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from coordinator.errors import ConfigError
 from protos import contract
-from protos.contract import DEFAULT_COORDINATOR_PORT, NODE_ID_RE
+from protos.contract import DEFAULT_COORDINATOR_PORT, NODE_ID_RE, flota_home
 
 __all__ = ["CoordinatorConfig", "flota_home", "load_config", "parse_hostport"]
 
@@ -30,10 +29,6 @@ class CoordinatorConfig:
     lost_after_s: float = 30.0
     default_retries: int = 1
     token_ttl_s: float = 900.0
-
-
-def flota_home() -> Path:
-    return Path(os.environ.get("FLOTA_HOME") or Path.home() / ".flota")
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from protos.contract import NODE_ID_RE, SERVICE_TYPE, TXT_ID
+from protos.contract import NODE_ID_RE, SERVICE_TYPE, TXT_FINGERPRINT, TXT_ID
 
 __all__ = ["Discovery"]
 
@@ -21,7 +21,9 @@ log = logging.getLogger("flota.coordinator.discovery")
 
 
 class Discovery:
-    def __init__(self, hint: Callable[[str, list[str], str], bool], goodbye: Callable[[str], None]) -> None:
+    def __init__(
+        self, hint: Callable[[str, list[str], str, str], bool], goodbye: Callable[[str], None]
+    ) -> None:
         self._hint = hint
         self._goodbye = goodbye
         self._zc: AsyncZeroconf | None = None
@@ -60,6 +62,8 @@ class Discovery:
         if not NODE_ID_RE.match(node_id) or not info.port:
             return
         addresses = [f"{ip}:{info.port}" for ip in info.parsed_addresses(IPVersion.V4Only)][:8]
-        if self._hint(node_id, addresses, "mdns"):
+        raw_fp = info.properties.get(TXT_FINGERPRINT.encode())
+        fp = raw_fp.decode(errors="replace") if raw_fp else ""
+        if self._hint(node_id, addresses, "mdns", fp):
             self._ids[name] = node_id
             log.debug("mDNS: %s at %s", node_id, addresses)

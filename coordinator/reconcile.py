@@ -127,9 +127,17 @@ class Reconciler:
         entry = self._entry(node_id, name)
         entry.name, entry.fingerprint = name, fingerprint
 
-    def hint(self, node_id: str, addresses: list[str], source: str = "register") -> bool:
-        """Where an enrolled node may listen. False for ids we never enrolled."""
-        if node_id not in self.nodes or self.nodes[node_id].removed:
+    def hint(
+        self, node_id: str, addresses: list[str], source: str = "register", fingerprint: str = ""
+    ) -> bool:
+        """Where an enrolled node may listen. False for ids we never enrolled, and for an
+        announcement whose certificate fingerprint is not the one we issued (a stale or
+        rogue record: it would fail the TLS check anyway, so do not even dial it)."""
+        entry = self.nodes.get(node_id)
+        if entry is None or entry.removed:
+            return False
+        if source == "mdns" and fingerprint != entry.fingerprint:
+            log.warning("ignoring an mDNS record for %s with a foreign certificate fingerprint", entry.name)
             return False
         self.link(node_id).hint(addresses, source)
         return True

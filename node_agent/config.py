@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from typing import Any
 
 from node_agent.errors import ConfigError
 from node_agent.facts import NetworkRule, check_profile, parse_rule
-from protos.contract import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, parse_hostport
+from protos.contract import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, flota_home, parse_hostport
 
 __all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen"]
 
@@ -34,7 +33,7 @@ class NodeConfig:
 
 
 def default_state_dir() -> Path:
-    return Path(os.environ.get("FLOTA_HOME") or Path.home() / ".flota") / "node"
+    return flota_home() / "node"
 
 
 def parse_listen(text: str, default_port: int) -> tuple[str, int]:

@@ -6,8 +6,10 @@ Both sides import this module; neither imports the other.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = [
     "ADMIN_CN_PREFIX",
@@ -31,6 +33,7 @@ __all__ = [
     "JoinToken",
     "TokenError",
     "fingerprint",
+    "flota_home",
     "node_cn",
     "node_server_name",
     "parse_hostport",
@@ -82,6 +85,12 @@ def parse_hostport(text: str, default_port: int, default_host: str = "0.0.0.0") 
     if not port.isdigit() or not 0 <= int(port) < 65536 or any(c.isspace() or c in "[]" for c in host):
         raise ValueError(f"invalid address {text!r} (expected HOST:PORT)")
     return host, int(port)
+
+
+def flota_home() -> Path:
+    """Where the CLI and the daemons keep state: $FLOTA_HOME, else ~/.flota. The CLI finds
+    the admin credentials a coordinator wrote here (`admin/`)."""
+    return Path(os.environ.get("FLOTA_HOME") or Path.home() / ".flota")
 
 
 def node_cn(node_id: str) -> str:

@@ -232,7 +232,7 @@ class Harness:
     def node(self, node_id: str, name: str, slots: int = 2) -> FakeLink:
         """An enrolled node brought online through its first heartbeat, as a session does."""
         self.enroll(node_id, name)
-        self.rec.nodes[node_id] = NodeEntry(id=node_id, name=name)
+        self.rec.nodes[node_id] = NodeEntry(id=node_id, name=name, fingerprint=f"fp-{node_id}")
         link = self.rec.links[node_id] = FakeLink()
         self.rec.on_event(node_id, heartbeat(node_id, name, slots))
         assert self.rec.nodes[node_id].state == "online"

@@ -860,3 +860,28 @@ def test_cancel_of_a_queued_job_ends_it_at_once(h: Harness, jobs: int, run_after
         assert await h.rec.cancel([job]) == []
 
     asyncio.run(scenario())
+
+
+# --- 12. hints -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("node_id", "source", "fingerprint", "taken"),
+    [
+        ("nA", "register", "", True),  # the node's own word, over mTLS
+        ("nA", "mdns", "fp-nA", True),  # an announcement with the certificate we issued
+        ("nA", "mdns", "fp-rogue", False),  # someone announcing nA's id with another certificate
+        ("nA", "mdns", "", False),
+        ("nZ", "register", "", False),  # never enrolled
+    ],
+    ids=["register", "mdns-right-fp", "mdns-foreign-fp", "mdns-no-fp", "unknown-id"],
+)
+def test_hints_are_taken_only_for_enrolled_ids_and_issued_certificates(
+    h: Harness, node_id: str, source: str, fingerprint: str, taken: bool
+) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        assert h.rec.hint(node_id, ["10.9.9.9:7380"], source, fingerprint) is taken
+        assert ((["10.9.9.9:7380"], source) in link.hints) is (taken and node_id == "nA")
+
+    asyncio.run(scenario())
