@@ -117,6 +117,7 @@ class Result:
     cost_usd: float = 0.0
     node_id: str = ""
     model: str = ""
+    log_lines_lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)

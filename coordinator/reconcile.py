@@ -432,6 +432,11 @@ class Reconciler:
             found = self._owned(node_id, msg.attempt_id)
             if found is None:
                 return
+            if msg.log_lines_lost:
+                # Lines that never reached us: say so where they belong, then the job's end.
+                tail = msg.log_tail.splitlines()
+                note = f"[flota: {msg.log_lines_lost} lines were not delivered; the last {len(tail)} lines:]"
+                self._on_log(msg.job_id, msg.attempt_id, [note, *tail])
             self._finish_attempt(*found, result_from_pb(msg))  # persisted before the ack below
             self.wake()
         # Acked only once stored (or already final): the node then forgets it.

@@ -1,27 +1,46 @@
-"""Fan-out of node events to the coordinator sessions listening."""
+"""Fan-out of node events to the coordinator sessions listening.
+
+Starts, results and heartbeats always go out. Log lines are the one thing that may not:
+with no coordinator connected, or one LOG_BACKLOG events behind, lines are counted
+instead of queued. The next chunk of that attempt that does go out starts with a marker
+saying how many are missing, and what is still unmarked when the attempt ends travels in
+its result (`log_lines_lost`). Memory stays bounded, a chatty job never costs the
+session, and a gap in a log is never silent.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 
 from protos.flota.v1 import node_pb2
 
-__all__ = ["Hub", "Subscription"]
+__all__ = ["Hub", "Subscription", "gap_marker"]
 
-QUEUE_LIMIT = 10_000
+LOG_BACKLOG = 2_000  # log events queued for one session before lines are counted instead
+
+
+def gap_marker(count: int) -> str:
+    return f"[flota: {count} lines not delivered here (the coordinator was away or behind)]"
 
 
 class Subscription:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[node_pb2.NodeEvent] = asyncio.Queue()
-        self.overflowed = False
+        self.logs_queued = 0
+
+    def taken(self, event: node_pb2.NodeEvent) -> None:
+        """The session sent `event` on: one less log event in the backlog."""
+        if event.WhichOneof("kind") == "log":
+            self.logs_queued -= 1
 
 
 class Hub:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
         self._seq = 0
+        self._gap: defaultdict[str, int] = defaultdict(int)  # attempt id -> lines not delivered
 
     def subscribe(self) -> Subscription:
         sub = Subscription()
@@ -40,11 +59,24 @@ class Hub:
         return node_pb2.NodeEvent(seq=self._seq, sent_at=time.time(), **kind)  # type: ignore[arg-type]
 
     def publish(self, **kind: object) -> None:
+        """A start, result or heartbeat: goes to every session, never dropped."""
         event = self.event(**kind)
-        for sub in list(self._subscribers):
-            if sub.queue.qsize() >= QUEUE_LIMIT:
-                # A session that cannot keep up is closed; the coordinator reconnects and
-                # reads results from ListJobs, so only log lines are lost.
-                sub.overflowed = True
-                self._subscribers.discard(sub)
+        for sub in self._subscribers:
             sub.queue.put_nowait(event)
+
+    def log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
+        ready = [s for s in self._subscribers if s.logs_queued < LOG_BACKLOG]
+        if not ready:
+            self._gap[attempt_id] += len(lines)
+            return
+        missing = self._gap.pop(attempt_id, 0)
+        if missing:
+            lines = [gap_marker(missing), *lines]
+        event = self.event(log=node_pb2.LogLines(job_id=job_id, attempt_id=attempt_id, lines=lines))
+        for sub in ready:
+            sub.logs_queued += 1
+            sub.queue.put_nowait(event)
+
+    def take_gap(self, attempt_id: str) -> int:
+        """Lines of an ending attempt that never went out and were never marked."""
+        return self._gap.pop(attempt_id, 0)

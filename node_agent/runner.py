@@ -148,6 +148,7 @@ class Runner:
         except Exception as exc:  # a bug here must not take the daemon down
             log.exception("attempt %s crashed", spec.attempt_id)
             result = self._result(spec, "failed", active.started_at, error=f"internal error: {exc}")
+        result.log_lines_lost = self.hub.take_gap(spec.attempt_id)
         self.journal.finish(result)
         self.finished[spec.attempt_id] = result
         del self.active[spec.attempt_id]
@@ -175,9 +176,7 @@ class Runner:
             return self._result(spec, "failed", started, exit_code=-1, error=str(exc))
 
         def on_lines(lines: list[str]) -> None:
-            self.hub.publish(
-                log=node_pb2.LogLines(job_id=spec.job_id, attempt_id=spec.attempt_id, lines=lines)
-            )
+            self.hub.log(spec.job_id, spec.attempt_id, lines)
 
         try:
             outcome = await run_shell(

@@ -73,7 +73,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
             yield self.hub.event(heartbeat=self.info())
             loop = asyncio.get_running_loop()
             next_beat = loop.time() + period
-            while not sub.overflowed:
+            while True:
                 timeout = next_beat - loop.time()
                 if timeout <= 0:
                     yield self.hub.event(heartbeat=self.info())
@@ -83,7 +83,8 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                     event = await asyncio.wait_for(sub.queue.get(), timeout)
                 except TimeoutError:
                     continue
-                yield event
+                yield event  # returns once gRPC flow control lets it go
+                sub.taken(event)
         finally:
             self.hub.unsubscribe(sub)
 

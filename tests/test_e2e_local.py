@@ -469,3 +469,19 @@ def test_user_text_prints_as_written(fleet: Fleet) -> None:
     assert fleet.flota("logs", run["jobs"][0]["id"]).stdout == "[/] [bold]not bold[/bold] [a-z]\n"
     lines = fleet.flota("--json", "logs", run["jobs"][0]["id"]).stdout.splitlines()
     assert [json.loads(line)["line"] for line in lines] == ["[/] [bold]not bold[/bold] [a-z]"]
+
+
+def test_chatty_jobs_keep_their_logs_or_say_what_is_missing(fleet: Fleet) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("talker", "--slots", "2")
+    result, run = _run(
+        fleet, "-t", "seq 1 40000", "-t", "yes 'a fairly long line of output' | head -n 300000"
+    )
+    assert result.returncode == 0, result.stderr
+    counted = fleet.flota("logs", run["jobs"][0]["id"]).stdout.splitlines()
+    assert counted == [str(i) for i in range(1, 40001)]
+    flood = fleet.flota("logs", run["jobs"][1]["id"]).stdout.splitlines()
+    assert len(flood) <= 50_000
+    assert flood[-1].startswith("[flota: log truncated after") or any("not delivered" in x for x in flood)
+    # The flood never cost the node its session.
+    assert "online -> unreachable" not in fleet.log("coordinator")

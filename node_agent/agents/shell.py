@@ -3,7 +3,7 @@
 ``run_shell`` starts ``bash -c <command>`` (``/bin/sh`` when bash is missing) in a new
 session, so the command and everything it spawns form one process group that can be
 signalled as a whole. stdout and stderr share one pipe; lines reach ``on_lines`` in
-batches (at most every 50 ms, or every 64 lines) so streaming logs stays cheap.
+batches (at most every 50 ms, 1000 lines or 256 KiB) so streaming logs stays cheap.
 
 Stopping (timeout or cancel): SIGTERM to the group, up to ``grace_s`` for the group to
 exit, then SIGKILL to the group. After the command ends, whatever is left of its group
@@ -52,7 +52,10 @@ _SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
 _MAX_LINE_BYTES = 8192
 _TRUNCATED = " …[line truncated]"
 _TAIL_LINES = 40
-_BATCH_LINES = 64
+# A batch is one event on the wire: big enough that a chatty job costs few events,
+# small enough to stay far below the 4 MiB message limit.
+_BATCH_LINES = 1000
+_BATCH_BYTES = 256 * 1024
 _BATCH_S = 0.05
 # After the group is killed only a process that left it (setsid) can still hold the
 # pipe open; do not wait for it longer than this.
@@ -69,6 +72,7 @@ class _LineReader(asyncio.Protocol):
         self._partial = bytearray()
         self._overflow = False  # the current line passed the cap; drop the rest of it
         self._pending: list[str] = []
+        self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -96,7 +100,7 @@ class _LineReader(asyncio.Protocol):
             self._timer = None
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
         try:
             self._on_lines(batch)
         except Exception:
@@ -119,8 +123,9 @@ class _LineReader(asyncio.Protocol):
         self._partial.clear()
         self._overflow = False
         self._pending.append(line)
+        self._pending_bytes += len(line)
         self.tail.append(line)
-        if len(self._pending) >= _BATCH_LINES:
+        if len(self._pending) >= _BATCH_LINES or self._pending_bytes >= _BATCH_BYTES:
             self.flush()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import psutil
 import pytest
 
-from node_agent.agents.shell import ShellError, ShellOutcome, run_shell
+from node_agent.agents.shell import _BATCH_LINES, ShellError, ShellOutcome, run_shell
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,7 +94,7 @@ def test_success_streams_lines_in_order_in_batches(tmp_path: Path) -> None:
     assert outcome == ShellOutcome("success", 0, outcome.log_tail, "")
     assert sink.lines == [f"line{i}" for i in range(1, 301)] + ["err"]
     assert outcome.log_tail.splitlines() == sink.lines[-40:]
-    assert all(1 <= len(batch) <= 64 for batch in sink.batches)
+    assert all(1 <= len(batch) <= _BATCH_LINES for batch in sink.batches)
     assert len(sink.batches) < 301  # batched, not one call per line
 
 
