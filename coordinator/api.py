@@ -148,7 +148,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             port = addresses[0].rpartition(":")[2]
             addresses.append(f"[{peer_ip}]:{port}" if ":" in peer_ip else f"{peer_ip}:{port}")
         if request.leaving:
-            self.rec.goodbye(node_id)
+            self.rec.goodbye(node_id, leaving=True)
         elif not self.rec.hint(node_id, addresses):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, "this node is not enrolled (or was removed)"
@@ -173,8 +173,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             if entry.info is not None:
                 status.info.CopyFrom(entry.info)
                 status.info.running = len(entry.reservations)
-            else:
-                status.info.id, status.info.name = entry.id, entry.name
+            # Who a node is comes from its enrollment, not from what it says about itself.
+            status.info.id, status.info.name = entry.id, entry.name
             out.append(status)
         return coordinator_pb2.ListNodesReply(nodes=out)
 

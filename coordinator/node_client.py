@@ -207,6 +207,14 @@ class NodeLink:
             return await getattr(stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise NodeCallError(f"{method} failed: {exc.details() or exc.code().name}", exc.code()) from exc
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being cancelled ourselves
+            # grpc.aio cancels calls in flight when their channel closes (the session ended).
+            raise NodeCallError(
+                f"{method} failed: the connection closed", grpc.StatusCode.UNAVAILABLE
+            ) from exc
 
     async def start_job(self, spec: types_pb2.JobSpec) -> node_pb2.StartJobReply:
         reply = await self._call("StartJob", spec)

@@ -41,6 +41,7 @@ __all__ = ["Reconciler"]
 log = logging.getLogger("flota.coordinator")
 
 MAX_DISPATCH_FAILURES = 5
+MAX_REFUSALS = 50  # "busy"/"stopping" refusals before a job gives up on being placed
 LOG_LINES_MAX = 50_000
 TICK_S = 0.5
 
@@ -105,6 +106,8 @@ class Reconciler:
                     if attempt.status in ATTEMPT_ACTIVE:
                         self.attempts[attempt.id] = (job, attempt)
                         self._reserve(attempt.node_id, job, attempt)
+        for run_id in list(self.runs):
+            self._maybe_finish_run(run_id)  # a crash between a job's end and its run's
         if self.runs:
             log.info("resumed %d runs, %d active attempts", len(self.runs), len(self.attempts))
 
@@ -142,11 +145,15 @@ class Reconciler:
         self.link(node_id).hint(addresses, source)
         return True
 
-    def goodbye(self, node_id: str) -> None:
+    def goodbye(self, node_id: str, leaving: bool = False) -> None:
+        """An mDNS goodbye (anyone can forge one) or, with `leaving`, the node's own word
+        over mTLS. Only the latter stops new work going there."""
         entry = self.nodes.get(node_id)
         if entry is None:
             return
         entry.goodbye_at = self.clock()
+        if leaving:
+            entry.leaving = True
         # A goodbye (which anyone can forge over mDNS) never ends work: a node that still
         # holds attempts goes through unreachable and lost like any silent node.
         if entry.state != "online" and not entry.reservations:
@@ -181,7 +188,7 @@ class Reconciler:
             return
         # A node that said goodbye is leaving: its session may still be open, but no new work.
         online = [
-            e for e in self.nodes.values() if e.state == "online" and e.info is not None and not e.goodbye_at
+            e for e in self.nodes.values() if e.state == "online" and e.info is not None and not e.leaving
         ]
         plan = schedule(
             Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued)), now
@@ -285,9 +292,15 @@ class Reconciler:
             branch=branch_for(job, number) if job.repo else "",
             created_at=now,
         )
+        before = (job.status, job.node_id, job.wait_reason, job.updated_at)
         job.attempts.append(attempt)
         job.status, job.node_id, job.wait_reason, job.updated_at = "dispatching", entry.id, "", now
-        self.store.add_attempt(job, attempt)  # persisted before the node hears of it
+        try:
+            self.store.add_attempt(job, attempt)  # persisted before the node hears of it
+        except Exception:
+            job.attempts.pop()
+            job.status, job.node_id, job.wait_reason, job.updated_at = before
+            raise
         self.attempts[attempt.id] = (job, attempt)
         self._reserve(entry.id, job, attempt)
         self.hub.job(job, self.node_names())
@@ -325,8 +338,10 @@ class Reconciler:
                 raise NodeCallError("no link to the node")
             reply = await link.start_job(self._spec(job, attempt))
             if reply.accepted:
-                if job.cancel_requested and attempt.status in ATTEMPT_ACTIVE:
-                    await self._tell_cancel(link, attempt)  # a cancel raced this start
+                # A cancel raced this start, or the attempt ended meanwhile (lost, resent):
+                # either way the node must not run it.
+                if job.cancel_requested or attempt.status not in ATTEMPT_ACTIVE:
+                    await self._tell_cancel(link, attempt)
                 return
             if attempt.status == "dispatching":
                 # A refusal is the node's passing state (busy with work we no longer track,
@@ -341,6 +356,8 @@ class Reconciler:
             return
         except NodeCallError as exc:
             if exc.code is not None and exc.code.name == "INVALID_ARGUMENT":
+                if attempt.status != "dispatching":
+                    return
                 self._finish_attempt(
                     job, attempt, Result(status="failed", error=str(exc), node_id=attempt.node_id)
                 )
@@ -362,7 +379,12 @@ class Reconciler:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     # --- events from nodes -----------------------------------------------------------------
 
@@ -383,7 +405,10 @@ class Reconciler:
             if old is not None and old.network != entry.info.network:
                 log.info("node %s network: %s -> %s", entry.name, old.network, entry.info.network)
             if entry.state != "online" and self.links[node_id].connected:
+                was = entry.state
                 self._set_state(entry, "online")
+                if was == "lost":  # its attempts were given up: stop what still runs there
+                    self._spawn(self._reconcile_node(entry))
             if old is None or old.slots != entry.info.slots or old.network != entry.info.network:
                 self.wake()
         elif kind == "started":
@@ -395,8 +420,9 @@ class Reconciler:
                 self.store.save_attempt(job, attempt)
                 self.hub.job(job, self.node_names())
         elif kind == "log":
-            if self._owned(node_id, event.log.attempt_id):
-                self._on_log(event.log.job_id, event.log.attempt_id, list(event.log.lines))
+            found = self._owned(node_id, event.log.attempt_id)
+            if found:  # the job is ours to name, not the node's
+                self._on_log(found[0].id, event.log.attempt_id, list(event.log.lines))
         elif kind == "result":
             self._on_result(node_id, event.result)
 
@@ -436,7 +462,7 @@ class Reconciler:
                 # Lines that never reached us: say so where they belong, then the job's end.
                 tail = msg.log_tail.splitlines()
                 note = f"[flota: {msg.log_lines_lost} lines were not delivered; the last {len(tail)} lines:]"
-                self._on_log(msg.job_id, msg.attempt_id, [note, *tail])
+                self._on_log(found[0].id, msg.attempt_id, [note, *tail])
             self._finish_attempt(*found, result_from_pb(msg))  # persisted before the ack below
             self.wake()
         # Acked only once stored (or already final): the node then forgets it.
@@ -447,7 +473,7 @@ class Reconciler:
         if entry is None:
             return
         if state == "up":
-            entry.goodbye_at = 0.0
+            entry.goodbye_at, entry.leaving = 0.0, False
             if entry.state != "online":
                 self._set_state(entry, "online")
             self.store.node_seen(node_id, entry.name, detail, self.wall())
@@ -476,6 +502,8 @@ class Reconciler:
             elif attempt_id in self.attempts:
                 started = node_pb2.JobStarted(job_id=job.spec.job_id, attempt_id=attempt_id)
                 self.on_event(entry.id, node_pb2.NodeEvent(started=started))
+                if self.attempts[attempt_id][0].cancel_requested:  # a cancel it never heard
+                    self._spawn(self._cancel_quietly(link, attempt_id))
             else:
                 log.info("stopping %s on %s: no longer ours", attempt_id, entry.name)
                 self._spawn(self._cancel_quietly(link, attempt_id))
@@ -521,30 +549,36 @@ class Reconciler:
     # --- outcomes --------------------------------------------------------------------------
 
     def _finish_attempt(self, job: Job, attempt: Attempt, result: Result, retry: bool = False) -> None:
+        """Record an attempt's end, then retry its job or end it. The store is written
+        before memory lets go of the attempt: if the write fails, the attempt is still
+        active and its result is taken again on the node's next report."""
+        if result.status not in JOB_FINAL:  # a node's word, checked like any input
+            result = replace(result, status="failed", error=f"node reported status {result.status!r}")
         now = self.wall()
         attempt.status = result.status
         attempt.finished_at = result.finished_at or now
         attempt.error = result.error
-        self.attempts.pop(attempt.id, None)
-        self._log_lines.pop(attempt.id, None)
-        self._release(attempt)
         ran = sum(1 for a in job.attempts if a.status == "lost")
         failures = sum(1 for a in job.attempts if a.error.startswith("dispatch failed"))
-        if not retry:
-            self._held.pop(job.id, None)
+        refusals = sum(1 for a in job.attempts if a.error.startswith("node busy"))
         again = (result.status == "lost" and ran < job.max_attempts) or (
-            retry and failures < MAX_DISPATCH_FAILURES
+            retry and failures < MAX_DISPATCH_FAILURES and refusals < MAX_REFUSALS
         )
         if again and not job.cancel_requested:
             job.status, job.node_id, job.updated_at = "queued", "", now
             job.wait_reason = f"retrying: {result.error}"
-            self.store.save_attempt(job, attempt, result)
-            self.wake()
         else:
             status = "cancelled" if job.cancel_requested and result.status != "success" else result.status
             job.status, job.result, job.updated_at = status, replace(result, status=status), now
             job.branch = result.branch
-            self.store.save_attempt(job, attempt, result)
+        self.store.save_attempt(job, attempt, result)
+        self.attempts.pop(attempt.id, None)
+        self._log_lines.pop(attempt.id, None)
+        self._release(attempt)
+        if job.status == "queued":
+            self.wake()
+        else:
+            self._held.pop(job.id, None)
         self.hub.job(job, self.node_names())
         self._maybe_finish_run(job.run_id)
 
@@ -580,6 +614,7 @@ class Reconciler:
             if job.status in JOB_FINAL:
                 continue
             job.cancel_requested = True
+            self._held.pop(job.id, None)
             cancelled.append(job.id)
             active = [a for a in job.attempts if a.status in ATTEMPT_ACTIVE]
             if not active:

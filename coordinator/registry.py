@@ -30,6 +30,7 @@ class NodeEntry:
     last_seen: float = 0.0  # monotonic
     last_seen_wall: float = 0.0
     goodbye_at: float = 0.0  # monotonic; 0: none
+    leaving: bool = False  # said so itself over mTLS: no new work until it reconnects
     fingerprint: str = ""  # of the certificate issued at enrollment
     removed: bool = False
     # attempt id -> (run id, cpus, memory_mb, gpus, exclusive): what runs there now

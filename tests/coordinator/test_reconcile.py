@@ -19,6 +19,7 @@ from coordinator.models import Job, JobPlacement, Repo, Run
 from coordinator.node_client import NodeCallError
 from coordinator.reconcile import LOG_LINES_MAX, MAX_DISPATCH_FAILURES
 from coordinator.registry import GOODBYE_WINDOW_S
+from coordinator.store import StoreError
 from protos.flota.v1 import node_pb2
 from tests.coordinator.fakes import (
     T0_WALL,
@@ -883,5 +884,186 @@ def test_hints_are_taken_only_for_enrolled_ids_and_issued_certificates(
         link = h.node("nA", "node-a")
         assert h.rec.hint(node_id, ["10.9.9.9:7380"], source, fingerprint) is taken
         assert ((["10.9.9.9:7380"], source) in link.hints) is (taken and node_id == "nA")
+
+    asyncio.run(scenario())
+
+
+# --- 13. regressions from the second review ----------------------------------------------------
+
+
+async def _dispatched(h: Harness, link: FakeLink, n: int = 1) -> None:
+    h.step()
+    await until(lambda: len(link.starts) >= n)
+    await idle()
+
+
+def test_an_mdns_goodbye_never_stops_work_going_to_a_connected_node(h: Harness) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        h.rec.goodbye("nA")  # what a (forgeable) mDNS removal triggers
+        run = make_run()
+        h.rec.submit(run)
+        await _dispatched(h, link)
+        assert run.jobs[0].status == "dispatching"
+        # The node's own goodbye over mTLS does stop new work.
+        h.rec.goodbye("nA", leaving=True)
+        second = make_run(run_id="r000002")
+        h.rec.submit(second)
+        h.step()
+        await idle()
+        assert second.jobs[0].status == "queued" and len(link.starts) == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("status", ["", "running", "queued", "bogus"])
+def test_a_result_status_the_node_should_never_send_fails_the_attempt(h: Harness, status: str) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        await _dispatched(h, link)
+        h.rec.on_event("nA", started(job.id, job.attempts[0].id))
+        h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, status))
+        assert job.status == h.stored(job).status == "failed"
+        assert "node reported status" in job.attempts[0].error
+        assert run.status == h.stored_run(run.id).status == "failed"
+
+    asyncio.run(scenario())
+
+
+def test_log_lines_go_to_the_job_of_the_attempt_whatever_the_node_names(h: Harness) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        await _dispatched(h, link)
+        h.rec.on_event("nA", log_lines("rOTHER.1", job.attempts[0].id, ["forged line"]))
+        assert h.store.logs("rOTHER.1") == []
+        assert [line for _, _, line in h.store.logs(job.id)] == ["forged line"]
+
+    asyncio.run(scenario())
+
+
+def test_refusals_are_bounded_and_leave_no_hold_behind(h: Harness) -> None:
+    from coordinator.reconcile import MAX_REFUSALS
+
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        busy = node_pb2.StartJobReply(accepted=False, reason="the node is stopping")
+        link.start_replies = [busy] * (MAX_REFUSALS + 5)
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        for i in range(MAX_REFUSALS):
+            h.rec.on_event("nA", heartbeat("nA", "node-a"))
+            await _dispatched(h, link, i + 1)
+            h.clock.advance(1.0)
+        assert job.status == h.stored(job).status == "failed"
+        assert len(h.stored(job).attempts) == MAX_REFUSALS
+        assert job.id not in h.rec._held
+
+    asyncio.run(scenario())
+
+
+def test_a_cancel_the_node_never_heard_is_sent_again_on_reconnect(h: Harness) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        await _dispatched(h, link)
+        attempt_id = job.attempts[0].id
+        h.rec.on_event("nA", started(job.id, attempt_id))
+        link.cancel_error = NodeCallError(
+            "CancelJob failed: the connection closed", grpc.StatusCode.UNAVAILABLE
+        )
+        await h.rec.cancel([job])
+        assert job.cancel_requested and job.status == "running"
+        link.cancel_error = None
+        link.jobs = [node_job(job.id, attempt_id, "running")]
+        await h.rec.on_link_state("nA", "down", "gone")
+        await h.rec.on_link_state("nA", "up", "10.0.0.1:7000")
+        await until(lambda: any(a == attempt_id for a, _ in link.cancels[1:]), "a second CancelJob")
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_store_write_at_dispatch_leaves_the_job_queued(h: Harness) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        real = h.store.add_attempt
+
+        def locked(*args: object, **kwargs: object) -> None:
+            raise StoreError("database error: database is locked")
+
+        h.store.add_attempt = locked  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            h.rec.tick()
+        assert (job.status, job.attempts, h.rec.attempts) == ("queued", [], {})
+        h.store.add_attempt = real  # type: ignore[method-assign]
+        await _dispatched(h, link)
+        assert job.status == h.stored(job).status == "dispatching"
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_store_write_of_a_result_is_not_acked_and_is_taken_again(h: Harness) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        await _dispatched(h, link)
+        attempt_id = job.attempts[0].id
+        h.rec.on_event("nA", started(job.id, attempt_id))
+        real = h.store.save_attempt
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise StoreError("database error: disk I/O error")
+
+        h.store.save_attempt = broken  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            h.rec.on_event("nA", result_event(job.id, attempt_id, "success"))
+        h.step()
+        await idle()
+        assert link.acks == [] and attempt_id in h.rec.attempts
+        h.store.save_attempt = real  # type: ignore[method-assign]
+        link.jobs = [node_job(job.id, attempt_id, "finished", job_result(job.id, attempt_id, "success"))]
+        await h.rec.on_link_state("nA", "down", "gone")
+        await h.rec.on_link_state("nA", "up", "10.0.0.1:7000")
+        await until(lambda: link.acks, "the ack")
+        assert job.status == h.stored(job).status == "success"
+        assert run.status == h.stored_run(run.id).status == "success"
+
+    asyncio.run(scenario())
+
+
+def test_a_run_whose_jobs_all_ended_is_finished_on_load(h: Harness, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        await _dispatched(h, link)
+        h.rec.on_event("nA", started(job.id, job.attempts[0].id))
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise StoreError("the process died here")
+
+        h.store.finish_run = crash  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "success"))
+        del h.store.finish_run  # back to the real method
+        assert h.stored(job).status == "success" and h.stored_run(run.id).status == "running"
+        restarted = Harness(tmp_path, store=h.store, clock=h.clock)
+        restarted.rec.load()
+        assert run.id not in restarted.rec.runs
+        assert h.stored_run(run.id).status == "success"
 
     asyncio.run(scenario())
