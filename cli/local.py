@@ -20,6 +20,7 @@ import psutil
 
 from cli.client import EXIT_UNAVAILABLE, Client, CliError, flota_home
 from cli.render import console, nodes_table, print_json, to_dict
+from protos import statelock
 from protos.flota.v1 import coordinator_pb2
 
 __all__ = ["down_local", "up_local"]
@@ -114,11 +115,8 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
             raise CliError("a local fleet is already running here (stop it with: flota down)")
     local.mkdir(parents=True, exist_ok=True, mode=0o700)
     state_file = home / "coordinator" / "coordinator.json"
-    try:
-        running = json.loads(state_file.read_text()).get("pid", 0)
-    except (OSError, ValueError):
-        running = 0
-    if running and _ours(running, home):
+    running = statelock.holder(home / "coordinator")
+    if running:
         raise CliError(f"a coordinator already runs on {home} (pid {running}); stop it first")
     state_file.unlink(missing_ok=True)
     procs: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -152,10 +150,12 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
         client = Client()
         for i in range(1, count + 1):
             name, state = f"node-{i}", local / f"node-{i}"
-            if (state / "identity" / "node.pem").exists():
+            ca = home / "admin" / "ca.pem"
+            enrolled = (state / "identity" / "node.pem").exists()
+            if enrolled and (state / "identity" / "ca.pem").read_bytes() == ca.read_bytes():
                 # Enrolled by an earlier `up`: the coordinator came back on a new port.
                 (state / "identity" / "coordinator").write_text(client.address)
-            else:
+            else:  # never enrolled, or enrolled with a CA that is gone: join this one
                 token = client.call("CreateToken", coordinator_pb2.CreateTokenRequest(ttl_s=60))
                 joined = subprocess.run(
                     [
@@ -218,7 +218,7 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
         console.print(nodes_table(reply))
     if detach:
         return
-    console.print("press Ctrl-C to stop")
+    print("press Ctrl-C to stop", file=sys.stderr)
     try:
         while all(p.poll() is None for p, _ in procs):
             time.sleep(0.5)

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import QUIET_GRPC
 from cli.client import EXIT_FAILED, Client, CliError
 from cli.render import console, jobs_table, nodes_table, print_json, results_table, runs_table, to_dict
 from protos.flota.v1 import coordinator_pb2, types_pb2
@@ -23,7 +24,7 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="flota",
-    help="Turn the machines you own into one fleet of AI workers.",
+    help="Turn the machines you own into one fleet: jobs run in parallel, each on its own git branch.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -61,6 +62,10 @@ def _opts(ctx: typer.Context) -> Options:
     return obj if isinstance(obj, Options) else Options()
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _json_flag(ctx: typer.Context) -> list[str]:
     return ["--json"] if _opts(ctx).json else []
 
@@ -69,7 +74,10 @@ def _exec(module: str, args: list[str]) -> None:
     """Replace this process with a daemon's own entry point."""
     argv = [sys.executable, "-m", module, *args]
     sys.stdout.flush()
-    os.execv(sys.executable, argv)
+    env = dict(os.environ)
+    if QUIET_GRPC:
+        env.pop("GRPC_VERBOSITY", None)  # the daemons' logs keep gRPC's own errors
+    os.execve(sys.executable, argv, env)
 
 
 # --- daemons ------------------------------------------------------------------------------
@@ -102,7 +110,7 @@ def node_start(
     """Run the node daemon in the foreground.
 
     More options: --name N, --state-dir D, --network-rule PROFILE=if:GLOB|subnet:CIDR,
-    --heartbeat S, --no-mdns.
+    --coordinator HOST:PORT (if it moved since the join), --heartbeat S, --no-mdns.
     """
     args = ["start", "--listen", listen]
     if network:
@@ -194,12 +202,16 @@ def run(
         list[str] | None, typer.Option(help="Network profile to avoid; repeatable.")
     ] = None,
     exclusive: Annotated[bool, typer.Option(help="Nothing else runs on the node meanwhile.")] = False,
-    spread: Annotated[bool, typer.Option(help="Every task on a different node (hard).")] = False,
+    spread: Annotated[
+        bool, typer.Option(help="At most one of this run's tasks on a node at a time (hard).")
+    ] = False,
     cpus: Annotated[float, typer.Option(help="CPUs each task needs.")] = 0,
     memory: Annotated[int, typer.Option(help="Memory each task needs, MB.")] = 0,
     gpus: Annotated[int, typer.Option(help="GPUs each task needs.")] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds before a task is stopped (0: none).")] = 0,
-    retries: Annotated[int, typer.Option(help="Extra attempts when a node is lost (-1: default).")] = -1,
+    retries: Annotated[
+        int, typer.Option(help="Extra attempts when a node is lost (default 1; -1: the default).")
+    ] = -1,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the tasks; repeatable.")] = None,
     name: Annotated[str, typer.Option(help="A name for the run.")] = "",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Show progress, then the results.")] = False,
@@ -240,13 +252,28 @@ def run(
         if o.json:
             print_json(to_dict(submitted))
         else:
-            console.print(
-                f"run {submitted.id}: {len(submitted.jobs)} jobs queued (flota status {submitted.id})"
-            )
+            queued = _count(len(submitted.jobs), "job")
+            console.print(f"run {submitted.id}: {queued} queued (see: flota status {submitted.id})")
         return
     from cli.follow import follow_run
 
-    final = follow_run(client, submitted, live=not o.json and console.is_terminal, quiet=o.json)
+    if not o.json:
+        console.print(
+            f"run {submitted.id}: {_count(len(submitted.jobs), 'job')} (Ctrl-C stops watching, not the run)"
+        )
+    try:
+        final = follow_run(client, submitted, live=not o.json and console.is_terminal, quiet=o.json)
+    except KeyboardInterrupt:
+        print(
+            f"flota: stopped watching; run {submitted.id} goes on (flota status {submitted.id}, "
+            f"flota cancel {submitted.id})",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130) from None
+    except CliError as exc:
+        raise CliError(
+            f"{exc}; run {submitted.id} was submitted (flota status {submitted.id})", exc.code
+        ) from None
     if o.json:
         print_json(to_dict(final))
     else:
@@ -314,15 +341,19 @@ def logs(
 ) -> None:
     """Print a job's output (all attempts)."""
     o = _opts(ctx)
+    attempt = ""
     for chunk in o.client().stream(
         "StreamLogs", coordinator_pb2.StreamLogsRequest(job_id=job_id, follow=follow), None if follow else 120
     ):
         if o.json:
             for line in chunk.lines:
                 print(json.dumps({"attempt_id": chunk.attempt_id, "line": line}), flush=True)
-        else:
-            sys.stdout.write("".join(line + "\n" for line in chunk.lines))
-            sys.stdout.flush()
+            continue
+        if attempt and chunk.attempt_id != attempt:  # a retry: say where the next try starts
+            sys.stderr.write(f"--- {chunk.attempt_id} ---\n")
+        attempt = chunk.attempt_id
+        sys.stdout.write("".join(line + "\n" for line in chunk.lines))
+        sys.stdout.flush()
 
 
 @app.command("cancel")
@@ -333,10 +364,10 @@ def cancel(ctx: typer.Context, ident: Annotated[str, typer.Argument(metavar="RUN
     if o.json:
         print_json(to_dict(reply))
     else:
-        console.print(
-            f"cancelled {len(reply.cancelled)} jobs"
-            + (": " + " ".join(reply.cancelled) if reply.cancelled else "")
-        )
+        if reply.cancelled:
+            console.print(f"cancelled {_count(len(reply.cancelled), 'job')}: {' '.join(reply.cancelled)}")
+        else:
+            console.print("nothing to cancel: it has already ended")
 
 
 @app.command("cleanup")
@@ -347,7 +378,7 @@ def cleanup(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="R
     if o.json:
         print_json(to_dict(reply))
         return
-    console.print(f"removed {reply.worktrees_removed} worktrees; branches kept")
+    console.print(f"removed {_count(reply.worktrees_removed, 'worktree')}; branches kept")
     if reply.nodes_unreachable:
         console.print(f"unreachable, not cleaned: {', '.join(reply.nodes_unreachable)}")
         raise typer.Exit(EXIT_FAILED)
@@ -356,7 +387,7 @@ def cleanup(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="R
 @app.command("up")
 def up(
     ctx: typer.Context,
-    local: Annotated[int, typer.Option("--local", help="Start a one-machine fleet of N nodes.")] = 0,
+    local: Annotated[int, typer.Option("--local", help="Start a one-machine fleet of N nodes (1 to 32).")],
     detach: Annotated[
         bool, typer.Option(help="Return once the fleet is up (stop it with `flota down`).")
     ] = False,
@@ -377,9 +408,17 @@ def down(ctx: typer.Context) -> None:
     down_local(as_json=_opts(ctx).json)
 
 
+def _json_first(argv: list[str]) -> list[str]:
+    """`--json` is global; accept it after the command too (`flota status --json`)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    if "--json" not in argv[1:end]:
+        return argv
+    return ["--json", *[a for a in argv[:end] if a != "--json"], *argv[end:]]
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
-        return app(args=argv, standalone_mode=True)
+        return app(args=_json_first(sys.argv[1:] if argv is None else argv), standalone_mode=True)
     except CliError as exc:
         print(f"flota: {exc}", file=sys.stderr)
         sys.exit(exc.code)

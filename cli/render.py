@@ -4,6 +4,8 @@ shape is exactly the one documented in protos/flota/v1/*.proto (see docs/cli.md)
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from typing import Any
 
@@ -17,7 +19,12 @@ from protos.flota.v1 import coordinator_pb2
 __all__ = ["console", "jobs_table", "nodes_table", "print_json", "results_table", "runs_table", "to_dict"]
 
 # Markup off: task names, commands and errors are user text and print as written.
-console = Console(highlight=False, markup=False)
+# Piped output is not cut at 80 columns: a script reading it wants whole lines.
+console = Console(
+    highlight=False,
+    markup=False,
+    width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200,
+)
 
 STATUS_STYLE = {
     "success": "green",
@@ -107,18 +114,21 @@ def jobs_table(run: coordinator_pb2.Run) -> Table:
 
 def results_table(run: coordinator_pb2.Run) -> Table:
     t = Table(box=None, pad_edge=False)
-    for col in ("JOB", "NODE", "BRANCH", "STATUS", "DURATION", "FILES", "EXIT"):
+    for col in ("JOB", "TASK", "NODE", "BRANCH", "STATUS", "DURATION", "FILES", "EXIT", "NOTE"):
         t.add_column(col)
     for j in run.jobs:
         r = j.result
         files = len(r.files_modified)
+        done = j.HasField("result")
         t.add_row(
             j.id,
+            j.name[:30],
             j.node_name or "-",
             r.branch or "-",
             _status(j.status),
             _duration(r.duration_s),
-            f"{files} (+{r.insertions}/-{r.deletions})" if files else "0",
-            str(r.exit_code) if j.HasField("result") else "-",
+            (f"{files} (+{r.insertions}/-{r.deletions})" if files else "0") if run.repo_url else "-",
+            str(r.exit_code) if done and j.status in ("success", "failed") else "-",
+            (r.error or j.wait_reason)[:50] if j.status != "success" else "",
         )
     return t

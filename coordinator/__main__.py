@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except CoordinatorError as exc:
         print(f"flota: {exc}", file=sys.stderr)
+        return 3 if getattr(exc, "unreachable", False) else 2
+    except OSError as exc:  # e.g. a state directory that cannot be created
+        print(f"flota: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -258,6 +258,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def _run(self, run_id: str) -> Run:
         run = self.rec.runs.get(run_id) or self.rec.store.get_run(run_id)
         if run is None:
+            head, dot, _ = run_id.partition(".")
+            if dot and (head in self.rec.runs or self.rec.store.run_exists(head)):
+                raise NotFound(f"{run_id!r} is a job; its run is {head!r}")
             raise NotFound(f"no run {run_id!r} (see: flota status)")
         return run
 
@@ -346,6 +349,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> coordinator_pb2.CancelReply:
         ident = request.id
         run = self.rec.runs.get(ident) or (self.rec.store.get_run(ident) if "." not in ident else None)
+        if run is None and self.rec.jobs.get(ident) is None and self.rec.store.get_job(ident) is None:
+            raise NotFound(f"no run or job {ident!r} (see: flota status)")
         jobs = run.jobs if run is not None else [self._job(ident)]
         return coordinator_pb2.CancelReply(cancelled=await self.rec.cancel(jobs))
 
@@ -354,6 +359,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.CleanupRequest, context: Any
     ) -> coordinator_pb2.CleanupReply:
         run = self._run(request.run_id)
+        if run.status == "running":
+            raise InvalidRequest(f"run {run.id} is still running; cancel it or wait for it to end")
         node_ids = {a.node_id for j in run.jobs for a in j.attempts}
         removed, unreachable = 0, []
         for node_id in sorted(node_ids):

@@ -27,6 +27,7 @@ from coordinator.node_client import Credentials
 from coordinator.pki import CertificateAuthority, KeyPair, PkiError, write_private
 from coordinator.reconcile import Reconciler
 from coordinator.store import Store
+from protos import statelock
 from protos.channels import SERVER_OPTIONS
 from protos.flota.v1 import coordinator_pb2_grpc
 
@@ -72,7 +73,12 @@ def _bind(host: str, port: int) -> str:
 class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._lock = statelock.acquire(config.state_dir, "coordinator")
+        except statelock.StateLocked as exc:
+            raise ConfigError(str(exc)) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot use {config.state_dir}: {exc.strerror or exc}") from exc
         try:
             self.ca = CertificateAuthority.load_or_create(config.state_dir / "ca")
             own = _keypair(self.ca, str(config.state_dir / "server"), self.ca.issue_coordinator)

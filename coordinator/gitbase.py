@@ -19,6 +19,8 @@ from coordinator.models import Repo
 
 __all__ = ["push_base", "resolve_url"]
 
+PUSH_TIMEOUT_S = 90  # under the CLI's deadline for SubmitRun, so a slow remote gets a real error
+
 
 def _why(exc: git.GitCommandError) -> str:
     """git's own reason: its first `fatal:`/`error:` line, else its last line."""
@@ -79,14 +81,22 @@ def push_base(path: str, remote: str, ref: str, from_working_tree: bool, run_id:
     try:
         url = resolve_url(repo, remote or "origin")
         try:
+            if not repo.head.is_valid() and not ref:
+                raise RepoError(f"the repository {repo.working_dir} has no commits yet")
             base = repo.commit(ref or "HEAD").hexsha
-        except (git.BadName, ValueError) as exc:
+            repo.git.cat_file("-e", f"{base}^{{commit}}")  # a well-formed id is not yet a commit
+        except (git.BadName, ValueError, git.GitCommandError) as exc:
             raise RepoError(f"unknown revision {ref or 'HEAD'!r} in {repo.working_dir}") from exc
         if from_working_tree:
             base = _working_tree_commit(repo, base)
         base_ref = f"refs/flota/base/{run_id}"
         try:
-            repo.git.push(url, f"{base}:{base_ref}", env={"GIT_TERMINAL_PROMPT": "0"})
+            repo.git.push(
+                url,
+                f"{base}:{base_ref}",
+                env={"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"},
+                kill_after_timeout=PUSH_TIMEOUT_S,
+            )
         except git.GitCommandError as exc:
             raise RepoError(f"cannot push the base to {url}: {_why(exc)}") from exc
         return Repo(url=url, base_ref=base_ref, base_commit=base)

@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--slots", type=int)
     start.add_argument("--heartbeat", type=float)
     start.add_argument("--no-mdns", action="store_true")
+    start.add_argument("--coordinator", help="the coordinator's API HOST:PORT, if it moved since the join")
     start.add_argument("--json", action="store_true", help="print the ready line as JSON")
     join = sub.add_parser("join", help="enroll this node with a coordinator")
     join.add_argument("address", help="the coordinator's join address HOST:PORT")
@@ -67,11 +68,19 @@ def main(argv: list[str] | None = None) -> int:
                 cfg_path.write_text(f'name = "{args.name}"\n')
             _say(
                 args.json,
-                f"joined as {name} ({node_id}); start it with: flota node start",
+                f"joined as {name} ({node_id}); start it with: flota node start"
+                + (f" --state-dir {args.state_dir}" if args.state_dir else ""),
                 {"event": "joined", "id": node_id, "name": name, "state_dir": str(state_dir)},
             )
             return 0
         from node_agent.app import serve
+
+        if args.coordinator:
+            from node_agent.enroll import split_address
+            from node_agent.identity import write_private
+
+            host, port = split_address(args.coordinator, 7370)
+            write_private(state_dir / "identity" / "coordinator", f"{host}:{port}".encode())
 
         config = load_config(
             state_dir,
@@ -90,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except NodeError as exc:
         print(f"flota: {exc}", file=sys.stderr)
+        return 3 if getattr(exc, "unreachable", False) else 2
+    except OSError as exc:  # e.g. a state directory that cannot be created
+        print(f"flota: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -27,6 +27,7 @@ from node_agent.journal import Journal
 from node_agent.runner import Runner
 from node_agent.servicer import NodeServicer
 from node_agent.workspace import Workspace
+from protos import statelock
 from protos.channels import SERVER_OPTIONS, client_options
 from protos.contract import COORDINATOR_SERVER_NAME, fingerprint
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2_grpc, types_pb2
@@ -42,6 +43,10 @@ REGISTER_PERIOD_S = 15.0
 class NodeDaemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        try:
+            self._lock = statelock.acquire(config.state_dir, "node daemon")
+        except statelock.StateLocked as exc:
+            raise ConfigError(str(exc)) from exc
         self.identity: Identity = load_identity(config.state_dir)
         self.hub = Hub()
         self.gpus = probe_gpus()

@@ -39,7 +39,9 @@ def _fetch_ca(host: str, port: int, timeout: float) -> bytes:
     try:
         pem = ssl.get_server_certificate((host, port), timeout=timeout)
     except (OSError, ssl.SSLError) as exc:
-        raise EnrollError(f"cannot reach the coordinator's enrollment port {host}:{port}: {exc}") from exc
+        raise EnrollError(
+            f"cannot reach the coordinator's enrollment port {host}:{port}: {exc}", unreachable=True
+        ) from exc
     return pem.encode()
 
 
@@ -77,7 +79,8 @@ def join(state_dir: Path, address: str, token_text: str, name: str, timeout: flo
                 timeout=timeout,
             )
         except grpc.RpcError as exc:
-            raise EnrollError(f"join refused: {exc.details()}") from exc
+            down = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise EnrollError(f"join refused: {exc.details()}", unreachable=down) from exc
     if reply.node_id != ident:
         raise EnrollError("the coordinator issued a certificate for another node id")
     _, _, api_port = reply.coordinator_address.rpartition(":")

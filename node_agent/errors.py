@@ -21,3 +21,7 @@ class ConfigError(NodeError):
 
 class EnrollError(NodeError):
     """Joining a coordinator failed."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable  # the CLI exits 3 for these, as for any unreachable coordinator

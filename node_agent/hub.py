@@ -18,7 +18,9 @@ from protos.flota.v1 import node_pb2
 
 __all__ = ["Hub", "Subscription", "gap_marker"]
 
-LOG_BACKLOG = 2_000  # log events queued for one session before lines are counted instead
+# Log events queued for one session before lines are counted instead (each event is at
+# most 256 KiB, so a stalled session holds at most ~50 MiB).
+LOG_BACKLOG = 200
 
 
 def gap_marker(count: int) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from node_agent.agents.shell import ShellError, run_shell
 from node_agent.hub import Hub
 from node_agent.journal import Journal
@@ -65,7 +67,7 @@ class Runner:
             else:
                 # The daemon died while this ran. Its job runs in its own session, so it
                 # may still be alive: stop it, so that a retry never runs beside it.
-                _kill_group(journal.process_group(spec.attempt_id))
+                _kill_job_group(journal.process_group(spec.attempt_id), spec.attempt_id)
                 lost = self._result(spec, "lost", time.time(), error="the node daemon restarted mid-job")
                 journal.finish(lost)
                 self.finished[spec.attempt_id] = lost
@@ -149,7 +151,10 @@ class Runner:
             log.exception("attempt %s crashed", spec.attempt_id)
             result = self._result(spec, "failed", active.started_at, error=f"internal error: {exc}")
         result.log_lines_lost = self.hub.take_gap(spec.attempt_id)
-        self.journal.finish(result)
+        try:
+            self.journal.finish(result)
+        except OSError as exc:  # disk full: still report it; only a restart would lose it
+            log.error("cannot journal the result of %s: %s", spec.attempt_id, exc)
         self.finished[spec.attempt_id] = result
         del self.active[spec.attempt_id]
         self.hub.publish(result=result)
@@ -174,6 +179,11 @@ class Runner:
                 cwd = self.workspace.scratch(spec.attempt_id)
         except WorkspaceError as exc:
             return self._result(spec, "failed", started, exit_code=-1, error=str(exc))
+        if active.cancel.is_set():  # cancelled (or the daemon stopping) while git prepared
+            status, error = (
+                ("lost", "the node daemon stopped") if self._stopping else ("cancelled", "cancelled")
+            )
+            return self._result(spec, status, started, exit_code=-1, error=error)
 
         def on_lines(lines: list[str]) -> None:
             self.hub.log(spec.job_id, spec.attempt_id, lines)
@@ -245,9 +255,15 @@ class Runner:
         return env
 
 
-def _kill_group(pgid: int) -> None:
-    if pgid > 1:
+def _kill_job_group(pgid: int, attempt_id: str) -> None:
+    """Kill a journaled job's process group, but only if a process in it is that job
+    (its environment names the attempt): after a reboot the number may be anyone's."""
+    if pgid <= 1:
+        return
+    for proc in psutil.process_iter():
         try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            if os.getpgid(proc.pid) == pgid and proc.environ().get("FLOTA_ATTEMPT_ID") == attempt_id:
+                os.killpg(pgid, signal.SIGKILL)
+                return
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue

@@ -234,7 +234,7 @@ def test_cleanup_removes_worktrees_and_keeps_branches(fleet: Fleet, tmp_path: Pa
         (["status", "r000000"], "no run 'r000000'"),
         (["status", "r000000.1"], "no job 'r000000.1'"),
         (["logs", "r000000.1"], "no job"),
-        (["cancel", "r000000"], "no job"),
+        (["cancel", "r000000"], "no run or job"),
         (["cleanup", "r000000"], "no run"),
     ],
 )
@@ -485,3 +485,43 @@ def test_chatty_jobs_keep_their_logs_or_say_what_is_missing(fleet: Fleet) -> Non
     assert flood[-1].startswith("[flota: log truncated after") or any("not delivered" in x for x in flood)
     # The flood never cost the node its session.
     assert "online -> unreachable" not in fleet.log("coordinator")
+
+
+def test_cli_conveniences_and_refusals(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    result, run = _run(fleet, "sleep 0.2")
+    assert result.returncode == 0
+    # --json after the command works like before it.
+    assert json.loads(fleet.flota("status", run["id"], "--json").stdout)["id"] == run["id"]
+    job_id = run["jobs"][0]["id"]
+    wrong = fleet.flota("results", job_id)
+    assert wrong.returncode == 2 and f"its run is '{run['id']}'" in wrong.stderr
+    running = fleet.json("run", "sleep 30")
+    busy = fleet.flota("cleanup", running["id"])
+    assert busy.returncode == 2 and "still running" in busy.stderr
+    fleet.flota("cancel", running["id"], check=True)
+    again = fleet.flota("cancel", running["id"])
+    assert again.returncode == 0 and "already ended" in again.stdout
+    # A second coordinator on the same state is refused, in one line.
+    second = fleet.flota("coordinator", "start", "--listen", "127.0.0.1:0", "--no-mdns")
+    assert second.returncode == 2 and "another coordinator already runs" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    # So is a second daemon on a node's state directory.
+    state = fleet.home / "nodes" / "solo"
+    twin = fleet.flota("node", "start", "--state-dir", str(state), "--listen", "127.0.0.1:0", "--no-mdns")
+    assert twin.returncode == 2 and "another node daemon already runs" in twin.stderr
+    # Unreachable coordinator: exit 3, one line, no gRPC log noise.
+    fleet.stop("coordinator")
+    down = fleet.flota("nodes")
+    assert down.returncode == 3 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+    join = fleet.flota(
+        "node",
+        "join",
+        "127.0.0.1:1",
+        "--token",
+        "flota1.abcdef01." + "A" * 20 + "." + "0" * 64,
+        "--state-dir",
+        str(tmp_path / "n"),
+    )
+    assert join.returncode == 3 and "cannot reach" in join.stderr

@@ -184,7 +184,7 @@ def test_unknown_ref(setup: Setup) -> None:
 
 def test_empty_repository_has_no_head(tmp_path: Path) -> None:
     sh("init", "-q", "-b", "main", str(tmp_path / "empty"), cwd=tmp_path)
-    with pytest.raises(RepoError, match="unknown revision 'HEAD'"):
+    with pytest.raises(RepoError, match="has no commits yet"):
         push_base(str(tmp_path / "empty"), str(tmp_path / "remote.git"), "", False, "r1")
 
 
