@@ -59,12 +59,13 @@ def follow_run(
 
         def report(job: coordinator_pb2.Job) -> None:
             jobs[job.id] = job
-            if seen.get(job.id) != job.status and not quiet:
-                seen[job.id] = job.status
+            shown = job.status + (
+                f": {job.wait_reason}" if job.status == "queued" and job.wait_reason else ""
+            )
+            if seen.get(job.id) != shown and not quiet:
+                seen[job.id] = shown
                 where = f" on {job.node_name}" if job.node_name else ""
-                console.print(
-                    f"[{time.monotonic() - started:6.2f}s] {job.id} {job.status}{where}", markup=False
-                )
+                console.print(f"[{time.monotonic() - started:6.2f}s] {job.id} {shown}{where}", markup=False)
 
         final = _watch(client, run.id, report)
     if not quiet:

@@ -192,7 +192,12 @@ def run(
     repo: Annotated[str | None, typer.Option(help="Git repository the tasks work on.")] = None,
     remote: Annotated[str, typer.Option(help="Remote name or URL the nodes use.")] = "origin",
     ref: Annotated[str, typer.Option(help="Base revision.")] = "HEAD",
-    from_working_tree: Annotated[bool, typer.Option(help="Include uncommitted changes in the base.")] = False,
+    from_working_tree: Annotated[
+        bool,
+        typer.Option(
+            help="Base on the working tree: uncommitted changes and untracked files not in .gitignore."
+        ),
+    ] = False,
     on: Annotated[str | None, typer.Option("--on", help="Pin to a node (name or id).")] = None,
     label: Annotated[
         list[str] | None, typer.Option(help="Required node label KEY=VALUE; repeatable.")
@@ -288,12 +293,13 @@ def status(
     ident: Annotated[
         str | None, typer.Argument(metavar="[RUN|JOB]", help="A run or job id; none: recent runs.")
     ] = None,
+    limit: Annotated[int, typer.Option(help="How many recent runs to list.")] = 20,
 ) -> None:
     """Show recent runs, one run and its jobs, or one job and its attempts."""
     o = _opts(ctx)
     client = o.client()
     if ident is None:
-        runs = client.call("ListRuns", coordinator_pb2.ListRunsRequest(limit=20)).runs
+        runs = client.call("ListRuns", coordinator_pb2.ListRunsRequest(limit=limit)).runs
         if o.json:
             print_json([to_dict(r) for r in runs])
         else:

@@ -71,7 +71,19 @@ def _ago(ts: float) -> str:
 
 def nodes_table(reply: coordinator_pb2.ListNodesReply) -> Table:
     t = Table(box=None, pad_edge=False)
-    for col in ("NAME", "ADDRESS", "NETWORK", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS", "STATE"):
+    for col in (
+        "NAME",
+        "ADDRESS",
+        "NETWORK",
+        "LABELS",
+        "CPU",
+        "RAM",
+        "GPU",
+        "LOAD",
+        "SLOTS",
+        "AGENTS",
+        "STATE",
+    ):
         t.add_column(col)
     for n in reply.nodes:
         i, f = n.info, n.info.facts
@@ -81,6 +93,7 @@ def nodes_table(reply: coordinator_pb2.ListNodesReply) -> Table:
             i.name,
             n.address or "-",
             i.network or "-",
+            ",".join(f"{k}={v}" for k, v in sorted(i.labels.items())) or "-",
             str(f.cpu_count or "-"),
             f"{f.memory_total_mb / 1024:.1f}G" if f.memory_total_mb else "-",
             gpus,

@@ -149,8 +149,7 @@ class Coordinator:
             f"coordinator listening on {cfg.listen_host}:{self.api_port} (join {join_address}), "
             f"CA {self.ca.fingerprint[:16]}"
         )
-        log.info(line)
-        if ready:
+        if ready:  # the ready line goes to stdout once, for people and scripts alike
             ready(line, state)
         discovery = Discovery(self.rec.hint, self.rec.goodbye) if cfg.mdns else None
         try:

@@ -190,8 +190,7 @@ class NodeDaemon:
         line = (
             f"node {cfg.name} ({ident.id}) listening on {cfg.listen_host}:{self.port} network={self.network}"
         )
-        log.info(line)
-        if ready:
+        if ready:  # the ready line goes to stdout once, for people and scripts alike
             ready(line, state)
         channel = grpc.aio.secure_channel(
             ident.coordinator,
