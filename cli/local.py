@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from cli import QUIET_GRPC
 from cli.client import EXIT_UNAVAILABLE, Client, CliError, flota_home
 from cli.render import console, nodes_table, print_json, to_dict
 from protos import statelock
@@ -57,10 +58,20 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
+def daemon_env() -> dict[str, str]:
+    """The environment for a daemon: ours, less the gRPC quiet the CLI set for itself
+    (daemons keep gRPC's own errors in their logs, and pass the rest on to jobs)."""
+    env = dict(os.environ)
+    if QUIET_GRPC:
+        env.pop("GRPC_VERBOSITY", None)
+    return env
+
+
 def _spawn(argv: list[str], log: Path, detach: bool) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, *argv],
+            env=daemon_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -151,7 +162,7 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
         for i in range(1, count + 1):
             name, state = f"node-{i}", local / f"node-{i}"
             ca = home / "admin" / "ca.pem"
-            enrolled = (state / "identity" / "node.pem").exists()
+            enrolled = all((state / "identity" / f).exists() for f in ("node.pem", "ca.pem"))
             if enrolled and (state / "identity" / "ca.pem").read_bytes() == ca.read_bytes():
                 # Enrolled by an earlier `up`: the coordinator came back on a new port.
                 (state / "identity" / "coordinator").write_text(client.address)
@@ -172,6 +183,7 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
                         str(state),
                     ],
                     capture_output=True,
+                    env=daemon_env(),
                     text=True,
                     timeout=30,
                 )

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import QUIET_GRPC
 from cli.client import EXIT_FAILED, Client, CliError
+from cli.local import daemon_env
 from cli.render import console, jobs_table, nodes_table, print_json, results_table, runs_table, to_dict
 from protos.flota.v1 import coordinator_pb2, types_pb2
 
@@ -74,10 +74,7 @@ def _exec(module: str, args: list[str]) -> None:
     """Replace this process with a daemon's own entry point."""
     argv = [sys.executable, "-m", module, *args]
     sys.stdout.flush()
-    env = dict(os.environ)
-    if QUIET_GRPC:
-        env.pop("GRPC_VERBOSITY", None)  # the daemons' logs keep gRPC's own errors
-    os.execve(sys.executable, argv, env)
+    os.execve(sys.executable, argv, daemon_env())
 
 
 # --- daemons ------------------------------------------------------------------------------

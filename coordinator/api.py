@@ -278,7 +278,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ListRuns(
         self, request: coordinator_pb2.ListRunsRequest, context: Any
     ) -> coordinator_pb2.ListRunsReply:
-        limit = request.limit if 0 < request.limit <= 1000 else 20
+        limit = min(request.limit, 1000) if request.limit > 0 else 20
         names = self.rec.node_names()
         return coordinator_pb2.ListRunsReply(
             runs=[run_to_pb(r, names, with_jobs=False) for r in self.rec.store.list_runs(limit)]

@@ -41,7 +41,8 @@ def _keypair(ca: CertificateAuthority, directory: str, issue: Callable[[], KeyPa
 
     d = Path(directory)
     key, cert = d / "key.pem", d / "cert.pem"
-    if key.exists() and cert.exists():
+    ca_file = d / "ca.pem"
+    if key.exists() and cert.exists() and ca_file.exists() and ca_file.read_bytes() == ca.cert_pem:
         return KeyPair(key.read_bytes(), cert.read_bytes())
     pair = issue()
     write_private(key, pair.key_pem)
@@ -169,6 +170,7 @@ class Coordinator:
             await join.stop(grace=0)
             if discovery:
                 await discovery.stop()
+            await self.rec.close()  # background calls first: none may record a closing link as a failure
             for link in list(self.rec.links.values()):
                 await link.close()
             self.store.close()

@@ -81,7 +81,7 @@ def push_base(path: str, remote: str, ref: str, from_working_tree: bool, run_id:
     try:
         url = resolve_url(repo, remote or "origin")
         try:
-            if not repo.head.is_valid() and not ref:
+            if not repo.head.is_valid() and ref in ("", "HEAD"):
                 raise RepoError(f"the repository {repo.working_dir} has no commits yet")
             base = repo.commit(ref or "HEAD").hexsha
             repo.git.cat_file("-e", f"{base}^{{commit}}")  # a well-formed id is not yet a commit

@@ -173,8 +173,9 @@ class NodeLink:
                 raise NodeCallError("session closed at once")
             self._channel, self._stub, self.address = channel, stub, address
             self.last_error = ""
-            self._on_event(self.node_id, first)
+            # "up" first: it reconciles the node (once); the heartbeat then only refreshes facts.
             await self._on_state(self.node_id, "up", address)
+            self._on_event(self.node_id, first)
             while True:
                 event = await call.read()
                 if not isinstance(event, node_pb2.NodeEvent):

@@ -162,6 +162,13 @@ class Reconciler:
     def wake(self) -> None:
         self._wake.set()
 
+    async def close(self) -> None:
+        """Stop background calls (dispatches, acks, cancels) before the links close. What
+        they would have recorded is found again from the store and the nodes at restart."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     # --- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -183,6 +190,10 @@ class Reconciler:
             state = liveness(entry, now, self.config.unreachable_after_s, self.config.lost_after_s)
             if state != entry.state:
                 self._set_state(entry, state)
+            elif state == "lost" and entry.reservations:
+                self._give_up(entry)  # what a failed write left behind last time
+        for run_id in [r.id for r in self.runs.values() if all(j.status in JOB_FINAL for j in r.jobs)]:
+            self._maybe_finish_run(run_id)  # normally done at once; this retries a failed write
         queued = [j for j in self.jobs.values() if j.status == "queued" and self._held.get(j.id, 0) <= now]
         if not queued:
             return
@@ -256,16 +267,20 @@ class Reconciler:
         log.info("node %s (%s): %s -> %s", entry.name, entry.id, entry.state, state)
         entry.state = state
         if state == "lost":
-            for attempt_id in list(entry.reservations):
-                if attempt_id in self.attempts:
-                    job, attempt = self.attempts[attempt_id]
-                    self._finish_attempt(
-                        job,
-                        attempt,
-                        Result(status="lost", node_id=entry.id, error=f"node {entry.name} was lost"),
-                    )
+            self._give_up(entry)
         if state == "online":
             self.wake()
+
+    def _give_up(self, entry: NodeEntry) -> None:
+        """End every attempt a lost node holds, so its jobs can be retried elsewhere."""
+        for attempt_id in list(entry.reservations):
+            if attempt_id in self.attempts:
+                job, attempt = self.attempts[attempt_id]
+                self._finish_attempt(
+                    job, attempt, Result(status="lost", node_id=entry.id, error=f"node {entry.name} was lost")
+                )
+            else:
+                entry.reservations.pop(attempt_id, None)
 
     # --- dispatch -------------------------------------------------------------------------
 
@@ -554,6 +569,15 @@ class Reconciler:
         active and its result is taken again on the node's next report."""
         if result.status not in JOB_FINAL:  # a node's word, checked like any input
             result = replace(result, status="failed", error=f"node reported status {result.status!r}")
+        if job.attempts and job.attempts[-1] is not attempt:
+            # An older attempt ending late (resent, lost then back) never drives the job.
+            attempt.status, attempt.finished_at, attempt.error = result.status, self.wall(), result.error
+            self.store.save_attempt(job, attempt, result)
+            self.attempts.pop(attempt.id, None)
+            self._release(attempt)
+            return
+        saved_attempt = (attempt.status, attempt.finished_at, attempt.error)
+        saved_job = (job.status, job.node_id, job.updated_at, job.wait_reason, job.result, job.branch)
         now = self.wall()
         attempt.status = result.status
         attempt.finished_at = result.finished_at or now
@@ -571,7 +595,14 @@ class Reconciler:
             status = "cancelled" if job.cancel_requested and result.status != "success" else result.status
             job.status, job.result, job.updated_at = status, replace(result, status=status), now
             job.branch = result.branch
-        self.store.save_attempt(job, attempt, result)
+        try:
+            self.store.save_attempt(job, attempt, result)
+        except Exception:
+            # Nothing changed, then: the attempt stays active and is ended again when the
+            # node reports next (or the node is found lost again on a later tick).
+            attempt.status, attempt.finished_at, attempt.error = saved_attempt
+            job.status, job.node_id, job.updated_at, job.wait_reason, job.result, job.branch = saved_job
+            raise
         self.attempts.pop(attempt.id, None)
         self._log_lines.pop(attempt.id, None)
         self._release(attempt)

@@ -123,7 +123,7 @@ class _LineReader(asyncio.Protocol):
         self._partial.clear()
         self._overflow = False
         self._pending.append(line)
-        self._pending_bytes += len(line)
+        self._pending_bytes += len(line.encode())
         self.tail.append(line)
         if len(self._pending) >= _BATCH_LINES or self._pending_bytes >= _BATCH_BYTES:
             self.flush()

@@ -51,3 +51,36 @@ def test_down_never_signals_a_process_that_is_not_ours(tmp_path: Path) -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_local_fleet_survives_a_coordinator_reset_and_keeps_grpc_quiet_to_itself(tmp_path: Path) -> None:
+    import shutil
+
+    fleet = Fleet(tmp_path / "home")
+    assert fleet.flota("up", "--local", "1", "--detach", timeout=120).returncode == 0
+    assert fleet.flota("down").returncode == 0
+    shutil.rmtree(fleet.home / "coordinator")  # a new CA: the enrolled node must join again
+    env = {k: v for k, v in fleet.env.items() if k != "GRPC_VERBOSITY"}  # the user set none
+    up = subprocess.run(
+        [fleet.python, "-m", "cli", "up", "--local", "1", "--detach"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    try:
+        assert up.returncode == 0, up.stderr + up.stdout
+        result = subprocess.run(
+            [fleet.python, "-m", "cli", "run", "--follow", "env | grep -c GRPC_VERBOSITY || true"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        log = fleet.flota("status").stdout.split()
+        run_id = next(word for word in log if word.startswith("r") and len(word) == 7)
+        job_log = fleet.flota("logs", f"{run_id}.1").stdout
+        assert job_log.strip() == "0"  # the CLI's own gRPC quiet did not reach the job
+    finally:
+        fleet.flota("down")

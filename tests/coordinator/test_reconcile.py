@@ -1067,3 +1067,51 @@ def test_a_run_whose_jobs_all_ended_is_finished_on_load(h: Harness, tmp_path: Pa
         assert h.stored_run(run.id).status == "success"
 
     asyncio.run(scenario())
+
+
+def test_a_failed_write_at_a_refusal_changes_nothing_and_never_runs_a_job_twice(h: Harness) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        link.start_replies = [node_pb2.StartJobReply(accepted=False, reason=BUSY)]
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        real = h.store.save_attempt
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise StoreError("database error: disk I/O error")
+
+        h.store.save_attempt = broken  # type: ignore[method-assign]
+        h.step()
+        await until(lambda: link.starts, "the first StartJob")
+        await idle()
+        h.store.save_attempt = real  # type: ignore[method-assign]
+        assert job.status == "dispatching" and [a.status for a in job.attempts] == ["dispatching"]
+        h.clock.advance(2.0)
+        h.step()
+        await idle()
+        assert len(link.starts) == 1 and len(job.attempts) == 1  # no second attempt beside the first
+
+    asyncio.run(scenario())
+
+
+def test_a_run_whose_finish_failed_to_store_is_finished_on_a_later_tick(h: Harness) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        run = make_run()
+        h.rec.submit(run)
+        job = run.jobs[0]
+        await _dispatched(h, link)
+
+        def locked(*args: object, **kwargs: object) -> None:
+            raise StoreError("database error: database is locked")
+
+        h.store.finish_run = locked  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "success"))
+        del h.store.finish_run
+        assert run.id in h.rec.runs
+        h.step()
+        assert run.id not in h.rec.runs and h.stored_run(run.id).status == "success"
+
+    asyncio.run(scenario())
