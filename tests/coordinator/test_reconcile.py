@@ -9,7 +9,7 @@ spawned tasks are driven with `until()` / `idle()`, time moves with `clock.advan
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -891,10 +891,13 @@ def test_hints_are_taken_only_for_enrolled_ids_and_issued_certificates(
 # --- 13. regressions from the second review ----------------------------------------------------
 
 
-async def _dispatched(h: Harness, link: FakeLink, n: int = 1) -> None:
-    h.step()
-    await until(lambda: len(link.starts) >= n)
-    await idle()
+def _failing(message: str) -> Callable[..., None]:
+    """A store method that fails the way a full or locked disk does."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise StoreError(f"database error: {message}")
+
+    return fail
 
 
 def test_an_mdns_goodbye_never_stops_work_going_to_a_connected_node(h: Harness) -> None:
@@ -903,7 +906,7 @@ def test_an_mdns_goodbye_never_stops_work_going_to_a_connected_node(h: Harness) 
         h.rec.goodbye("nA")  # what a (forgeable) mDNS removal triggers
         run = make_run()
         h.rec.submit(run)
-        await _dispatched(h, link)
+        await dispatch(h, link)
         assert run.jobs[0].status == "dispatching"
         # The node's own goodbye over mTLS does stop new work.
         h.rec.goodbye("nA", leaving=True)
@@ -920,11 +923,7 @@ def test_an_mdns_goodbye_never_stops_work_going_to_a_connected_node(h: Harness) 
 def test_a_result_status_the_node_should_never_send_fails_the_attempt(h: Harness, status: str) -> None:
     async def scenario() -> None:
         link = h.node("nA", "node-a")
-        run = make_run()
-        h.rec.submit(run)
-        job = run.jobs[0]
-        await _dispatched(h, link)
-        h.rec.on_event("nA", started(job.id, job.attempts[0].id))
+        run, job = await run_on(h, link)
         h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, status))
         assert job.status == h.stored(job).status == "failed"
         assert "node reported status" in job.attempts[0].error
@@ -939,7 +938,7 @@ def test_log_lines_go_to_the_job_of_the_attempt_whatever_the_node_names(h: Harne
         run = make_run()
         h.rec.submit(run)
         job = run.jobs[0]
-        await _dispatched(h, link)
+        await dispatch(h, link)
         h.rec.on_event("nA", log_lines("rOTHER.1", job.attempts[0].id, ["forged line"]))
         assert h.store.logs("rOTHER.1") == []
         assert [line for _, _, line in h.store.logs(job.id)] == ["forged line"]
@@ -959,7 +958,7 @@ def test_refusals_are_bounded_and_leave_no_hold_behind(h: Harness) -> None:
         job = run.jobs[0]
         for i in range(MAX_REFUSALS):
             h.rec.on_event("nA", heartbeat("nA", "node-a"))
-            await _dispatched(h, link, i + 1)
+            await dispatch(h, link, i + 1)
             h.clock.advance(1.0)
         assert job.status == h.stored(job).status == "failed"
         assert len(h.stored(job).attempts) == MAX_REFUSALS
@@ -971,12 +970,8 @@ def test_refusals_are_bounded_and_leave_no_hold_behind(h: Harness) -> None:
 def test_a_cancel_the_node_never_heard_is_sent_again_on_reconnect(h: Harness) -> None:
     async def scenario() -> None:
         link = h.node("nA", "node-a")
-        run = make_run()
-        h.rec.submit(run)
-        job = run.jobs[0]
-        await _dispatched(h, link)
+        run, job = await run_on(h, link)
         attempt_id = job.attempts[0].id
-        h.rec.on_event("nA", started(job.id, attempt_id))
         link.cancel_error = NodeCallError(
             "CancelJob failed: the connection closed", grpc.StatusCode.UNAVAILABLE
         )
@@ -999,15 +994,13 @@ def test_a_failed_store_write_at_dispatch_leaves_the_job_queued(h: Harness) -> N
         job = run.jobs[0]
         real = h.store.add_attempt
 
-        def locked(*args: object, **kwargs: object) -> None:
-            raise StoreError("database error: database is locked")
-
+        locked = _failing("database is locked")
         h.store.add_attempt = locked  # type: ignore[method-assign]
         with pytest.raises(StoreError):
             h.rec.tick()
         assert (job.status, job.attempts, h.rec.attempts) == ("queued", [], {})
         h.store.add_attempt = real  # type: ignore[method-assign]
-        await _dispatched(h, link)
+        await dispatch(h, link)
         assert job.status == h.stored(job).status == "dispatching"
 
     asyncio.run(scenario())
@@ -1016,17 +1009,11 @@ def test_a_failed_store_write_at_dispatch_leaves_the_job_queued(h: Harness) -> N
 def test_a_failed_store_write_of_a_result_is_not_acked_and_is_taken_again(h: Harness) -> None:
     async def scenario() -> None:
         link = h.node("nA", "node-a")
-        run = make_run()
-        h.rec.submit(run)
-        job = run.jobs[0]
-        await _dispatched(h, link)
+        run, job = await run_on(h, link)
         attempt_id = job.attempts[0].id
-        h.rec.on_event("nA", started(job.id, attempt_id))
         real = h.store.save_attempt
 
-        def broken(*args: object, **kwargs: object) -> None:
-            raise StoreError("database error: disk I/O error")
-
+        broken = _failing("disk I/O error")
         h.store.save_attempt = broken  # type: ignore[method-assign]
         with pytest.raises(StoreError):
             h.rec.on_event("nA", result_event(job.id, attempt_id, "success"))
@@ -1047,15 +1034,9 @@ def test_a_failed_store_write_of_a_result_is_not_acked_and_is_taken_again(h: Har
 def test_a_run_whose_jobs_all_ended_is_finished_on_load(h: Harness, tmp_path: Path) -> None:
     async def scenario() -> None:
         link = h.node("nA", "node-a")
-        run = make_run()
-        h.rec.submit(run)
-        job = run.jobs[0]
-        await _dispatched(h, link)
-        h.rec.on_event("nA", started(job.id, job.attempts[0].id))
+        run, job = await run_on(h, link)
 
-        def crash(*args: object, **kwargs: object) -> None:
-            raise StoreError("the process died here")
-
+        crash = _failing("the process died here")
         h.store.finish_run = crash  # type: ignore[method-assign]
         with pytest.raises(StoreError):
             h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "success"))
@@ -1078,9 +1059,7 @@ def test_a_failed_write_at_a_refusal_changes_nothing_and_never_runs_a_job_twice(
         job = run.jobs[0]
         real = h.store.save_attempt
 
-        def broken(*args: object, **kwargs: object) -> None:
-            raise StoreError("database error: disk I/O error")
-
+        broken = _failing("disk I/O error")
         h.store.save_attempt = broken  # type: ignore[method-assign]
         h.step()
         await until(lambda: link.starts, "the first StartJob")
@@ -1101,11 +1080,9 @@ def test_a_run_whose_finish_failed_to_store_is_finished_on_a_later_tick(h: Harne
         run = make_run()
         h.rec.submit(run)
         job = run.jobs[0]
-        await _dispatched(h, link)
+        await dispatch(h, link)
 
-        def locked(*args: object, **kwargs: object) -> None:
-            raise StoreError("database error: database is locked")
-
+        locked = _failing("database is locked")
         h.store.finish_run = locked  # type: ignore[method-assign]
         with pytest.raises(StoreError):
             h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "success"))
