@@ -489,6 +489,7 @@ class Reconciler:
             return
         if state == "up":
             entry.goodbye_at, entry.leaving = 0.0, False
+            entry.last_seen, entry.last_seen_wall = self.clock(), self.wall()  # it just answered
             if entry.state != "online":
                 self._set_state(entry, "online")
             self.store.node_seen(node_id, entry.name, detail, self.wall())
