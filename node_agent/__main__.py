@@ -34,6 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--slots", type=int)
     start.add_argument("--heartbeat", type=float)
     start.add_argument("--no-mdns", action="store_true")
+    start.add_argument(
+        "--unreachable-after", type=float, help="seconds of silence before the coordinator says unreachable"
+    )
+    start.add_argument(
+        "--lost-after", type=float, help="seconds before the coordinator gives this node's jobs up"
+    )
+    start.add_argument(
+        "--stop-after-disconnect",
+        type=float,
+        help="cut off from the coordinator this long, stop jobs and push their work (0: never; 600)",
+    )
     start.add_argument("--coordinator", help="the coordinator's API HOST:PORT, if it moved since the join")
     start.add_argument("--json", action="store_true", help="print the ready line as JSON")
     join = sub.add_parser("join", help="enroll this node with a coordinator")
@@ -92,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             slots=args.slots,
             heartbeat_s=args.heartbeat,
             mdns=False if args.no_mdns else None,
+            unreachable_after_s=args.unreachable_after,
+            lost_after_s=args.lost_after,
+            stop_after_disconnect_s=args.stop_after_disconnect,
         )
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))

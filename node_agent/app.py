@@ -78,6 +78,8 @@ class NodeDaemon:
             slots=self.config.slots,
             addresses=self.addresses,
             running=self.runner.running,
+            unreachable_after_s=self.config.unreachable_after_s,
+            lost_after_s=self.config.lost_after_s,
             facts=types_pb2.Facts(
                 cpu_count=f.cpu_count,
                 load_1m=f.load_1m,
@@ -144,6 +146,26 @@ class NodeDaemon:
                 if announcer:
                     await self._announce(announcer.update, addresses)
 
+    async def _disconnect_loop(self) -> None:
+        """Cut off from every coordinator for stop_after_disconnect_s: stop the jobs and
+        push their work in progress, rather than run on for a result nobody may take."""
+        limit = self.config.stop_after_disconnect_s
+        loop = asyncio.get_running_loop()
+        alone_since: float | None = loop.time()
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            if self.hub.listening:
+                alone_since = None
+                continue
+            now = loop.time()
+            if alone_since is None:
+                alone_since = now
+            elif now - alone_since >= limit and self.runner.active:
+                stopped = self.runner.stop_all(
+                    "partial", f"stopped after {limit:g} s cut off from the coordinator"
+                )
+                log.warning("no coordinator for %.0f s: stopping %d jobs", now - alone_since, stopped)
+
     async def _announce(
         self, step: Callable[[list[str], int], Awaitable[None]], addresses: list[str]
     ) -> None:
@@ -176,6 +198,7 @@ class NodeDaemon:
             raise ConfigError(f"cannot listen on {listen}: address in use or not available") from exc
         if not self.port:
             raise ConfigError(f"cannot listen on {listen}: address in use or not available")
+        self.runner.resume()  # jobs a previous daemon left running: found again, not restarted
         await server.start()
         self.addresses = listen_addresses(cfg.listen_host, self.port, self.ifaces)
         state = {
@@ -206,6 +229,8 @@ class NodeDaemon:
                 tg.create_task(self._register_loop(channel)),
                 tg.create_task(self._watch_loop(announcer)),
             ]
+            if cfg.stop_after_disconnect_s > 0:
+                tasks.append(tg.create_task(self._disconnect_loop()))
             if announcer:
                 tg.create_task(self._announce(announcer.start, self.addresses))
             await stop.wait()

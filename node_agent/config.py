@@ -30,6 +30,13 @@ class NodeConfig:
     heartbeat_s: float = 1.0
     mdns: bool = True
     kill_grace_s: float = 5.0
+    # Asked of the coordinator for this node (0: its defaults): a laptop that sleeps
+    # may want a long grace before its jobs are given up.
+    unreachable_after_s: float = 0.0
+    lost_after_s: float = 0.0
+    # Cut off from the coordinator this long, the node stops its jobs and pushes their
+    # work in progress (status partial); 0: never.
+    stop_after_disconnect_s: float = 600.0
 
 
 def default_state_dir() -> Path:
@@ -64,6 +71,9 @@ def load_config(
     slots: int | None = None,
     heartbeat_s: float | None = None,
     mdns: bool | None = None,
+    unreachable_after_s: float | None = None,
+    lost_after_s: float | None = None,
+    stop_after_disconnect_s: float | None = None,
 ) -> NodeConfig:
     file: dict[str, Any] = {}
     path = state_dir / "node.toml"
@@ -84,6 +94,17 @@ def load_config(
         from_file = {str(k): str(v) for k, v in dict(file.get("labels", {})).items()}
         slots = slots if slots is not None else int(file.get("slots", 1))
         heartbeat = heartbeat_s if heartbeat_s is not None else float(file.get("heartbeat_s", 1.0))
+        unreachable = (
+            unreachable_after_s
+            if unreachable_after_s is not None
+            else float(file.get("unreachable_after_s", 0.0))
+        )
+        lost = lost_after_s if lost_after_s is not None else float(file.get("lost_after_s", 0.0))
+        disconnect = (
+            stop_after_disconnect_s
+            if stop_after_disconnect_s is not None
+            else float(file.get("stop_after_disconnect_s", 600.0))
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value in {path}: {exc}") from exc
     merged = parse_labels([f"{k}={v}" for k, v in from_file.items()])
@@ -92,6 +113,12 @@ def load_config(
         raise ConfigError(f"invalid slots {slots} (1 to 256)")
     if not 0.1 <= heartbeat <= 60:
         raise ConfigError("heartbeat must be between 0.1 and 60 seconds")
+    if unreachable and not 0.5 <= unreachable <= 3600:
+        raise ConfigError("unreachable-after must be between 0.5 and 3600 seconds (0: the coordinator's)")
+    if lost and not 1 <= lost <= 7 * 86400:
+        raise ConfigError("lost-after must be between 1 second and 7 days (0: the coordinator's)")
+    if not 0 <= disconnect <= 7 * 86400:
+        raise ConfigError("stop-after-disconnect must be between 0 (never) and 7 days")
     return NodeConfig(
         state_dir=state_dir,
         name=name,
@@ -103,4 +130,7 @@ def load_config(
         slots=slots,
         heartbeat_s=heartbeat,
         mdns=mdns if mdns is not None else bool(file.get("mdns", True)),
+        unreachable_after_s=unreachable,
+        lost_after_s=lost,
+        stop_after_disconnect_s=disconnect,
     )

@@ -1,21 +1,32 @@
 """What a node has been asked to run, on disk, until the coordinator has the result.
 
-`<state>/jobs/<attempt>/spec.pb` is written before the job starts, `result.pb` when it
-ends; the directory goes away when the coordinator acknowledges the result. So a
-result produced while the coordinator was away is still there when it comes back.
+One directory per attempt, ``<state>/jobs/<attempt>/``:
+
+    spec.pb    written before anything runs
+    proc       "pid create_time spawned_at" once the job's process started
+    output     the job's output (stdout and stderr), appended by the job itself
+    exit       the command's exit status, written by its wrapper when it ends
+    offset     how far into ``output`` the daemon has published lines
+    stop       "reason detail" once someone asked the job to stop
+    result.pb  the result, once the attempt is over
+
+The directory goes away when the coordinator acknowledges the result. So a job keeps
+running through a daemon restart, and a result produced while the coordinator was away
+is still there when it comes back.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
 from protos.flota.v1 import types_pb2
 
-__all__ = ["Journal"]
+__all__ = ["Entry", "Journal"]
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -24,38 +35,71 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journaled attempt as found on disk."""
+
+    spec: types_pb2.JobSpec
+    result: types_pb2.JobResult | None
+    pid: int = 0  # 0: its process never started
+    create_time: float = 0.0
+    spawned_at: float = 0.0
+    exit_code: int | None = None
+    offset: int = 0
+    stop: str = ""
+    stop_detail: str = ""
+
+
 class Journal:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def _dir(self, attempt_id: str) -> Path:
+    def dir(self, attempt_id: str) -> Path:
         return self.root / attempt_id
 
     def begin(self, spec: types_pb2.JobSpec) -> None:
-        d = self._dir(spec.attempt_id)
+        d = self.dir(spec.attempt_id)
         d.mkdir(exist_ok=True, mode=0o700)
         _write(d / "spec.pb", spec.SerializeToString())
 
-    def started(self, attempt_id: str, process_group: int) -> None:
-        _write(self._dir(attempt_id) / "pgid", str(process_group).encode())
+    def spawned(self, attempt_id: str, pid: int, create_time: float, spawned_at: float) -> None:
+        _write(self.dir(attempt_id) / "proc", f"{pid} {create_time!r} {spawned_at!r}".encode())
 
-    def process_group(self, attempt_id: str) -> int:
-        """The process group an unfinished attempt ran in, or 0 when unknown."""
+    def stopping(self, attempt_id: str, reason: str, detail: str) -> None:
+        _write(self.dir(attempt_id) / "stop", f"{reason} {detail}".encode())
+
+    def published(self, attempt_id: str, offset: int) -> None:
+        _write(self.dir(attempt_id) / "offset", str(offset).encode())
+
+    def output(self, attempt_id: str) -> Path:
+        return self.dir(attempt_id) / "output"
+
+    def exit_file(self, attempt_id: str) -> Path:
+        return self.dir(attempt_id) / "exit"
+
+    def exit_code(self, attempt_id: str) -> int | None:
         try:
-            return int((self._dir(attempt_id) / "pgid").read_text())
-        except (OSError, ValueError):
-            return 0
+            return int(_read(self.exit_file(attempt_id)))
+        except ValueError:
+            return None
 
     def finish(self, result: types_pb2.JobResult) -> None:
-        _write(self._dir(result.attempt_id) / "result.pb", result.SerializeToString())
+        _write(self.dir(result.attempt_id) / "result.pb", result.SerializeToString())
 
     def forget(self, attempt_id: str) -> None:
         if attempt_id and "/" not in attempt_id and attempt_id not in (".", ".."):
-            shutil.rmtree(self._dir(attempt_id), ignore_errors=True)
+            shutil.rmtree(self.dir(attempt_id), ignore_errors=True)
 
-    def entries(self) -> list[tuple[types_pb2.JobSpec, types_pb2.JobResult | None]]:
-        """Every journaled attempt: (spec, result or None while unfinished)."""
+    def entries(self) -> list[Entry]:
+        """Every journaled attempt, oldest name first; unreadable ones are skipped."""
         found = []
         for d in sorted(self.root.iterdir()):
             try:
@@ -68,5 +112,28 @@ class Journal:
                     result = types_pb2.JobResult.FromString((d / "result.pb").read_bytes())
                 except (OSError, ValueError, DecodeError):
                     result = None
-            found.append((spec, result))
+            pid, create_time, spawned_at = 0, 0.0, 0.0
+            try:
+                a, b, c = _read(d / "proc").split()
+                pid, create_time, spawned_at = int(a), float(b), float(c)
+            except ValueError:
+                pass
+            try:
+                offset = int(_read(d / "offset") or 0)
+            except ValueError:
+                offset = 0
+            reason, _, detail = _read(d / "stop").partition(" ")
+            found.append(
+                Entry(
+                    spec,
+                    result,
+                    pid,
+                    create_time,
+                    spawned_at,
+                    self.exit_code(spec.attempt_id),
+                    offset,
+                    reason,
+                    detail,
+                )
+            )
         return found

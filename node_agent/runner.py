@@ -1,8 +1,15 @@
-"""Runs attempts: workspace -> agent -> commit -> push, one asyncio task each.
+"""Runs attempts: performs what node_agent.lifecycle decides, and feeds back what happens.
 
-Each attempt is journaled before it starts and its result when it ends, and every
-step's failure becomes a result with a one-line error instead of an exception: the
-daemon keeps serving whatever one job does.
+Each attempt has one driver task and one event queue. Everything that happens to an
+attempt (git finished preparing, the process ended, a cancel, a timeout, the kill grace
+passed, the commit was pushed) is an event on that queue; the driver hands it to the
+pure ``lifecycle.step`` and performs the actions it returns. Slow work (git) runs in a
+thread and reports back as an event, so a cancel is never stuck behind it.
+
+Jobs outlive the daemon: their processes run in their own sessions with output to a
+file (see agents.shell). A restarted daemon reads its journal, finds each job again,
+and goes on from where the journal says it was. Every failure becomes a result with
+a one-line error, never an exception out of the runner.
 """
 
 from __future__ import annotations
@@ -16,27 +23,45 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
-from node_agent.agents.shell import ShellError, run_shell
+from node_agent import lifecycle as lc
+from node_agent.agents.shell import (
+    JobProcess,
+    OutputTail,
+    ShellError,
+    attach,
+    describe_exit,
+    kill_escaped,
+    signal_group,
+    spawn,
+)
 from node_agent.hub import Hub
-from node_agent.journal import Journal
-from node_agent.workspace import Workspace, WorkspaceError
+from node_agent.journal import Entry, Journal
+from node_agent.workspace import CommitOutcome, Workspace, WorkspaceError
 from protos.flota.v1 import node_pb2, types_pb2
 
 __all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
-LOG_TAIL_LINES = 40
-
 
 @dataclass
-class _Active:
+class _Attempt:
     spec: types_pb2.JobSpec
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    state: lc.State
+    started_at: float  # wall clock, when the node accepted it
+    events: asyncio.Queue[lc.Event] = field(default_factory=asyncio.Queue)
+    cwd: Path | None = None
+    proc: JobProcess | None = None
+    spawned_at: float = 0.0
+    tail: OutputTail | None = None
+    commit: CommitOutcome | None = None
     task: asyncio.Task[None] | None = None
-    started_at: float = 0.0
+    helpers: set[asyncio.Task[None]] = field(default_factory=set)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.spec.attempt_id
 
 
 class Runner:
@@ -57,44 +82,82 @@ class Runner:
         self.hub = hub
         self._slots = slots
         self.kill_grace_s = kill_grace_s
-        self.active: dict[str, _Active] = {}
+        self.active: dict[str, _Attempt] = {}
         self.finished: dict[str, types_pb2.JobResult] = {}  # attempt id -> result not yet acked
         self._stopping = False
         self.closing = False  # the daemon is stopping: accept nothing new
-        for spec, result in journal.entries():
-            if result is not None:
-                self.finished[spec.attempt_id] = result
+        self._recovered: list[Entry] = []
+        for entry in journal.entries():
+            if entry.result is not None:
+                self.finished[entry.spec.attempt_id] = entry.result
             else:
-                # The daemon died while this ran. Its job runs in its own session, so it
-                # may still be alive: stop it, so that a retry never runs beside it.
-                _kill_job_group(journal.process_group(spec.attempt_id), spec.attempt_id)
-                lost = self._result(spec, "lost", time.time(), error="the node daemon restarted mid-job")
-                journal.finish(lost)
-                self.finished[spec.attempt_id] = lost
+                self._recovered.append(entry)
 
     @property
     def running(self) -> int:
-        return len(self.active)
+        return len(self.active) + len(self._recovered)
+
+    def resume(self) -> None:
+        """Take back the attempts a previous daemon left unfinished (needs the loop)."""
+        for entry in self._recovered:
+            self._resume(entry)
+        self._recovered.clear()
+
+    def _resume(self, entry: Entry) -> None:
+        spec = entry.spec
+        proc = attach(entry.pid, entry.create_time) if entry.pid else None
+        state, actions = lc.recovered(
+            spec.attempt_id,
+            spec.HasField("repo"),
+            spawned=entry.pid > 0,
+            alive=proc is not None,
+            exit_code=entry.exit_code,
+            stop=entry.stop,
+            stop_detail=entry.stop_detail,
+        )
+        a = _Attempt(spec, state, started_at=entry.spawned_at or time.time())
+        a.proc, a.spawned_at = proc, entry.spawned_at
+        if entry.pid:
+            a.cwd = self._cwd(spec)
+            a.tail = self._tail(a, entry.offset)
+            if proc is not None:
+                a.tail.start()
+                self._watch(a)
+                self._arm_timeout(a)
+        log.info("resumed %s: %s%s", a.id, state.phase, " (process alive)" if proc else "")
+        self._launch(a, actions)
+
+    # --- requests ----------------------------------------------------------------------
 
     def start(self, spec: types_pb2.JobSpec) -> tuple[bool, str]:
         if spec.attempt_id in self.active or spec.attempt_id in self.finished:
             return True, "already known"
         if self.closing or self._stopping:
             return False, "the node is stopping"
-        if len(self.active) >= self._slots():
-            return False, f"no free slot ({len(self.active)} of {self._slots()} busy)"
-        active = _Active(spec, started_at=time.time())
+        if self.running >= self._slots():
+            return False, f"no free slot ({self.running} of {self._slots()} busy)"
         self.journal.begin(spec)
-        self.active[spec.attempt_id] = active
-        active.task = asyncio.get_running_loop().create_task(self._run(active), name=spec.attempt_id)
+        a = _Attempt(spec, lc.State(spec.attempt_id, spec.HasField("repo")), started_at=time.time())
+        self.hub.publish(
+            started=node_pb2.JobStarted(
+                job_id=spec.job_id, attempt_id=spec.attempt_id, started_at=a.started_at
+            )
+        )
+        self._launch(a, [lc.Prepare()])
         return True, ""
 
     def cancel(self, attempt_id: str) -> bool:
-        active = self.active.get(attempt_id)
-        if active is None:
+        a = self.active.get(attempt_id)
+        if a is None:
             return False
-        active.cancel.set()
+        a.events.put_nowait(lc.Stop("cancelled"))
         return True
+
+    def stop_all(self, reason: str, detail: str = "") -> int:
+        """Stop every running attempt for `reason` (lifecycle.STOP_STATUS)."""
+        for a in self.active.values():
+            a.events.put_nowait(lc.Stop(reason, detail))
+        return len(self.active)
 
     def ack(self, attempt_ids: list[str]) -> None:
         for attempt_id in attempt_ids:
@@ -103,6 +166,7 @@ class Runner:
 
     def jobs(self) -> list[node_pb2.NodeJob]:
         out = [node_pb2.NodeJob(spec=a.spec, state="running") for a in self.active.values()]
+        out += [node_pb2.NodeJob(spec=e.spec, state="running") for e in self._recovered]
         out += [
             node_pb2.NodeJob(
                 spec=types_pb2.JobSpec(job_id=r.job_id, attempt_id=r.attempt_id), state="finished", result=r
@@ -112,134 +176,238 @@ class Runner:
         return out
 
     def cleanup(self, run_id: str) -> int:
-        busy = {a.spec.attempt_id for a in self.active.values() if a.spec.run_id == run_id}
+        busy = {a.id for a in self.active.values() if a.spec.run_id == run_id}
         return self.workspace.remove_run(run_id, keep=busy)
 
     async def stop(self) -> None:
         """Stop every running attempt and journal its result as lost (not cancelled: the
         user did not ask, so the coordinator may retry it elsewhere)."""
         self._stopping = True
-        for active in self.active.values():
-            active.cancel.set()
+        self.stop_all("lost")
         tasks = [a.task for a in self.active.values() if a.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    # --- one attempt ------------------------------------------------------------------
+    # --- the driver ----------------------------------------------------------------------
 
-    def _result(
-        self, spec: types_pb2.JobSpec, status: str, started: float, **fields: object
-    ) -> types_pb2.JobResult:
-        now = time.time()
-        return types_pb2.JobResult(
-            job_id=spec.job_id,
-            attempt_id=spec.attempt_id,
-            status=status,
-            started_at=started,
-            finished_at=now,
-            duration_s=now - started,
-            node_id=self.node_id,
-            model=spec.model,
-            **fields,  # type: ignore[arg-type]
-        )
+    def _launch(self, a: _Attempt, actions: list[lc.Action]) -> None:
+        self.active[a.id] = a
+        a.task = asyncio.get_running_loop().create_task(self._drive(a, actions), name=a.id)
 
-    async def _run(self, active: _Active) -> None:
-        spec = active.spec
+    async def _drive(self, a: _Attempt, actions: list[lc.Action]) -> None:
         try:
-            result = await self._attempt(active)
+            while True:
+                for action in actions:
+                    await self._perform(a, action)
+                if a.state.phase == "finished":
+                    return
+                event = await a.events.get()
+                before = a.state.stop
+                a.state, actions = lc.step(a.state, event)
+                if a.state.stop != before:
+                    self._journal(self.journal.stopping, a.id, a.state.stop, a.state.stop_detail)
         except Exception as exc:  # a bug here must not take the daemon down
-            log.exception("attempt %s crashed", spec.attempt_id)
-            result = self._result(spec, "failed", active.started_at, error=f"internal error: {exc}")
-        result.log_lines_lost = self.hub.take_gap(spec.attempt_id)
-        try:
-            self.journal.finish(result)
-        except OSError as exc:  # disk full: still report it; only a restart would lose it
-            log.error("cannot journal the result of %s: %s", spec.attempt_id, exc)
-        self.finished[spec.attempt_id] = result
-        del self.active[spec.attempt_id]
-        self.hub.publish(result=result)
+            log.exception("attempt %s crashed", a.id)
+            if a.proc is not None:
+                signal_group(a.proc.group, signal.SIGKILL)
+            await self._finish(a, lc.Finish("failed", f"internal error: {exc}", a.state.exit_code))
+        finally:
+            for timer in a.timers:
+                timer.cancel()
+            for helper in a.helpers:
+                helper.cancel()
 
-    async def _attempt(self, active: _Active) -> types_pb2.JobResult:
-        spec, started = active.spec, active.started_at
-        self.hub.publish(
-            started=node_pb2.JobStarted(job_id=spec.job_id, attempt_id=spec.attempt_id, started_at=started)
-        )
-        repo = spec.repo if spec.HasField("repo") else None
+    async def _perform(self, a: _Attempt, action: lc.Action) -> None:
+        if isinstance(action, lc.Prepare):
+            self._helper(a, self._prepare(a, action.fresh))
+        elif isinstance(action, lc.Spawn):
+            self._spawn(a)
+        elif isinstance(action, lc.Terminate):
+            if a.proc is not None:
+                signal_group(a.proc.group, signal.SIGTERM)
+            a.timers.append(
+                asyncio.get_running_loop().call_later(self.kill_grace_s, a.events.put_nowait, lc.GraceOver())
+            )
+        elif isinstance(action, lc.Kill):
+            if a.proc is not None:
+                signal_group(a.proc.group, signal.SIGKILL)
+            if a.state.stop:  # a stopped job leaves nothing behind, not even what left its group
+                await asyncio.to_thread(kill_escaped, a.id)
+        elif isinstance(action, lc.Commit):
+            self._helper(a, self._commit(a, action.status))
+        elif isinstance(action, lc.Finish):
+            await self._finish(a, action)
+
+    def _helper(self, a: _Attempt, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        a.helpers.add(task)
+        task.add_done_callback(a.helpers.discard)
+
+    def _journal(self, write: Callable[..., None], *args: object) -> None:
         try:
-            if repo:
-                cwd = await asyncio.to_thread(
+            write(*args)
+        except OSError as exc:  # disk full: go on; only a daemon restart would miss it
+            log.error("cannot journal %s: %s", args[0], exc)
+
+    # --- actions -------------------------------------------------------------------------
+
+    def _cwd(self, spec: types_pb2.JobSpec) -> Path:
+        if spec.HasField("repo"):
+            return self.workspace.worktree_path(spec.attempt_id)
+        return self.workspace.scratch_path(spec.attempt_id)
+
+    async def _prepare(self, a: _Attempt, fresh: bool) -> None:
+        spec = a.spec
+        try:
+            if spec.HasField("repo"):
+                if not fresh:  # a half-made worktree from before a restart
+                    await asyncio.to_thread(self.workspace.remove, spec.attempt_id)
+                repo = spec.repo
+                found = None
+                if spec.resume_branches:
+                    found = await asyncio.to_thread(
+                        self.workspace.find_resume, repo.url, repo.base_commit, list(spec.resume_branches)
+                    )
+                a.cwd = await asyncio.to_thread(
                     self.workspace.prepare,
                     repo.url,
                     repo.base_ref,
                     repo.base_commit,
                     spec.branch,
                     spec.attempt_id,
+                    found[1] if found else "",
                 )
+                if found:
+                    line = f"[flota: resuming from {found[0]} at {found[1][:12]}]"
+                    self.hub.log(spec.job_id, spec.attempt_id, [line])
             else:
-                cwd = self.workspace.scratch(spec.attempt_id)
+                a.cwd = await asyncio.to_thread(self.workspace.scratch, spec.attempt_id)
         except WorkspaceError as exc:
-            return self._result(spec, "failed", started, exit_code=-1, error=str(exc))
-        if active.cancel.is_set():  # cancelled (or the daemon stopping) while git prepared
-            status, error = (
-                ("lost", "the node daemon stopped") if self._stopping else ("cancelled", "cancelled")
+            a.events.put_nowait(lc.PrepareFailed(str(exc)))
+        except OSError as exc:  # the workspace directory itself: disk full, read-only
+            a.events.put_nowait(lc.PrepareFailed(f"cannot prepare the workspace: {exc.strerror or exc}"))
+        else:
+            a.events.put_nowait(lc.Prepared())
+
+    def _spawn(self, a: _Attempt) -> None:
+        assert a.cwd is not None
+        spec = a.spec
+        try:
+            a.proc = spawn(
+                spec.command,
+                a.cwd,
+                self._env(spec, a.cwd),
+                self.journal.output(a.id),
+                self.journal.exit_file(a.id),
             )
-            return self._result(spec, status, started, exit_code=-1, error=error)
+        except ShellError as exc:
+            a.events.put_nowait(lc.SpawnFailed(str(exc)))
+            return
+        except OSError as exc:  # the journal directory: disk full
+            a.events.put_nowait(lc.SpawnFailed(f"cannot start the job: {exc.strerror or exc}"))
+            return
+        a.spawned_at = time.time()
+        self._journal(self.journal.spawned, a.id, a.proc.pid, a.proc.create_time, a.spawned_at)
+        a.tail = self._tail(a, 0)
+        a.tail.start()
+        self._watch(a)
+        self._arm_timeout(a)
+
+    def _tail(self, a: _Attempt, offset: int) -> OutputTail:
+        spec = a.spec
 
         def on_lines(lines: list[str]) -> None:
             self.hub.log(spec.job_id, spec.attempt_id, lines)
 
-        try:
-            outcome = await run_shell(
-                spec.command,
-                cwd,
-                self._env(spec, cwd),
-                spec.timeout_s,
-                on_lines,
-                active.cancel,
-                grace_s=self.kill_grace_s,
-                on_start=lambda pgid: self.journal.started(spec.attempt_id, pgid),
-            )
-        except (ShellError, ValueError) as exc:  # cannot start: no shell, bad cwd, NUL in env
-            return self._result(spec, "failed", started, exit_code=-1, error=str(exc))
-        fields: dict[str, object] = {
-            "exit_code": outcome.exit_code,
-            "error": outcome.error,
-            "log_tail": outcome.log_tail,
+        def on_offset(offset: int) -> None:
+            self._journal(self.journal.published, a.id, offset)
+
+        return OutputTail(self.journal.output(a.id), offset, on_lines, on_offset)
+
+    def _watch(self, a: _Attempt) -> None:
+        proc = a.proc
+        assert proc is not None
+
+        async def watch() -> None:
+            code = await proc.wait()
+            recorded = self.journal.exit_code(a.id)  # the command's own status, if it got to write it
+            a.events.put_nowait(lc.Exited(recorded if recorded is not None else code))
+
+        self._helper(a, watch())
+
+    def _arm_timeout(self, a: _Attempt) -> None:
+        limit = a.spec.timeout_s
+        if limit > 0:
+            left = max(0.0, a.spawned_at + limit - time.time())
+            stop = lc.Stop("timeout", f"timed out after {limit:g} s")
+            a.timers.append(asyncio.get_running_loop().call_later(left, a.events.put_nowait, stop))
+
+    async def _commit(self, a: _Attempt, status: str) -> None:
+        spec = a.spec
+        if a.cwd is None:
+            a.cwd = self._cwd(spec)
+        trailers = {
+            "Flota-Job": spec.job_id,
+            "Flota-Attempt": spec.attempt_id,
+            "Flota-Node": f"{self.node_name} ({self.node_id})",
+            "Flota-Agent": spec.agent or "shell",
         }
-        status = outcome.status
-        if status == "cancelled" and self._stopping:
-            status, fields["error"] = "lost", "the node daemon stopped"
-        if repo:
-            trailers = {
-                "Flota-Job": spec.job_id,
-                "Flota-Attempt": spec.attempt_id,
-                "Flota-Node": f"{self.node_name} ({self.node_id})",
-                "Flota-Agent": spec.agent or "shell",
-            }
-            if spec.model:
-                trailers["Flota-Model"] = spec.model
-            title = f"flota: {spec.name or spec.command}"[:200]
-            try:
-                commit = await asyncio.to_thread(
-                    self.workspace.commit_and_push, cwd, spec.branch, f"{title}\n\nstatus: {status}", trailers
-                )
-            except WorkspaceError as exc:
-                fields["error"] = f"cannot commit the result: {exc}"
-                return self._result(spec, "failed", started, **fields)
-            fields.update(
-                base_commit=commit.base_commit,
-                head_commit=commit.head_commit,
-                files_modified=list(commit.files_modified),
-                insertions=commit.insertions,
-                deletions=commit.deletions,
+        if spec.model:
+            trailers["Flota-Model"] = spec.model
+        title = f"flota: {spec.name or spec.command}"[:200]
+        try:
+            a.commit = await asyncio.to_thread(
+                self.workspace.commit_and_push, a.cwd, spec.branch, f"{title}\n\nstatus: {status}", trailers
             )
-            if commit.pushed:
+        except WorkspaceError as exc:
+            a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc}"))
+            return
+        except OSError as exc:
+            a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc.strerror or exc}"))
+            return
+        a.events.put_nowait(lc.Committed("" if a.commit.pushed else a.commit.error or "push failed"))
+
+    async def _finish(self, a: _Attempt, action: lc.Finish) -> None:
+        spec = a.spec
+        if a.tail is not None:
+            await a.tail.finish()
+        now = time.time()
+        error = action.error
+        if action.status == "failed" and action.exit_code not in (None, 0) and error.startswith("exit code"):
+            error = describe_exit(action.exit_code)
+        fields: dict[str, object] = {}
+        if action.exit_code is not None:
+            fields["exit_code"] = action.exit_code
+        elif action.status != "success":
+            fields["exit_code"] = -1
+        if a.commit is not None:
+            fields.update(
+                base_commit=a.commit.base_commit,
+                head_commit=a.commit.head_commit,
+                files_modified=list(a.commit.files_modified),
+                insertions=a.commit.insertions,
+                deletions=a.commit.deletions,
+            )
+            if a.commit.pushed:
                 fields["branch"] = spec.branch
-            else:
-                # The commit stays in the node's mirror; the result says why it is not on the remote.
-                status = "failed"
-                fields["error"] = commit.error or "push failed"
-        return self._result(spec, status, started, **fields)
+        result = types_pb2.JobResult(
+            job_id=spec.job_id,
+            attempt_id=spec.attempt_id,
+            status=action.status,
+            error=error,
+            started_at=a.started_at,
+            finished_at=now,
+            duration_s=now - a.started_at,
+            node_id=self.node_id,
+            model=spec.model,
+            log_tail="\n".join(a.tail.tail) if a.tail else "",
+            **fields,  # type: ignore[arg-type]
+        )
+        result.log_lines_lost = self.hub.take_gap(spec.attempt_id)
+        self._journal(self.journal.finish, result)
+        self.finished[spec.attempt_id] = result
+        self.active.pop(spec.attempt_id, None)
+        self.hub.publish(result=result)
 
     def _env(self, spec: types_pb2.JobSpec, cwd: Path) -> dict[str, str]:
         env = dict(os.environ)
@@ -253,17 +421,3 @@ class Runner:
             FLOTA_WORKTREE=str(cwd),
         )
         return env
-
-
-def _kill_job_group(pgid: int, attempt_id: str) -> None:
-    """Kill a journaled job's process group, but only if a process in it is that job
-    (its environment names the attempt): after a reboot the number may be anyone's."""
-    if pgid <= 1:
-        return
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.environ().get("FLOTA_ATTEMPT_ID") == attempt_id:
-                os.killpg(pgid, signal.SIGKILL)
-                return
-        except (psutil.Error, ProcessLookupError, PermissionError):
-            continue

@@ -180,8 +180,13 @@ class Workspace:
 
     # ----- prepare -----------------------------------------------------------------
 
-    def prepare(self, url: str, base_ref: str, base_commit: str, branch: str, job_key: str) -> Path:
+    def prepare(
+        self, url: str, base_ref: str, base_commit: str, branch: str, job_key: str, start: str = ""
+    ) -> Path:
         """Make a worktree for ``job_key`` on a new ``branch`` at ``base_commit`` and return it.
+
+        With ``start`` (a commit from :meth:`find_resume`), the worktree starts there
+        instead; diffs are still taken from ``base_commit``.
 
         Fetches ``base_ref`` (or, when it is empty, ``base_commit`` itself) into the
         mirror of ``url`` unless the commit is already there. An existing local
@@ -219,7 +224,7 @@ class Workspace:
                     "-B",
                     branch,
                     str(path),
-                    base_commit,
+                    start or base_commit,
                 ],
                 cwd=self.worktrees,
                 what=f"cannot create worktree for job {job_key} on branch {branch}",
@@ -227,6 +232,36 @@ class Workspace:
             _, admin = self._locate(path)
             (admin / _BASE_FILE).write_text(base_commit + "\n")
         return path
+
+    def find_resume(self, url: str, base_commit: str, branches: Sequence[str]) -> tuple[str, str] | None:
+        """The first of ``branches`` on the remote that builds on ``base_commit``, as
+        (branch, commit): where an earlier attempt left its work in progress. Branches
+        that do not exist or do not descend from the base are skipped."""
+        _check_url(url)
+        _check_commit(base_commit)
+        mirror = self.mirror_path(url)
+        with _mirror_lock(mirror):
+            if not mirror.is_dir():
+                self._create_mirror(mirror, url)
+            for branch in branches:
+                _check_ref(branch, "branch")
+                dest = f"refs/flota/resume/{branch}"
+                try:
+                    self._fetch(mirror, url, f"refs/heads/{branch}", base_commit, dest=dest)
+                except WorkspaceError:
+                    continue  # not pushed (yet): try the next
+                tip = self._run(
+                    ["--git-dir", str(mirror), "rev-parse", "--verify", f"{dest}^{{commit}}"], cwd=mirror
+                )
+                commit = tip.stdout.decode().strip() if tip.returncode == 0 else ""
+                if not _COMMIT_RE.fullmatch(commit):
+                    continue
+                ancestor = self._run(
+                    ["--git-dir", str(mirror), "merge-base", "--is-ancestor", base_commit, commit], cwd=mirror
+                )
+                if ancestor.returncode == 0:
+                    return branch, commit
+        return None
 
     def _create_mirror(self, mirror: Path, url: str) -> None:
         tmp = mirror.with_name(f"{mirror.name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -241,11 +276,14 @@ class Workspace:
         os.chmod(tmp, 0o700)
         os.rename(tmp, mirror)
 
-    def _fetch(self, mirror: Path, url: str, base_ref: str, base_commit: str) -> None:
+    def _fetch(self, mirror: Path, url: str, base_ref: str, base_commit: str, dest: str = "") -> None:
         if base_ref:
             # Fetched refs live under refs/flota/ so that a base ref named refs/heads/x can
             # never overwrite a job branch x (with its unpushed commits) in the mirror.
-            dest = base_ref if base_ref.startswith("refs/flota/") else f"refs/flota/fetched/{base_ref[5:]}"
+            if not dest:
+                dest = (
+                    base_ref if base_ref.startswith("refs/flota/") else f"refs/flota/fetched/{base_ref[5:]}"
+                )
             refspec = f"+{base_ref}:{dest}"
         else:
             refspec = base_commit
@@ -383,6 +421,9 @@ class Workspace:
         )
 
     # ----- scratch and removal -----------------------------------------------------
+
+    def scratch_path(self, job_key: str) -> Path:
+        return self.scratch_root / _check_job_key(job_key)
 
     def scratch(self, job_key: str) -> Path:
         """Return a fresh, empty directory for ``job_key`` (emptied if it existed)."""

@@ -434,11 +434,16 @@ def test_stopping_a_node_retries_its_job_elsewhere(fleet: Fleet) -> None:
     assert final["node_name"] != first["node_name"]
 
 
-def test_killed_daemon_leaves_no_job_running_after_restart(fleet: Fleet) -> None:
+def test_killed_daemon_reattaches_to_its_running_job(fleet: Fleet) -> None:
+    """The job runs in its own session with its output in the journal: a daemon killed
+    mid-job leaves it running, and the restarted daemon finds it, streams the rest of its
+    output and reports its one result."""
     fleet.start_coordinator("--lost-after", "30")
     fleet.start_node("crashy")
     marker = f"flota-crash-{os.getpid()}-{time.time_ns()}"
-    run = fleet.json("run", "--retries", "0", f"sleep 300; : {marker}")
+    gate = fleet.home / f"{marker}.go"
+    command = f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo after; : {marker}"
+    run = fleet.json("run", "--retries", "0", command)
     job_id = run["jobs"][0]["id"]
     wait_until(lambda: fleet.json("status", job_id)["status"] == "running", what="running")
 
@@ -446,13 +451,15 @@ def test_killed_daemon_leaves_no_job_running_after_restart(fleet: Fleet) -> None
         return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
 
     wait_until(ours, what="job process")
+    pids = {p.pid for p in ours()}
     fleet.stop("crashy", signal.SIGKILL)
-    assert ours(), "the job runs in its own session and outlives the daemon"
+    assert {p.pid for p in ours()} == pids, "the job outlives the daemon"
     fleet.start_node("crashy", join=False)
-    wait_until(lambda: not ours(), timeout=10, what="the orphaned job to be stopped")
-    job = wait_until(lambda: (j := fleet.json("status", job_id))["status"] == "lost" and j, what="job lost")
-    assert job["attempts"][0]["error"] == "the node daemon restarted mid-job"
-    assert not ours()
+    gate.touch()
+    job = wait_until(lambda: (j := fleet.json("status", job_id))["status"] == "success" and j, what="success")
+    assert [a["status"] for a in job["attempts"]] == ["success"]
+    assert fleet.flota("logs", job_id).stdout == "before\nafter\n"
+    wait_until(lambda: not ours(), what="the job's processes to end")
 
 
 def test_user_text_prints_as_written(fleet: Fleet) -> None:

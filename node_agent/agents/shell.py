@@ -1,19 +1,19 @@
-"""The shell agent: run one command in its own process group and stream its output.
+"""The shell agent's processes: started so that they outlive the daemon.
 
-``run_shell`` starts ``bash -c <command>`` (``/bin/sh`` when bash is missing) in a new
-session, so the command and everything it spawns form one process group that can be
-signalled as a whole. stdout and stderr share one pipe; lines reach ``on_lines`` in
-batches (at most every 50 ms, 1000 lines or 256 KiB) so streaming logs stays cheap.
+A job runs as ``/bin/sh -c <wrapper> bash <command> <exit file>`` in a new session:
+the wrapper and the command form one process group that can be signalled as a whole,
+and the wrapper writes the command's exit status to ``exit file`` when it ends. Output
+(stdout and stderr together) goes to a file, not a pipe, so a daemon that crashes or
+is restarted leaves the job running undisturbed: the next daemon finds it again with
+:func:`attach`, learns its end through a pidfd, reads its status from the exit file and
+its output from where the last daemon stopped reading (:class:`OutputTail`).
 
-Stopping (timeout or cancel): SIGTERM to the group, up to ``grace_s`` for the group to
-exit, then SIGKILL to the group. After the command ends, whatever is left of its group
-is SIGKILLed too: a job leaves no processes behind.
+The wrapper traps SIGTERM (the trap runs only once the command has ended, POSIX says),
+so a cancelled job still leaves its status behind; SIGKILL to the group takes both.
+A status above 128 is how the shell reports "killed by signal N" (128 + N).
 
-Error handling: a command that fails, times out or is cancelled is an outcome, not an
-exception. :class:`ShellError` means the command never started (missing directory, no
-shell). If the caller's task is cancelled, the group is killed before the cancellation
-propagates. ``on_lines`` should not raise; if it does, the batch is logged and dropped
-and the command keeps running.
+Error handling: :class:`ShellError` means the command never started (missing
+directory, no shell, a NUL in the environment); everything after that is an outcome.
 """
 
 from __future__ import annotations
@@ -26,10 +26,21 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ShellError", "ShellOutcome", "run_shell"]
+import psutil
+
+__all__ = [
+    "JobProcess",
+    "OutputTail",
+    "ShellError",
+    "attach",
+    "describe_exit",
+    "group_alive",
+    "kill_escaped",
+    "signal_group",
+    "spawn",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +49,10 @@ class ShellError(Exception):
     """The command could not be started; nothing ran."""
 
 
-@dataclass(frozen=True)
-class ShellOutcome:
-    """How a shell command ended."""
-
-    status: str  # success | failed | timeout | cancelled
-    exit_code: int  # negative: killed by that signal
-    log_tail: str  # the last lines of output, newline-joined
-    error: str  # one line; empty on success
-
-
 _SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
+# The wrapper: run the command in the foreground, keep its status, survive SIGTERM long
+# enough to write it. printf is a builtin: nothing to exec on the way out.
+_WRAPPER = 'trap : TERM INT; "$0" -c "$1"; rc=$?; printf "%s\\n" "$rc" > "$2"; exit "$rc"'
 _MAX_LINE_BYTES = 8192
 _TRUNCATED = " …[line truncated]"
 _TAIL_LINES = 40
@@ -56,55 +60,223 @@ _TAIL_LINES = 40
 # small enough to stay far below the 4 MiB message limit.
 _BATCH_LINES = 1000
 _BATCH_BYTES = 256 * 1024
-_BATCH_S = 0.05
-# After the group is killed only a process that left it (setsid) can still hold the
-# pipe open; do not wait for it longer than this.
-_DRAIN_S = 1.0
-_POLL_S = 0.02
+_POLL_S = 0.05  # how often a running job's output file is read
+_READ_BYTES = 1 << 20
 
 
-class _LineReader(asyncio.Protocol):
-    """Splits the output pipe into capped lines, batches them, keeps the tail."""
+def describe_exit(code: int) -> str:
+    """One line for a non-zero status, naming the signal the shell's 128+N stands for."""
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    if number:
+        with contextlib.suppress(ValueError):
+            return f"killed by signal {signal.Signals(number).name} (exit code {code})"
+    return f"exit code {code}"
 
-    def __init__(self, on_lines: Callable[[list[str]], None], loop: asyncio.AbstractEventLoop) -> None:
+
+class JobProcess:
+    """A job's wrapper process: started by us (a child) or found again after a restart."""
+
+    def __init__(self, pid: int, create_time: float, popen: subprocess.Popen[bytes] | None = None) -> None:
+        self.pid = pid
+        self.create_time = create_time
+        self._popen = popen
+
+    @property
+    def group(self) -> int:
+        return self.pid  # a session leader leads its own group
+
+    async def wait(self) -> int | None:
+        """Wait for the wrapper to end; its status when it was our child, else None."""
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            fd = -1
+        except OSError:  # no pidfd (old kernel): poll
+            while _alive(self.pid, self.create_time):
+                await asyncio.sleep(_POLL_S)
+            fd = -1
+        if fd >= 0:
+            ended: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not ended.done():
+                    ended.set_result(None)
+
+            loop.add_reader(fd, readable)
+            try:
+                await ended
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        if self._popen is not None:
+            return self._popen.wait()
+        return None
+
+
+def spawn(command: str, cwd: Path, env: Mapping[str, str], output: Path, exit_file: Path) -> JobProcess:
+    """Start ``command`` in ``cwd`` with exactly ``env``, appending its output to ``output``."""
+    try:
+        with open(output, "ab", buffering=0) as out:
+            popen = subprocess.Popen(
+                ["/bin/sh", "-c", _WRAPPER, _SHELL, command, str(exit_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+            )
+    except (OSError, ValueError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ShellError(f"cannot start {_SHELL} in {cwd}: {detail}") from exc
+    try:
+        created = psutil.Process(popen.pid).create_time()
+    except psutil.Error:
+        created = 0.0  # already gone: attach() will never match it, wait() still reaps it
+    return JobProcess(popen.pid, created, popen)
+
+
+def attach(pid: int, create_time: float) -> JobProcess | None:
+    """The journaled wrapper if that very process still runs, else None (a reused pid
+    belongs to someone else: its start time differs)."""
+    return JobProcess(pid, create_time) if _alive(pid, create_time) else None
+
+
+def _alive(pid: int, create_time: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def signal_group(group: int, sig: signal.Signals) -> None:
+    if group > 1:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+
+
+def group_alive(group: int) -> bool:
+    """True while a process of the group is still running (zombies do not count)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg also reaches zombies, and an init that reaps lazily (containers) can keep
+    # them for seconds; they hold nothing, so where /proc exists look closer.
+    for fields in _proc_stats():
+        if len(fields) > 2 and fields[2] == str(group).encode() and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _proc_stats() -> list[list[bytes]]:
+    """For every process: the fields of /proc/<pid>/stat after "(comm)" (state, ppid, pgrp...)."""
+    out = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as stat_file:
+                        data = stat_file.read()
+                except OSError:
+                    continue
+                out.append(data[data.rfind(b")") + 2 :].split())
+    return out
+
+
+def kill_escaped(attempt_id: str) -> int:
+    """SIGKILL every process of the attempt, found by the FLOTA_ATTEMPT_ID in its
+    environment: this also reaches children that left the group with setsid."""
+    needle = f"FLOTA_ATTEMPT_ID={attempt_id}".encode()
+    killed = 0
+    me = os.getpid()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as env_file:
+                    if needle not in env_file.read().split(b"\0"):
+                        continue
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+            except (OSError, ValueError):
+                continue
+    return killed
+
+
+class OutputTail:
+    """Reads a job's output file from ``offset`` on, as capped lines in batches.
+
+    ``on_lines`` gets each batch; ``on_offset`` the byte offset just past the last whole
+    line delivered, so that a restarted daemon resumes there without repeating lines.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        offset: int,
+        on_lines: Callable[[list[str]], None],
+        on_offset: Callable[[int], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.offset = offset  # bytes consumed from the file
         self._on_lines = on_lines
-        self._loop = loop
+        self._on_offset = on_offset
         self._partial = bytearray()
         self._overflow = False  # the current line passed the cap; drop the rest of it
         self._pending: list[str] = []
         self._pending_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-        self.closed: asyncio.Future[None] = loop.create_future()
+        self._task: asyncio.Task[None] | None = None
 
-    def data_received(self, data: bytes) -> None:
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def finish(self) -> None:
+        """The job has ended: read what is left, including a last line without newline."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._read()
+        if self._partial or self._overflow:
+            self._end_line()
+        self._flush()
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(_POLL_S)
+            try:
+                self._read(limit=8 * _READ_BYTES)
+            except Exception:  # a sink that raises must not stop the reading
+                log.exception("reading %s failed", self.path)
+            self._flush()
+
+    def _read(self, limit: int = 0) -> None:
+        """Read on to the end of the file, or about ``limit`` bytes (the loop must not stall)."""
+        done = 0
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                while (not limit or done < limit) and (data := f.read(_READ_BYTES)):
+                    self.offset += len(data)
+                    done += len(data)
+                    self._feed(data)
+        except FileNotFoundError:
+            return
+
+    def _feed(self, data: bytes) -> None:
         start = 0
         while (end := data.find(b"\n", start)) >= 0:
             self._append(data[start:end])
             self._end_line()
             start = end + 1
         self._append(data[start:])
-        if self._pending and self._timer is None:
-            self._timer = self._loop.call_later(_BATCH_S, self.flush)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._partial or self._overflow:
-            self._end_line()
-        self.flush()
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._pending:
-            return
-        batch, self._pending, self._pending_bytes = self._pending, [], 0
-        try:
-            self._on_lines(batch)
-        except Exception:
-            log.exception("log sink failed; dropped %d lines", len(batch))
 
     def _append(self, chunk: bytes) -> None:
         if self._overflow or not chunk:
@@ -126,159 +298,17 @@ class _LineReader(asyncio.Protocol):
         self._pending_bytes += len(line.encode())
         self.tail.append(line)
         if len(self._pending) >= _BATCH_LINES or self._pending_bytes >= _BATCH_BYTES:
-            self.flush()
+            self._flush()
 
-
-async def run_shell(
-    command: str,
-    cwd: Path,
-    env: Mapping[str, str],
-    timeout_s: float,
-    on_lines: Callable[[list[str]], None],
-    cancel: asyncio.Event,
-    grace_s: float = 5.0,
-    on_start: Callable[[int], None] | None = None,
-) -> ShellOutcome:
-    """Run ``command`` with the shell in ``cwd`` with exactly ``env``; no timeout if ``timeout_s <= 0``."""
-    if cancel.is_set():
-        return ShellOutcome("cancelled", 0, "", "cancelled before start")
-    loop = asyncio.get_running_loop()
-    read_fd, write_fd = os.pipe()
-    reader = _LineReader(on_lines, loop)
-    try:
-        transport, _ = await loop.connect_read_pipe(lambda: reader, os.fdopen(read_fd, "rb", buffering=0))
-    except BaseException:
-        os.close(write_fd)
-        raise
-    try:
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
         try:
-            proc = await asyncio.create_subprocess_exec(
-                _SHELL,
-                "-c",
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-            )
-        finally:
-            # Only the child may hold the write end, or we would never see EOF.
-            os.close(write_fd)
-    except BaseException as exc:
-        transport.close()
-        if isinstance(exc, OSError):
-            raise ShellError(f"cannot start {_SHELL} in {cwd}: {exc.strerror or exc}") from exc
-        raise
-
-    # start_new_session makes the shell a session and group leader: group id == pid.
-    group = proc.pid
-    reason = ""
-    try:
-        if on_start is not None:
-            on_start(group)  # e.g. journaled, so a restarted daemon can find the group
-        reason = await _supervise(proc, group, cancel, timeout_s, grace_s)
-    finally:
-        # Also on our own cancellation: no process of the job may outlive this call.
-        _signal_group(group, signal.SIGKILL)
-        if proc.returncode is None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await proc.wait()
-        await asyncio.wait([reader.closed], timeout=_DRAIN_S)
-        transport.close()
-        await asyncio.wait([reader.closed], timeout=_DRAIN_S)
-
-    code = proc.returncode
-    assert code is not None
-    tail = "\n".join(reader.tail)
-    if reason == "timeout":
-        return ShellOutcome("timeout", code, tail, f"timed out after {timeout_s:g} s")
-    if reason == "cancelled":
-        return ShellOutcome("cancelled", code, tail, "cancelled")
-    if code == 0:
-        return ShellOutcome("success", 0, tail, "")
-    if code < 0:
-        return ShellOutcome("failed", code, tail, f"killed by signal {_signal_name(-code)}")
-    return ShellOutcome("failed", code, tail, f"exit code {code}")
-
-
-async def _supervise(
-    proc: asyncio.subprocess.Process,
-    group: int,
-    cancel: asyncio.Event,
-    timeout_s: float,
-    grace_s: float,
-) -> str:
-    """Wait for the leader to exit, or stop the group; return "", "timeout" or "cancelled"."""
-    exited = asyncio.ensure_future(proc.wait())
-    cancelled = asyncio.ensure_future(cancel.wait())
-    try:
-        done, _ = await asyncio.wait(
-            [exited, cancelled],
-            timeout=timeout_s if timeout_s > 0 else None,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if exited in done:
-            return ""
-        reason = "cancelled" if cancelled in done else "timeout"
-        await _stop_group(group, exited, grace_s)
-        return reason
-    finally:
-        cancelled.cancel()
-        if not exited.done():
-            exited.cancel()
-
-
-async def _stop_group(group: int, exited: asyncio.Future[int], grace_s: float) -> None:
-    _signal_group(group, signal.SIGTERM)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace_s
-    await asyncio.wait([exited], timeout=grace_s)
-    # The leader may die at once while a child still cleans up after SIGTERM: give the
-    # rest of the group the remaining grace as well.
-    while _group_alive(group) and loop.time() < deadline:
-        await asyncio.sleep(_POLL_S)
-    _signal_group(group, signal.SIGKILL)
-    await exited
-
-
-def _signal_group(group: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(group, sig)
-
-
-def _group_alive(group: int) -> bool:
-    """True while a process of the group is still running (zombies do not count)."""
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg also reaches zombies, and an init that reaps lazily (containers) can keep
-    # them for seconds; they hold nothing, so where /proc exists look closer.
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat_file:
-                data = stat_file.read()
-        except OSError:
-            continue
-        # Fields after "(comm)": state, ppid, pgrp, ...; comm itself may hold spaces.
-        fields = data[data.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(group).encode() and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
+            self._on_lines(batch)
+        except Exception:
+            log.exception("log sink failed; dropped %d lines", len(batch))
+        if self._on_offset is not None:
+            # Only whole lines count as delivered; a restart re-reads a partial one.
+            with contextlib.suppress(Exception):
+                self._on_offset(self.offset - len(self._partial))

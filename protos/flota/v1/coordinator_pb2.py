@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.flota.v1 import types_pb2 as protos_dot_flota_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/flota/v1/coordinator.proto\x12\x08\x66lota.v1\x1a\x1bprotos/flota/v1/types.proto\"H\n\x13RegisterNodeRequest\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.flota.v1.NodeInfo\x12\x0f\n\x07leaving\x18\x02 \x01(\x08\"(\n\x11RegisterNodeReply\x12\x13\n\x0bheartbeat_s\x18\x01 \x01(\x01\"\x12\n\x10ListNodesRequest\"p\n\nNodeStatus\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.flota.v1.NodeInfo\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"5\n\x0eListNodesReply\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.flota.v1.NodeStatus\"#\n\x12\x43reateTokenRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\"K\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cjoin_address\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\"W\n\x08TaskSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"S\n\x0bRepoRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06remote\x18\x02 \x01(\t\x12\x0b\n\x03ref\x18\x03 \x01(\t\x12\x19\n\x11\x66rom_working_tree\x18\x04 \x01(\x08\"\xf6\x01\n\rPlacementSpec\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.flota.v1.PlacementSpec.LabelsEntry\x12\x10\n\x08networks\x18\x03 \x03(\t\x12\x16\n\x0e\x61void_networks\x18\x04 \x03(\t\x12\x11\n\texclusive\x18\x05 \x01(\x08\x12\x0e\n\x06spread\x18\x06 \x01(\x08\x12&\n\tresources\x18\x07 \x01(\x0b\x32\x13.flota.v1.Resources\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x02\n\x10SubmitRunRequest\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.flota.v1.TaskSpec\x12#\n\x04repo\x18\x02 \x01(\x0b\x32\x15.flota.v1.RepoRequest\x12*\n\tplacement\x18\x03 \x01(\x0b\x32\x17.flota.v1.PlacementSpec\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x0f\n\x07retries\x18\x05 \x01(\x05\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x30\n\x03\x65nv\x18\x07 \x03(\x0b\x32#.flota.v1.SubmitRunRequest.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb5\x01\n\x07\x41ttempt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\r\n\x05\x65rror\x18\n \x01(\t\"\xb9\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x0f\n\x07node_id\x18\x08 \x01(\t\x12\x11\n\tnode_name\x18\t \x01(\t\x12\x0e\n\x06\x62ranch\x18\n \x01(\t\x12\x13\n\x0bwait_reason\x18\x0b \x01(\t\x12#\n\x08\x61ttempts\x18\x0c \x03(\x0b\x32\x11.flota.v1.Attempt\x12#\n\x06result\x18\r \x01(\x0b\x32\x13.flota.v1.JobResult\x12\x12\n\ncreated_at\x18\x0e \x01(\x01\x12\x12\n\nupdated_at\x18\x0f \x01(\x01\x12\x0e\n\x06prompt\x18\x10 \x01(\t\"\x9c\x01\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12\x1b\n\x04jobs\x18\x06 \x03(\x0b\x32\r.flota.v1.Job\x12\x10\n\x08repo_url\x18\x07 \x01(\t\x12\x13\n\x0b\x62\x61se_commit\x18\x08 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\",\n\rListRunsReply\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.flota.v1.Run\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04logs\x18\x02 \x01(\x08\"q\n\x08RunEvent\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\r.flota.v1.JobH\x00\x12\x1c\n\x03run\x18\x02 \x01(\x0b\x32\r.flota.v1.RunH\x00\x12!\n\x03log\x18\x03 \x01(\x0b\x32\x12.flota.v1.LogChunkH\x00\x42\x06\n\x04kind\"3\n\x11StreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"=\n\x08LogChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\r\n\x05lines\x18\x03 \x03(\t\"\x1b\n\rCancelRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x0b\x43\x61ncelReply\x12\x11\n\tcancelled\x18\x01 \x03(\t\" \n\x0e\x43leanupRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"D\n\x0c\x43leanupReply\x12\x19\n\x11worktrees_removed\x18\x01 \x01(\x05\x12\x19\n\x11nodes_unreachable\x18\x02 \x03(\t\";\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\"b\n\tJoinReply\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x1b\n\x13\x63oordinator_address\x18\x04 \x01(\t2\xb6\x05\n\x0b\x43oordinator\x12J\n\x0cRegisterNode\x12\x1d.flota.v1.RegisterNodeRequest\x1a\x1b.flota.v1.RegisterNodeReply\x12\x41\n\tListNodes\x12\x1a.flota.v1.ListNodesRequest\x1a\x18.flota.v1.ListNodesReply\x12G\n\x0b\x43reateToken\x12\x1c.flota.v1.CreateTokenRequest\x1a\x1a.flota.v1.CreateTokenReply\x12\x36\n\tSubmitRun\x12\x1a.flota.v1.SubmitRunRequest\x1a\r.flota.v1.Run\x12\x30\n\x06GetRun\x12\x17.flota.v1.GetRunRequest\x1a\r.flota.v1.Run\x12>\n\x08ListRuns\x12\x19.flota.v1.ListRunsRequest\x1a\x17.flota.v1.ListRunsReply\x12\x30\n\x06GetJob\x12\x17.flota.v1.GetJobRequest\x1a\r.flota.v1.Job\x12;\n\x08WatchRun\x12\x19.flota.v1.WatchRunRequest\x1a\x12.flota.v1.RunEvent0\x01\x12?\n\nStreamLogs\x12\x1b.flota.v1.StreamLogsRequest\x1a\x12.flota.v1.LogChunk0\x01\x12\x38\n\x06\x43\x61ncel\x12\x17.flota.v1.CancelRequest\x1a\x15.flota.v1.CancelReply\x12;\n\x07\x43leanup\x12\x18.flota.v1.CleanupRequest\x1a\x16.flota.v1.CleanupReply2@\n\nEnrollment\x12\x32\n\x04Join\x12\x15.flota.v1.JoinRequest\x1a\x13.flota.v1.JoinReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/flota/v1/coordinator.proto\x12\x08\x66lota.v1\x1a\x1bprotos/flota/v1/types.proto\"H\n\x13RegisterNodeRequest\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.flota.v1.NodeInfo\x12\x0f\n\x07leaving\x18\x02 \x01(\x08\"(\n\x11RegisterNodeReply\x12\x13\n\x0bheartbeat_s\x18\x01 \x01(\x01\"\x12\n\x10ListNodesRequest\"p\n\nNodeStatus\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.flota.v1.NodeInfo\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"5\n\x0eListNodesReply\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.flota.v1.NodeStatus\"#\n\x12\x43reateTokenRequest\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\"K\n\x10\x43reateTokenReply\x12\r\n\x05token\x18\x01 \x01(\t\x12\x14\n\x0cjoin_address\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\"W\n\x08TaskSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\"S\n\x0bRepoRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06remote\x18\x02 \x01(\t\x12\x0b\n\x03ref\x18\x03 \x01(\t\x12\x19\n\x11\x66rom_working_tree\x18\x04 \x01(\x08\"\xf6\x01\n\rPlacementSpec\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x33\n\x06labels\x18\x02 \x03(\x0b\x32#.flota.v1.PlacementSpec.LabelsEntry\x12\x10\n\x08networks\x18\x03 \x03(\t\x12\x16\n\x0e\x61void_networks\x18\x04 \x03(\t\x12\x11\n\texclusive\x18\x05 \x01(\x08\x12\x0e\n\x06spread\x18\x06 \x01(\x08\x12&\n\tresources\x18\x07 \x01(\x0b\x32\x13.flota.v1.Resources\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x02\n\x10SubmitRunRequest\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.flota.v1.TaskSpec\x12#\n\x04repo\x18\x02 \x01(\x0b\x32\x15.flota.v1.RepoRequest\x12*\n\tplacement\x18\x03 \x01(\x0b\x32\x17.flota.v1.PlacementSpec\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x0f\n\x07retries\x18\x05 \x01(\x05\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x30\n\x03\x65nv\x18\x07 \x03(\x0b\x32#.flota.v1.SubmitRunRequest.EnvEntry\x12\x1b\n\x13resume_from_partial\x18\x08 \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb5\x01\n\x07\x41ttempt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x05\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x11\n\tnode_name\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\r\n\x05\x65rror\x18\n \x01(\t\"\xb9\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x0f\n\x07node_id\x18\x08 \x01(\t\x12\x11\n\tnode_name\x18\t \x01(\t\x12\x0e\n\x06\x62ranch\x18\n \x01(\t\x12\x13\n\x0bwait_reason\x18\x0b \x01(\t\x12#\n\x08\x61ttempts\x18\x0c \x03(\x0b\x32\x11.flota.v1.Attempt\x12#\n\x06result\x18\r \x01(\x0b\x32\x13.flota.v1.JobResult\x12\x12\n\ncreated_at\x18\x0e \x01(\x01\x12\x12\n\nupdated_at\x18\x0f \x01(\x01\x12\x0e\n\x06prompt\x18\x10 \x01(\t\"\x9c\x01\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12\x1b\n\x04jobs\x18\x06 \x03(\x0b\x32\r.flota.v1.Job\x12\x10\n\x08repo_url\x18\x07 \x01(\t\x12\x13\n\x0b\x62\x61se_commit\x18\x08 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\",\n\rListRunsReply\x12\x1b\n\x04runs\x18\x01 \x03(\x0b\x32\r.flota.v1.Run\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04logs\x18\x02 \x01(\x08\"q\n\x08RunEvent\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\r.flota.v1.JobH\x00\x12\x1c\n\x03run\x18\x02 \x01(\x0b\x32\r.flota.v1.RunH\x00\x12!\n\x03log\x18\x03 \x01(\x0b\x32\x12.flota.v1.LogChunkH\x00\x42\x06\n\x04kind\"3\n\x11StreamLogsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"=\n\x08LogChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nattempt_id\x18\x02 \x01(\t\x12\r\n\x05lines\x18\x03 \x03(\t\"\x1b\n\rCancelRequest\x12\n\n\x02id\x18\x01 \x01(\t\" \n\x0b\x43\x61ncelReply\x12\x11\n\tcancelled\x18\x01 \x03(\t\".\n\x10\x44rainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04undo\x18\x02 \x01(\x08\" \n\x0e\x43leanupRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"D\n\x0c\x43leanupReply\x12\x19\n\x11worktrees_removed\x18\x01 \x01(\x05\x12\x19\n\x11nodes_unreachable\x18\x02 \x03(\t\";\n\x0bJoinRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x0c\n\x04name\x18\x03 \x01(\t\"b\n\tJoinReply\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\x0c\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x1b\n\x13\x63oordinator_address\x18\x04 \x01(\t2\xf5\x05\n\x0b\x43oordinator\x12J\n\x0cRegisterNode\x12\x1d.flota.v1.RegisterNodeRequest\x1a\x1b.flota.v1.RegisterNodeReply\x12\x41\n\tListNodes\x12\x1a.flota.v1.ListNodesRequest\x1a\x18.flota.v1.ListNodesReply\x12G\n\x0b\x43reateToken\x12\x1c.flota.v1.CreateTokenRequest\x1a\x1a.flota.v1.CreateTokenReply\x12\x36\n\tSubmitRun\x12\x1a.flota.v1.SubmitRunRequest\x1a\r.flota.v1.Run\x12\x30\n\x06GetRun\x12\x17.flota.v1.GetRunRequest\x1a\r.flota.v1.Run\x12>\n\x08ListRuns\x12\x19.flota.v1.ListRunsRequest\x1a\x17.flota.v1.ListRunsReply\x12\x30\n\x06GetJob\x12\x17.flota.v1.GetJobRequest\x1a\r.flota.v1.Job\x12;\n\x08WatchRun\x12\x19.flota.v1.WatchRunRequest\x1a\x12.flota.v1.RunEvent0\x01\x12?\n\nStreamLogs\x12\x1b.flota.v1.StreamLogsRequest\x1a\x12.flota.v1.LogChunk0\x01\x12\x38\n\x06\x43\x61ncel\x12\x17.flota.v1.CancelRequest\x1a\x15.flota.v1.CancelReply\x12;\n\x07\x43leanup\x12\x18.flota.v1.CleanupRequest\x1a\x16.flota.v1.CleanupReply\x12=\n\tDrainNode\x12\x1a.flota.v1.DrainNodeRequest\x1a\x14.flota.v1.NodeStatus2@\n\nEnrollment\x12\x32\n\x04Join\x12\x15.flota.v1.JoinRequest\x1a\x13.flota.v1.JoinReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,45 +59,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLACEMENTSPEC_LABELSENTRY']._serialized_start=871
   _globals['_PLACEMENTSPEC_LABELSENTRY']._serialized_end=916
   _globals['_SUBMITRUNREQUEST']._serialized_start=919
-  _globals['_SUBMITRUNREQUEST']._serialized_end=1197
-  _globals['_SUBMITRUNREQUEST_ENVENTRY']._serialized_start=1155
-  _globals['_SUBMITRUNREQUEST_ENVENTRY']._serialized_end=1197
-  _globals['_ATTEMPT']._serialized_start=1200
-  _globals['_ATTEMPT']._serialized_end=1381
-  _globals['_JOB']._serialized_start=1384
-  _globals['_JOB']._serialized_end=1697
-  _globals['_RUN']._serialized_start=1700
-  _globals['_RUN']._serialized_end=1856
-  _globals['_GETRUNREQUEST']._serialized_start=1858
-  _globals['_GETRUNREQUEST']._serialized_end=1889
-  _globals['_LISTRUNSREQUEST']._serialized_start=1891
-  _globals['_LISTRUNSREQUEST']._serialized_end=1923
-  _globals['_LISTRUNSREPLY']._serialized_start=1925
-  _globals['_LISTRUNSREPLY']._serialized_end=1969
-  _globals['_GETJOBREQUEST']._serialized_start=1971
-  _globals['_GETJOBREQUEST']._serialized_end=2002
-  _globals['_WATCHRUNREQUEST']._serialized_start=2004
-  _globals['_WATCHRUNREQUEST']._serialized_end=2051
-  _globals['_RUNEVENT']._serialized_start=2053
-  _globals['_RUNEVENT']._serialized_end=2166
-  _globals['_STREAMLOGSREQUEST']._serialized_start=2168
-  _globals['_STREAMLOGSREQUEST']._serialized_end=2219
-  _globals['_LOGCHUNK']._serialized_start=2221
-  _globals['_LOGCHUNK']._serialized_end=2282
-  _globals['_CANCELREQUEST']._serialized_start=2284
-  _globals['_CANCELREQUEST']._serialized_end=2311
-  _globals['_CANCELREPLY']._serialized_start=2313
-  _globals['_CANCELREPLY']._serialized_end=2345
-  _globals['_CLEANUPREQUEST']._serialized_start=2347
-  _globals['_CLEANUPREQUEST']._serialized_end=2379
-  _globals['_CLEANUPREPLY']._serialized_start=2381
-  _globals['_CLEANUPREPLY']._serialized_end=2449
-  _globals['_JOINREQUEST']._serialized_start=2451
-  _globals['_JOINREQUEST']._serialized_end=2510
-  _globals['_JOINREPLY']._serialized_start=2512
-  _globals['_JOINREPLY']._serialized_end=2610
-  _globals['_COORDINATOR']._serialized_start=2613
-  _globals['_COORDINATOR']._serialized_end=3307
-  _globals['_ENROLLMENT']._serialized_start=3309
-  _globals['_ENROLLMENT']._serialized_end=3373
+  _globals['_SUBMITRUNREQUEST']._serialized_end=1226
+  _globals['_SUBMITRUNREQUEST_ENVENTRY']._serialized_start=1184
+  _globals['_SUBMITRUNREQUEST_ENVENTRY']._serialized_end=1226
+  _globals['_ATTEMPT']._serialized_start=1229
+  _globals['_ATTEMPT']._serialized_end=1410
+  _globals['_JOB']._serialized_start=1413
+  _globals['_JOB']._serialized_end=1726
+  _globals['_RUN']._serialized_start=1729
+  _globals['_RUN']._serialized_end=1885
+  _globals['_GETRUNREQUEST']._serialized_start=1887
+  _globals['_GETRUNREQUEST']._serialized_end=1918
+  _globals['_LISTRUNSREQUEST']._serialized_start=1920
+  _globals['_LISTRUNSREQUEST']._serialized_end=1952
+  _globals['_LISTRUNSREPLY']._serialized_start=1954
+  _globals['_LISTRUNSREPLY']._serialized_end=1998
+  _globals['_GETJOBREQUEST']._serialized_start=2000
+  _globals['_GETJOBREQUEST']._serialized_end=2031
+  _globals['_WATCHRUNREQUEST']._serialized_start=2033
+  _globals['_WATCHRUNREQUEST']._serialized_end=2080
+  _globals['_RUNEVENT']._serialized_start=2082
+  _globals['_RUNEVENT']._serialized_end=2195
+  _globals['_STREAMLOGSREQUEST']._serialized_start=2197
+  _globals['_STREAMLOGSREQUEST']._serialized_end=2248
+  _globals['_LOGCHUNK']._serialized_start=2250
+  _globals['_LOGCHUNK']._serialized_end=2311
+  _globals['_CANCELREQUEST']._serialized_start=2313
+  _globals['_CANCELREQUEST']._serialized_end=2340
+  _globals['_CANCELREPLY']._serialized_start=2342
+  _globals['_CANCELREPLY']._serialized_end=2374
+  _globals['_DRAINNODEREQUEST']._serialized_start=2376
+  _globals['_DRAINNODEREQUEST']._serialized_end=2422
+  _globals['_CLEANUPREQUEST']._serialized_start=2424
+  _globals['_CLEANUPREQUEST']._serialized_end=2456
+  _globals['_CLEANUPREPLY']._serialized_start=2458
+  _globals['_CLEANUPREPLY']._serialized_end=2526
+  _globals['_JOINREQUEST']._serialized_start=2528
+  _globals['_JOINREQUEST']._serialized_end=2587
+  _globals['_JOINREPLY']._serialized_start=2589
+  _globals['_JOINREPLY']._serialized_end=2687
+  _globals['_COORDINATOR']._serialized_start=2690
+  _globals['_COORDINATOR']._serialized_end=3447
+  _globals['_ENROLLMENT']._serialized_start=3449
+  _globals['_ENROLLMENT']._serialized_end=3513
 # @@protoc_insertion_point(module_scope)

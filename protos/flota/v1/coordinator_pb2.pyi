@@ -93,7 +93,7 @@ class NodeStatus(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     state: _builtins.str
-    """online | unreachable | lost | offline | unknown"""
+    """online | draining | unreachable | lost | offline | unknown"""
     address: _builtins.str
     """the address the coordinator uses"""
     last_seen: _builtins.float
@@ -346,10 +346,13 @@ class SubmitRunRequest(_message.Message):
     RETRIES_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    RESUME_FROM_PARTIAL_FIELD_NUMBER: _builtins.int
     timeout_s: _builtins.float
     retries: _builtins.int
     """extra attempts after a lost node; -1: default"""
     name: _builtins.str
+    resume_from_partial: _builtins.bool
+    """a retry starts from an earlier attempt's pushed work"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpec]: ...
     @_builtins.property
@@ -368,10 +371,11 @@ class SubmitRunRequest(_message.Message):
         retries: _builtins.int = ...,
         name: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        resume_from_partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "repo", b"repo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "name", b"name", "placement", b"placement", "repo", b"repo", "retries", b"retries", "tasks", b"tasks", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "name", b"name", "placement", b"placement", "repo", b"repo", "resume_from_partial", b"resume_from_partial", "retries", b"retries", "tasks", b"tasks", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -396,7 +400,9 @@ class Attempt(_message.Message):
     node_id: _builtins.str
     node_name: _builtins.str
     status: _builtins.str
-    """dispatching | running | success | failed | timeout | cancelled | lost"""
+    """dispatching | running | success | failed | timeout | cancelled | lost | partial | superseded
+    (superseded: it succeeded after another attempt of its job had already won)
+    """
     branch: _builtins.str
     created_at: _builtins.float
     started_at: _builtins.float
@@ -759,6 +765,30 @@ class CancelReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelReply: _TypeAlias = CancelReply  # noqa: Y015
+
+@_typing.final
+class DrainNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    UNDO_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """name or id"""
+    undo: _builtins.bool
+    """make it eligible for new jobs again"""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        undo: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "undo", b"undo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DrainNodeRequest: _TypeAlias = DrainNodeRequest  # noqa: Y015
 
 @_typing.final
 class CleanupRequest(_message.Message):

@@ -89,6 +89,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/flota.v1.Coordinator/DrainNode',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.NodeStatus.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -162,6 +167,12 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +230,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Cleanup,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.DrainNodeRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.NodeStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -518,6 +534,33 @@ class Coordinator:
             '/flota.v1.Coordinator/Cleanup',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.SerializeToString,
             protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flota.v1.Coordinator/DrainNode',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.DrainNodeRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.NodeStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,7 @@ class CoordinatorStub:
     StreamLogs: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.StreamLogsRequest, _coordinator_pb2.LogChunk]
     Cancel: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]
     Cleanup: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -69,6 +70,7 @@ class CoordinatorAsyncStub(CoordinatorStub):
     StreamLogs: _aio.UnaryStreamMultiCallable[_coordinator_pb2.StreamLogsRequest, _coordinator_pb2.LogChunk]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]  # type: ignore[assignment]
     Cleanup: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]  # type: ignore[assignment]
+    DrainNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]  # type: ignore[assignment]
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -150,6 +152,13 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.CleanupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.CleanupReply, _abc.Awaitable[_coordinator_pb2.CleanupReply]]: ...
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _coordinator_pb2.DrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.NodeStatus, _abc.Awaitable[_coordinator_pb2.NodeStatus]]: ...
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

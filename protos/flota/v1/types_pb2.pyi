@@ -164,6 +164,8 @@ class NodeInfo(_message.Message):
     FACTS_FIELD_NUMBER: _builtins.int
     ADDRESSES_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_AFTER_S_FIELD_NUMBER: _builtins.int
+    LOST_AFTER_S_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     version: _builtins.str
@@ -174,6 +176,11 @@ class NodeInfo(_message.Message):
     slots: _builtins.int
     running: _builtins.int
     """jobs running now"""
+    unreachable_after_s: _builtins.float
+    """How long the coordinator waits before it calls this node unreachable / lost (a
+    laptop that sleeps may ask for more); 0: the coordinator's defaults.
+    """
+    lost_after_s: _builtins.float
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -195,10 +202,12 @@ class NodeInfo(_message.Message):
         facts: Global___Facts | None = ...,
         addresses: _abc.Iterable[_builtins.str] | None = ...,
         running: _builtins.int = ...,
+        unreachable_after_s: _builtins.float = ...,
+        lost_after_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "facts", b"facts", "id", b"id", "labels", b"labels", "name", b"name", "network", b"network", "network_source", b"network_source", "running", b"running", "slots", b"slots", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "facts", b"facts", "id", b"id", "labels", b"labels", "lost_after_s", b"lost_after_s", "name", b"name", "network", b"network", "network_source", b"network_source", "running", b"running", "slots", b"slots", "unreachable_after_s", b"unreachable_after_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,6 +279,7 @@ class JobSpec(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    RESUME_BRANCHES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     run_id: _builtins.str
     attempt_id: _builtins.str
@@ -291,6 +301,12 @@ class JobSpec(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def resources(self) -> Global___Resources: ...
+    @_builtins.property
+    def resume_branches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Work-in-progress branches of earlier attempts, newest first: the node starts from
+        the first that exists on the remote and builds on the base (--resume-from-partial).
+        """
+
     def __init__(
         self,
         *,
@@ -307,10 +323,11 @@ class JobSpec(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         resources: Global___Resources | None = ...,
         name: _builtins.str = ...,
+        resume_branches: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["repo", b"repo", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_id", b"attempt_id", "branch", b"branch", "command", b"command", "env", b"env", "job_id", b"job_id", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "resources", b"resources", "run_id", b"run_id", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_id", b"attempt_id", "branch", b"branch", "command", b"command", "env", b"env", "job_id", b"job_id", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
