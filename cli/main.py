@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
-node_app = typer.Typer(help="Join and run a node daemon.", no_args_is_help=True)
+node_app = typer.Typer(help="Join, run and drain node daemons.", no_args_is_help=True)
 token_app = typer.Typer(help="Join tokens for new nodes.", no_args_is_help=True)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(node_app, name="node")
@@ -107,7 +107,10 @@ def node_start(
     """Run the node daemon in the foreground.
 
     More options: --name N, --state-dir D, --network-rule PROFILE=if:GLOB|subnet:CIDR,
-    --coordinator HOST:PORT (if it moved since the join), --heartbeat S, --no-mdns.
+    --coordinator HOST:PORT (if it moved since the join), --heartbeat S, --no-mdns,
+    --unreachable-after S and --lost-after S (how long the coordinator waits for this node;
+    a laptop that sleeps may want more), --stop-after-disconnect S (cut off this long, the
+    node stops its jobs and pushes their work; 0: never; default 600).
     """
     args = ["start", "--listen", listen]
     if network:
@@ -117,6 +120,28 @@ def node_start(
     if slots is not None:
         args += ["--slots", str(slots)]
     _exec("node_agent", [*args, *_json_flag(ctx), *ctx.args])
+
+
+@node_app.command("drain")
+def node_drain(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(metavar="NODE", help="Node name or id.")],
+    undo: Annotated[bool, typer.Option("--undo", help="Take new jobs again.")] = False,
+) -> None:
+    """Stop placing new jobs on a node; the jobs running there finish."""
+    o = _opts(ctx)
+    status = o.client().call("DrainNode", coordinator_pb2.DrainNodeRequest(node=node, undo=undo))
+    if o.json:
+        print_json(to_dict(status))
+        return
+    running = status.info.running
+    if undo:
+        console.print(f"node {status.info.name}: takes new jobs again ({status.state})")
+    else:
+        console.print(
+            f"node {status.info.name}: draining; no new jobs, {_count(running, 'running job')} will finish"
+            f" (undo: flota node drain {status.info.name} --undo)"
+        )
 
 
 @node_app.command("join")
@@ -212,8 +237,14 @@ def run(
     gpus: Annotated[int, typer.Option(help="GPUs each task needs.")] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds before a task is stopped (0: none).")] = 0,
     retries: Annotated[
-        int, typer.Option(help="Extra attempts when a node is lost (default 1; -1: the default).")
+        int,
+        typer.Option(
+            help="Extra attempts when a node is lost or stops a task cut off (default 1; -1: the default)."
+        ),
     ] = -1,
+    resume_from_partial: Annotated[
+        bool, typer.Option(help="A retry starts from the work an earlier attempt pushed.")
+    ] = False,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the tasks; repeatable.")] = None,
     name: Annotated[str, typer.Option(help="A name for the run.")] = "",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Show progress, then the results.")] = False,
@@ -236,6 +267,7 @@ def run(
         ),
         timeout_s=timeout,
         retries=retries,
+        resume_from_partial=resume_from_partial,
         name=name,
         env=_parse_pairs(env, "environment variable"),
     )

@@ -25,6 +25,7 @@ from coordinator.gitbase import push_base
 from coordinator.models import JOB_FINAL, Job, JobPlacement, NodeRecord, Run
 from coordinator.pki import CertificateAuthority, PkiError, make_token, secret_hash, token_matches
 from coordinator.reconcile import Reconciler, new_run_id
+from coordinator.registry import NodeEntry
 from protos.contract import (
     ENV_KEY_RE,
     LABEL_KEY_RE,
@@ -159,24 +160,33 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def ListNodes(
         self, request: coordinator_pb2.ListNodesRequest, context: Any
     ) -> coordinator_pb2.ListNodesReply:
-        out = []
-        for entry in sorted(self.rec.nodes.values(), key=lambda e: e.name):
-            if entry.removed:
-                continue
-            link = self.rec.links.get(entry.id)
-            status = coordinator_pb2.NodeStatus(
-                state=entry.state,
-                address=link.address if link else "",
-                last_seen=entry.last_seen_wall,
-                error=link.last_error if link and entry.state != "online" else "",
-            )
-            if entry.info is not None:
-                status.info.CopyFrom(entry.info)
-                status.info.running = len(entry.reservations)
-            # Who a node is comes from its enrollment, not from what it says about itself.
-            status.info.id, status.info.name = entry.id, entry.name
-            out.append(status)
-        return coordinator_pb2.ListNodesReply(nodes=out)
+        entries = sorted(self.rec.nodes.values(), key=lambda e: e.name)
+        return coordinator_pb2.ListNodesReply(nodes=[self._node_status(e) for e in entries if not e.removed])
+
+    def _node_status(self, entry: NodeEntry) -> coordinator_pb2.NodeStatus:
+        link = self.rec.links.get(entry.id)
+        status = coordinator_pb2.NodeStatus(
+            state="draining" if entry.draining and entry.state == "online" else entry.state,
+            address=link.address if link else "",
+            last_seen=entry.last_seen_wall,
+            error=link.last_error if link and entry.state != "online" else "",
+        )
+        if entry.info is not None:
+            status.info.CopyFrom(entry.info)
+            status.info.running = len(entry.reservations)
+        # Who a node is comes from its enrollment, not from what it says about itself.
+        status.info.id, status.info.name = entry.id, entry.name
+        return status
+
+    @_role("admin")
+    async def DrainNode(
+        self, request: coordinator_pb2.DrainNodeRequest, context: Any
+    ) -> coordinator_pb2.NodeStatus:
+        found = [e for e in self.rec.nodes.values() if not e.removed and request.node in (e.id, e.name)]
+        if not found:
+            raise NotFound(f"no node {request.node!r} (see: flota nodes)")
+        self.rec.drain(found[0], not request.undo)
+        return self._node_status(found[0])
 
     @_role("admin")
     async def CreateToken(
@@ -246,6 +256,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     updated_at=now,
                     timeout_s=request.timeout_s,
                     max_attempts=1 + retries,
+                    resume_from_partial=request.resume_from_partial,
                     env=dict(request.env),
                     placement=placement,
                     repo=repo,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "ATTEMPT_ACTIVE",
+    "RETRYABLE",
     "Attempt",
     "Job",
     "JobPlacement",
@@ -89,6 +90,9 @@ class Plan:
     # job id -> one line saying why it waits (only for jobs not placed)
     waiting: Mapping[str, str] = field(default_factory=dict)
 
+
+# Final attempt statuses after which the job is tried again, while its retries last.
+RETRYABLE = frozenset({"lost", "partial"})
 
 # Attempt statuses while the attempt holds a slot on its node.
 ATTEMPT_ACTIVE = frozenset({"dispatching", "running"})
@@ -180,6 +184,7 @@ class Job:
     result: Result | None = None
     attempts: list[Attempt] = field(default_factory=list)
     cancel_requested: bool = False
+    resume_from_partial: bool = False  # a retry starts from an earlier attempt's pushed work
 
 
 @dataclass(slots=True)
@@ -205,6 +210,9 @@ class NodeRecord:
     address: str = ""
     last_seen: float = 0.0
     removed: bool = False
+    draining: bool = False
+    unreachable_after_s: float = 0.0  # what the node asked for; 0: the coordinator's default
+    lost_after_s: float = 0.0
 
 
 def run_status(job_statuses: list[str]) -> str:

@@ -21,6 +21,7 @@ from coordinator.events import RunHub
 from coordinator.models import (
     ATTEMPT_ACTIVE,
     JOB_FINAL,
+    RETRYABLE,
     Attempt,
     Job,
     JobView,
@@ -93,6 +94,8 @@ class Reconciler:
                 # Silence is counted from now: a node that never comes back is lost in time.
                 entry = self._entry(rec.id, rec.name)
                 entry.last_seen, entry.fingerprint = self.clock(), rec.fingerprint
+                entry.draining = rec.draining
+                entry.unreachable_after_s, entry.lost_after_s = rec.unreachable_after_s, rec.lost_after_s
                 if rec.address:
                     self.link(rec.id).hint([rec.address], "store")
         for node_id, address in self.config.static_nodes:
@@ -187,7 +190,12 @@ class Reconciler:
     def tick(self) -> None:
         now = self.clock()
         for entry in self.nodes.values():
-            state = liveness(entry, now, self.config.unreachable_after_s, self.config.lost_after_s)
+            state = liveness(
+                entry,
+                now,
+                entry.unreachable_after_s or self.config.unreachable_after_s,
+                entry.lost_after_s or self.config.lost_after_s,
+            )
             if state != entry.state:
                 self._set_state(entry, state)
             elif state == "lost" and entry.reservations:
@@ -199,7 +207,9 @@ class Reconciler:
             return
         # A node that said goodbye is leaving: its session may still be open, but no new work.
         online = [
-            e for e in self.nodes.values() if e.state == "online" and e.info is not None and not e.leaving
+            e
+            for e in self.nodes.values()
+            if e.state == "online" and e.info is not None and not e.leaving and not e.draining
         ]
         plan = schedule(
             Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued)), now
@@ -338,6 +348,9 @@ class Reconciler:
                 cpus=job.placement.cpus, memory_mb=job.placement.memory_mb, gpus=job.placement.gpus
             ),
         )
+        if job.repo and job.resume_from_partial:
+            earlier = [a.branch for a in reversed(job.attempts) if a is not attempt and a.branch]
+            spec.resume_branches.extend(earlier)
         if job.repo:
             spec.repo.CopyFrom(
                 types_pb2.RepoSpec(
@@ -419,6 +432,10 @@ class Reconciler:
                 )
             if old is not None and old.network != entry.info.network:
                 log.info("node %s network: %s -> %s", entry.name, old.network, entry.info.network)
+            grace = (event.heartbeat.unreachable_after_s, event.heartbeat.lost_after_s)
+            if grace != (entry.unreachable_after_s, entry.lost_after_s):
+                entry.unreachable_after_s, entry.lost_after_s = grace
+                self.store.node_grace(node_id, *grace)  # a restarted coordinator waits as long
             if entry.state != "online" and self.links[node_id].connected:
                 was = entry.state
                 self._set_state(entry, "online")
@@ -480,6 +497,8 @@ class Reconciler:
                 self._on_log(found[0].id, msg.attempt_id, [note, *tail])
             self._finish_attempt(*found, result_from_pb(msg))  # persisted before the ack below
             self.wake()
+        else:
+            self._late_result(node_id, msg)
         # Acked only once stored (or already final): the node then forgets it.
         self._pending_acks.setdefault(node_id, []).append(msg.attempt_id)
 
@@ -570,12 +589,8 @@ class Reconciler:
         active and its result is taken again on the node's next report."""
         if result.status not in JOB_FINAL:  # a node's word, checked like any input
             result = replace(result, status="failed", error=f"node reported status {result.status!r}")
-        if job.attempts and job.attempts[-1] is not attempt:
-            # An older attempt ending late (resent, lost then back) never drives the job.
-            attempt.status, attempt.finished_at, attempt.error = result.status, self.wall(), result.error
-            self.store.save_attempt(job, attempt, result)
-            self.attempts.pop(attempt.id, None)
-            self._release(attempt)
+        if job.status in JOB_FINAL or (job.attempts and job.attempts[-1] is not attempt):
+            self._late(job, attempt, result)  # an older attempt, or one whose job is decided
             return
         saved_attempt = (attempt.status, attempt.finished_at, attempt.error)
         saved_job = (job.status, job.node_id, job.updated_at, job.wait_reason, job.result, job.branch)
@@ -583,10 +598,10 @@ class Reconciler:
         attempt.status = result.status
         attempt.finished_at = result.finished_at or now
         attempt.error = result.error
-        ran = sum(1 for a in job.attempts if a.status == "lost")
+        ran = sum(1 for a in job.attempts if a.status in RETRYABLE)
         failures = sum(1 for a in job.attempts if a.error.startswith("dispatch failed"))
         refusals = sum(1 for a in job.attempts if a.error.startswith("node busy"))
-        again = (result.status == "lost" and ran < job.max_attempts) or (
+        again = (result.status in RETRYABLE and ran < job.max_attempts) or (
             retry and failures < MAX_DISPATCH_FAILURES and refusals < MAX_REFUSALS
         )
         if again and not job.cancel_requested:
@@ -613,6 +628,80 @@ class Reconciler:
             self._held.pop(job.id, None)
         self.hub.job(job, self.node_names())
         self._maybe_finish_run(job.run_id)
+
+    def _late_result(self, node_id: str, msg: types_pb2.JobResult) -> None:
+        """A result for an attempt this coordinator already closed itself: the node was
+        lost or unreachable, a start seemed to fail, or the coordinator restarted. It is
+        recorded, never dropped: its branch is on the remote either way."""
+        job_id, sep, _ = msg.attempt_id.rpartition(".a")
+        job = self.jobs.get(job_id) if sep else None
+        if job is None and sep:
+            job = self.store.get_job(job_id)
+        attempt = next((a for a in job.attempts if a.id == msg.attempt_id), None) if job else None
+        if job is None or attempt is None or attempt.node_id != node_id:
+            return  # not ours, or not that node's to report
+        closed_here = attempt.status == "lost" or attempt.error.startswith(
+            ("cancelled (node unreachable)", "dispatch failed")
+        )
+        if not closed_here:
+            return  # already has the node's own result: a repeat delivery
+        self._late(job, attempt, result_from_pb(msg))
+
+    def _late(self, job: Job, attempt: Attempt, result: Result) -> None:
+        """Record the end of an attempt that no longer drives its job. The first success
+        wins: a late success takes a job that has none (and stops a retry still running);
+        after a win, another success is recorded as superseded. A job that was not retried
+        takes its attempt's real result in place of the coordinator's guess."""
+        if result.status not in JOB_FINAL:
+            result = replace(result, status="failed", error=f"node reported status {result.status!r}")
+        now = self.wall()
+        wins = result.status == "success" and job.status != "success" and not job.cancel_requested
+        # The coordinator's own guess ("lost") for the job's last attempt gives way to
+        # what really happened; a success or a user's cancel is never overwritten.
+        replaces = (
+            job.status in JOB_FINAL
+            and job.status != "success"
+            and not job.cancel_requested
+            and job.attempts[-1] is attempt
+        )
+        attempt.status = "superseded" if result.status == "success" and not wins else result.status
+        attempt.finished_at = result.finished_at or now
+        attempt.error = result.error
+        if attempt.status == "superseded":
+            attempt.error = "another attempt of this job succeeded first; its branch is kept"
+        saved = (job.status, job.node_id, job.updated_at, job.wait_reason, job.result, job.branch)
+        if wins or replaces:
+            job.status, job.result, job.branch = result.status, result, result.branch
+            job.node_id, job.updated_at, job.wait_reason = attempt.node_id, now, ""
+        try:
+            self.store.save_attempt(job, attempt, result)
+        except Exception:
+            job.status, job.node_id, job.updated_at, job.wait_reason, job.result, job.branch = saved
+            raise
+        self.attempts.pop(attempt.id, None)
+        self._log_lines.pop(attempt.id, None)
+        self._release(attempt)
+        log.info("late result for %s: %s (job %s is %s)", attempt.id, attempt.status, job.id, job.status)
+        if wins:
+            self._held.pop(job.id, None)
+            for other in job.attempts:
+                if other is not attempt and other.status in ATTEMPT_ACTIVE:
+                    link = self.links.get(other.node_id)
+                    if link is not None and link.connected:
+                        self._spawn(self._cancel_quietly(link, other.id))
+        self.hub.job(job, self.node_names())
+        if job.run_id in self.runs:
+            self._maybe_finish_run(job.run_id)
+        elif wins or replaces:
+            run = self.store.get_run(job.run_id)
+            if run is not None:
+                self.store.finish_run_again(run.id, run_status([j.status for j in run.jobs]))
+
+    def drain(self, entry: NodeEntry, draining: bool) -> None:
+        self.store.set_draining(entry.id, draining)
+        entry.draining = draining
+        log.info("node %s: %s", entry.name, "draining" if draining else "eligible again")
+        self.wake()
 
     def _maybe_finish_run(self, run_id: str) -> None:
         run = self.runs.get(run_id)

@@ -33,6 +33,10 @@ class NodeEntry:
     leaving: bool = False  # said so itself over mTLS: no new work until it reconnects
     fingerprint: str = ""  # of the certificate issued at enrollment
     removed: bool = False
+    draining: bool = False  # `flota node drain`: no new jobs, running ones finish
+    # How long this node may be silent (it asked, e.g. a laptop that sleeps); 0: defaults.
+    unreachable_after_s: float = 0.0
+    lost_after_s: float = 0.0
     # attempt id -> (run id, cpus, memory_mb, gpus, exclusive): what runs there now
     reservations: dict[str, tuple[str, float, int, int, bool]] = field(default_factory=dict)
 

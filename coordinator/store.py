@@ -60,7 +60,24 @@ CREATE INDEX IF NOT EXISTS logs_job ON logs(job_id, seq);
 """
 
 # What a job row keeps as JSON: everything the user asked for.
-_SPEC_FIELDS = ("name", "agent", "command", "prompt", "model", "timeout_s", "max_attempts", "env")
+_SPEC_FIELDS = (
+    "name",
+    "agent",
+    "command",
+    "prompt",
+    "model",
+    "timeout_s",
+    "max_attempts",
+    "env",
+    "resume_from_partial",
+)
+# Columns added after the first release: (table, column, declaration). Added in place
+# when an older database is opened.
+_ADDED_COLUMNS = (
+    ("nodes", "draining", "INTEGER NOT NULL DEFAULT 0"),
+    ("nodes", "unreachable_after", "REAL NOT NULL DEFAULT 0"),
+    ("nodes", "lost_after", "REAL NOT NULL DEFAULT 0"),
+)
 
 
 class StoreError(Exception):
@@ -90,6 +107,10 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             path.chmod(0o600)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
@@ -153,9 +174,28 @@ class Store:
 
     def nodes(self) -> list[NodeRecord]:
         rows = self._query(
-            "SELECT id, name, fingerprint, enrolled_at, address, last_seen, removed FROM nodes ORDER BY name"
+            "SELECT id, name, fingerprint, enrolled_at, address, last_seen, removed, draining, "
+            "unreachable_after, lost_after FROM nodes ORDER BY name"
         )
-        return [NodeRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
+        return [
+            NodeRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), r[8], r[9]) for r in rows
+        ]
+
+    def set_draining(self, node_id: str, draining: bool) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE nodes SET draining = ? WHERE id = ?", (int(draining), node_id))
+
+    def node_grace(self, node_id: str, unreachable_after: float, lost_after: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE nodes SET unreachable_after = ?, lost_after = ? WHERE id = ?",
+                (unreachable_after, lost_after, node_id),
+            )
+
+    def finish_run_again(self, run_id: str, status: str) -> None:
+        """A finished run whose outcome changed (a late result won): new status, same end."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET status = ? WHERE id = ? AND status != 'running'", (status, run_id))
 
     def node_seen(self, node_id: str, name: str, address: str, last_seen: float) -> None:
         with self._tx() as db:
