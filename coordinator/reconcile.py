@@ -490,6 +490,8 @@ class Reconciler:
             found = self._owned(node_id, msg.attempt_id)
             if found is None:
                 return
+            if msg.log_lines:  # what the node ran while no coordinator listened
+                self._on_log(found[0].id, msg.attempt_id, list(msg.log_lines))
             if msg.log_lines_lost:
                 # Lines that never reached us: say so where they belong, then the job's end.
                 tail = msg.log_tail.splitlines()
@@ -645,6 +647,8 @@ class Reconciler:
         )
         if not closed_here:
             return  # already has the node's own result: a repeat delivery
+        if msg.log_lines:
+            self.store.append_logs(job.id, attempt.id, list(msg.log_lines)[:LOG_LINES_MAX])
         self._late(job, attempt, result_from_pb(msg))
 
     def _late(self, job: Job, attempt: Attempt, result: Result) -> None:

@@ -43,6 +43,11 @@ __all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
+# Output held while no coordinator listens, per attempt: at most this much travels in
+# the result (well under the 4 MiB message limit); later lines are only counted.
+HELD_BYTES = 1 << 20
+HELD_BATCH = 1000
+
 
 @dataclass
 class _Attempt:
@@ -58,6 +63,10 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     helpers: set[asyncio.Task[None]] = field(default_factory=set)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    # Output read while no coordinator listened: sent when one does, or in the result.
+    undelivered: list[str] = field(default_factory=list)
+    undelivered_bytes: int = 0
+    dropped: int = 0  # lines beyond what `undelivered` may hold
 
     @property
     def id(self) -> str:
@@ -317,12 +326,30 @@ class Runner:
         spec = a.spec
 
         def on_lines(lines: list[str]) -> None:
+            if not self.hub.listening:
+                self._hold(a, lines)
+                return
+            if a.undelivered:
+                held, a.undelivered, a.undelivered_bytes = a.undelivered, [], 0
+                for i in range(0, len(held), HELD_BATCH):
+                    self.hub.log(spec.job_id, spec.attempt_id, held[i : i + HELD_BATCH])
             self.hub.log(spec.job_id, spec.attempt_id, lines)
 
         def on_offset(offset: int) -> None:
-            self._journal(self.journal.published, a.id, offset)
+            if not a.undelivered:  # a restart re-reads what no coordinator has seen yet
+                self._journal(self.journal.published, a.id, offset)
 
         return OutputTail(self.journal.output(a.id), offset, on_lines, on_offset)
+
+    @staticmethod
+    def _hold(a: _Attempt, lines: list[str]) -> None:
+        for line in lines:
+            size = len(line) + 1
+            if a.dropped or a.undelivered_bytes + size > HELD_BYTES:
+                a.dropped += 1
+            else:
+                a.undelivered.append(line)
+                a.undelivered_bytes += size
 
     def _watch(self, a: _Attempt) -> None:
         proc = a.proc
@@ -403,7 +430,9 @@ class Runner:
             log_tail="\n".join(a.tail.tail) if a.tail else "",
             **fields,  # type: ignore[arg-type]
         )
-        result.log_lines_lost = self.hub.take_gap(spec.attempt_id)
+        # Lines no coordinator has seen travel in the result (bounded); beyond that, a count.
+        result.log_lines.extend(a.undelivered)
+        result.log_lines_lost = self.hub.take_gap(spec.attempt_id) + a.dropped
         self._journal(self.journal.finish, result)
         self.finished[spec.attempt_id] = result
         self.active.pop(spec.attempt_id, None)
