@@ -23,8 +23,10 @@ CLIENT_OPTIONS: list[tuple[str, int | str]] = [
 SERVER_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10000),
-    ("grpc.keepalive_timeout_ms", 5000),
+    # The node learns its coordinator session is dead within ~3 s too (its
+    # stop-after-disconnect clock starts then), not after the TCP timeout.
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 1000),
     ("grpc.keepalive_permit_without_calls", 1),
     # Accept the clients' 2 s pings; faster ones are a misbehaving peer.
     ("grpc.http2.min_ping_interval_without_data_ms", 1000),

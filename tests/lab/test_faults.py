@@ -272,3 +272,43 @@ def test_full_or_read_only_workspace_fails_the_job_and_the_node_serves_on(site: 
     finally:
         fleet.stop("n1")
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# ------------------------------------------------------------------------------ partial work
+
+
+def test_cut_off_node_pushes_its_work_and_the_retry_resumes_from_it(site: Site, tmp_path: Path) -> None:
+    fleet = site.fleet
+    work, remote = make_repo(tmp_path / "repo")
+    coordinator(site, "--unreachable-after", "1", "--lost-after", "10")
+    node(site, "n1", "--stop-after-disconnect", "1")
+    command = (
+        "if [ -e progress.txt ]; then echo resumed >> progress.txt; echo resumed; "
+        "else echo started > progress.txt; echo started; sleep 300; fi"
+    )
+    submitted = fleet.json("run", "--repo", str(work), "--retries", "1", "--resume-from-partial", command)
+    job_id = submitted["jobs"][0]["id"]
+    poll(lambda: job_if(fleet, job_id, "running"), what="job running on n1")
+    node(site, "n2")  # only now: the first attempt is n1's
+    first_branch = f"flota/{submitted['id']}/1"
+    site.hosts["n1"].link_down()
+    try:
+        # n1 stops the job itself and pushes what it made (the remote is on the shared disk).
+        poll(lambda: first_branch in branches(remote), timeout=30, what="the work in progress pushed")
+        assert remote_file(remote, first_branch, "progress.txt") == "started\n"
+        job = final(fleet, job_id, timeout=60)
+    finally:
+        site.hosts["n1"].link_up()
+    assert (job["status"], job["node_name"]) == ("success", "n2"), job
+    retry = job["attempts"][1]
+    assert remote_file(remote, retry["branch"], "progress.txt") == "started\nresumed\n"
+    logs = fleet.flota("logs", job_id, check=True).stdout
+    assert f"[flota: resuming from {first_branch}" in logs and logs.endswith("resumed\n"), logs
+
+    def partial_recorded() -> dict[str, Any] | None:
+        j: dict[str, Any] = fleet.json("status", job_id)
+        return j if j["attempts"][0]["status"] == "partial" else None
+
+    _, job = poll(partial_recorded, what="n1's partial result delivered when it is back")
+    assert "cut off from the coordinator" in job["attempts"][0]["error"]
+    assert job["status"] == "success" and job["result"]["branch"] == retry["branch"]
