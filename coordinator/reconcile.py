@@ -216,7 +216,10 @@ class Reconciler:
         )
         for placement in plan.placements:
             self._dispatch(self.jobs[placement.job_id], self.nodes[placement.node_id])
+        draining = [e.name for e in self.nodes.values() if e.state == "online" and e.draining]
         for job_id, reason in plan.waiting.items():
+            if draining and not online:
+                reason = f"every online node is draining ({', '.join(sorted(draining))})"
             job = self.jobs[job_id]
             if job.wait_reason != reason:
                 job.wait_reason = reason

@@ -532,3 +532,28 @@ def test_cli_conveniences_and_refusals(fleet: Fleet, tmp_path: Path) -> None:
         str(tmp_path / "n"),
     )
     assert join.returncode == 3 and "cannot reach" in join.stderr
+
+
+def test_drain_holds_new_jobs_and_lets_running_ones_finish(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("only")
+    gate = tmp_path / "gate"
+    running = fleet.json("run", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo finished")["jobs"][0]["id"]
+    wait_until(lambda: fleet.json("status", running)["status"] == "running", what="running")
+
+    drained = fleet.flota("node", "drain", "only", check=True)
+    assert "draining; no new jobs, 1 running job will finish" in drained.stdout, drained.stdout
+    assert fleet.nodes()["only"]["state"] == "draining"
+    queued = fleet.json("run", "echo later")["jobs"][0]["id"]
+    wait_until(
+        lambda: fleet.json("status", queued)["wait_reason"] == "every online node is draining (only)",
+        what="wait reason",
+    )
+    gate.touch()
+    wait_until(lambda: fleet.json("status", running)["status"] == "success", what="the running job finishes")
+    assert fleet.json("status", queued)["status"] == "queued"
+
+    assert fleet.json("node", "drain", "only", "--undo")["state"] == "online"
+    wait_until(lambda: fleet.json("status", queued)["status"] == "success", what="the held job runs")
+    missing = fleet.flota("node", "drain", "nobody")
+    assert missing.returncode == 2 and missing.stderr.strip() == "flota: no node 'nobody' (see: flota nodes)"
