@@ -240,7 +240,10 @@ class Runner:
         elif isinstance(action, lc.Kill):
             if a.proc is not None:
                 signal_group(a.proc.group, signal.SIGKILL)
-            if a.state.stop:  # a stopped job leaves nothing behind, not even what left its group
+            # A stopped job leaves nothing behind, not even what left its group; nor does
+            # one that ended while no daemon watched (its group can no longer be trusted
+            # by number, so what remains is found by its attempt id).
+            if a.state.stop or a.proc is None:
                 await asyncio.to_thread(kill_escaped, a.id)
         elif isinstance(action, lc.Commit):
             self._helper(a, self._commit(a, action.status))
@@ -400,7 +403,7 @@ class Runner:
             await a.tail.finish()
         now = time.time()
         error = action.error
-        if action.status == "failed" and action.exit_code not in (None, 0) and error.startswith("exit code"):
+        if action.status == "failed" and action.exit_code and error.startswith(("exit code", "killed by")):
             error = describe_exit(action.exit_code)
         fields: dict[str, object] = {}
         if action.exit_code is not None:

@@ -69,7 +69,8 @@ def describe_exit(code: int) -> str:
     number = -code if code < 0 else code - 128 if code > 128 else 0
     if number:
         with contextlib.suppress(ValueError):
-            return f"killed by signal {signal.Signals(number).name} (exit code {code})"
+            name = signal.Signals(number).name
+            return f"killed by signal {name}" if code < 0 else f"killed by signal {name} (exit code {code})"
     return f"exit code {code}"
 
 
@@ -225,6 +226,7 @@ class OutputTail:
     ) -> None:
         self.path = path
         self.offset = offset  # bytes consumed from the file
+        self._line_start = offset  # where the line being read began: a restart reads on from here
         self._on_lines = on_lines
         self._on_offset = on_offset
         self._partial = bytearray()
@@ -245,6 +247,7 @@ class OutputTail:
                 await self._task
         self._read()
         if self._partial or self._overflow:
+            self._line_start = self.offset
             self._end_line()
         self._flush()
 
@@ -264,16 +267,19 @@ class OutputTail:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 while (not limit or done < limit) and (data := f.read(_READ_BYTES)):
+                    at = self.offset
                     self.offset += len(data)
                     done += len(data)
-                    self._feed(data)
+                    self._feed(data, at)
         except FileNotFoundError:
             return
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes, at: int) -> None:
+        """``data`` was read from file offset ``at``."""
         start = 0
         while (end := data.find(b"\n", start)) >= 0:
             self._append(data[start:end])
+            self._line_start = at + end + 1
             self._end_line()
             start = end + 1
         self._append(data[start:])
@@ -309,6 +315,8 @@ class OutputTail:
         except Exception:
             log.exception("log sink failed; dropped %d lines", len(batch))
         if self._on_offset is not None:
-            # Only whole lines count as delivered; a restart re-reads a partial one.
+            # Only whole lines count as delivered; a restart re-reads a partial one. Not
+            # self.offset: a full batch is flushed in the middle of a chunk, and a long
+            # line's bytes past the cap are consumed but not in _partial.
             with contextlib.suppress(Exception):
-                self._on_offset(self.offset - len(self._partial))
+                self._on_offset(self._line_start)

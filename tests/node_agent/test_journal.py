@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.journal import Journal
+from node_agent.journal import Entry, Journal
 from protos.flota.v1 import types_pb2
 
 
@@ -29,6 +29,10 @@ def result(attempt_id: str, status: str = "success") -> types_pb2.JobResult:
     )
 
 
+def pairs(journal: Journal) -> list[tuple[types_pb2.JobSpec, types_pb2.JobResult | None]]:
+    return [(e.spec, e.result) for e in journal.entries()]
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "state" / "jobs"
@@ -41,16 +45,72 @@ def test_begin_finish_entries_forget(root: Path) -> None:
 
     journal.begin(spec("a1"))
     journal.begin(spec("a2", timeout_s=30))
-    assert journal.entries() == [(spec("a1"), None), (spec("a2", timeout_s=30), None)]
+    assert journal.entries() == [Entry(spec("a1"), None), Entry(spec("a2", timeout_s=30), None)]
     assert stat.S_IMODE((root / "a1").stat().st_mode) == 0o700
 
     journal.finish(result("a1"))
-    assert journal.entries() == [(spec("a1"), result("a1")), (spec("a2", timeout_s=30), None)]
+    assert pairs(journal) == [(spec("a1"), result("a1")), (spec("a2", timeout_s=30), None)]
 
     journal.forget("a1")
-    assert journal.entries() == [(spec("a2", timeout_s=30), None)]
+    assert pairs(journal) == [(spec("a2", timeout_s=30), None)]
     assert not (root / "a1").exists()
     assert not list(root.rglob("*.tmp"))
+
+
+def test_process_stop_offset_and_exit_are_journaled(root: Path) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    assert journal.output("a1") == root / "a1" / "output"
+    assert journal.exit_file("a1") == root / "a1" / "exit"
+    assert journal.exit_code("a1") is None
+
+    journal.spawned("a1", 4242, 1795466310.29, 1795466311.0007234)
+    journal.published("a1", 1234)
+    journal.stopping("a1", "timeout", "timed out after 30 s")
+    journal.exit_file("a1").write_text("137\n")  # as the job's wrapper writes it
+    assert journal.exit_code("a1") == 137
+
+    assert Journal(root).entries() == [
+        Entry(
+            spec("a1"),
+            None,
+            pid=4242,
+            create_time=1795466310.29,
+            spawned_at=1795466311.0007234,
+            exit_code=137,
+            offset=1234,
+            stop="timeout",
+            stop_detail="timed out after 30 s",
+        )
+    ]
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_a_stop_without_detail(root: Path) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    journal.stopping("a1", "cancelled", "")
+    (entry,) = journal.entries()
+    assert (entry.stop, entry.stop_detail, entry.pid, entry.exit_code) == ("cancelled", "", 0, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("proc", "12 not-a-time"), ("proc", ""), ("offset", "lots"), ("exit", "Killed"), ("exit", "")],
+)
+def test_half_written_or_garbled_files_read_as_unknown(root: Path, name: str, content: str) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    journal.spawned("a1", 77, 5.5, 6.5)
+    journal.published("a1", 10)
+    (root / "a1" / name).write_text(content)
+    (entry,) = journal.entries()
+    expected = {
+        "proc": (0, 0.0, 0.0, 10, None),
+        "offset": (77, 5.5, 6.5, 0, None),
+        "exit": (77, 5.5, 6.5, 10, None),
+    }[name]
+    assert (entry.pid, entry.create_time, entry.spawned_at, entry.offset, entry.exit_code) == expected
 
 
 def test_entries_survive_a_new_journal_on_the_same_root(root: Path) -> None:
@@ -58,7 +118,7 @@ def test_entries_survive_a_new_journal_on_the_same_root(root: Path) -> None:
     first.begin(spec("a1"))
     first.finish(result("a1", "failed"))
     first.begin(spec("a2"))
-    assert Journal(root).entries() == [(spec("a1"), result("a1", "failed")), (spec("a2"), None)]
+    assert pairs(Journal(root)) == [(spec("a1"), result("a1", "failed")), (spec("a2"), None)]
 
 
 def test_finish_twice_keeps_the_last_result(root: Path) -> None:
@@ -66,14 +126,25 @@ def test_finish_twice_keeps_the_last_result(root: Path) -> None:
     journal.begin(spec("a1"))
     journal.finish(result("a1", "failed"))
     journal.finish(result("a1", "cancelled"))
-    assert journal.entries() == [(spec("a1"), result("a1", "cancelled"))]
+    assert pairs(journal) == [(spec("a1"), result("a1", "cancelled"))]
 
 
 def test_forget_unknown_attempt_is_harmless(root: Path) -> None:
     journal = Journal(root)
     journal.begin(spec("a1"))
     journal.forget("never-begun")
-    assert [s.attempt_id for s, _ in journal.entries()] == ["a1"]
+    assert [e.spec.attempt_id for e in journal.entries()] == ["a1"]
+
+
+def test_forget_removes_output_and_process_files(root: Path) -> None:
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    journal.spawned("a1", 1, 2.0, 3.0)
+    journal.output("a1").write_bytes(b"hello\n")
+    journal.finish(result("a1"))
+    journal.forget("a1")
+    assert not (root / "a1").exists()
+    assert journal.entries() == []
 
 
 def test_things_that_are_not_attempts_are_skipped(root: Path) -> None:
@@ -83,7 +154,7 @@ def test_things_that_are_not_attempts_are_skipped(root: Path) -> None:
     (root / "empty-dir").mkdir()
     (root / "half").mkdir()
     (root / "half" / "spec.pb.tmp").write_bytes(b"\x0a")  # a write interrupted before its rename
-    assert [s.attempt_id for s, _ in journal.entries()] == ["a1"]
+    assert [e.spec.attempt_id for e in journal.entries()] == ["a1"]
 
 
 @pytest.mark.parametrize("which", ["spec.pb", "result.pb"])
@@ -93,7 +164,7 @@ def test_corrupt_files_are_skipped(root: Path, which: str) -> None:
     journal.begin(spec("a2"))
     journal.finish(result("a2"))
     (root / "a2" / which).write_bytes(b"\xff\xff\xff garbage")
-    found = journal.entries()
+    found = pairs(journal)
     if which == "spec.pb":
         assert found == [(spec("a1"), None)]
     else:
@@ -114,7 +185,7 @@ def test_forget_refuses_path_like_ids(root: Path, attempt_id: str) -> None:
 
     assert (sibling / "keep.txt").read_text() == "keep"
     assert root.is_dir()
-    assert [s.attempt_id for s, _ in journal.entries()] == ["a1"]
+    assert [e.spec.attempt_id for e in journal.entries()] == ["a1"]
 
 
 def test_forget_does_not_follow_a_symlink_out_of_the_root(root: Path) -> None:

@@ -1,63 +1,37 @@
-"""run_shell against real processes: output streaming, exit codes, timeouts, cancel, cleanup."""
+"""node_agent/agents/shell.py against real processes: the wrapper, attach, the output tail, kills."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Coroutine
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from node_agent.agents.shell import _BATCH_LINES, ShellError, ShellOutcome, run_shell
+from node_agent.agents.shell import (
+    _BATCH_LINES,
+    _MAX_LINE_BYTES,
+    JobProcess,
+    OutputTail,
+    ShellError,
+    attach,
+    describe_exit,
+    group_alive,
+    kill_escaped,
+    signal_group,
+    spawn,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 MARK = " …[line truncated]"
-
-
-class Capture:
-    """An on_lines sink that remembers lines and batches, and can fire on a given line."""
-
-    def __init__(self, on_line: Callable[[str], None] | None = None) -> None:
-        self.batches: list[list[str]] = []
-        self.on_line = on_line
-
-    def __call__(self, batch: list[str]) -> None:
-        self.batches.append(list(batch))
-        if self.on_line is not None:
-            for line in batch:
-                self.on_line(line)
-
-    @property
-    def lines(self) -> list[str]:
-        return [line for batch in self.batches for line in batch]
-
-
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
-
-
-async def shell(
-    command: str,
-    cwd: Path,
-    *,
-    timeout_s: float = 30.0,
-    grace_s: float = 5.0,
-    sink: Capture | None = None,
-    cancel: asyncio.Event | None = None,
-) -> tuple[ShellOutcome, Capture, float]:
-    sink = sink or Capture()
-    started = time.monotonic()
-    outcome = await run_shell(
-        command, cwd, dict(os.environ), timeout_s, sink, cancel or asyncio.Event(), grace_s=grace_s
-    )
-    return outcome, sink, time.monotonic() - started
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
@@ -69,182 +43,346 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     return predicate()
 
 
-def live_members(pgid: int) -> list[int]:
-    """Processes of the group that are not zombies (a lazy init may keep zombies around)."""
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                members.append(proc.pid)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return members
-
-
-def group_is_gone(pgid: int) -> bool:
-    return wait_until(lambda: not live_members(pgid), timeout_s=5.0)
-
-
-def first_int(lines: list[str]) -> int:
-    return int(next(line for line in lines if line.strip().isdigit()))
-
-
-def test_success_streams_lines_in_order_in_batches(tmp_path: Path) -> None:
-    outcome, sink, _ = run(shell("for i in $(seq 1 300); do echo line$i; done; echo err >&2", tmp_path))
-    assert outcome == ShellOutcome("success", 0, outcome.log_tail, "")
-    assert sink.lines == [f"line{i}" for i in range(1, 301)] + ["err"]
-    assert outcome.log_tail.splitlines() == sink.lines[-40:]
-    assert all(1 <= len(batch) <= _BATCH_LINES for batch in sink.batches)
-    assert len(sink.batches) < 301  # batched, not one call per line
-
-
-def test_runs_in_cwd_with_given_env(tmp_path: Path) -> None:
-    sink = Capture()
-    outcome = run(run_shell("pwd; echo $FLOTA_X", tmp_path, {"FLOTA_X": "42"}, 10, sink, asyncio.Event()))
-    assert outcome.status == "success"
-    assert sink.lines == [str(tmp_path), "42"]
-
-
-def test_failure_exit_code(tmp_path: Path) -> None:
-    outcome, sink, _ = run(shell("echo before; exit 7", tmp_path))
-    assert (outcome.status, outcome.exit_code, outcome.error) == ("failed", 7, "exit code 7")
-    assert sink.lines == ["before"]
-
-
-def test_killed_by_signal_is_negative(tmp_path: Path) -> None:
-    outcome, _, _ = run(shell("kill -KILL $$", tmp_path))
-    assert (outcome.status, outcome.exit_code) == ("failed", -signal.SIGKILL)
-    assert outcome.error == "killed by signal SIGKILL"
-
-
-def test_timeout_kills_children_and_grandchildren(tmp_path: Path) -> None:
-    command = "echo $$; sleep 100 & sleep 100 & (sleep 100 & sleep 100 & wait) & wait"
-    outcome, sink, elapsed = run(shell(command, tmp_path, timeout_s=0.5, grace_s=10.0))
-    assert outcome.status == "timeout"
-    assert outcome.error == "timed out after 0.5 s"
-    assert outcome.exit_code == -signal.SIGTERM
-    # Everything died on SIGTERM: no waiting for the grace period.
-    assert elapsed < 5.0
-    assert group_is_gone(first_int(sink.lines))
-
-
-def test_sigterm_ignored_gets_sigkill_after_grace(tmp_path: Path) -> None:
-    command = "trap '' TERM; echo $$; sleep 100 & sleep 100"
-    outcome, sink, elapsed = run(shell(command, tmp_path, timeout_s=0.3, grace_s=0.7))
-    assert outcome.status == "timeout"
-    assert outcome.exit_code == -signal.SIGKILL
-    assert 0.9 <= elapsed < 5.0
-    assert group_is_gone(first_int(sink.lines))
-
-
-def test_child_cleaning_up_after_sigterm_gets_the_grace(tmp_path: Path) -> None:
-    # The leader dies on SIGTERM at once; its child needs a moment and must get it.
-    marker = tmp_path / "cleaned"
-    command = f"echo $$; sh -c 'trap \"sleep 0.3; touch {marker}; exit 0\" TERM; sleep 100 & wait'; sleep 100"
-    outcome, sink, _ = run(shell(command, tmp_path, timeout_s=0.3, grace_s=5.0))
-    assert outcome.status == "timeout"
-    assert marker.exists()
-    assert group_is_gone(first_int(sink.lines))
-
-
-def test_cancel_kills_the_group(tmp_path: Path) -> None:
-    async def scenario() -> tuple[ShellOutcome, Capture, float]:
-        cancel = asyncio.Event()
-        sink = Capture(on_line=lambda line: cancel.set() if line == "ready" else None)
-        return await shell(
-            "echo $$; sleep 100 & echo ready; wait", tmp_path, sink=sink, cancel=cancel, grace_s=10.0
-        )
-
-    outcome, sink, elapsed = run(scenario())
-    assert (outcome.status, outcome.error) == ("cancelled", "cancelled")
-    assert elapsed < 5.0
-    assert group_is_gone(first_int(sink.lines))
-
-
-def test_cancel_before_start_runs_nothing(tmp_path: Path) -> None:
-    async def scenario() -> ShellOutcome:
-        cancel = asyncio.Event()
-        cancel.set()
-        return await run_shell(f"touch {tmp_path}/ran", tmp_path, {}, 10, Capture(), cancel)
-
-    assert run(scenario()).status == "cancelled"
-    assert not (tmp_path / "ran").exists()
-
-
-def test_caller_cancellation_kills_the_group(tmp_path: Path) -> None:
-    async def scenario() -> int:
-        seen: asyncio.Queue[str] = asyncio.Queue()
-        sink = Capture(on_line=seen.put_nowait)
-        task = asyncio.create_task(shell("echo $$; sleep 100 & sleep 100", tmp_path, sink=sink))
-        pgid = int(await asyncio.wait_for(seen.get(), 10))
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return pgid
-
-    assert group_is_gone(run(scenario()))
-
-
-def test_background_grandchild_holding_stdout_does_not_hang(tmp_path: Path) -> None:
-    outcome, sink, elapsed = run(shell("echo $$; sleep 100 & echo done", tmp_path))
-    assert outcome.status == "success"
-    assert sink.lines[-1] == "done"
-    assert elapsed < 2.0
-    assert group_is_gone(first_int(sink.lines))
-
-
-def test_escaped_grandchild_holding_stdout_is_bounded(tmp_path: Path) -> None:
-    # setsid leaves our process group, so killing the group cannot close its stdout.
-    command = "setsid sh -c 'echo $$; exec sleep 100' & sleep 0.2; echo done"
-    outcome, sink, elapsed = run(shell(command, tmp_path))
+def gone(pid: int) -> bool:
+    """The process ended (a zombie counts: an init that reaps lazily may keep it a while)."""
     try:
-        assert outcome.status == "success"
-        assert "done" in sink.lines
-        assert elapsed < 5.0
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class Job:
+    """Paths of one job: a cwd, its output file and its exit file."""
+
+    def __init__(self, root: Path) -> None:
+        self.cwd = root / "cwd"
+        self.cwd.mkdir()
+        self.output = root / "output"
+        self.exit = root / "exit"
+        self.attempt_id = f"t-{uuid.uuid4().hex[:12]}"
+        self.env = {**os.environ, "FLOTA_ATTEMPT_ID": self.attempt_id}
+
+    def spawn(self, command: str) -> JobProcess:
+        return spawn(command, self.cwd, self.env, self.output, self.exit)
+
+    def lines(self) -> list[str]:
+        return self.output.read_text(errors="replace").splitlines()
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Iterator[Job]:
+    j = Job(tmp_path)
+    yield j
+    kill_escaped(j.attempt_id)  # nothing a test started outlives it
+
+
+def run_to_end(proc: JobProcess) -> int | None:
+    async def wait() -> int | None:
+        return await asyncio.wait_for(proc.wait(), 10)
+
+    return asyncio.run(wait())
+
+
+# --- the wrapper -------------------------------------------------------------------------
+
+
+def test_runs_in_cwd_with_exactly_the_env_and_records_its_status(job: Job) -> None:
+    job.env = {"PATH": os.environ["PATH"], "FLOTA_X": "42"}
+    proc = job.spawn("pwd; echo $FLOTA_X; echo ${HOME:-no-home}; echo err >&2; exit 7")
+    assert run_to_end(proc) == 7
+    assert job.lines() == [str(job.cwd), "42", "no-home", "err"]
+    assert job.exit.read_text() == "7\n"
+
+
+def test_job_is_a_session_and_group_of_its_own(job: Job) -> None:
+    proc = job.spawn("echo $$; sleep 100")
+    try:
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
+        assert os.getpgid(proc.pid) == proc.group == proc.pid
+        assert wait_until(lambda: len(job.lines()) == 1)
+        assert os.getpgid(int(job.lines()[0])) == proc.group  # the command is in the group
+        assert group_alive(proc.group)
     finally:
-        os.kill(first_int(sink.lines), signal.SIGKILL)
+        signal_group(proc.group, signal.SIGKILL)
+    assert run_to_end(proc) == -signal.SIGKILL
+    assert wait_until(lambda: not group_alive(proc.group))
+
+
+def test_output_is_appended_to_the_file(job: Job) -> None:
+    job.output.write_bytes(b"from before\n")
+    assert run_to_end(job.spawn("echo now")) == 0
+    assert job.lines() == ["from before", "now"]
+
+
+def test_command_killed_by_a_signal_is_128_plus_n(job: Job) -> None:
+    assert run_to_end(job.spawn("kill -KILL $$")) == 128 + signal.SIGKILL
+    assert job.exit.read_text() == "137\n"
+    assert describe_exit(137) == "killed by signal SIGKILL (exit code 137)"
+
+
+def test_sigterm_to_the_group_still_leaves_the_status(job: Job) -> None:
+    proc = job.spawn("echo started; sleep 100")
+    assert wait_until(lambda: job.lines() == ["started"])
+    signal_group(proc.group, signal.SIGTERM)
+    assert run_to_end(proc) == 128 + signal.SIGTERM
+    assert job.exit.read_text() == "143\n"
+
+
+def test_sigkill_to_the_group_takes_the_wrapper_too(job: Job) -> None:
+    proc = job.spawn("echo started; sleep 100")
+    assert wait_until(lambda: job.lines() == ["started"])
+    signal_group(proc.group, signal.SIGKILL)
+    assert run_to_end(proc) == -signal.SIGKILL
+    assert not job.exit.exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        (1, "exit code 1"),
+        (128, "exit code 128"),
+        (130, "killed by signal SIGINT (exit code 130)"),
+        (143, "killed by signal SIGTERM (exit code 143)"),
+        (-9, "killed by signal SIGKILL"),
+        (255, "exit code 255"),  # 128 + 127: no such signal
+    ],
+)
+def test_describe_exit(code: int, text: str) -> None:
+    assert describe_exit(code) == text
+
+
+def test_missing_cwd_is_a_shell_error(job: Job) -> None:
+    with pytest.raises(ShellError, match=r"^cannot start /bin/\w+ in .*/missing: No such file or directory$"):
+        spawn("true", job.cwd / "missing", job.env, job.output, job.exit)
+
+
+def test_nul_in_the_environment_is_a_shell_error(job: Job) -> None:
+    with pytest.raises(ShellError, match="embedded null byte"):
+        spawn("true", job.cwd, {**job.env, "BAD": "a\0b"}, job.output, job.exit)
+
+
+def test_unwritable_output_is_a_shell_error(job: Job) -> None:
+    with pytest.raises(ShellError, match="cannot start"):
+        spawn("true", job.cwd, job.env, job.cwd / "no" / "output", job.exit)
+
+
+# --- finding a job again ------------------------------------------------------------------
+
+
+def test_attach_finds_the_same_process_and_waits_for_it(job: Job) -> None:
+    proc = job.spawn("while [ ! -e go ]; do sleep 0.01; done; exit 4")
+    found = attach(proc.pid, proc.create_time)
+    assert found is not None
+    assert (found.pid, found.group) == (proc.pid, proc.pid)
+
+    async def scenario() -> int | None:
+        waiting = asyncio.ensure_future(found.wait())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        (job.cwd / "go").touch()
+        return await asyncio.wait_for(waiting, 10)
+
+    assert asyncio.run(scenario()) is None  # not our child as far as it knows: the file says
+    assert job.exit.read_text() == "4\n"
+    assert attach(proc.pid, proc.create_time) is None  # ended (zombie or reaped)
+    assert run_to_end(proc) == 4
+
+
+def test_attach_refuses_a_process_started_at_another_time(job: Job) -> None:
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        created = psutil.Process(stranger.pid).create_time()
+        assert attach(stranger.pid, created) is not None
+        assert attach(stranger.pid, created + 1.0) is None
+        assert attach(stranger.pid, 0.0) is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+    assert attach(stranger.pid, created) is None
+
+
+# --- reading the output -------------------------------------------------------------------
+
+
+class Sink:
+    """Remembers each batch and the offset reported after it."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.offsets: list[int] = []
+
+    def on_lines(self, batch: list[str]) -> None:
+        self.batches.append(list(batch))
+
+    def on_offset(self, offset: int) -> None:
+        self.offsets.append(offset)
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for batch in self.batches for line in batch]
+
+
+def read_all(path: Path, offset: int = 0) -> tuple[OutputTail, Sink]:
+    sink = Sink()
+    tail = OutputTail(path, offset, sink.on_lines, sink.on_offset)
+    asyncio.run(tail.finish())
+    return tail, sink
+
+
+def test_tail_batches_lines_in_order_and_keeps_the_last_40(tmp_path: Path) -> None:
+    out = tmp_path / "output"
+    lines = [f"line{i}" for i in range(1, 2501)]
+    out.write_text("".join(f"{line}\n" for line in lines))
+    tail, sink = read_all(out)
+    assert sink.lines == lines
+    assert [len(b) for b in sink.batches] == [_BATCH_LINES, _BATCH_LINES, 500]
+    assert list(tail.tail) == lines[-40:]
+    assert tail.offset == out.stat().st_size
+
+
+def test_offset_is_just_past_the_lines_delivered(tmp_path: Path) -> None:
+    """A restart resumes at the reported offset: it must never be ahead of what went out,
+    or lines are lost, nor behind it, or lines are repeated."""
+    out = tmp_path / "output"
+    data = "".join(f"line{i}\n" for i in range(2500)).encode()
+    out.write_bytes(data)
+    _, sink = read_all(out)
+    delivered = 0
+    for batch, offset in zip(sink.batches, sink.offsets, strict=True):
+        delivered += sum(len(line) + 1 for line in batch)
+        assert offset == delivered
+    assert sink.offsets[-1] == len(data)
 
 
 def test_long_lines_are_capped(tmp_path: Path) -> None:
-    command = "head -c 20000 /dev/zero | tr '\\0' x; echo; printf 'é%.0s' $(seq 1 5000); echo; echo after"
-    outcome, sink, _ = run(shell(command, tmp_path))
-    assert outcome.status == "success"
+    out = tmp_path / "output"
+    out.write_bytes(b"x" * 20000 + b"\n" + "é".encode() * 5000 + b"\nafter\n")
+    _, sink = read_all(out)
     long_ascii, long_utf8, after = sink.lines
-    assert long_ascii == "x" * 8192 + MARK
+    assert long_ascii == "x" * _MAX_LINE_BYTES + MARK
     assert long_utf8.endswith(MARK)
-    assert len(long_utf8.removesuffix(MARK).encode()) <= 8192 + 3  # a cut character becomes U+FFFD
+    assert len(long_utf8.removesuffix(MARK).encode()) <= _MAX_LINE_BYTES + 3  # a cut character: U+FFFD
     assert after == "after"
 
 
 def test_last_line_without_newline_crlf_and_bad_utf8(tmp_path: Path) -> None:
-    outcome, sink, _ = run(shell("printf 'dos\\r\\n\\377ok\\nno-newline'", tmp_path))
-    assert outcome.status == "success"
-    assert sink.lines == ["dos", "\ufffdok", "no-newline"]
+    out = tmp_path / "output"
+    out.write_bytes(b"dos\r\n\xffok\n\nno-newline")
+    tail, sink = read_all(out)
+    assert sink.lines == ["dos", "\ufffdok", "", "no-newline"]
+    assert sink.offsets[-1] == tail.offset == len(out.read_bytes())
 
 
-def test_failing_sink_does_not_stop_the_command(tmp_path: Path) -> None:
+def test_resuming_at_the_offset_repeats_nothing_and_rereads_a_partial_line(tmp_path: Path) -> None:
+    out = tmp_path / "output"
+    sink = Sink()
+    tail = OutputTail(out, 0, sink.on_lines, sink.on_offset)
+
+    async def first_daemon() -> None:
+        tail.start()
+        with out.open("ab") as f:
+            f.write(b"one\ntwo\npar")
+        deadline = time.monotonic() + 5
+        while sink.lines != ["one", "two"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        # The first daemon dies here: its tail is never finished.
+
+    asyncio.run(first_daemon())
+    assert sink.lines == ["one", "two"]
+    assert sink.offsets[-1] == len(b"one\ntwo\n")  # the partial line is not counted
+
+    with out.open("ab") as f:
+        f.write(b"tial\nthree\n")
+    _, second = read_all(out, sink.offsets[-1])
+    assert second.lines == ["partial", "three"]
+
+
+def test_offset_does_not_point_into_a_long_line(tmp_path: Path) -> None:
+    out = tmp_path / "output"
+    sink = Sink()
+    tail = OutputTail(out, 0, sink.on_lines, sink.on_offset)
+
+    async def first_daemon() -> None:
+        tail.start()
+        with out.open("ab") as f:
+            f.write(b"a\nHEAD" + b"x" * 20000)  # a long line still being written
+        deadline = time.monotonic() + 5
+        while not sink.lines and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(first_daemon())
+    assert (sink.lines, sink.offsets) == (["a"], [2])
+    with out.open("ab") as f:
+        f.write(b"\n")
+    _, second = read_all(out, sink.offsets[-1])
+    assert second.lines == ["HEAD" + "x" * (_MAX_LINE_BYTES - 4) + MARK]
+
+
+def test_tail_follows_a_growing_file(tmp_path: Path) -> None:
+    out = tmp_path / "output"
+    sink = Sink()
+
+    async def scenario() -> None:
+        tail = OutputTail(out, 0, sink.on_lines, sink.on_offset)
+        tail.start()  # the file does not even exist yet
+        for word in ("a", "b", "c"):
+            with out.open("ab") as f:
+                f.write(word.encode() + b"\n")
+            deadline = time.monotonic() + 5
+            while (not sink.lines or sink.lines[-1] != word) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        await tail.finish()
+
+    asyncio.run(scenario())
+    assert sink.lines == ["a", "b", "c"]
+    assert len(sink.batches) == 3  # each line went out while the file grew, not at the end
+
+
+def test_a_failing_sink_does_not_stop_the_reading(tmp_path: Path) -> None:
+    out = tmp_path / "output"
+    out.write_text("a\nb\n")
+
     def broken(_batch: list[str]) -> None:
         raise RuntimeError("sink down")
 
-    outcome = run(run_shell("echo a; echo b", tmp_path, dict(os.environ), 10, broken, asyncio.Event()))
-    assert outcome.status == "success"
-    assert outcome.log_tail == "a\nb"
+    tail = OutputTail(out, 0, broken)
+    asyncio.run(tail.finish())
+    assert list(tail.tail) == ["a", "b"]
 
 
-def test_missing_cwd_raises_shell_error(tmp_path: Path) -> None:
-    with pytest.raises(ShellError, match="cannot start"):
-        run(run_shell("true", tmp_path / "missing", {}, 10, Capture(), asyncio.Event()))
+# --- killing what escaped -----------------------------------------------------------------
 
 
-def test_overhead_of_true_is_a_few_ms(tmp_path: Path) -> None:
-    async def scenario() -> list[float]:
-        env, cancel, times = dict(os.environ), asyncio.Event(), []
-        for _ in range(200):
-            started = time.perf_counter()
-            outcome = await run_shell("true", tmp_path, env, 10, Capture(), cancel)
-            times.append(time.perf_counter() - started)
-            assert outcome.status == "success"
-        return times
+def test_kill_escaped_finds_processes_by_attempt_id(job: Job) -> None:
+    other_id = f"t-{uuid.uuid4().hex[:12]}"
+    escaped = subprocess.Popen(["setsid", "sleep", "100"], env=job.env)
+    other = subprocess.Popen(["sleep", "100"], env={**job.env, "FLOTA_ATTEMPT_ID": other_id})
+    prefix = subprocess.Popen(["sleep", "100"], env={**job.env, "FLOTA_ATTEMPT_ID": job.attempt_id + "x"})
+    try:
+        assert wait_until(lambda: _has_env(escaped.pid, job.attempt_id))
+        assert kill_escaped(job.attempt_id) == 1
+        assert escaped.wait(5) == -signal.SIGKILL
+        assert other.poll() is None
+        assert prefix.poll() is None
+    finally:
+        for proc in (escaped, other, prefix):
+            proc.kill()
+            proc.wait()
 
-    # Generous bound: a shared CI box must not flake; measured ~2-3 ms here.
-    assert statistics.median(run(scenario())) < 0.05
+
+def _has_env(pid: int, attempt_id: str) -> bool:
+    try:
+        return psutil.Process(pid).environ().get("FLOTA_ATTEMPT_ID") == attempt_id
+    except psutil.Error:
+        return False
+
+
+def test_group_alive_ignores_zombies(job: Job) -> None:
+    proc = job.spawn("sleep 100 & echo $!; wait")
+    assert wait_until(lambda: len(job.lines()) == 1)
+    child = int(job.lines()[0])
+    assert group_alive(proc.group)
+    signal_group(proc.group, signal.SIGKILL)
+    assert wait_until(lambda: gone(proc.pid) and gone(child))
+    assert wait_until(lambda: not group_alive(proc.group))
+    run_to_end(proc)
