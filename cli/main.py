@@ -144,6 +144,25 @@ def node_drain(
         )
 
 
+@node_app.command("remove")
+def node_remove(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(metavar="NODE", help="Node name or id.")],
+) -> None:
+    """Revoke a node: its certificate is refused from now on; its running jobs are retried elsewhere."""
+    o = _opts(ctx)
+    reply = o.client().call("RemoveNode", coordinator_pb2.RemoveNodeRequest(node=node))
+    if o.json:
+        print_json(to_dict(reply))
+        return
+    moved = len(reply.attempts_given_up)
+    console.print(
+        f"node {reply.name} ({reply.id}) removed: its certificate is refused from now on"
+        + (f"; {_count(moved, 'running job')} given up and retried elsewhere if allowed" if moved else "")
+        + ". To add the machine again: flota token create, then flota node join on it."
+    )
+
+
 @node_app.command("join")
 def node_join(
     ctx: typer.Context,

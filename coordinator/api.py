@@ -179,14 +179,26 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return status
 
     @_role("admin")
+    async def RemoveNode(
+        self, request: coordinator_pb2.RemoveNodeRequest, context: Any
+    ) -> coordinator_pb2.RemoveNodeReply:
+        entry = self._node(request.node)
+        given_up = await self.rec.remove(entry)
+        return coordinator_pb2.RemoveNodeReply(id=entry.id, name=entry.name, attempts_given_up=given_up)
+
+    def _node(self, name_or_id: str) -> NodeEntry:
+        found = [e for e in self.rec.nodes.values() if not e.removed and name_or_id in (e.id, e.name)]
+        if not found:
+            raise NotFound(f"no node {name_or_id!r} (see: flota nodes)")
+        return found[0]
+
+    @_role("admin")
     async def DrainNode(
         self, request: coordinator_pb2.DrainNodeRequest, context: Any
     ) -> coordinator_pb2.NodeStatus:
-        found = [e for e in self.rec.nodes.values() if not e.removed and request.node in (e.id, e.name)]
-        if not found:
-            raise NotFound(f"no node {request.node!r} (see: flota nodes)")
-        self.rec.drain(found[0], not request.undo)
-        return self._node_status(found[0])
+        entry = self._node(request.node)
+        self.rec.drain(entry, not request.undo)
+        return self._node_status(entry)
 
     @_role("admin")
     async def CreateToken(

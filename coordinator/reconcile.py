@@ -421,7 +421,7 @@ class Reconciler:
 
     def on_event(self, node_id: str, event: node_pb2.NodeEvent) -> None:
         entry = self.nodes.get(node_id)
-        if entry is None:
+        if entry is None or entry.removed or node_id not in self.links:
             return
         now = self.clock()
         entry.last_seen, entry.last_seen_wall = now, self.wall()
@@ -509,7 +509,7 @@ class Reconciler:
 
     async def on_link_state(self, node_id: str, state: str, detail: str) -> None:
         entry = self.nodes.get(node_id)
-        if entry is None:
+        if entry is None or entry.removed or node_id not in self.links:
             return
         if state == "up":
             entry.goodbye_at, entry.leaving = 0.0, False
@@ -703,6 +703,27 @@ class Reconciler:
             run = self.store.get_run(job.run_id)
             if run is not None:
                 self.store.finish_run_again(run.id, run_status([j.status for j in run.jobs]))
+
+    async def remove(self, entry: NodeEntry) -> list[str]:
+        """Revoke a node: refuse its certificate, stop dialing it, give up its attempts."""
+        self.store.remove_node(entry.id)
+        entry.removed, entry.fingerprint = True, ""
+        given_up = [a for a in entry.reservations if a in self.attempts]
+        link = self.links.get(entry.id)
+        if link is not None and link.connected:  # a last word: stop what runs there
+            await asyncio.gather(*(self._cancel_quietly(link, a) for a in given_up))
+        for attempt_id in given_up:
+            job, attempt = self.attempts[attempt_id]
+            self._finish_attempt(
+                job, attempt, Result(status="lost", node_id=entry.id, error=f"node {entry.name} was removed")
+            )
+        entry.reservations.clear()
+        self._set_state(entry, "offline")
+        link = self.links.pop(entry.id, None)
+        if link is not None:
+            await link.close()
+        log.warning("node %s (%s) removed: its certificate is refused from now on", entry.name, entry.id)
+        return given_up
 
     def drain(self, entry: NodeEntry, draining: bool) -> None:
         self.store.set_draining(entry.id, draining)

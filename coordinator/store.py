@@ -181,6 +181,14 @@ class Store:
             NodeRecord(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), bool(r[7]), r[8], r[9]) for r in rows
         ]
 
+    def remove_node(self, node_id: str) -> None:
+        """Revoke: the enrolled certificate is refused from now on (a new join may enroll
+        the machine again, with a new certificate)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE nodes SET removed = 1, address = '', fingerprint = '' WHERE id = ?", (node_id,)
+            )
+
     def set_draining(self, node_id: str, draining: bool) -> None:
         with self._tx() as db:
             db.execute("UPDATE nodes SET draining = ? WHERE id = ?", (int(draining), node_id))

@@ -94,6 +94,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/flota.v1.Coordinator/RemoveNode',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -173,6 +178,12 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +246,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.DrainNodeRequest.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.NodeStatus.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -561,6 +577,33 @@ class Coordinator:
             '/flota.v1.Coordinator/DrainNode',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.DrainNodeRequest.SerializeToString,
             protos_dot_flota_dot_v1_dot_coordinator__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flota.v1.Coordinator/RemoveNode',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,7 @@ class CoordinatorStub:
     Cancel: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]
     Cleanup: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]
     DrainNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RemoveNodeRequest, _coordinator_pb2.RemoveNodeReply]
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -71,6 +72,7 @@ class CoordinatorAsyncStub(CoordinatorStub):
     Cancel: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]  # type: ignore[assignment]
     Cleanup: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]  # type: ignore[assignment]
     DrainNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]  # type: ignore[assignment]
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RemoveNodeRequest, _coordinator_pb2.RemoveNodeReply]  # type: ignore[assignment]
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -159,6 +161,13 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.DrainNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.NodeStatus, _abc.Awaitable[_coordinator_pb2.NodeStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _coordinator_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RemoveNodeReply, _abc.Awaitable[_coordinator_pb2.RemoveNodeReply]]: ...
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
