@@ -32,9 +32,14 @@ app = typer.Typer(
 coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 node_app = typer.Typer(help="Join, run and drain node daemons.", no_args_is_help=True)
 token_app = typer.Typer(help="Join tokens for new nodes.", no_args_is_help=True)
+secret_app = typer.Typer(
+    help="Secrets for jobs (--secret NAME), kept by the coordinator; values are never shown.",
+    no_args_is_help=True,
+)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(node_app, name="node")
 app.add_typer(token_app, name="token")
+app.add_typer(secret_app, name="secret")
 
 
 @dataclass
@@ -142,6 +147,49 @@ def node_drain(
             f"node {status.info.name}: draining; no new jobs, {_count(running, 'running job')} will finish"
             f" (undo: flota node drain {status.info.name} --undo)"
         )
+
+
+@secret_app.command("set")
+def secret_set(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME", help="e.g. OPENAI_API_KEY")]
+) -> None:
+    """Store a secret; the value is read from stdin (or asked for), never from the command line."""
+    o = _opts(ctx)
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"value for {name}: ")
+    else:
+        value = sys.stdin.read().rstrip("\r\n")
+    reply = o.client().call("SetSecret", coordinator_pb2.SetSecretRequest(name=name, value=value))
+    if o.json:
+        print_json(to_dict(reply))
+    else:
+        console.print(f"secret {name} set; jobs get it with: flota run --secret {name} ...")
+
+
+@secret_app.command("list")
+def secret_list(ctx: typer.Context) -> None:
+    """The names of the stored secrets (values are never shown)."""
+    o = _opts(ctx)
+    reply = o.client().call("ListSecrets", coordinator_pb2.ListSecretsRequest())
+    if o.json:
+        print_json(to_dict(reply))
+    elif reply.names:
+        console.print("\n".join(reply.names))
+    else:
+        console.print("no secrets stored (flota secret set NAME)")
+
+
+@secret_app.command("rm")
+def secret_rm(ctx: typer.Context, name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
+    """Delete a stored secret."""
+    o = _opts(ctx)
+    reply = o.client().call("DeleteSecret", coordinator_pb2.DeleteSecretRequest(name=name))
+    if o.json:
+        print_json(to_dict(reply))
+    else:
+        console.print(f"secret {name} deleted")
 
 
 @node_app.command("remove")
@@ -265,6 +313,13 @@ def run(
         bool, typer.Option(help="A retry starts from the work an earlier attempt pushed.")
     ] = False,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the tasks; repeatable.")] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME of a secret (flota secret set, or the coordinator's environment) for the tasks' "
+            "environment; redacted from logs and results. Repeatable."
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="A name for the run.")] = "",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Show progress, then the results.")] = False,
 ) -> None:
@@ -287,6 +342,7 @@ def run(
         timeout_s=timeout,
         retries=retries,
         resume_from_partial=resume_from_partial,
+        secrets=secret or [],
         name=name,
         env=_parse_pairs(env, "environment variable"),
     )

@@ -26,6 +26,7 @@ from coordinator.models import JOB_FINAL, Job, JobPlacement, NodeRecord, Run
 from coordinator.pki import CertificateAuthority, PkiError, make_token, secret_hash, token_matches
 from coordinator.reconcile import Reconciler, new_run_id
 from coordinator.registry import NodeEntry
+from coordinator.secrets import Keyring
 from protos.contract import (
     ENV_KEY_RE,
     LABEL_KEY_RE,
@@ -179,6 +180,26 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return status
 
     @_role("admin")
+    async def SetSecret(
+        self, request: coordinator_pb2.SetSecretRequest, context: Any
+    ) -> coordinator_pb2.SecretsReply:
+        self.rec.keyring.set(request.name, request.value)
+        return coordinator_pb2.SecretsReply(names=self.rec.keyring.names())
+
+    @_role("admin")
+    async def DeleteSecret(
+        self, request: coordinator_pb2.DeleteSecretRequest, context: Any
+    ) -> coordinator_pb2.SecretsReply:
+        self.rec.keyring.delete(request.name)
+        return coordinator_pb2.SecretsReply(names=self.rec.keyring.names())
+
+    @_role("admin")
+    async def ListSecrets(
+        self, request: coordinator_pb2.ListSecretsRequest, context: Any
+    ) -> coordinator_pb2.SecretsReply:
+        return coordinator_pb2.SecretsReply(names=self.rec.keyring.names())
+
+    @_role("admin")
     async def RemoveNode(
         self, request: coordinator_pb2.RemoveNodeRequest, context: Any
     ) -> coordinator_pb2.RemoveNodeReply:
@@ -230,6 +251,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 raise InvalidRequest(f"invalid environment variable name {key!r}")
         if not 0 <= request.timeout_s <= 7 * 86400:
             raise InvalidRequest("timeout must be between 0 (none) and 7 days")
+        if len(request.secrets) > 64:
+            raise InvalidRequest("at most 64 secrets per run")
+        for name in request.secrets:
+            Keyring.check_name(name)
+            if name in request.env:
+                raise InvalidRequest(f"{name} is given both as --env and as --secret")
+            if self.rec.keyring.resolve(name) is None:
+                raise InvalidRequest(
+                    f"secret {name} is not set on the coordinator "
+                    f"(flota secret set {name}, or set it in the coordinator's environment)"
+                )
         if not -1 <= request.retries <= 10:
             raise InvalidRequest("retries must be between 0 and 10")
         placement = _check_placement(request.placement)
@@ -269,6 +301,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     timeout_s=request.timeout_s,
                     max_attempts=1 + retries,
                     resume_from_partial=request.resume_from_partial,
+                    secrets=tuple(dict.fromkeys(request.secrets)),
                     env=dict(request.env),
                     placement=placement,
                     repo=repo,

@@ -185,6 +185,7 @@ class Job:
     attempts: list[Attempt] = field(default_factory=list)
     cancel_requested: bool = False
     resume_from_partial: bool = False  # a retry starts from an earlier attempt's pushed work
+    secrets: tuple[str, ...] = ()  # names only; values are looked up at each dispatch
 
 
 @dataclass(slots=True)

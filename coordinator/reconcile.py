@@ -34,6 +34,7 @@ from coordinator.models import (
 from coordinator.node_client import Credentials, NodeCallError, NodeLink
 from coordinator.registry import GOODBYE_WINDOW_S, NodeEntry, liveness
 from coordinator.scheduler import schedule
+from coordinator.secrets import Keyring, redact
 from coordinator.store import Store
 from protos.flota.v1 import node_pb2, types_pb2
 
@@ -45,6 +46,10 @@ MAX_DISPATCH_FAILURES = 5
 MAX_REFUSALS = 50  # "busy"/"stopping" refusals before a job gives up on being placed
 LOG_LINES_MAX = 50_000
 TICK_S = 0.5
+
+
+class MissingSecret(Exception):
+    """A job's secret is no longer set on the coordinator."""
 
 
 def new_run_id(exists: Callable[[str], bool]) -> str:
@@ -67,8 +72,10 @@ class Reconciler:
         creds: Credentials,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        keyring: Keyring | None = None,
     ) -> None:
         self.store = store
+        self.keyring = keyring or Keyring(config.state_dir / "secrets")
         self.config = config
         self.creds = creds
         self.clock = clock
@@ -84,6 +91,7 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._log_lines: dict[str, int] = {}  # attempt id -> lines stored
         self._held: dict[str, float] = {}  # job id -> not before (a busy node refused it)
+        self._secrets: dict[str, dict[str, str]] = {}  # job id -> values sent, to redact
 
     # --- start-up -----------------------------------------------------------------------
 
@@ -351,6 +359,15 @@ class Reconciler:
                 cpus=job.placement.cpus, memory_mb=job.placement.memory_mb, gpus=job.placement.gpus
             ),
         )
+        if job.secrets:
+            values = self.keyring.values(job.secrets)
+            missing = [n for n in job.secrets if n not in values]
+            if missing:
+                raise MissingSecret(
+                    f"secret {missing[0]} is not set on the coordinator (flota secret set {missing[0]})"
+                )
+            self._secrets[job.id] = values
+            spec.secrets.update(values)
         if job.repo and job.resume_from_partial:
             earlier = [a.branch for a in reversed(job.attempts) if a is not attempt and a.branch]
             spec.resume_branches.extend(earlier)
@@ -367,7 +384,14 @@ class Reconciler:
         try:
             if link is None:
                 raise NodeCallError("no link to the node")
-            reply = await link.start_job(self._spec(job, attempt))
+            try:
+                spec = self._spec(job, attempt)
+            except MissingSecret as exc:
+                self._finish_attempt(
+                    job, attempt, Result(status="failed", error=str(exc), node_id=attempt.node_id)
+                )
+                return
+            reply = await link.start_job(spec)
             if reply.accepted:
                 # A cancel raced this start, or the attempt ended meanwhile (lost, resent):
                 # either way the node must not run it.
@@ -480,6 +504,10 @@ class Reconciler:
             kept = self.store.log_count(job_id, attempt_id)
         if kept >= LOG_LINES_MAX:
             return
+        job = self.jobs.get(job_id)
+        if job is not None and job.secrets:
+            values = self._secret_values(job)
+            lines = [redact(line, values) for line in lines]
         # The last place is kept for the marker, so a truncated log always says so.
         room = LOG_LINES_MAX - 1 - kept
         if len(lines) > room:
@@ -594,6 +622,7 @@ class Reconciler:
         active and its result is taken again on the node's next report."""
         if result.status not in JOB_FINAL:  # a node's word, checked like any input
             result = replace(result, status="failed", error=f"node reported status {result.status!r}")
+        result = self._scrub(job, result)
         if job.status in JOB_FINAL or (job.attempts and job.attempts[-1] is not attempt):
             self._late(job, attempt, result)  # an older attempt, or one whose job is decided
             return
@@ -651,7 +680,9 @@ class Reconciler:
         if not closed_here:
             return  # already has the node's own result: a repeat delivery
         if msg.log_lines:
-            self.store.append_logs(job.id, attempt.id, list(msg.log_lines)[:LOG_LINES_MAX])
+            values = self._secret_values(job) if job.secrets else {}
+            lines = [redact(line, values) for line in list(msg.log_lines)[:LOG_LINES_MAX]]
+            self.store.append_logs(job.id, attempt.id, lines)
         self._late(job, attempt, result_from_pb(msg))
 
     def _late(self, job: Job, attempt: Attempt, result: Result) -> None:
@@ -661,6 +692,7 @@ class Reconciler:
         takes its attempt's real result in place of the coordinator's guess."""
         if result.status not in JOB_FINAL:
             result = replace(result, status="failed", error=f"node reported status {result.status!r}")
+        result = self._scrub(job, result)
         now = self.wall()
         wins = result.status == "success" and job.status != "success" and not job.cancel_requested
         # The coordinator's own guess ("lost") for the job's last attempt gives way to
@@ -725,6 +757,21 @@ class Reconciler:
         log.warning("node %s (%s) removed: its certificate is refused from now on", entry.name, entry.id)
         return given_up
 
+    def _secret_values(self, job: Job) -> dict[str, str]:
+        """The values sent for `job` (or, after a restart, the current ones) to redact."""
+        values = self._secrets.get(job.id)
+        if values is None:
+            values = self._secrets[job.id] = self.keyring.values(job.secrets)
+        return values
+
+    def _scrub(self, job: Job, result: Result) -> Result:
+        """A node redacts what its jobs print; this is the net under that (a daemon
+        restarted mid-job no longer knows the values)."""
+        if not job.secrets:
+            return result
+        values = self._secret_values(job)
+        return replace(result, error=redact(result.error, values), log_tail=redact(result.log_tail, values))
+
     def drain(self, entry: NodeEntry, draining: bool) -> None:
         self.store.set_draining(entry.id, draining)
         entry.draining = draining
@@ -742,6 +789,7 @@ class Reconciler:
         self.store.finish_run(run.id, status, run.finished_at)
         for job in run.jobs:
             self.jobs.pop(job.id, None)
+            self._secrets.pop(job.id, None)
         del self.runs[run_id]
         self.hub.run_ended(run, self.node_names())
 

@@ -70,6 +70,7 @@ _SPEC_FIELDS = (
     "max_attempts",
     "env",
     "resume_from_partial",
+    "secrets",
 )
 # Columns added after the first release: (table, column, declaration). Added in place
 # when an older database is opened.
@@ -322,6 +323,7 @@ class Store:
         placement["networks"] = tuple(placement["networks"])
         placement["avoid_networks"] = tuple(placement["avoid_networks"])
         repo = spec.pop("repo")
+        spec["secrets"] = tuple(spec.get("secrets", ()))
         job = Job(
             id=row[0],
             run_id=row[1],

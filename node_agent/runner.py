@@ -37,6 +37,7 @@ from node_agent.agents.shell import (
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
 from node_agent.workspace import CommitOutcome, Workspace, WorkspaceError
+from protos.contract import redact
 from protos.flota.v1 import node_pb2, types_pb2
 
 __all__ = ["Runner"]
@@ -67,6 +68,7 @@ class _Attempt:
     undelivered: list[str] = field(default_factory=list)
     undelivered_bytes: int = 0
     dropped: int = 0  # lines beyond what `undelivered` may hold
+    secrets: dict[str, str] = field(default_factory=dict)  # in memory only, never journaled
 
     @property
     def id(self) -> str:
@@ -115,14 +117,20 @@ class Runner:
     def _resume(self, entry: Entry) -> None:
         spec = entry.spec
         proc = attach(entry.pid, entry.create_time) if entry.pid else None
+        stop, detail = entry.stop, entry.stop_detail
+        if spec.secrets and not entry.pid and not stop:
+            stop, detail = (
+                "lost",
+                "the node daemon restarted before the job started; secrets are never kept on disk",
+            )
         state, actions = lc.recovered(
             spec.attempt_id,
             spec.HasField("repo"),
             spawned=entry.pid > 0,
             alive=proc is not None,
             exit_code=entry.exit_code,
-            stop=entry.stop,
-            stop_detail=entry.stop_detail,
+            stop=stop,
+            stop_detail=detail,
         )
         a = _Attempt(spec, state, started_at=entry.spawned_at or time.time())
         a.proc, a.spawned_at = proc, entry.spawned_at
@@ -145,8 +153,12 @@ class Runner:
             return False, "the node is stopping"
         if self.running >= self._slots():
             return False, f"no free slot ({self.running} of {self._slots()} busy)"
+        secrets = dict(spec.secrets)
+        if secrets:  # the journal (and ListJobs) keep the names, never the values
+            spec = _without_secrets(spec)
         self.journal.begin(spec)
         a = _Attempt(spec, lc.State(spec.attempt_id, spec.HasField("repo")), started_at=time.time())
+        a.secrets = secrets
         self.hub.publish(
             started=node_pb2.JobStarted(
                 job_id=spec.job_id, attempt_id=spec.attempt_id, started_at=a.started_at
@@ -308,7 +320,7 @@ class Runner:
             a.proc = spawn(
                 spec.command,
                 a.cwd,
-                self._env(spec, a.cwd),
+                {**self._env(spec, a.cwd), **a.secrets},
                 self.journal.output(a.id),
                 self.journal.exit_file(a.id),
             )
@@ -329,6 +341,8 @@ class Runner:
         spec = a.spec
 
         def on_lines(lines: list[str]) -> None:
+            if a.secrets:
+                lines = [redact(line, a.secrets) for line in lines]
             if not self.hub.listening:
                 self._hold(a, lines)
                 return
@@ -424,13 +438,13 @@ class Runner:
             job_id=spec.job_id,
             attempt_id=spec.attempt_id,
             status=action.status,
-            error=error,
+            error=redact(error, a.secrets),
             started_at=a.started_at,
             finished_at=now,
             duration_s=now - a.started_at,
             node_id=self.node_id,
             model=spec.model,
-            log_tail="\n".join(a.tail.tail) if a.tail else "",
+            log_tail=redact("\n".join(a.tail.tail), a.secrets) if a.tail else "",
             **fields,  # type: ignore[arg-type]
         )
         # Lines no coordinator has seen travel in the result (bounded); beyond that, a count.
@@ -453,3 +467,11 @@ class Runner:
             FLOTA_WORKTREE=str(cwd),
         )
         return env
+
+
+def _without_secrets(spec: types_pb2.JobSpec) -> types_pb2.JobSpec:
+    copy = types_pb2.JobSpec()
+    copy.CopyFrom(spec)
+    for name in copy.secrets:
+        copy.secrets[name] = ""
+    return copy

@@ -46,6 +46,11 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
     for key in spec.env:
         if not ENV_KEY_RE.match(key):
             return f"invalid environment variable name {key!r}"
+    for key, value in spec.secrets.items():
+        if not ENV_KEY_RE.match(key):
+            return f"invalid secret name {key!r}"
+        if "\0" in value or len(value) > 65536:
+            return f"invalid value for secret {key}"
     return ""
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "redact",
     "ADMIN_CN_PREFIX",
     "API_VERSION",
     "COORDINATOR_CN",
@@ -138,3 +140,12 @@ class JoinToken:
         if not ok:
             raise TokenError("malformed join token (expected flota1.<id>.<secret>.<ca-hash>)")
         return cls(parts[1], parts[2], parts[3])
+
+
+def redact(text: str, secrets: Mapping[str, str]) -> str:
+    """``text`` with every secret value replaced by ``[secret NAME]``, longest first.
+    The node applies it to what its jobs print, the coordinator to what it stores."""
+    for name, value in sorted(secrets.items(), key=lambda kv: -len(kv[1])):
+        if value and value in text:
+            text = text.replace(value, f"[secret {name}]")
+    return text

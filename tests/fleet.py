@@ -113,9 +113,12 @@ class Fleet:
         timeout: float = 120,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        input_text: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [*self.cli_prefix, self.python, "-m", "cli", *args],
+            input=input_text,
+            stdin=None if input_text is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -773,3 +773,46 @@ def test_repo_restart_after_the_job_ended_commits_its_work(
     bare, _ = remote
     assert (result.status, result.exit_code, result.branch) == ("success", 0, spec.branch)
     assert git("show", f"{spec.branch}:done.txt", cwd=bare) == "done\n"
+
+
+def test_secrets_reach_the_env_are_redacted_and_never_journaled(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    node = Node(tmp_path)
+    value = "sk-" + uuid.uuid4().hex
+    spec = new_spec('echo "k=$API_KEY"; printf %s "$API_KEY" | wc -c; echo "$API_KEY" >&2; exit 1')
+    spec.secrets["API_KEY"] = value
+
+    async def scenario() -> types_pb2.JobResult:
+        assert node.runner.start(spec) == (True, "")
+        # While it runs, neither the journal nor ListJobs holds the value.
+        journaled = node.entry(spec.attempt_id).spec
+        assert dict(journaled.secrets) == {"API_KEY": ""}
+        assert all(dict(j.spec.secrets) in ({}, {"API_KEY": ""}) for j in node.runner.jobs())
+        return await node.result(spec.attempt_id)
+
+    result = run(scenario())
+    assert node.lines(spec.attempt_id) == ["k=[secret API_KEY]", str(len(value)), "[secret API_KEY]"]
+    assert value not in result.log_tail and "[secret API_KEY]" in result.log_tail
+    spec_bytes = (node.journal.dir(spec.attempt_id) / "spec.pb").read_bytes()
+    assert value.encode() not in spec_bytes
+
+
+def test_a_restart_before_the_start_gives_up_a_job_with_secrets(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    """The values were only in the old daemon's memory: the job cannot start, so it is
+    reported lost (the coordinator retries it with the values)."""
+    spec = new_spec("true")
+    spec.secrets["API_KEY"] = ""  # as journaled
+    journal = Journal(tmp_path / "jobs")
+    journal.begin(spec)
+    node = Node(tmp_path)
+
+    async def scenario() -> types_pb2.JobResult:
+        node.runner.resume()
+        return await node.result(spec.attempt_id)
+
+    result = run(scenario())
+    assert result.status == "lost"
+    assert "secrets are never kept on disk" in result.error

@@ -99,6 +99,21 @@ class CoordinatorStub:
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeReply.FromString,
                 _registered_method=True)
+        self.SetSecret = channel.unary_unary(
+                '/flota.v1.Coordinator/SetSecret',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SetSecretRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.FromString,
+                _registered_method=True)
+        self.DeleteSecret = channel.unary_unary(
+                '/flota.v1.Coordinator/DeleteSecret',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.DeleteSecretRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/flota.v1.Coordinator/ListSecrets',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -184,6 +199,24 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +284,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeReply.SerializeToString,
+            ),
+            'SetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSecret,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SetSecretRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.SerializeToString,
+            ),
+            'DeleteSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSecret,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.DeleteSecretRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.ListSecretsRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,6 +652,87 @@ class Coordinator:
             '/flota.v1.Coordinator/RemoveNode',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeRequest.SerializeToString,
             protos_dot_flota_dot_v1_dot_coordinator__pb2.RemoveNodeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flota.v1.Coordinator/SetSecret',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.SetSecretRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flota.v1.Coordinator/DeleteSecret',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.DeleteSecretRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flota.v1.Coordinator/ListSecrets',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.ListSecretsRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,9 @@ class CoordinatorStub:
     Cleanup: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]
     DrainNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RemoveNodeRequest, _coordinator_pb2.RemoveNodeReply]
+    SetSecret: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SetSecretRequest, _coordinator_pb2.SecretsReply]
+    DeleteSecret: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DeleteSecretRequest, _coordinator_pb2.SecretsReply]
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListSecretsRequest, _coordinator_pb2.SecretsReply]
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -73,6 +76,9 @@ class CoordinatorAsyncStub(CoordinatorStub):
     Cleanup: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]  # type: ignore[assignment]
     DrainNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]  # type: ignore[assignment]
     RemoveNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RemoveNodeRequest, _coordinator_pb2.RemoveNodeReply]  # type: ignore[assignment]
+    SetSecret: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SetSecretRequest, _coordinator_pb2.SecretsReply]  # type: ignore[assignment]
+    DeleteSecret: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DeleteSecretRequest, _coordinator_pb2.SecretsReply]  # type: ignore[assignment]
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListSecretsRequest, _coordinator_pb2.SecretsReply]  # type: ignore[assignment]
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -168,6 +174,27 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.RemoveNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.RemoveNodeReply, _abc.Awaitable[_coordinator_pb2.RemoveNodeReply]]: ...
+
+    @_abc_1.abstractmethod
+    def SetSecret(
+        self,
+        request: _coordinator_pb2.SetSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.SecretsReply, _abc.Awaitable[_coordinator_pb2.SecretsReply]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSecret(
+        self,
+        request: _coordinator_pb2.DeleteSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.SecretsReply, _abc.Awaitable[_coordinator_pb2.SecretsReply]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _coordinator_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.SecretsReply, _abc.Awaitable[_coordinator_pb2.SecretsReply]]: ...
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

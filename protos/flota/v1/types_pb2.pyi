@@ -266,6 +266,26 @@ class JobSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SecretsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_ID_FIELD_NUMBER: _builtins.int
@@ -280,6 +300,7 @@ class JobSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     RESUME_BRANCHES_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     run_id: _builtins.str
     attempt_id: _builtins.str
@@ -307,6 +328,12 @@ class JobSpec(_message.Message):
         the first that exists on the remote and builds on the base (--resume-from-partial).
         """
 
+    @_builtins.property
+    def secrets(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Secret values by name, for the job's environment only: never journaled by the node
+        and redacted from what the job prints.
+        """
+
     def __init__(
         self,
         *,
@@ -324,10 +351,11 @@ class JobSpec(_message.Message):
         resources: Global___Resources | None = ...,
         name: _builtins.str = ...,
         resume_branches: _abc.Iterable[_builtins.str] | None = ...,
+        secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["repo", b"repo", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_id", b"attempt_id", "branch", b"branch", "command", b"command", "env", b"env", "job_id", b"job_id", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_id", b"attempt_id", "branch", b"branch", "command", b"command", "env", b"env", "job_id", b"job_id", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
