@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         "--lost-after", type=float, help="seconds before the coordinator gives this node's jobs up"
     )
     start.add_argument(
+        "--allow-remote",
+        action="append",
+        default=[],
+        help="only fetch from / push to repository URLs matching this glob; repeatable",
+    )
+    start.add_argument(
         "--stop-after-disconnect",
         type=float,
         help="cut off from the coordinator this long, stop jobs and push their work (0: never; 600)",
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             unreachable_after_s=args.unreachable_after,
             lost_after_s=args.lost_after,
             stop_after_disconnect_s=args.stop_after_disconnect,
+            allow_remotes=args.allow_remote,
         )
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))

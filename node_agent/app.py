@@ -56,7 +56,7 @@ class NodeDaemon:
         self.runner = Runner(
             self.identity.id,
             config.name,
-            Workspace(config.state_dir / "work"),
+            Workspace(config.state_dir / "work", allow_remotes=config.allow_remotes),
             Journal(config.state_dir / "jobs"),
             self.hub,
             lambda: config.slots,

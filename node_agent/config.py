@@ -37,6 +37,8 @@ class NodeConfig:
     # Cut off from the coordinator this long, the node stops its jobs and pushes their
     # work in progress (status partial); 0: never.
     stop_after_disconnect_s: float = 600.0
+    # Repository URLs (globs) this node fetches from and pushes to; empty: any.
+    allow_remotes: tuple[str, ...] = ()
 
 
 def default_state_dir() -> Path:
@@ -74,6 +76,7 @@ def load_config(
     unreachable_after_s: float | None = None,
     lost_after_s: float | None = None,
     stop_after_disconnect_s: float | None = None,
+    allow_remotes: list[str] | None = None,
 ) -> NodeConfig:
     file: dict[str, Any] = {}
     path = state_dir / "node.toml"
@@ -107,6 +110,9 @@ def load_config(
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value in {path}: {exc}") from exc
+    remotes = allow_remotes or [str(r) for r in file.get("allow_remotes", [])]
+    if any(not r or "\0" in r or "\n" in r for r in remotes):
+        raise ConfigError("invalid allow-remote pattern")
     merged = parse_labels([f"{k}={v}" for k, v in from_file.items()])
     merged.update(parse_labels(labels or []))
     if not 1 <= slots <= 256:
@@ -133,4 +139,5 @@ def load_config(
         unreachable_after_s=unreachable,
         lost_after_s=lost,
         stop_after_disconnect_s=disconnect,
+        allow_remotes=tuple(remotes),
     )

@@ -29,6 +29,7 @@ ref ...``). A failed push is not an exception: :meth:`Workspace.commit_and_push`
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import os
 import re
@@ -150,8 +151,11 @@ class Workspace:
         *,
         environ: Mapping[str, str] | None = None,
         timeout_s: float = 600.0,
+        allow_remotes: Sequence[str] = (),
     ) -> None:
         self.root = Path(root).resolve()
+        # Glob patterns (fnmatch) a repository URL must match when any are set.
+        self.allow_remotes = tuple(allow_remotes)
         self.mirrors = self.root / "mirrors"
         self.worktrees = self.root / "worktrees"
         self.scratch_root = self.root / "scratch"
@@ -194,7 +198,7 @@ class Workspace:
         reflog. A worktree left for the same ``job_key`` is an error: call
         :meth:`remove` first, so that uncommitted work is never dropped silently.
         """
-        _check_url(url)
+        self._check_url(url)
         if base_ref:
             _check_ref(base_ref, "base ref")
             if not base_ref.startswith("refs/"):
@@ -237,7 +241,7 @@ class Workspace:
         """The first of ``branches`` on the remote that builds on ``base_commit``, as
         (branch, commit): where an earlier attempt left its work in progress. Branches
         that do not exist or do not descend from the base are skipped."""
-        _check_url(url)
+        self._check_url(url)
         _check_commit(base_commit)
         mirror = self.mirror_path(url)
         with _mirror_lock(mirror):
@@ -262,6 +266,18 @@ class Workspace:
                 if ancestor.returncode == 0:
                     return branch, commit
         return None
+
+    def _check_url(self, url: str) -> None:
+        _check_url(url)
+        if not self.allow_remotes:
+            return
+        # A glob's * also matches "/": without this, /allowed/* would admit /allowed/../x.
+        if any(part == ".." for part in re.split(r"[/\\:]", url)):
+            raise WorkspaceError(f"remote {url} is not on this node's allow-list (it contains '..')")
+        if not any(fnmatch.fnmatchcase(url, p) for p in self.allow_remotes):
+            raise WorkspaceError(
+                f"remote {url} is not on this node's allow-list ({', '.join(self.allow_remotes)})"
+            )
 
     def _create_mirror(self, mirror: Path, url: str) -> None:
         tmp = mirror.with_name(f"{mirror.name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -338,6 +354,7 @@ class Workspace:
         url = _read_line(mirror / _URL_FILE)
         if not _COMMIT_RE.fullmatch(base) or self.mirror_path(url) != mirror:
             raise WorkspaceError(f"the mirror of worktree {worktree.name} was altered; not committing")
+        self._check_url(url)
         # Explicit GIT_DIR/GIT_COMMON_DIR: the worktree's .git file and the admin dir's
         # commondir are writable by the job and must not choose the repository.
         env = {

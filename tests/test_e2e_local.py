@@ -557,3 +557,24 @@ def test_drain_holds_new_jobs_and_lets_running_ones_finish(fleet: Fleet, tmp_pat
     wait_until(lambda: fleet.json("status", queued)["status"] == "success", what="the held job runs")
     missing = fleet.flota("node", "drain", "nobody")
     assert missing.returncode == 2 and missing.stderr.strip() == "flota: no node 'nobody' (see: flota nodes)"
+
+
+def test_node_allow_list_refuses_other_remotes(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start_coordinator()
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    fleet.start_node("picky", "--allow-remote", f"{allowed}/*.git")
+    work, remote = make_repo(tmp_path / "elsewhere")
+    result = fleet.flota("--json", "run", "--repo", str(work), "echo hi > a.txt", "--follow")
+    assert result.returncode == 1
+    job = json.loads(result.stdout)["jobs"][0]
+    assert job["result"]["error"] == f"remote {remote} is not on this node's allow-list ({allowed}/*.git)"
+    assert not (fleet.home / "nodes" / "picky" / "work" / "mirrors").exists() or not any(
+        (fleet.home / "nodes" / "picky" / "work" / "mirrors").iterdir()
+    )
+
+    ok_work, ok_remote = make_repo(allowed / "x")
+    ok_remote.rename(allowed / "ok.git")  # under the allowed glob
+    git("remote", "set-url", "origin", str(allowed / "ok.git"), cwd=ok_work)
+    ok = fleet.flota("--json", "run", "--repo", str(ok_work), "echo hi > a.txt", "--follow")
+    assert ok.returncode == 0, ok.stdout + ok.stderr

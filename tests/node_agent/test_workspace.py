@@ -502,3 +502,15 @@ def test_ssh_url_uses_the_operators_ssh_command(tmp_path: Path, remote: Remote) 
         f"buildbox git-upload-pack '{remote.bare}'",
         f"buildbox git-receive-pack '{remote.bare}'",
     ]
+
+
+def test_allow_list_refuses_other_remotes(tmp_path: Path) -> None:
+    """With an allow-list, a job's repository must match one of its globs: nothing is
+    fetched (not even a mirror made) from anywhere else."""
+    allowed_dir = tmp_path / "allowed"
+    allowed_dir.mkdir()
+    ws = Workspace(tmp_path / "ws", allow_remotes=[f"{allowed_dir}/*"])
+    for url in ("/srv/other.git", f"{allowed_dir}/../escape.git x", "file:///etc"):
+        with pytest.raises(WorkspaceError, match="is not on this node's allow-list"):
+            ws.prepare(url, "", "a" * 40, "flota/r1/1", "r1.1.a1")
+    assert list(ws.mirrors.iterdir()) == []
