@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +19,7 @@ import typer
 from cli.client import EXIT_FAILED, Client, CliError
 from cli.local import daemon_env
 from cli.render import console, jobs_table, nodes_table, print_json, results_table, runs_table, to_dict
+from protos.contract import flota_home
 from protos.flota.v1 import coordinator_pb2, types_pb2
 
 __all__ = ["app", "main"]
@@ -491,6 +493,32 @@ def cleanup(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="R
     console.print(f"removed {_count(reply.worktrees_removed, 'worktree')}; branches kept")
     if reply.nodes_unreachable:
         console.print(f"unreachable, not cleaned: {', '.join(reply.nodes_unreachable)}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("doctor")
+def doctor(
+    ctx: typer.Context,
+    state_dir: Annotated[
+        list[Path] | None, typer.Option(help="Also check this node state directory; repeatable.")
+    ] = None,
+) -> None:
+    """Check the security posture of the coordinator and nodes kept on this machine."""
+    from cli.doctor import diagnose
+
+    o = _opts(ctx)
+    checks = diagnose(flota_home(), list(state_dir or []))
+    if o.json:
+        print_json([c.to_dict() for c in checks])
+    elif not checks:
+        console.print(f"nothing to check: no coordinator or node state under {flota_home()}")
+    else:
+        for c in checks:
+            console.print(
+                f"{c.status:<4}  {c.where}: {c.check}: {c.detail}"
+                + (f"\n      fix: {c.fix}" if c.fix else "")
+            )
+    if any(c.status == "fail" for c in checks):
         raise typer.Exit(EXIT_FAILED)
 
 
