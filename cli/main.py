@@ -18,7 +18,17 @@ import typer
 
 from cli.client import EXIT_FAILED, Client, CliError
 from cli.local import daemon_env
-from cli.render import console, jobs_table, nodes_table, print_json, results_table, runs_table, to_dict
+from cli.render import (
+    compare_rows,
+    compare_table,
+    console,
+    jobs_table,
+    nodes_table,
+    print_json,
+    results_table,
+    runs_table,
+    to_dict,
+)
 from protos.contract import flota_home
 from protos.flota.v1 import coordinator_pb2, types_pb2
 
@@ -275,10 +285,32 @@ def _parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
 def run(
     ctx: typer.Context,
     command: Annotated[
-        str | None, typer.Argument(help="A shell command (or use --task, repeatable).")
+        str | None,
+        typer.Argument(help="A task: a shell command, or a prompt for an agent (or use --task, repeatable)."),
     ] = None,
     task: Annotated[
-        list[str] | None, typer.Option("--task", "-t", help="A task's shell command; repeatable.")
+        list[str] | None, typer.Option("--task", "-t", help="A task (command or prompt); repeatable.")
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            help="shell (default), llm, or an agent CLI: claude, aider, codex, gemini, architect, ..."
+        ),
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option(help="A model (litellm string); repeatable.")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models: one job per model, on different machines.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Jobs to run; tasks and models are dealt round-robin.")
+    ] = None,
+    budget_per_worker: Annotated[float | None, typer.Option(help="USD budget of each llm job.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Model calls allowed per llm job.")] = None,
+    check: Annotated[
+        str | None, typer.Option(help="A command run in the worktree after the agent; pass/fail is recorded.")
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="An OpenAI-compatible server for the llm agent (http://host:port/v1).")
     ] = None,
     repo: Annotated[str | None, typer.Option(help="Git repository the tasks work on.")] = None,
     remote: Annotated[str, typer.Option(help="Remote name or URL the nodes use.")] = "origin",
@@ -304,7 +336,10 @@ def run(
     cpus: Annotated[float, typer.Option(help="CPUs each task needs.")] = 0,
     memory: Annotated[int, typer.Option(help="Memory each task needs, MB.")] = 0,
     gpus: Annotated[int, typer.Option(help="GPUs each task needs.")] = 0,
-    timeout: Annotated[float, typer.Option(help="Seconds before a task is stopped (0: none).")] = 0,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", "--timeout-per-worker", help="Seconds before a task is stopped (0: none)."),
+    ] = None,
     retries: Annotated[
         int,
         typer.Option(
@@ -327,11 +362,31 @@ def run(
 ) -> None:
     """Run tasks on the fleet, each on its own branch when --repo is given."""
     o = _opts(ctx)
-    commands = ([command] if command else []) + list(task or [])
-    if not commands:
+    texts = ([command] if command else []) + list(task or [])
+    if not texts:
         raise CliError("nothing to run: give a command or --task")
+    from cli.agents import TEMPLATES, fan_out, load_repo_config
+
+    config = load_repo_config(Path(repo or ".").resolve())
+    defaults = config.run
+    agent = agent or defaults.get("agent") or "shell"
+    model_list = list(model or []) + [m.strip() for m in (models or "").split(",") if m.strip()]
+    model_list = model_list or list(defaults.get("models", []))
+    if workers is None:
+        workers = int(defaults.get("workers", 0))
+    if workers < 0 or workers > 1000:
+        raise CliError("--workers must be between 1 and 1000")
+    network = network or list(defaults.get("networks", []))
+    timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
+    tasks = fan_out(agent, texts, model_list, workers, {**TEMPLATES, **config.agents})
     request = coordinator_pb2.SubmitRunRequest(
-        tasks=[coordinator_pb2.TaskSpec(command=c, agent="shell") for c in commands],
+        tasks=tasks,
+        max_steps=max_steps if max_steps is not None else int(defaults.get("max_steps", 0)),
+        budget_usd=budget_per_worker
+        if budget_per_worker is not None
+        else float(defaults.get("budget_per_worker", 0)),
+        check=check if check is not None else str(defaults.get("check", "")),
+        api_base=api_base or "",
         placement=coordinator_pb2.PlacementSpec(
             node=on or "",
             labels=_parse_pairs(label, "label"),
@@ -443,6 +498,18 @@ def results(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="R
         console.print(results_table(run_msg))
     if run_msg.status != "success":
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("compare")
+def compare(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """Rank a run's jobs as a competition: check, status, cost, duration, diff size."""
+    o = _opts(ctx)
+    run_msg = o.client().call("GetRun", coordinator_pb2.GetRunRequest(run_id=run_id))
+    rows = compare_rows(run_msg)
+    if o.json:
+        print_json(rows)
+    else:
+        console.print(compare_table(rows))
 
 
 @app.command("logs")

@@ -130,13 +130,18 @@ def jobs_table(run: coordinator_pb2.Run) -> Table:
 
 def results_table(run: coordinator_pb2.Run) -> Table:
     t = Table(box=None, pad_edge=False)
-    for col in ("JOB", "TASK", "NODE", "BRANCH", "STATUS", "DURATION", "FILES", "EXIT", "NOTE"):
+    agents = any(j.agent not in ("", "shell") for j in run.jobs)
+    checks = any(j.check for j in run.jobs)
+    cols = ["JOB", "TASK", "NODE", "BRANCH", "STATUS", "DURATION", "FILES"]
+    cols += ["MODEL", "STEPS", "TOKENS", "COST"] if agents else ["EXIT"]
+    cols += ["CHECK"] if checks else []
+    for col in [*cols, "NOTE"]:
         t.add_column(col)
     for j in run.jobs:
         r = j.result
         files = len(r.files_modified)
         done = j.HasField("result")
-        t.add_row(
+        row: list[Any] = [
             j.id,
             j.name[:30],
             j.node_name or "-",
@@ -144,7 +149,88 @@ def results_table(run: coordinator_pb2.Run) -> Table:
             _status(j.status),
             _duration(r.duration_s),
             (f"{files} (+{r.insertions}/-{r.deletions})" if files else "0") if run.repo_url else "-",
-            str(r.exit_code) if done and j.status in ("success", "failed") else "-",
-            (r.error or j.wait_reason)[:50] if j.status != "success" else "",
+        ]
+        if agents:
+            row += [j.model or "-", str(r.steps), f"{r.tokens_in}/{r.tokens_out}", f"${r.cost_usd:.4f}"]
+        else:
+            row += [str(r.exit_code) if done and j.status in ("success", "failed") else "-"]
+        if checks:
+            row += [r.check or "-"]
+        row += [(r.error or j.wait_reason)[:50] if j.status != "success" else ""]
+        t.add_row(*row)
+    return t
+
+
+# Better first: a passed check, then how the job ended; then cheaper, faster, smaller.
+_STATUS_RANK = {"success": 0, "partial": 1, "timeout": 2, "failed": 3, "cancelled": 4, "lost": 5}
+_CHECK_RANK = {"passed": 0, "": 1, "failed": 2}
+
+
+def compare_rows(run: coordinator_pb2.Run) -> list[dict[str, Any]]:
+    """The jobs of a run ranked as a competition, best first."""
+    rows: list[dict[str, Any]] = []
+    for j in run.jobs:
+        r = j.result
+        rows.append(
+            {
+                "job": j.id,
+                "model": j.model,
+                "agent": j.agent or "shell",
+                "node": j.node_name,
+                "status": j.status,
+                "check": r.check,
+                "cost_usd": r.cost_usd,
+                "duration_s": r.duration_s,
+                "diff": r.insertions + r.deletions,
+                "files": len(r.files_modified),
+                "steps": r.steps,
+                "tokens_in": r.tokens_in,
+                "tokens_out": r.tokens_out,
+                "branch": r.branch,
+            }
+        )
+    rows.sort(
+        key=lambda x: (
+            _CHECK_RANK.get(x["check"], 1),
+            _STATUS_RANK.get(x["status"], 9),
+            x["cost_usd"],
+            x["duration_s"],
+            x["diff"],
+        )
+    )
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return rows
+
+
+def compare_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(box=None, pad_edge=False)
+    for col in (
+        "#",
+        "MODEL",
+        "AGENT",
+        "NODE",
+        "CHECK",
+        "STATUS",
+        "COST",
+        "DURATION",
+        "DIFF",
+        "STEPS",
+        "BRANCH",
+    ):
+        t.add_column(col)
+    for row in rows:
+        t.add_row(
+            str(row["rank"]),
+            row["model"] or "-",
+            row["agent"],
+            row["node"] or "-",
+            row["check"] or "-",
+            _status(row["status"]),
+            f"${row['cost_usd']:.4f}",
+            _duration(row["duration_s"]),
+            f"{row['files']} files, {row['diff']} lines",
+            str(row["steps"]),
+            row["branch"] or "-",
         )
     return t

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +50,33 @@ T = TypeVar("T")
 
 MAX_TASKS = 1000
 MAX_COMMAND = 64 * 1024
+# Run, job and attempt ids as the coordinator makes them (r1a2b3c, r1a2b3c.1, r1a2b3c.1.a2)
+# and as nodes accept them: anything else names nothing.
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _show(value: str) -> str:
+    """A value for an error line: quoted and at most ~200 characters (gRPC clients refuse
+    status trailers over 8 KiB: an echoed 100 kB id would reach them as RESOURCE_EXHAUSTED)."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _check_id(value: str, what: str) -> str:
+    if not ID_RE.match(value) or ".." in value:
+        raise InvalidRequest(f"invalid {what} {_show(value)}")
+    return value
+
+
+def _check_repo_request(r: coordinator_pb2.RepoRequest) -> None:
+    """What push_base would hand to git, and echo whole in its errors."""
+    for what, value, limit in (("path", r.path, 4096), ("remote", r.remote, 4096), ("ref", r.ref, 256)):
+        if len(value) > limit or _CONTROL.search(value) or value.startswith("-"):
+            raise InvalidRequest(f"invalid repository {what} {_show(value)}")
+    if "::" in r.remote.split("/", 1)[0]:  # <transport>::<address>: ext::, fd::, remote helpers
+        raise InvalidRequest(f"invalid remote {_show(r.remote)} (remote helpers are not allowed)")
+
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
@@ -93,8 +121,9 @@ def _stream_role(role: str) -> Callable[[Callable[..., AsyncIterator[T]]], Calla
             try:
                 async for item in method(self, request, context):
                     yield item
-            except NotFound as exc:
-                await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            except CoordinatorError as exc:
+                code = next(c for t, c in _CODES if isinstance(exc, t))
+                await context.abort(code, str(exc))
 
         return checked
 
@@ -208,9 +237,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.RemoveNodeReply(id=entry.id, name=entry.name, attempts_given_up=given_up)
 
     def _node(self, name_or_id: str) -> NodeEntry:
+        if not (NAME_RE.match(name_or_id) or NODE_ID_RE.match(name_or_id)):
+            raise InvalidRequest(f"invalid node name or id {_show(name_or_id)}")
         found = [e for e in self.rec.nodes.values() if not e.removed and name_or_id in (e.id, e.name)]
         if not found:
-            raise NotFound(f"no node {name_or_id!r} (see: flota nodes)")
+            raise NotFound(f"no node {_show(name_or_id)} (see: flota nodes)")
         return found[0]
 
     @_role("admin")
@@ -242,13 +273,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if not 0 < len(request.tasks) <= MAX_TASKS:
             raise InvalidRequest(f"a run needs 1 to {MAX_TASKS} tasks")
         for task in request.tasks:
-            if (task.agent or "shell") != "shell":
-                raise InvalidRequest(f"unknown agent {task.agent!r} (available: shell)")
-            if not task.command.strip() or len(task.command) > MAX_COMMAND or "\0" in task.command:
-                raise InvalidRequest("every task needs a command (at most 64 KiB, no NUL)")
-        for key in request.env:
+            _check_task(task)
+        _check_agent_limits(request)
+        if _CONTROL.search(request.name):
+            raise InvalidRequest("a run name has no control characters")
+        for task in request.tasks:
+            if _CONTROL.search(task.name) or "\0" in task.prompt:
+                raise InvalidRequest("a task name has no control characters, a prompt no NUL")
+        for key, value in request.env.items():
             if not ENV_KEY_RE.match(key):
-                raise InvalidRequest(f"invalid environment variable name {key!r}")
+                raise InvalidRequest(f"invalid environment variable name {_show(key)}")
+            if "\0" in value:  # no environment can hold it; the node refuses the job
+                raise InvalidRequest(f"the value of {key} has a NUL byte")
         if not 0 <= request.timeout_s <= 7 * 86400:
             raise InvalidRequest("timeout must be between 0 (none) and 7 days")
         if len(request.secrets) > 64:
@@ -268,11 +304,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if placement.node and not any(
             placement.node in (e.id, e.name) for e in self.rec.nodes.values() if not e.removed
         ):
-            raise InvalidRequest(f"unknown node {placement.node!r} (see: flota nodes)")
+            raise InvalidRequest(f"unknown node {_show(placement.node)} (see: flota nodes)")
         run_id = new_run_id(self.rec.store.run_exists)
         repo = None
         if request.repo.path:
             r = request.repo
+            _check_repo_request(r)
             repo = await asyncio.to_thread(push_base, r.path, r.remote, r.ref, r.from_working_tree, run_id)
         now = time.time()
         retries = self.config.default_retries if request.retries < 0 else request.retries
@@ -290,11 +327,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     id=f"{run_id}.{i}",
                     run_id=run_id,
                     index=i,
-                    name=task.name or task.command[:80],
-                    agent="shell",
+                    name=task.name or (task.command or task.prompt)[:80],
+                    agent=task.agent or "shell",
                     command=task.command,
                     prompt=task.prompt,
                     model=task.model,
+                    max_steps=request.max_steps,
+                    budget_usd=request.budget_usd,
+                    api_base=request.api_base,
+                    check=request.check,
+                    requires=task.requires or self._model_requirement(task, request.api_base),
+                    report_paths=dict(task.report_paths),
                     status="queued",
                     created_at=now,
                     updated_at=now,
@@ -311,7 +354,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.rec.submit(run)
         return run_to_pb(run, self.rec.node_names())
 
+    def _model_requirement(self, task: coordinator_pb2.TaskSpec, api_base: str) -> str:
+        """An llm job for a model some node serves locally goes only to such a node
+        (lm_studio/ and ollama/ models always do); other models are reached from anywhere."""
+        if task.agent != "llm" or api_base:
+            return ""
+        served = {
+            m.model for e in self.rec.nodes.values() if e.info is not None for m in e.info.facts.local_models
+        }
+        local = task.model.startswith(("lm_studio/", "ollama/")) or task.model in served
+        return f"model:{task.model}" if local else ""
+
     def _run(self, run_id: str) -> Run:
+        _check_id(run_id, "run id")
         run = self.rec.runs.get(run_id) or self.rec.store.get_run(run_id)
         if run is None:
             head, dot, _ = run_id.partition(".")
@@ -321,6 +376,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return run
 
     def _job(self, job_id: str) -> Job:
+        _check_id(job_id, "job id")
         job = self.rec.jobs.get(job_id) or self.rec.store.get_job(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r} (job ids look like r1a2b3c.1)")
@@ -348,6 +404,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def WatchRun(
         self, request: coordinator_pb2.WatchRunRequest, context: Any
     ) -> AsyncIterator[coordinator_pb2.RunEvent]:
+        _check_id(request.run_id, "run id")
         watcher = self.rec.hub.watch(request.run_id, request.logs)  # before reading: no change slips by
         try:
             run = self._run(request.run_id)
@@ -403,7 +460,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def Cancel(
         self, request: coordinator_pb2.CancelRequest, context: Any
     ) -> coordinator_pb2.CancelReply:
-        ident = request.id
+        ident = _check_id(request.id, "run or job id")
         run = self.rec.runs.get(ident) or (self.rec.store.get_run(ident) if "." not in ident else None)
         if run is None and self.rec.jobs.get(ident) is None and self.rec.store.get_job(ident) is None:
             raise NotFound(f"no run or job {ident!r} (see: flota status)")
@@ -433,9 +490,58 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.CleanupReply(worktrees_removed=removed, nodes_unreachable=unreachable)
 
 
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}\Z")
+_PATH_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}\Z")
+REPORT_KEYS = frozenset({"cost_usd", "steps", "tokens_in", "tokens_out"})
+
+
+def _text_ok(text: str, limit: int = MAX_COMMAND) -> bool:
+    return bool(text.strip()) and len(text) <= limit and "\0" not in text
+
+
+def _check_task(task: coordinator_pb2.TaskSpec) -> None:
+    agent = task.agent or "shell"
+    if agent == "llm":
+        if not _text_ok(task.prompt):
+            raise InvalidRequest("an llm task needs a prompt (at most 64 KiB, no NUL)")
+        if not _MODEL_RE.match(task.model):
+            raise InvalidRequest(
+                f"invalid model {_show(task.model)} (a litellm model string, e.g. openai/gpt-4o)"
+            )
+        return
+    if agent != "shell" and (
+        not NAME_RE.match(agent) or (task.requires and not NAME_RE.match(task.requires))
+    ):
+        raise InvalidRequest(f"unknown agent {agent!r} (shell, llm, or an agent CLI template)")
+    if not _text_ok(task.command):
+        raise InvalidRequest("every task needs a command (at most 64 KiB, no NUL)")
+    if task.model and not _MODEL_RE.match(task.model):
+        raise InvalidRequest(f"invalid model {_show(task.model)}")
+    for key, path in task.report_paths.items():
+        if key not in REPORT_KEYS or not _PATH_RE.match(path):
+            raise InvalidRequest(
+                f"invalid report path {key}={path!r} (keys: {', '.join(sorted(REPORT_KEYS))})"
+            )
+
+
+def _check_agent_limits(request: coordinator_pb2.SubmitRunRequest) -> None:
+    if not 0 <= request.max_steps <= 10_000:
+        raise InvalidRequest("max steps must be between 0 (the agent's default) and 10000")
+    if not 0 <= request.budget_usd <= 100_000 or request.budget_usd != request.budget_usd:
+        raise InvalidRequest("budget must be between 0 (none) and 100000 USD")
+    if request.api_base and (
+        not request.api_base.startswith(("http://", "https://"))
+        or len(request.api_base) > 500
+        or any(ch.isspace() or ch == "\0" for ch in request.api_base)
+    ):
+        raise InvalidRequest(f"invalid api base {request.api_base!r} (an http:// or https:// URL)")
+    if request.check and not _text_ok(request.check):
+        raise InvalidRequest("the check command is at most 64 KiB, without NUL")
+
+
 def _valid_address(address: str) -> bool:
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         return False
     try:
         ipaddress.ip_address(host.strip("[]"))

@@ -56,6 +56,10 @@ def job_to_pb(job: Job, node_names: dict[str, str]) -> coordinator_pb2.Job:
         attempts=[attempt_to_pb(a, node_names) for a in job.attempts],
         created_at=job.created_at,
         updated_at=job.updated_at,
+        max_steps=job.max_steps,
+        budget_usd=job.budget_usd,
+        check=job.check,
+        requires=job.requires,
     )
     if job.result is not None:
         last = job.attempts[-1].id if job.attempts else ""

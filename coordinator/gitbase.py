@@ -85,7 +85,7 @@ def push_base(path: str, remote: str, ref: str, from_working_tree: bool, run_id:
                 raise RepoError(f"the repository {repo.working_dir} has no commits yet")
             base = repo.commit(ref or "HEAD").hexsha
             repo.git.cat_file("-e", f"{base}^{{commit}}")  # a well-formed id is not yet a commit
-        except (git.BadName, ValueError, git.GitCommandError) as exc:
+        except (git.BadName, ValueError, IndexError, NotImplementedError, git.GitCommandError) as exc:
             raise RepoError(f"unknown revision {ref or 'HEAD'!r} in {repo.working_dir}") from exc
         if from_working_tree:
             base = _working_tree_commit(repo, base)

@@ -122,6 +122,7 @@ class Result:
     node_id: str = ""
     model: str = ""
     log_lines_lost: int = 0
+    check: str = ""  # passed | failed | "" (no check)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,12 @@ class Job:
     cancel_requested: bool = False
     resume_from_partial: bool = False  # a retry starts from an earlier attempt's pushed work
     secrets: tuple[str, ...] = ()  # names only; values are looked up at each dispatch
+    max_steps: int = 0
+    budget_usd: float = 0.0
+    api_base: str = ""
+    check: str = ""
+    requires: str = ""  # an agent CLI the node must have, or "model:<model>" it must serve
+    report_paths: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -259,7 +259,10 @@ class Reconciler:
             used_gpus=sum(r[3] for r in res),
             exclusive_busy=any(r[4] for r in res),
             run_counts=run_counts,
-            agents=frozenset(info.facts.agent_clis),
+            # What a job may require: an agent CLI, or a model this node serves locally.
+            agents=frozenset(
+                [*info.facts.agent_clis, *(f"model:{m.model}" for m in info.facts.local_models)]
+            ),
             load=info.facts.load_1m / cpus,
         )
 
@@ -279,6 +282,7 @@ class Reconciler:
             avoid_networks=p.avoid_networks,
             exclusive=p.exclusive,
             spread=p.spread,
+            agent_cli=job.requires,
         )
 
     def node_names(self) -> dict[str, str]:
@@ -358,6 +362,11 @@ class Reconciler:
             resources=types_pb2.Resources(
                 cpus=job.placement.cpus, memory_mb=job.placement.memory_mb, gpus=job.placement.gpus
             ),
+            max_steps=job.max_steps,
+            budget_usd=job.budget_usd,
+            api_base=job.api_base,
+            check=job.check,
+            report_paths=dict(job.report_paths),
         )
         if job.secrets:
             values = self.keyring.values(job.secrets)

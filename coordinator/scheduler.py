@@ -81,7 +81,12 @@ def _static_reason(st: _State, key: _Key) -> str:
             ((labels[: k + 1], pin, networks, avoid, ""), f"no node with label {kv[0]}={kv[1]}")
             for k, kv in enumerate(labels)
         ),
-        (key, f"no node has agent CLI {agent!r}"),
+        (
+            key,
+            f"no node serves model {agent[6:]}"
+            if agent.startswith("model:")
+            else f"no node has agent CLI {agent!r}",
+        ),
     ]
     for partial, reason in steps:
         if not any(_matches(n, partial) for n in nodes):

@@ -71,6 +71,12 @@ _SPEC_FIELDS = (
     "env",
     "resume_from_partial",
     "secrets",
+    "max_steps",
+    "budget_usd",
+    "api_base",
+    "check",
+    "requires",
+    "report_paths",
 )
 # Columns added after the first release: (table, column, declaration). Added in place
 # when an older database is opened.
@@ -244,6 +250,7 @@ class Store:
     def _spec(job: Job) -> str:
         spec: dict[str, Any] = {k: getattr(job, k) for k in _SPEC_FIELDS}
         spec["env"] = dict(job.env)
+        spec["report_paths"] = dict(job.report_paths)
         spec["placement"] = asdict(job.placement)
         spec["repo"] = asdict(job.repo) if job.repo else None
         return json.dumps(spec)

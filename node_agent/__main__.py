@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         help="only fetch from / push to repository URLs matching this glob; repeatable",
     )
     start.add_argument(
+        "--model-server",
+        action="append",
+        default=[],
+        help="an OpenAI-compatible model server on this machine (http://127.0.0.1:PORT/v1); repeatable",
+    )
+    start.add_argument(
         "--stop-after-disconnect",
         type=float,
         help="cut off from the coordinator this long, stop jobs and push their work (0: never; 600)",
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             lost_after_s=args.lost_after,
             stop_after_disconnect_s=args.stop_after_disconnect,
             allow_remotes=args.allow_remote,
+            model_servers=args.model_server,
         )
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))

@@ -39,6 +39,8 @@ class NodeConfig:
     stop_after_disconnect_s: float = 600.0
     # Repository URLs (globs) this node fetches from and pushes to; empty: any.
     allow_remotes: tuple[str, ...] = ()
+    # OpenAI-compatible model servers on this machine besides LM Studio and Ollama.
+    model_servers: tuple[str, ...] = ()
 
 
 def default_state_dir() -> Path:
@@ -77,6 +79,7 @@ def load_config(
     lost_after_s: float | None = None,
     stop_after_disconnect_s: float | None = None,
     allow_remotes: list[str] | None = None,
+    model_servers: list[str] | None = None,
 ) -> NodeConfig:
     file: dict[str, Any] = {}
     path = state_dir / "node.toml"
@@ -113,6 +116,10 @@ def load_config(
     remotes = allow_remotes or [str(r) for r in file.get("allow_remotes", [])]
     if any(not r or "\0" in r or "\n" in r for r in remotes):
         raise ConfigError("invalid allow-remote pattern")
+    servers = model_servers or [str(r) for r in file.get("model_servers", [])]
+    for server in servers:
+        if not server.startswith(("http://127.0.0.1:", "http://localhost:", "http://[::1]:")):
+            raise ConfigError(f"invalid model server {server!r}: a loopback http:// URL (this machine)")
     merged = parse_labels([f"{k}={v}" for k, v in from_file.items()])
     merged.update(parse_labels(labels or []))
     if not 1 <= slots <= 256:
@@ -140,4 +147,5 @@ def load_config(
         lost_after_s=lost,
         stop_after_disconnect_s=disconnect,
         allow_remotes=tuple(remotes),
+        model_servers=tuple(servers),
     )

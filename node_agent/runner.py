@@ -19,11 +19,12 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_agent import lifecycle as lc
+from node_agent.agents.launch import command_for, read_outcome
 from node_agent.agents.shell import (
     JobProcess,
     OutputTail,
@@ -36,6 +37,7 @@ from node_agent.agents.shell import (
 )
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
+from node_agent.local_models import LocalModel
 from node_agent.workspace import CommitOutcome, Workspace, WorkspaceError
 from protos.contract import redact
 from protos.flota.v1 import node_pb2, types_pb2
@@ -85,6 +87,7 @@ class Runner:
         hub: Hub,
         slots: Callable[[], int],
         kill_grace_s: float = 5.0,
+        local_models: Callable[[], Sequence[LocalModel]] = tuple,
     ) -> None:
         self.node_id = node_id
         self.node_name = node_name
@@ -93,6 +96,7 @@ class Runner:
         self.hub = hub
         self._slots = slots
         self.kill_grace_s = kill_grace_s
+        self._local_models = local_models
         self.active: dict[str, _Attempt] = {}
         self.finished: dict[str, types_pb2.JobResult] = {}  # attempt id -> result not yet acked
         self._stopping = False
@@ -316,11 +320,12 @@ class Runner:
     def _spawn(self, a: _Attempt) -> None:
         assert a.cwd is not None
         spec = a.spec
+        command, extra = command_for(spec, self.journal.dir(a.id), self._local_models())
         try:
             a.proc = spawn(
-                spec.command,
+                command,
                 a.cwd,
-                {**self._env(spec, a.cwd), **a.secrets},
+                {**self._env(spec, a.cwd), **extra, **a.secrets},
                 self.journal.output(a.id),
                 self.journal.exit_file(a.id),
             )
@@ -416,9 +421,14 @@ class Runner:
         if a.tail is not None:
             await a.tail.finish()
         now = time.time()
-        error = action.error
-        if action.status == "failed" and action.exit_code and error.startswith(("exit code", "killed by")):
+        status, error = action.status, action.error
+        if status == "failed" and action.exit_code and error.startswith(("exit code", "killed by")):
             error = describe_exit(action.exit_code)
+        agent = read_outcome(spec, self.journal.dir(a.id), self.journal.output(a.id))
+        if status == "failed" and agent.status == "partial":  # stopped by its steps or budget
+            status, error = "partial", agent.error or "the agent stopped before it finished"
+        elif status == "failed" and agent.status == "failed" and agent.error:
+            error = agent.error
         fields: dict[str, object] = {}
         if action.exit_code is not None:
             fields["exit_code"] = action.exit_code
@@ -437,8 +447,13 @@ class Runner:
         result = types_pb2.JobResult(
             job_id=spec.job_id,
             attempt_id=spec.attempt_id,
-            status=action.status,
+            status=status,
             error=redact(error, a.secrets),
+            steps=agent.steps,
+            tokens_in=agent.tokens_in,
+            tokens_out=agent.tokens_out,
+            cost_usd=agent.cost_usd,
+            check=agent.check,
             started_at=a.started_at,
             finished_at=now,
             duration_s=now - a.started_at,

@@ -71,7 +71,9 @@ class Fleet:
     def env(self) -> dict[str, str]:
         return {**os.environ, "FLOTA_HOME": str(self.home), "PYTHONPATH": str(ROOT)}
 
-    def spawn(self, key: str, argv: Sequence[str], prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, key: str, argv: Sequence[str], prefix: Sequence[str] = (), env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = self.home / f"{key}.log"
         with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
@@ -79,7 +81,7 @@ class Fleet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=self.home,
             )
         self.procs[key], self.logs[key] = proc, log
@@ -179,6 +181,7 @@ class Fleet:
         prefix: Sequence[str] = (),
         mdns: bool = False,
         state: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         state = self.join(name, prefix, state) if join else state or self.home / "nodes" / name
         proc = self.spawn(
@@ -197,6 +200,7 @@ class Fleet:
                 *args,
             ],
             prefix,
+            env,
         )
         if wait:
             self.wait_node(name, "online")

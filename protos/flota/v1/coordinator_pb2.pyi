@@ -188,17 +188,47 @@ Global___CreateTokenReply: _TypeAlias = CreateTokenReply  # noqa: Y015
 class TaskSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ReportPathsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
+    REPORT_PATHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     agent: _builtins.str
-    """"shell" """
+    """"shell" (command), "llm" (prompt + model), or an external agent CLI whose command
+    line the CLI built from a template (command, requires, report_paths).
+    """
     command: _builtins.str
     prompt: _builtins.str
     model: _builtins.str
+    requires: _builtins.str
+    """an agent CLI the node must have (e.g. "claude")"""
+    @_builtins.property
+    def report_paths(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """see JobSpec.report_paths"""
+
     def __init__(
         self,
         *,
@@ -207,10 +237,12 @@ class TaskSpec(_message.Message):
         command: _builtins.str = ...,
         prompt: _builtins.str = ...,
         model: _builtins.str = ...,
+        requires: _builtins.str = ...,
+        report_paths: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "command", b"command", "model", b"model", "name", b"name", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "command", b"command", "model", b"model", "name", b"name", "prompt", b"prompt", "report_paths", b"report_paths", "requires", b"requires"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,12 +380,21 @@ class SubmitRunRequest(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     RESUME_FROM_PARTIAL_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    MAX_STEPS_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    API_BASE_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
     timeout_s: _builtins.float
     retries: _builtins.int
     """extra attempts after a lost node; -1: default"""
     name: _builtins.str
     resume_from_partial: _builtins.bool
     """a retry starts from an earlier attempt's pushed work"""
+    max_steps: _builtins.int
+    """Agent jobs: per worker limits, an OpenAI-compatible server, a check command."""
+    budget_usd: _builtins.float
+    api_base: _builtins.str
+    check: _builtins.str
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpec]: ...
     @_builtins.property
@@ -380,10 +421,14 @@ class SubmitRunRequest(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         resume_from_partial: _builtins.bool = ...,
         secrets: _abc.Iterable[_builtins.str] | None = ...,
+        max_steps: _builtins.int = ...,
+        budget_usd: _builtins.float = ...,
+        api_base: _builtins.str = ...,
+        check: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "repo", b"repo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "name", b"name", "placement", b"placement", "repo", b"repo", "resume_from_partial", b"resume_from_partial", "retries", b"retries", "secrets", b"secrets", "tasks", b"tasks", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_base", b"api_base", "budget_usd", b"budget_usd", "check", b"check", "env", b"env", "max_steps", b"max_steps", "name", b"name", "placement", b"placement", "repo", b"repo", "resume_from_partial", b"resume_from_partial", "retries", b"retries", "secrets", b"secrets", "tasks", b"tasks", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -536,6 +581,10 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
+    MAX_STEPS_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     run_id: _builtins.str
     name: _builtins.str
@@ -552,6 +601,11 @@ class Job(_message.Message):
     created_at: _builtins.float
     updated_at: _builtins.float
     prompt: _builtins.str
+    max_steps: _builtins.int
+    budget_usd: _builtins.float
+    check: _builtins.str
+    requires: _builtins.str
+    """what a node must offer: an agent CLI, or "model:<model>" """
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
     @_builtins.property
@@ -575,10 +629,14 @@ class Job(_message.Message):
         created_at: _builtins.float = ...,
         updated_at: _builtins.float = ...,
         prompt: _builtins.str = ...,
+        max_steps: _builtins.int = ...,
+        budget_usd: _builtins.float = ...,
+        check: _builtins.str = ...,
+        requires: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch", b"branch", "command", b"command", "created_at", b"created_at", "id", b"id", "model", b"model", "name", b"name", "node_id", b"node_id", "node_name", b"node_name", "prompt", b"prompt", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "created_at", b"created_at", "id", b"id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "node_id", b"node_id", "node_name", b"node_name", "prompt", b"prompt", "requires", b"requires", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,6 +87,7 @@ class Facts(_message.Message):
     OS_FIELD_NUMBER: _builtins.int
     ARCH_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    LOCAL_MODELS_FIELD_NUMBER: _builtins.int
     cpu_count: _builtins.int
     load_1m: _builtins.float
     memory_total_mb: _builtins.int
@@ -104,6 +105,10 @@ class Facts(_message.Message):
     def agent_clis(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """agent CLIs found on PATH: claude, aider, codex ..."""
 
+    @_builtins.property
+    def local_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___LocalModel]:
+        """Models served on this machine (LM Studio, Ollama, configured OpenAI-compatible servers)."""
+
     def __init__(
         self,
         *,
@@ -119,14 +124,39 @@ class Facts(_message.Message):
         os: _builtins.str = ...,
         arch: _builtins.str = ...,
         hostname: _builtins.str = ...,
+        local_models: _abc.Iterable[Global___LocalModel] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_clis", b"agent_clis", "arch", b"arch", "battery_percent", b"battery_percent", "cpu_count", b"cpu_count", "disk_free_mb", b"disk_free_mb", "gpus", b"gpus", "hostname", b"hostname", "load_1m", b"load_1m", "memory_available_mb", b"memory_available_mb", "memory_total_mb", b"memory_total_mb", "on_battery", b"on_battery", "os", b"os"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_clis", b"agent_clis", "arch", b"arch", "battery_percent", b"battery_percent", "cpu_count", b"cpu_count", "disk_free_mb", b"disk_free_mb", "gpus", b"gpus", "hostname", b"hostname", "load_1m", b"load_1m", "local_models", b"local_models", "memory_available_mb", b"memory_available_mb", "memory_total_mb", b"memory_total_mb", "on_battery", b"on_battery", "os", b"os"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Facts: _TypeAlias = Facts  # noqa: Y015
+
+@_typing.final
+class LocalModel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    API_BASE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """litellm model string: lm_studio/<id>, ollama/<name>, openai/<id>"""
+    api_base: _builtins.str
+    """where a job on this node reaches it"""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        api_base: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_base", b"api_base", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalModel: _TypeAlias = LocalModel  # noqa: Y015
 
 @_typing.final
 class NodeInfo(_message.Message):
@@ -286,6 +316,26 @@ class JobSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ReportPathsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     ATTEMPT_ID_FIELD_NUMBER: _builtins.int
@@ -301,6 +351,11 @@ class JobSpec(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     RESUME_BRANCHES_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    MAX_STEPS_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    API_BASE_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    REPORT_PATHS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     run_id: _builtins.str
     attempt_id: _builtins.str
@@ -314,6 +369,14 @@ class JobSpec(_message.Message):
     timeout_s: _builtins.float
     """0: no timeout"""
     name: _builtins.str
+    max_steps: _builtins.int
+    """Agent jobs (agent "llm"): steps, USD budget (0: none) and an OpenAI-compatible
+    server; empty api_base: the provider's, or this node's local server for the model.
+    """
+    budget_usd: _builtins.float
+    api_base: _builtins.str
+    check: _builtins.str
+    """Run in the worktree after the agent; its exit status is the result's `check`."""
     @_builtins.property
     def repo(self) -> Global___RepoSpec:
         """unset: the job runs in a scratch directory"""
@@ -334,6 +397,12 @@ class JobSpec(_message.Message):
         and redacted from what the job prints.
         """
 
+    @_builtins.property
+    def report_paths(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """External agent CLIs: where their JSON output (the last JSON object printed) keeps
+        cost_usd, steps, tokens_in, tokens_out, as dotted paths ("usage.input_tokens").
+        """
+
     def __init__(
         self,
         *,
@@ -352,10 +421,15 @@ class JobSpec(_message.Message):
         name: _builtins.str = ...,
         resume_branches: _abc.Iterable[_builtins.str] | None = ...,
         secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_steps: _builtins.int = ...,
+        budget_usd: _builtins.float = ...,
+        api_base: _builtins.str = ...,
+        check: _builtins.str = ...,
+        report_paths: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["repo", b"repo", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt_id", b"attempt_id", "branch", b"branch", "command", b"command", "env", b"env", "job_id", b"job_id", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "job_id", b"job_id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -390,6 +464,7 @@ class JobResult(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     LOG_LINES_LOST_FIELD_NUMBER: _builtins.int
     LOG_LINES_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     attempt_id: _builtins.str
     status: _builtins.str
@@ -416,6 +491,8 @@ class JobResult(_message.Message):
     model: _builtins.str
     log_lines_lost: _builtins.int
     """output lines the coordinator never received (see log_tail)"""
+    check: _builtins.str
+    """passed | failed | "" (no check)"""
     @_builtins.property
     def files_modified(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -450,10 +527,11 @@ class JobResult(_message.Message):
         model: _builtins.str = ...,
         log_lines_lost: _builtins.int = ...,
         log_lines: _abc.Iterable[_builtins.str] | None = ...,
+        check: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_tail", b"log_tail", "model", b"model", "node_id", b"node_id", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_tail", b"log_tail", "model", b"model", "node_id", b"node_id", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,212 @@
+"""A fake OpenAI-compatible chat completions server on 127.0.0.1, for the llm agent's tests.
+
+It replays a script: each POST to ``/v1/chat/completions`` takes the next :class:`Reply`
+(a tool call, text, or a raw, possibly malformed, payload), after the reply's delay.
+When the script runs out it repeats ``default`` (or answers 500 when there is none).
+Every request body is recorded in :attr:`FakeOpenAI.requests` (messages, tools, model).
+
+    with FakeOpenAI([call("write_file", path="a.txt", content="hi"), call("finish", summary="ok")]) as srv:
+        env["FLOTA_LLM_API_BASE"] = srv.base_url
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["FakeOpenAI", "Reply", "call", "calls", "raw", "text"]
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Reply:
+    """One scripted answer: ``body`` is sent as JSON (or as is, when bytes)."""
+
+    body: dict[str, Any] | bytes
+    status: int = 200
+    delay_s: float = 0.0
+
+
+def _tool_call(name: str, arguments: dict[str, Any] | str) -> dict[str, Any]:
+    args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": f"call_{next(_ids)}", "type": "function", "function": {"name": name, "arguments": args}}
+
+
+def _completion(message: dict[str, Any], usage: tuple[int, int] | None, finish_reason: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": f"chatcmpl-{next(_ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "fake",  # replaced by the requested model when served
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        body["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+    return body
+
+
+def calls(
+    *tool_calls: tuple[str, dict[str, Any] | str],
+    content: str | None = None,
+    usage: tuple[int, int] | None = (10, 5),
+    delay_s: float = 0.0,
+) -> Reply:
+    """A reply with several tool calls: ``calls(("read_file", {"path": "a"}), ...)``;
+    arguments given as a string are sent verbatim (invalid JSON included)."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": content,
+        "tool_calls": [_tool_call(n, a) for n, a in tool_calls],
+    }
+    return Reply(_completion(message, usage, "tool_calls"), delay_s=delay_s)
+
+
+def call(
+    name: str, /, *, usage: tuple[int, int] | None = (10, 5), delay_s: float = 0.0, **arguments: Any
+) -> Reply:
+    """A reply with one tool call."""
+    return calls((name, arguments), usage=usage, delay_s=delay_s)
+
+
+def text(content: str, usage: tuple[int, int] | None = (10, 5), delay_s: float = 0.0) -> Reply:
+    """A plain text reply, no tool call."""
+    message = {"role": "assistant", "content": content}
+    return Reply(_completion(message, usage, "stop"), delay_s=delay_s)
+
+
+def raw(body: dict[str, Any] | bytes, status: int = 200, delay_s: float = 0.0) -> Reply:
+    """Anything at all, e.g. ``raw({"id": "x", "choices": []})``."""
+    return Reply(body, status=status, delay_s=delay_s)
+
+
+@dataclass
+class _State:
+    script: list[Reply]
+    default: Reply | None
+    by_model: dict[str, list[Reply]] = field(default_factory=dict)  # scripts per requested model
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    request_times: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the OpenAI client expects
+    # Headers and body leave in one write, with Nagle off: otherwise a delayed ACK adds
+    # ~40 ms to every reply and the agent's own overhead cannot be measured.
+    wbufsize = 1 << 16
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/").endswith("/models"):
+            self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        else:
+            self._send(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length)
+        if not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        try:
+            request = json.loads(data)
+        except ValueError:
+            self._send(400, {"error": {"message": "invalid JSON"}})
+            return
+        state = self.server.state
+        with state.lock:
+            state.requests.append(request)
+            state.request_times.append(time.monotonic())
+            script = state.by_model.get(str(request.get("model")), state.script)
+            reply = script.pop(0) if script else state.default
+        if reply is None:
+            self._send(500, {"error": {"message": "fake server: script exhausted", "type": "server_error"}})
+            return
+        if reply.delay_s:
+            time.sleep(reply.delay_s)
+        body = reply.body
+        if isinstance(body, dict) and body.get("object") == "chat.completion":
+            body = {**body, "model": request.get("model", "fake")}
+        self._send(reply.status, body)
+
+    def _send(self, status: int, body: dict[str, Any] | bytes) -> None:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    state: _State
+
+
+class FakeOpenAI:
+    """The server; a context manager. ``base_url`` is what FLOTA_LLM_API_BASE takes."""
+
+    def __init__(
+        self,
+        script: Iterable[Reply] = (),
+        default: Reply | None = None,
+        by_model: dict[str, list[Reply]] | None = None,
+    ) -> None:
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.state = _State(list(script), default, dict(by_model or {}))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        with self._server.state.lock:
+            return list(self._server.state.requests)
+
+    @property
+    def request_times(self) -> list[float]:
+        with self._server.state.lock:
+            return list(self._server.state.request_times)
+
+    def add(self, *replies: Reply) -> None:
+        with self._server.state.lock:
+            self._server.state.script.extend(replies)
+
+    def start(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,179 @@
+"""AI workers end to end on a local fleet: a competition of three models over three
+nodes against an OpenAI-compatible server on loopback, `flota compare`, a check
+command, an external agent CLI template (a small executable standing in for `claude`),
+and flota.yaml defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fake_openai import FakeOpenAI, call
+from tests.fleet import Fleet, git, make_repo, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(tmp_path / "home")
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def follow(fleet: Fleet, *args: str, cwd: Path | None = None) -> tuple[int, dict[str, Any]]:
+    result = fleet.flota("--json", "run", *args, "--follow", cwd=cwd)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.strip(), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_three_models_on_three_nodes_ranked_by_compare(fleet: Fleet, tmp_path: Path) -> None:
+    work, remote = make_repo(tmp_path / "repo")
+    fleet.start_coordinator()
+    for name in ("a", "b", "c"):
+        fleet.start_node(name)
+    scripts = {
+        # m1: does the task, small and cheap
+        "m1": [call("write_file", path="hello.txt", content="hello\n"), call("finish", summary="wrote it")],
+        # m2: does it with more churn and more steps
+        "m2": [
+            call("write_file", path="hello.txt", content="hello\nhello again\nand more\n"),
+            call("write_file", path="notes.md", content="# notes\n"),
+            call("finish", summary="wrote more", usage=(40, 20)),
+        ],
+        # m3: forgets the file: the check fails
+        "m3": [call("finish", summary="nothing to do")],
+    }
+    with FakeOpenAI(by_model=scripts) as server:
+        code, run = follow(
+            fleet,
+            "--agent",
+            "llm",
+            "--models",
+            "openai/m1,openai/m2,openai/m3",
+            "--api-base",
+            server.base_url,
+            "--repo",
+            str(work),
+            "--check",
+            "test -f hello.txt",
+            "--max-steps",
+            "5",
+            "write hello.txt",
+        )
+    assert code == 0, run  # every job succeeded (the check is recorded, not a failure)
+    jobs = {j["model"]: j for j in run["jobs"]}
+    assert set(jobs) == {"openai/m1", "openai/m2", "openai/m3"}
+    assert len({j["node_name"] for j in jobs.values()}) == 3, "one model per machine"
+    m1, m2, m3 = (jobs[f"openai/m{i}"]["result"] for i in (1, 2, 3))
+    assert (m1["status"], m1["check"], m1["steps"], m1["tokens_in"], m1["tokens_out"]) == (
+        "success",
+        "passed",
+        2,
+        "20",
+        "10",
+    )
+    assert (m2["check"], m2["steps"], m2["files_modified"]) == ("passed", 3, ["hello.txt", "notes.md"])
+    assert (m3["check"], m3["steps"], m3["files_modified"]) == ("failed", 1, [])
+    assert git("--git-dir", str(remote), "show", f"refs/heads/{m1['branch']}:hello.txt") == "hello\n"
+    # Every model call went to the loopback server with the job's prompt.
+    assert {r["model"] for r in server.requests} == {"m1", "m2", "m3"}
+    assert all("write hello.txt" in json.dumps(r["messages"]) for r in server.requests)
+
+    ranked = fleet.json("compare", run["id"])
+    assert [r["model"] for r in ranked] == ["openai/m1", "openai/m2", "openai/m3"]
+    assert [r["rank"] for r in ranked] == [1, 2, 3]
+    table = fleet.flota("compare", run["id"], check=True).stdout
+    assert table.index("openai/m1") < table.index("openai/m2") < table.index("openai/m3")
+    log = fleet.flota("logs", jobs["openai/m1"]["id"], check=True).stdout
+    assert "step 1: write_file hello.txt" in log and "[flota] check: test -f hello.txt" in log
+
+
+FAKE_CLAUDE = """#!/usr/bin/env python3
+# Stands in for Claude Code: reads the prompt from -p, writes a file, prints its JSON.
+import json, sys
+args = sys.argv[1:]
+prompt = args[args.index("-p") + 1]
+model = args[args.index("--model") + 1] if "--model" in args else "default"
+with open("answer.txt", "w") as f:
+    f.write(f"{model}: {prompt}\\n")
+print("working...")
+print(json.dumps({"type": "result", "result": "done", "total_cost_usd": 0.0123, "num_turns": 4,
+                  "usage": {"input_tokens": 1500, "output_tokens": 320}}))
+"""
+
+
+def test_external_agent_template_runs_only_where_the_cli_is(fleet: Fleet, tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "claude"
+    exe.write_text(FAKE_CLAUDE)
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    work, remote = make_repo(tmp_path / "repo")
+    fleet.start_coordinator()
+    fleet.start_node("plain")
+    fleet.start_node("agentic", env={"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"})
+    assert "claude" in fleet.nodes()["agentic"]["info"]["facts"]["agent_clis"]
+    assert "claude" not in fleet.nodes()["plain"]["info"]["facts"]["agent_clis"]
+
+    code, run = follow(
+        fleet, "--agent", "claude", "--model", "sonnet", "--repo", str(work), "say 'hi' & $(x)"
+    )
+    assert code == 0, run
+    job = run["jobs"][0]
+    assert job["node_name"] == "agentic" and job["requires"] == "claude"
+    result = job["result"]
+    assert (result["cost_usd"], result["steps"], result["tokens_in"], result["tokens_out"]) == (
+        0.0123,
+        4,
+        "1500",
+        "320",
+    )
+    # The prompt reached the CLI as one argument, quotes and $(...) untouched.
+    assert git("--git-dir", str(remote), "show", f"refs/heads/{result['branch']}:answer.txt") == (
+        "sonnet: say 'hi' & $(x)\n"
+    )
+
+    fleet.stop("agentic")
+    queued = fleet.json("run", "--agent", "claude", "anything")["jobs"][0]["id"]
+    wait_until(
+        lambda: fleet.json("status", queued)["wait_reason"] == "no node has agent CLI 'claude'", what="reason"
+    )
+
+
+def test_repo_config_gives_defaults_and_templates(fleet: Fleet, tmp_path: Path) -> None:
+    work, _ = make_repo(tmp_path / "repo")
+    (work / "echoer.sh").write_text('echo "$1 $2" > out.txt\necho \'{"cost": 0.5, "turns": 2}\'\n')
+    (work / "flota.yaml").write_text(
+        "run:\n"
+        "  agent: echoer\n"
+        "  models: [x1, x2]\n"
+        "  check: test -f out.txt\n"
+        "agents:\n"
+        "  echoer:\n"
+        "    argv: [sh, echoer.sh, '{model}', '{prompt}']\n"
+        "    report: {cost_usd: cost, steps: turns}\n"
+    )
+    git("add", "-A", cwd=work)
+    git("commit", "-qm", "config", cwd=work)
+    fleet.start_coordinator()
+    fleet.start_node("n", "--slots", "2")
+    bad = fleet.flota("run", "--repo", str(work), "--agent", "nope", "t")
+    assert bad.returncode == 2 and "unknown agent 'nope'" in bad.stderr
+    # The config says: agent echoer, two models, a check. Flags would override.
+    code, run = follow(fleet, "--repo", str(work), "task one")
+    assert [j["model"] for j in run["jobs"]] == ["x1", "x2"], run
+    assert code == 0, run
+    for job in run["jobs"]:
+        assert job["agent"] == "echoer" and job["check"] == "test -f out.txt"
+        result = job["result"]
+        assert (result["cost_usd"], result["steps"], result["check"]) == (0.5, 2, "passed")
