@@ -177,3 +177,38 @@ def test_repo_config_gives_defaults_and_templates(fleet: Fleet, tmp_path: Path) 
         assert job["agent"] == "echoer" and job["check"] == "test -f out.txt"
         result = job["result"]
         assert (result["cost_usd"], result["steps"], result["check"]) == (0.5, 2, "passed")
+
+
+def test_a_local_model_job_goes_to_the_node_that_serves_it(fleet: Fleet, tmp_path: Path) -> None:
+    """A node reports the models its local servers serve (here an OpenAI-compatible one
+    given with --model-server); an llm job for such a model, with no --api-base, runs
+    there and reaches the server through the node."""
+    script = [
+        call("write_file", path="local.txt", content="from a local model\n"),
+        call("finish", summary="ok"),
+    ]
+    with FakeOpenAI(script) as server:
+        fleet.start_coordinator()
+        fleet.start_node("cloudy")
+        fleet.start_node("gpu-box", "--model-server", server.base_url)
+        models = wait_until(
+            lambda: fleet.nodes()["gpu-box"]["info"]["facts"].get("local_models"),
+            what="local models reported",
+        )
+        assert models == [{"model": "openai/fake", "api_base": server.base_url}]
+        code, run = follow(fleet, "--agent", "llm", "--model", "openai/fake", "write local.txt")
+        assert code == 0, run
+        job = run["jobs"][0]
+        assert (job["node_name"], job["requires"]) == ("gpu-box", "model:openai/fake")
+        assert job["result"]["steps"] == 2
+        assert len(server.requests) == 2
+    # A model no node serves and no --api-base: placed anywhere (a cloud model).
+    plain = fleet.json("run", "--agent", "llm", "--model", "openai/gpt-4o", "hi")["jobs"][0]
+    assert plain["requires"] == ""
+    fleet.flota("cancel", plain["id"])
+    # lm_studio/ and ollama/ models always need a node that serves them.
+    local = fleet.json("run", "--agent", "llm", "--model", "ollama/qwen2.5-coder", "hi")["jobs"][0]["id"]
+    wait_until(
+        lambda: fleet.json("status", local)["wait_reason"] == "no node serves model ollama/qwen2.5-coder",
+        what="wait reason",
+    )
