@@ -123,6 +123,7 @@ class Result:
     model: str = ""
     log_lines_lost: int = 0
     check: str = ""  # passed | failed | "" (no check)
+    answer: str = ""  # an agent's final answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -779,7 +779,12 @@ class Reconciler:
         if not job.secrets:
             return result
         values = self._secret_values(job)
-        return replace(result, error=redact(result.error, values), log_tail=redact(result.log_tail, values))
+        return replace(
+            result,
+            error=redact(result.error, values),
+            log_tail=redact(result.log_tail, values),
+            answer=redact(result.answer, values),
+        )
 
     def drain(self, entry: NodeEntry, draining: bool) -> None:
         self.store.set_draining(entry.id, draining)

@@ -454,6 +454,7 @@ class Runner:
             tokens_out=agent.tokens_out,
             cost_usd=agent.cost_usd,
             check=agent.check,
+            answer=redact(agent.answer, a.secrets),
             started_at=a.started_at,
             finished_at=now,
             duration_s=now - a.started_at,

@@ -53,6 +53,7 @@ class AgentOutcome:
     tokens_out: int = 0
     cost_usd: float = 0.0
     check: str = ""  # passed | failed | ""
+    answer: str = ""
 
 
 def command_for(
@@ -162,4 +163,5 @@ def read_outcome(spec: types_pb2.JobSpec, journal_dir: Path, output: Path) -> Ag
         tokens_out=int(_number(_dig(report, paths["tokens_out"]))) if "tokens_out" in paths else 0,
         cost_usd=_number(_dig(report, paths["cost_usd"])) if "cost_usd" in paths else 0.0,
         check=check,
+        answer=str(report.get("answer") or "")[:4000] if spec.agent == "llm" else "",
     )

@@ -29,11 +29,11 @@ per-response cost (usage times the price map). A model without a price costs 0.
 
 Error handling: the model's mistakes (no choices, an empty message, text instead of a tool
 call, arguments that are not JSON, an unknown tool) are told back to the model and count a
-step; provider hiccups (5xx, rate limit, connection, an unparseable response) are retried
-and count a step too; 3 bad replies in a row end the run as "failed". Authentication,
-bad request, unknown model and context overflow fail at once. SIGTERM/SIGINT end the run as
-"partial" (exit 3) after killing the running command. Nothing here raises past
-:func:`main`.
+step; text twice in a row is taken as the model's final answer. Provider hiccups (5xx,
+rate limit, connection, an unparseable response) are retried and count a step too; 3 bad
+replies in a row end the run as "failed". Authentication, bad request, unknown model and
+context overflow fail at once. SIGTERM/SIGINT end the run as "partial" (exit 3) after
+killing the running command. Nothing here raises past :func:`main`.
 """
 
 from __future__ import annotations
@@ -316,6 +316,7 @@ def _loop(
     ]
     bad_in_a_row = 0
     errors_in_a_row = 0  # provider errors, for the backoff
+    last_was_text = False  # the previous reply was text without a tool call
 
     def say(line: str) -> None:
         print(f"step {state.steps}: {line}", file=out, flush=True)
@@ -376,6 +377,7 @@ def _loop(
         if content:
             state.answer = content
         if not reply.has_choice:
+            last_was_text = False
             if (failed := bad("the reply had no choices")) is not None:
                 return failed
             messages.append(
@@ -383,6 +385,12 @@ def _loop(
             )
             continue
         if not reply.tool_calls:
+            if content and last_was_text:
+                # Told once to use the tools, the model answers in text again: that is its
+                # answer (weak local models never call tools).
+                say(f"answered in text: {_short(content, 80)}")
+                return state.report("success", None, clock())
+            last_was_text = bool(content)
             if content:
                 messages.append({"role": "assistant", "content": content})
                 failed = bad(f"text without a tool call: {_short(content, 80)}")
@@ -394,6 +402,7 @@ def _loop(
                 return failed
             messages.append({"role": "user", "content": nudge})
             continue
+        last_was_text = False
         finished, useful, line = _do_calls(reply, messages, toolbox, deadline, clock, state.steps)
         if useful:
             bad_in_a_row = 0

@@ -232,4 +232,3 @@ def test_unknown_late_results_are_ignored(h: Harness) -> None:
     for attempt_id in ("nothing", "r9.1.a1", "r000001.1.a7"):
         h.rec.on_event("nA", node_pb2.NodeEvent(result=result_event("x", attempt_id, "success").result))
     assert h.rec.attempts == {}
-

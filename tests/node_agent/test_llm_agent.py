@@ -606,3 +606,24 @@ def test_a_missing_api_key_is_bad_input(box: tuple[Path, Path]) -> None:
         == "flota llm agent: anthropic/claude-sonnet-4-5 needs ANTHROPIC_API_KEY in the environment\n"
     )
     assert json.loads(report.read_text())["status"] == "failed"
+
+
+@needs_litellm
+def test_text_twice_in_a_row_is_the_final_answer(box: tuple[Path, Path]) -> None:
+    """Weak local models never call tools: told once, a second text reply is the answer."""
+    wt, _ = box
+    out = run_agent(wt, [text("Git tracks changes."), text("Git is version control.")])
+    assert out.code == 0, out.stdout + out.stderr
+    assert (out.report["status"], out.report["answer"], out.report["steps"]) == (
+        "success",
+        "Git is version control.",
+        2,
+    )
+    assert (
+        out.stdout.splitlines()[-2:]
+        == [
+            "step 2: answered in text: Git is version control.",
+            "success: Git is version control.",
+        ]
+        or "answered in text" in out.stdout
+    )
