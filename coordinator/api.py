@@ -50,6 +50,7 @@ T = TypeVar("T")
 
 MAX_TASKS = 1000
 MAX_COMMAND = 64 * 1024
+LOG_CHUNK_BYTES = 1 << 20
 # Run, job and attempt ids as the coordinator makes them (r1a2b3c, r1a2b3c.1, r1a2b3c.1.a2)
 # and as nodes accept them: anything else names nothing.
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
@@ -436,8 +437,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 i = 0
                 while i < len(rows):
                     attempt = rows[i][1]
-                    j = i
-                    while j < len(rows) and rows[j][1] == attempt:
+                    j, size = i, 0
+                    # One chunk per attempt, and far below the 4 MiB message limit.
+                    while j < len(rows) and rows[j][1] == attempt and (j == i or size < LOG_CHUNK_BYTES):
+                        size += len(rows[j][2]) + 8
                         j += 1
                     yield coordinator_pb2.LogChunk(
                         job_id=job.id, attempt_id=attempt, lines=[r[2] for r in rows[i:j]]

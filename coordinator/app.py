@@ -24,11 +24,11 @@ from coordinator.config import CoordinatorConfig
 from coordinator.discovery import Discovery
 from coordinator.errors import ConfigError
 from coordinator.node_client import Credentials
-from coordinator.pki import CertificateAuthority, KeyPair, PkiError, write_private
+from coordinator.pki import CertificateAuthority, KeyPair, PkiError, read_private, write_private
 from coordinator.reconcile import Reconciler
 from coordinator.store import Store
 from protos import statelock
-from protos.channels import SERVER_OPTIONS
+from protos.channels import SERVER_OPTIONS, CallGate
 from protos.flota.v1 import coordinator_pb2_grpc
 
 __all__ = ["serve", "Coordinator"]
@@ -43,7 +43,7 @@ def _keypair(ca: CertificateAuthority, directory: str, issue: Callable[[], KeyPa
     key, cert = d / "key.pem", d / "cert.pem"
     ca_file = d / "ca.pem"
     if key.exists() and cert.exists() and ca_file.exists() and ca_file.read_bytes() == ca.cert_pem:
-        return KeyPair(key.read_bytes(), cert.read_bytes())
+        return KeyPair(read_private(key), cert.read_bytes())
     pair = issue()
     write_private(key, pair.key_pem)
     write_private(cert, pair.cert_pem)
@@ -99,8 +99,18 @@ class Coordinator:
         advertise = cfg.advertise or (
             cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::") else _guess_host()
         )
-        api = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=256)
-        join = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=16)
+        # Nodes only register (one call at a time); the CLI's calls are the admin's own.
+        api = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=256,
+            interceptors=[CallGate({"admin": None, "node": 8})],
+        )
+        # Anyone may knock here (no client certificate): a few calls per address, 5 s to ask.
+        join = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=16,
+            interceptors=[CallGate({"": 4}, first_message_s=5.0)],
+        )
         try:
             self.api_port = api.add_secure_port(
                 _bind(cfg.listen_host, cfg.listen_port),

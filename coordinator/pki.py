@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ __all__ = [
     "KeyPair",
     "PkiError",
     "make_token",
+    "read_private",
     "secret_hash",
     "token_matches",
     "write_private",
@@ -66,6 +68,21 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def read_private(path: Path) -> bytes:
+    """Read a private key, refusing one that other users may read or change: a key
+    anyone else on the machine could copy is no longer this fleet's secret."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise PkiError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PkiError(f"{path} is readable by other users; run: chmod 600 {path}")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PkiError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _now() -> dt.datetime:
@@ -110,8 +127,9 @@ class CertificateAuthority:
     def load_or_create(cls, directory: Path) -> CertificateAuthority:
         key_path, cert_path = directory / "ca.key", directory / "ca.pem"
         if key_path.exists() and cert_path.exists():
+            key_pem = read_private(key_path)
             try:
-                key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+                key = serialization.load_pem_private_key(key_pem, password=None)
                 cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             except (OSError, ValueError) as exc:
                 raise PkiError(f"cannot read the CA in {directory}: {exc}") from exc

@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         help="only fetch from / push to repository URLs matching this glob; repeatable",
     )
     start.add_argument(
+        "--agent-cli",
+        action="append",
+        default=[],
+        help="also report this agent CLI when it is on PATH (for templates in flota.yaml); repeatable",
+    )
+    start.add_argument(
         "--model-server",
         action="append",
         default=[],
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_after_disconnect_s=args.stop_after_disconnect,
             allow_remotes=args.allow_remote,
             model_servers=args.model_server,
+            agent_clis=args.agent_cli,
         )
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))

@@ -24,11 +24,12 @@ from node_agent.facts import derive_network, interfaces, listen_addresses, probe
 from node_agent.hub import Hub
 from node_agent.identity import Identity, load_identity
 from node_agent.journal import Journal
+from node_agent.local_models import LocalModel, probe_local_models
 from node_agent.runner import Runner
 from node_agent.servicer import NodeServicer
 from node_agent.workspace import Workspace
 from protos import statelock
-from protos.channels import SERVER_OPTIONS, client_options
+from protos.channels import SERVER_OPTIONS, CallGate, client_options
 from protos.contract import COORDINATOR_SERVER_NAME, fingerprint
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2_grpc, types_pb2
 
@@ -37,6 +38,7 @@ __all__ = ["NodeDaemon", "serve"]
 log = logging.getLogger("flota.node")
 
 WATCH_PERIOD_S = 2.0
+MODELS_PERIOD_S = 10.0
 REGISTER_PERIOD_S = 15.0
 
 
@@ -61,13 +63,15 @@ class NodeDaemon:
             self.hub,
             lambda: config.slots,
             kill_grace_s=config.kill_grace_s,
+            local_models=lambda: self.local_models,
         )
         self.addresses: list[str] = []
+        self.local_models: tuple[LocalModel, ...] = ()
         self._registered = asyncio.Event()
         self._changed = asyncio.Event()  # addresses or profile changed: register again
 
     def info(self) -> types_pb2.NodeInfo:
-        f = read_facts(str(self.config.state_dir), self.gpus)
+        f = read_facts(str(self.config.state_dir), self.gpus, self.config.agent_clis)
         return types_pb2.NodeInfo(
             id=self.identity.id,
             name=self.config.name,
@@ -90,6 +94,9 @@ class NodeDaemon:
                 on_battery=f.on_battery,
                 battery_percent=f.battery_percent,
                 agent_clis=list(f.agent_clis),
+                local_models=[
+                    types_pb2.LocalModel(model=m.model, api_base=m.api_base) for m in self.local_models
+                ],
                 os=f.os,
                 arch=f.arch,
                 hostname=f.hostname,
@@ -146,6 +153,16 @@ class NodeDaemon:
                 if announcer:
                     await self._announce(announcer.update, addresses)
 
+    async def _models_loop(self) -> None:
+        """Which models the local servers serve: at start, then every MODELS_PERIOD_S."""
+        while True:
+            models = await asyncio.to_thread(probe_local_models, self.config.model_servers)
+            if models != self.local_models:
+                log.info("local models: %s", ", ".join(m.model for m in models) or "none")
+                self.local_models = models
+                self.hub.publish(heartbeat=self.info())
+            await asyncio.sleep(MODELS_PERIOD_S)
+
     async def _disconnect_loop(self) -> None:
         """Cut off from every coordinator for stop_after_disconnect_s: stop the jobs and
         push their work in progress, rather than run on for a result nobody may take."""
@@ -180,7 +197,8 @@ class NodeDaemon:
         self, stop: asyncio.Event, ready: Callable[[str, dict[str, object]], None] | None = None
     ) -> None:
         cfg, ident = self.config, self.identity
-        server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=64)
+        gate = CallGate({"coordinator": None}, refusal="only the coordinator may call a node")
+        server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=64, interceptors=[gate])
         node_pb2_grpc.add_NodeServicer_to_server(
             NodeServicer(self.runner, self.hub, self.info, cfg.heartbeat_s), server
         )
@@ -228,6 +246,7 @@ class NodeDaemon:
             tasks = [
                 tg.create_task(self._register_loop(channel)),
                 tg.create_task(self._watch_loop(announcer)),
+                tg.create_task(self._models_loop()),
             ]
             if cfg.stop_after_disconnect_s > 0:
                 tasks.append(tg.create_task(self._disconnect_loop()))

@@ -41,6 +41,8 @@ class NodeConfig:
     allow_remotes: tuple[str, ...] = ()
     # OpenAI-compatible model servers on this machine besides LM Studio and Ollama.
     model_servers: tuple[str, ...] = ()
+    # Agent CLIs to report besides the known ones (for templates in flota.yaml), if on PATH.
+    agent_clis: tuple[str, ...] = ()
 
 
 def default_state_dir() -> Path:
@@ -80,6 +82,7 @@ def load_config(
     stop_after_disconnect_s: float | None = None,
     allow_remotes: list[str] | None = None,
     model_servers: list[str] | None = None,
+    agent_clis: list[str] | None = None,
 ) -> NodeConfig:
     file: dict[str, Any] = {}
     path = state_dir / "node.toml"
@@ -120,6 +123,10 @@ def load_config(
     for server in servers:
         if not server.startswith(("http://127.0.0.1:", "http://localhost:", "http://[::1]:")):
             raise ConfigError(f"invalid model server {server!r}: a loopback http:// URL (this machine)")
+    clis = agent_clis or [str(c) for c in file.get("agent_clis", [])]
+    for cli in clis:
+        if not NAME_RE.match(cli):
+            raise ConfigError(f"invalid agent CLI name {cli!r}")
     merged = parse_labels([f"{k}={v}" for k, v in from_file.items()])
     merged.update(parse_labels(labels or []))
     if not 1 <= slots <= 256:
@@ -148,4 +155,5 @@ def load_config(
         stop_after_disconnect_s=disconnect,
         allow_remotes=tuple(remotes),
         model_servers=tuple(servers),
+        agent_clis=tuple(clis),
     )

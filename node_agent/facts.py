@@ -86,7 +86,7 @@ def probe_gpus() -> tuple[Gpu, ...]:
     return tuple(gpus)
 
 
-def read_facts(disk_path: str, gpus: tuple[Gpu, ...]) -> Facts:
+def read_facts(disk_path: str, gpus: tuple[Gpu, ...], extra_clis: tuple[str, ...] = ()) -> Facts:
     vm = psutil.virtual_memory()
     try:
         disk_free = psutil.disk_usage(disk_path).free
@@ -105,7 +105,7 @@ def read_facts(disk_path: str, gpus: tuple[Gpu, ...]) -> Facts:
         disk_free_mb=disk_free // 2**20,
         on_battery=bool(battery and not battery.power_plugged),
         battery_percent=int(battery.percent) if battery else -1,
-        agent_clis=tuple(c for c in AGENT_CLIS if shutil.which(c)),
+        agent_clis=tuple(c for c in dict.fromkeys([*AGENT_CLIS, *extra_clis]) if shutil.which(c)),
         os=platform.system().lower(),
         arch=platform.machine(),
         hostname=socket.gethostname(),

@@ -19,7 +19,7 @@ import grpc
 from node_agent.hub import Hub
 from node_agent.runner import Runner
 from node_agent.workspace import WorkspaceError
-from protos.contract import ENV_KEY_RE
+from protos.contract import ENV_KEY_RE, NAME_RE
 from protos.flota.v1 import node_pb2, node_pb2_grpc, types_pb2
 from protos.peer import peer_role
 
@@ -34,7 +34,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # schemes would run a remote helper (git-remote-<x>), ext:: a shell command.
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _URL_SCHEMES = frozenset({"file", "git", "http", "https", "ssh", "git+ssh", "ssh+git"})
-_AGENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # shell, llm, or an agent CLI template
 MAX_COMMAND = 64 * 1024  # as the coordinator allows
 MAX_MODEL = 200
 MAX_URL = 4096
@@ -81,7 +80,7 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
     for name in ("job_id", "run_id", "attempt_id"):
         if not _valid_id(getattr(spec, name)):
             return f"invalid {name} {_show(getattr(spec, name))}"
-    if not _AGENT.match(spec.agent):
+    if not NAME_RE.match(spec.agent):  # shell, llm, or an agent CLI template's name
         return f"unknown agent {_show(spec.agent)} (shell, llm, or an agent CLI's name)"
     if spec.agent == "llm":
         if not spec.prompt.strip() or not spec.model:

@@ -36,22 +36,28 @@ def follow(fleet: Fleet, *args: str, cwd: Path | None = None) -> tuple[int, dict
     return result.returncode, json.loads(result.stdout)
 
 
+MODELS = ["openai/gpt-4o-mini", "openai/gpt-4o", "openai/gpt-3.5-turbo"]
+
+
 def test_three_models_on_three_nodes_ranked_by_compare(fleet: Fleet, tmp_path: Path) -> None:
     work, remote = make_repo(tmp_path / "repo")
     fleet.start_coordinator()
     for name in ("a", "b", "c"):
         fleet.start_node(name)
     scripts = {
-        # m1: does the task, small and cheap
-        "m1": [call("write_file", path="hello.txt", content="hello\n"), call("finish", summary="wrote it")],
+        # m1: does the task, with the cheapest model (prices from litellm's map)
+        "gpt-4o-mini": [
+            call("write_file", path="hello.txt", content="hello\n"),
+            call("finish", summary="wrote it"),
+        ],
         # m2: does it with more churn and more steps
-        "m2": [
+        "gpt-4o": [
             call("write_file", path="hello.txt", content="hello\nhello again\nand more\n"),
             call("write_file", path="notes.md", content="# notes\n"),
             call("finish", summary="wrote more", usage=(40, 20)),
         ],
         # m3: forgets the file: the check fails
-        "m3": [call("finish", summary="nothing to do")],
+        "gpt-3.5-turbo": [call("finish", summary="nothing to do")],
     }
     with FakeOpenAI(by_model=scripts) as server:
         code, run = follow(
@@ -59,7 +65,7 @@ def test_three_models_on_three_nodes_ranked_by_compare(fleet: Fleet, tmp_path: P
             "--agent",
             "llm",
             "--models",
-            "openai/m1,openai/m2,openai/m3",
+            ",".join(MODELS),
             "--api-base",
             server.base_url,
             "--repo",
@@ -72,9 +78,9 @@ def test_three_models_on_three_nodes_ranked_by_compare(fleet: Fleet, tmp_path: P
         )
     assert code == 0, run  # every job succeeded (the check is recorded, not a failure)
     jobs = {j["model"]: j for j in run["jobs"]}
-    assert set(jobs) == {"openai/m1", "openai/m2", "openai/m3"}
+    assert set(jobs) == set(MODELS)
     assert len({j["node_name"] for j in jobs.values()}) == 3, "one model per machine"
-    m1, m2, m3 = (jobs[f"openai/m{i}"]["result"] for i in (1, 2, 3))
+    m1, m2, m3 = (jobs[m]["result"] for m in MODELS)
     assert (m1["status"], m1["check"], m1["steps"], m1["tokens_in"], m1["tokens_out"]) == (
         "success",
         "passed",
@@ -86,15 +92,16 @@ def test_three_models_on_three_nodes_ranked_by_compare(fleet: Fleet, tmp_path: P
     assert (m3["check"], m3["steps"], m3["files_modified"]) == ("failed", 1, [])
     assert git("--git-dir", str(remote), "show", f"refs/heads/{m1['branch']}:hello.txt") == "hello\n"
     # Every model call went to the loopback server with the job's prompt.
-    assert {r["model"] for r in server.requests} == {"m1", "m2", "m3"}
+    assert {r["model"] for r in server.requests} == {m.removeprefix("openai/") for m in MODELS}
+    assert 0 < m1["cost_usd"] < m2["cost_usd"]
     assert all("write hello.txt" in json.dumps(r["messages"]) for r in server.requests)
 
     ranked = fleet.json("compare", run["id"])
-    assert [r["model"] for r in ranked] == ["openai/m1", "openai/m2", "openai/m3"]
+    assert [r["model"] for r in ranked] == MODELS
     assert [r["rank"] for r in ranked] == [1, 2, 3]
     table = fleet.flota("compare", run["id"], check=True).stdout
-    assert table.index("openai/m1") < table.index("openai/m2") < table.index("openai/m3")
-    log = fleet.flota("logs", jobs["openai/m1"]["id"], check=True).stdout
+    assert table.index("gpt-4o-mini") < table.index("openai/gpt-4o ") < table.index("gpt-3.5-turbo")
+    log = fleet.flota("logs", jobs[MODELS[0]]["id"], check=True).stdout
     assert "step 1: write_file hello.txt" in log and "[flota] check: test -f hello.txt" in log
 
 
@@ -161,12 +168,14 @@ def test_repo_config_gives_defaults_and_templates(fleet: Fleet, tmp_path: Path) 
         "agents:\n"
         "  echoer:\n"
         "    argv: [sh, echoer.sh, '{model}', '{prompt}']\n"
+        "    requires: sh\n"
         "    report: {cost_usd: cost, steps: turns}\n"
     )
     git("add", "-A", cwd=work)
     git("commit", "-qm", "config", cwd=work)
     fleet.start_coordinator()
-    fleet.start_node("n", "--slots", "2")
+    fleet.start_node("n", "--slots", "2", "--agent-cli", "sh")
+    assert "sh" in fleet.nodes()["n"]["info"]["facts"]["agent_clis"]
     bad = fleet.flota("run", "--repo", str(work), "--agent", "nope", "t")
     assert bad.returncode == 2 and "unknown agent 'nope'" in bad.stderr
     # The config says: agent echoer, two models, a check. Flags would override.

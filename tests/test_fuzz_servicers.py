@@ -690,7 +690,7 @@ def _safe_submit(body: bytes) -> bytes | None:
 def _safe_spec(spec: types_pb2.JobSpec) -> bool:
     """Whether a node may run this spec here: a harmless shell command, nothing to dial."""
     return (
-        spec.agent == "shell"
+        spec.agent != "llm"
         and spec.command in SAFE_COMMANDS
         and not spec.HasField("repo")
         and not spec.resume_branches
@@ -868,7 +868,8 @@ def _submit_fields(known: set[str]) -> list[Field]:
             AGENTS,
             text_values(AGENTS, 10),
             lambda r, v: _first_task(r, "agent", v),
-            lambda v: v in ("", "shell"),
+            # shell, or an agent CLI template's name (its command runs); llm needs a prompt
+            lambda v: v in ("", "shell") or (bool(NAME_RE.match(v)) and v != "llm"),
         ),
         Field(
             "task.command",
@@ -1333,7 +1334,7 @@ def _node_fields() -> list[Field]:
             AGENTS,
             text_values(AGENTS, 10),
             lambda s, v: setattr(s, "agent", v),
-            lambda v: v == "shell",
+            lambda v: bool(NAME_RE.match(v)) and v != "llm",
         ),
         Field(  # never random text: a valid command runs
             "command",
@@ -1433,7 +1434,7 @@ def test_node_refuses_hostile_job_specs(daemons: Daemons, findings: Findings) ->
 
     def start(spec: types_pb2.JobSpec, label: str | list[str], ok: bool) -> None:
         if ok:  # what the node will run here: harmless, and nothing to dial beyond loopback
-            assert spec.agent == "shell" and spec.command in SAFE_COMMANDS, (spec.agent, spec.command)
+            assert spec.agent != "llm" and spec.command in SAFE_COMMANDS, (spec.agent, spec.command)
             assert not spec.HasField("repo") or spec.repo.url in SAFE_URLS, spec.repo.url
         got, details, _ = d.call_node("StartJob", spec)
         d.check(findings, "StartJob", label, got, details, {OK} if ok else {INVALID}, show(spec))

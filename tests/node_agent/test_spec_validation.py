@@ -80,9 +80,12 @@ REJECTED: dict[str, tuple[types_pb2.JobSpec, str]] = {
     "attempt-id-traversal": (spec(attempt_id="../x"), "invalid attempt_id '../x'"),
     "attempt-id-nul": (spec(attempt_id="a\x00b"), "invalid attempt_id 'a\\x00b'"),
     # agent, command, timeout
-    "unknown-agent": (spec(agent="claude"), "unknown agent 'claude' (this node runs: shell)"),
+    "unknown-agent": (
+        spec(agent="../bin/sh"),
+        "unknown agent '../bin/sh' (shell, llm, or an agent CLI's name)",
+    ),
     "empty-agent": (spec(agent=""), "unknown agent ''"),
-    "agent-case": (spec(agent="Shell"), "unknown agent 'Shell'"),
+    "llm-without-model": (spec(agent="llm", prompt="p"), "an llm job needs a prompt and a model"),
     "empty-command": (spec(command=""), "empty command"),
     "blank-command": (spec(command=" \t\n"), "empty command"),
     "negative-timeout": (spec(timeout_s=-1), "timeout_s out of range"),
