@@ -137,7 +137,11 @@ class NodeDaemon:
         """Re-derive the network profile and addresses; push changes at once."""
         while True:
             await asyncio.sleep(WATCH_PERIOD_S)
-            ifaces = await asyncio.to_thread(interfaces)
+            try:
+                ifaces = await asyncio.to_thread(interfaces)
+            except OSError as exc:  # e.g. out of file descriptors: try again next time
+                log.warning("cannot read the network interfaces: %s", exc)
+                continue
             if ifaces == self.ifaces:
                 continue
             self.ifaces = ifaces
