@@ -85,6 +85,8 @@ def push_base(path: str, remote: str, ref: str, from_working_tree: bool, run_id:
                 raise RepoError(f"the repository {repo.working_dir} has no commits yet")
             base = repo.commit(ref or "HEAD").hexsha
             repo.git.cat_file("-e", f"{base}^{{commit}}")  # a well-formed id is not yet a commit
+        # GitPython raises IndexError / NotImplementedError for revision syntax it does not
+        # parse itself (@{-1}, HEAD@{yesterday}): to the user, all unknown revisions.
         except (git.BadName, ValueError, IndexError, NotImplementedError, git.GitCommandError) as exc:
             raise RepoError(f"unknown revision {ref or 'HEAD'!r} in {repo.working_dir}") from exc
         if from_working_tree:
