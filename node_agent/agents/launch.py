@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -77,8 +78,9 @@ def command_for(
         )
         if api_base:
             env["FLOTA_LLM_API_BASE"] = api_base
-            if spec.model.startswith(("lm_studio/", "ollama/", "openai/")):
-                env.setdefault("OPENAI_API_KEY", "none")  # a local server wants some key
+            local_kind = spec.model.startswith(("lm_studio/", "ollama/", "openai/"))
+            if local_kind and "OPENAI_API_KEY" not in os.environ:
+                env["OPENAI_API_KEY"] = "none"  # a local server wants some key (a secret still wins)
     else:
         command = spec.command
     if spec.check:
