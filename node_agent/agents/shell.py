@@ -36,7 +36,6 @@ __all__ = [
     "ShellError",
     "attach",
     "describe_exit",
-    "group_alive",
     "kill_escaped",
     "signal_group",
     "spawn",
@@ -156,37 +155,6 @@ def signal_group(group: int, sig: signal.Signals) -> None:
     if group > 1:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, sig)
-
-
-def group_alive(group: int) -> bool:
-    """True while a process of the group is still running (zombies do not count)."""
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # killpg also reaches zombies, and an init that reaps lazily (containers) can keep
-    # them for seconds; they hold nothing, so where /proc exists look closer.
-    for fields in _proc_stats():
-        if len(fields) > 2 and fields[2] == str(group).encode() and fields[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-def _proc_stats() -> list[list[bytes]]:
-    """For every process: the fields of /proc/<pid>/stat after "(comm)" (state, ppid, pgrp...)."""
-    out = []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", "rb") as stat_file:
-                        data = stat_file.read()
-                except OSError:
-                    continue
-                out.append(data[data.rfind(b")") + 2 :].split())
-    return out
 
 
 def kill_escaped(attempt_id: str) -> int:

@@ -23,7 +23,6 @@ from node_agent.agents.shell import (
     ShellError,
     attach,
     describe_exit,
-    group_alive,
     kill_escaped,
     signal_group,
     spawn,
@@ -100,12 +99,12 @@ def test_job_is_a_session_and_group_of_its_own(job: Job) -> None:
         assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
         assert os.getpgid(proc.pid) == proc.group == proc.pid
         assert wait_until(lambda: len(job.lines()) == 1)
-        assert os.getpgid(int(job.lines()[0])) == proc.group  # the command is in the group
-        assert group_alive(proc.group)
+        command = int(job.lines()[0])
+        assert os.getpgid(command) == proc.group  # the command is in the group
     finally:
         signal_group(proc.group, signal.SIGKILL)
     assert run_to_end(proc) == -signal.SIGKILL
-    assert wait_until(lambda: not group_alive(proc.group))
+    assert wait_until(lambda: gone(command))
 
 
 def test_output_is_appended_to_the_file(job: Job) -> None:
@@ -375,14 +374,3 @@ def _has_env(pid: int, attempt_id: str) -> bool:
         return psutil.Process(pid).environ().get("FLOTA_ATTEMPT_ID") == attempt_id
     except psutil.Error:
         return False
-
-
-def test_group_alive_ignores_zombies(job: Job) -> None:
-    proc = job.spawn("sleep 100 & echo $!; wait")
-    assert wait_until(lambda: len(job.lines()) == 1)
-    child = int(job.lines()[0])
-    assert group_alive(proc.group)
-    signal_group(proc.group, signal.SIGKILL)
-    assert wait_until(lambda: gone(proc.pid) and gone(child))
-    assert wait_until(lambda: not group_alive(proc.group))
-    run_to_end(proc)
