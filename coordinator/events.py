@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 from coordinator.convert import job_to_pb, run_to_pb
 from coordinator.models import Job, Run
@@ -50,9 +51,9 @@ class RunHub:
                 continue
             watcher.queue.put_nowait(event)
 
-    def job(self, job: Job, names: dict[str, str]) -> None:
-        if job.run_id in self._runs:
-            self._put(job.run_id, coordinator_pb2.RunEvent(job=job_to_pb(job, names)))
+    def job(self, job: Job, names: Callable[[], dict[str, str]]) -> None:
+        if job.run_id in self._runs:  # built only for a run someone watches
+            self._put(job.run_id, coordinator_pb2.RunEvent(job=job_to_pb(job, names())))
 
     def log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
         run_id = job_id.partition(".")[0]
@@ -62,8 +63,9 @@ class RunHub:
         for waiter in self._logs.get(job_id, ()):
             waiter.set()
 
-    def run_ended(self, run: Run, names: dict[str, str]) -> None:
-        self._put(run.id, coordinator_pb2.RunEvent(run=run_to_pb(run, names)))
+    def run_ended(self, run: Run, names: Callable[[], dict[str, str]]) -> None:
+        if run.id in self._runs:
+            self._put(run.id, coordinator_pb2.RunEvent(run=run_to_pb(run, names())))
         for job in run.jobs:
             for waiter in self._logs.get(job.id, ()):
                 waiter.set()

@@ -46,6 +46,7 @@ MAX_DISPATCH_FAILURES = 5
 MAX_REFUSALS = 50  # "busy"/"stopping" refusals before a job gives up on being placed
 LOG_LINES_MAX = 50_000
 TICK_S = 0.5
+EXPLAIN_S = 0.25
 
 
 class MissingSecret(Exception):
@@ -91,6 +92,9 @@ class Reconciler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._log_lines: dict[str, int] = {}  # attempt id -> lines stored
         self._held: dict[str, float] = {}  # job id -> not before (a busy node refused it)
+        self._views: dict[str, JobView] = {}  # job id -> what the scheduler sees of it
+        self._explain_at = 0.0  # when queued jobs' wait reasons are next brought up to date
+        self._unwritten: set[str] = set()  # ended runs whose end the store has not taken yet
         self._secrets: dict[str, dict[str, str]] = {}  # job id -> values sent, to redact
 
     # --- start-up -----------------------------------------------------------------------
@@ -208,7 +212,7 @@ class Reconciler:
                 self._set_state(entry, state)
             elif state == "lost" and entry.reservations:
                 self._give_up(entry)  # what a failed write left behind last time
-        for run_id in [r.id for r in self.runs.values() if all(j.status in JOB_FINAL for j in r.jobs)]:
+        for run_id in list(self._unwritten):
             self._maybe_finish_run(run_id)  # normally done at once; this retries a failed write
         queued = [j for j in self.jobs.values() if j.status == "queued" and self._held.get(j.id, 0) <= now]
         if not queued:
@@ -219,11 +223,18 @@ class Reconciler:
             for e in self.nodes.values()
             if e.state == "online" and e.info is not None and not e.leaving and not e.draining
         ]
-        plan = schedule(
-            Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued)), now
-        )
+        snapshot = Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued))
+        # Saying why every other job waits costs a pass over the whole queue: done when a
+        # pass places nothing (something else changed), else at most every EXPLAIN_S.
+        explain = now >= self._explain_at
+        plan = schedule(snapshot, now, explain)
+        if not explain and not plan.placements:
+            explain, plan = True, schedule(snapshot, now)
         for placement in plan.placements:
             self._dispatch(self.jobs[placement.job_id], self.nodes[placement.node_id])
+        if not explain:
+            return
+        self._explain_at = now + EXPLAIN_S
         draining = [e.name for e in self.nodes.values() if e.state == "online" and e.draining]
         for job_id, reason in plan.waiting.items():
             if draining and not online:
@@ -233,7 +244,7 @@ class Reconciler:
                 job.wait_reason = reason
                 job.updated_at = self.wall()
                 self.store.save_job(job)
-                self.hub.job(job, self.node_names())
+                self.hub.job(job, self.node_names)
 
     def _node_view(self, entry: NodeEntry) -> NodeView:
         info = entry.info
@@ -266,8 +277,14 @@ class Reconciler:
             load=info.facts.load_1m / cpus,
         )
 
+    def _job_view(self, job: Job) -> JobView:
+        view = self._views.get(job.id)
+        if view is None:  # a job's wishes never change: one view for its life
+            view = self._views[job.id] = self._new_view(job)
+        return view
+
     @staticmethod
-    def _job_view(job: Job) -> JobView:
+    def _new_view(job: Job) -> JobView:
         p = job.placement
         return JobView(
             id=job.id,
@@ -343,7 +360,7 @@ class Reconciler:
             raise
         self.attempts[attempt.id] = (job, attempt)
         self._reserve(entry.id, job, attempt)
-        self.hub.job(job, self.node_names())
+        self.hub.job(job, self.node_names)
         self._spawn(self._send(job, attempt))
 
     def _spec(self, job: Job, attempt: Attempt) -> types_pb2.JobSpec:
@@ -486,7 +503,7 @@ class Reconciler:
                 attempt.status, attempt.started_at = "running", event.started.started_at
                 job.status, job.updated_at = "running", self.wall()
                 self.store.save_attempt(job, attempt)
-                self.hub.job(job, self.node_names())
+                self.hub.job(job, self.node_names)
         elif kind == "log":
             found = self._owned(node_id, event.log.attempt_id)
             if found:  # the job is ours to name, not the node's
@@ -669,7 +686,7 @@ class Reconciler:
             self.wake()
         else:
             self._held.pop(job.id, None)
-        self.hub.job(job, self.node_names())
+        self.hub.job(job, self.node_names)
         self._maybe_finish_run(job.run_id)
 
     def _late_result(self, node_id: str, msg: types_pb2.JobResult) -> None:
@@ -737,7 +754,7 @@ class Reconciler:
                     link = self.links.get(other.node_id)
                     if link is not None and link.connected:
                         self._spawn(self._cancel_quietly(link, other.id))
-        self.hub.job(job, self.node_names())
+        self.hub.job(job, self.node_names)
         if job.run_id in self.runs:
             self._maybe_finish_run(job.run_id)
         elif wins or replaces:
@@ -800,12 +817,15 @@ class Reconciler:
         if status == "running":
             return
         run.status, run.finished_at = status, self.wall()
+        self._unwritten.add(run.id)
         self.store.finish_run(run.id, status, run.finished_at)
+        self._unwritten.discard(run.id)
         for job in run.jobs:
             self.jobs.pop(job.id, None)
             self._secrets.pop(job.id, None)
+            self._views.pop(job.id, None)
         del self.runs[run_id]
-        self.hub.run_ended(run, self.node_names())
+        self.hub.run_ended(run, self.node_names)
 
     # --- requests from the API -----------------------------------------------------------------
 
@@ -832,7 +852,7 @@ class Reconciler:
                 job.status, job.updated_at = "cancelled", self.wall()
                 job.result = Result(status="cancelled", error="cancelled before it started")
                 self.store.save_job(job)
-                self.hub.job(job, self.node_names())
+                self.hub.job(job, self.node_names)
                 self._maybe_finish_run(job.run_id)
                 continue
             self.store.save_job(job)

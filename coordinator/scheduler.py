@@ -13,7 +13,9 @@ Rules (every node in the snapshot is online and schedulable; the caller filters)
 4. Then: fewest jobs of the same run (soft spread), least busy (used_slots / slots),
    lowest load, name, id.
 5. A job left over gets one line in `Plan.waiting`: the reason of the first filter
-   above that leaves no candidate, judged on the state at the end of the pass.
+   above that leaves no candidate, judged on the state at the end of the pass. With
+   `explain=False` there are no reasons, and the pass stops once the fleet is full:
+   its cost is then that of the jobs it places, not of the whole queue.
 
 `now` is in the contract so time-based rules (ageing, back-off) need no new callers;
 no rule reads it yet.
@@ -256,8 +258,8 @@ def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> 
     return "no suitable node right now"  # not expected: a job that fits somewhere is placed
 
 
-def schedule(snapshot: Snapshot, now: float) -> Plan:
-    """Place as much of `snapshot.queue` as fits; say why the rest waits."""
+def schedule(snapshot: Snapshot, now: float, explain: bool = True) -> Plan:
+    """Place as much of `snapshot.queue` as fits; say why the rest waits (if `explain`)."""
     # Sorting once makes a node's index its static tie-break rank (load, name, id).
     nodes = sorted(snapshot.nodes, key=lambda n: (n.load, n.name, n.id))
     queue = sorted(snapshot.queue, key=lambda j: (j.order, j.id))
@@ -267,10 +269,12 @@ def schedule(snapshot: Snapshot, now: float) -> Plan:
     left_over: list[tuple[JobView, _Key]] = []
 
     for job in queue:
-        key = _key(job)
         if st.free_total <= 0:
-            left_over.append((job, key))  # the fleet is full: no need to look
+            if not explain:
+                break
+            left_over.append((job, _key(job)))  # the fleet is full: no need to look
             continue
+        key = _key(job)
         base = bases.get(key)
         if base is None:
             items = [(0, st.used[i] / st.slots[i], i) for i in st.members(key) if st.open(i, *_BASE)]
@@ -284,7 +288,8 @@ def schedule(snapshot: Snapshot, now: float) -> Plan:
         if run_skips:
             heap.grow(st, job.run_id, run_skips)
         if i < 0:
-            left_over.append((job, key))
+            if explain:
+                left_over.append((job, key))
             continue
         st.place(i, job)
         placements.append(Placement(job_id=job.id, node_id=nodes[i].id))

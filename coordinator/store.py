@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,12 @@ class StoreError(Exception):
     """The database could not be read or written."""
 
 
+_RESULT_FIELDS = tuple(f.name for f in fields(Result))
+
+
 def _result_json(result: Result | None) -> str | None:
-    return None if result is None else json.dumps(asdict(result))
+    # Flat fields (files_modified is a tuple, a list in JSON): no need for asdict's deep copy.
+    return None if result is None else json.dumps({k: getattr(result, k) for k in _RESULT_FIELDS})
 
 
 def _result_from(text: str | None) -> Result | None:

@@ -447,6 +447,14 @@ def test_matches_naive_reference(seed: int, n_nodes: int, n_jobs: int) -> None:
     assert placed(schedule(snapshot, now=0.0)) == reference(snapshot)
 
 
+@pytest.mark.parametrize(("seed", "n_nodes", "n_jobs"), [(21, 5, 60), (22, 200, 2000), (23, 400, 1500)])
+def test_without_reasons_places_the_same(seed: int, n_nodes: int, n_jobs: int) -> None:
+    snapshot = random_snapshot(random.Random(seed), n_nodes=n_nodes, n_jobs=n_jobs)
+    quick = schedule(snapshot, now=0.0, explain=False)
+    assert quick.placements == schedule(snapshot, now=0.0).placements
+    assert quick.waiting == {}
+
+
 def test_waiting_reasons_when_fleet_is_full() -> None:
     nodes = tuple(N(f"n{k}", slots=2, used_slots=2, agents=frozenset({"claude"})) for k in range(50))
     queue = (J("a", agent_cli="aider"), J("b"), J("c", gpus=1), J("d", node="n7"), J("e", exclusive=True))
