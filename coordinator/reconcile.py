@@ -223,7 +223,9 @@ class Reconciler:
             for e in self.nodes.values()
             if e.state == "online" and e.info is not None and not e.leaving and not e.draining
         ]
-        snapshot = Snapshot(tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued))
+        snapshot = Snapshot(
+            tuple(self._node_view(e) for e in online), tuple(self._job_view(j) for j in queued)
+        )
         # Saying why every other job waits costs a pass over the whole queue: done when a
         # pass places nothing (something else changed), else at most every EXPLAIN_S.
         explain = now >= self._explain_at
