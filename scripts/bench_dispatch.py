@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
-"""Dispatch benchmark: real coordinator and node daemons on loopback, real mTLS.
+"""Dispatch and memory benchmark: a real coordinator and 2 node daemons on loopback (mTLS).
 
-Measures, for jobs with no repo running `true` on 2 local nodes:
-  - submit -> start and submit -> result latency (p50/p99) over N sequential jobs;
-  - throughput of one run of N jobs;
-  - node daemon idle RSS;
-  - time from `flota node start` to the node being online in `flota nodes`.
+Jobs with no repo run `true` on 2 nodes of 4 slots each (8 workers), measured from the
+client: SubmitRun, then WatchRun until the run's final event.
+  - sequential: one job at a time (latency p50/p99, jobs/s);
+  - 64 in flight: 64 clients, each submitting its next job when one ends;
+  - bulk: runs of up to 1,000 jobs submitted at once (jobs/s);
+  - the floor: the job's own processes alone (the crash-safe wrapper plus bash running
+    `true`), spawned from this process, no flota around them;
+  - memory: node daemon RSS at idle and with 4 running jobs, and what each running
+    job's own processes (wrapper and shell) take (USS);
+  - side by side, in the same run: Ray with 8 workers on the same work
+    (scripts/bench_ray.py; skipped when Ray is not installed).
 
-    python scripts/bench_dispatch.py [--jobs 500] [--trials 10] [--json out.json]
+    python scripts/bench_dispatch.py [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -28,8 +36,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cli.client import Client  # noqa: E402
+from node_agent.agents.shell import _SHELL, _WRAPPER  # noqa: E402
 from protos.flota.v1 import coordinator_pb2 as pb  # noqa: E402
 from tests.fleet import Fleet, wait_until  # noqa: E402
+
+SLOTS = 4
+NODES = 2
+INFLIGHT = 64
+MAX_TASKS = 1000  # per run (the coordinator's limit)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -37,128 +51,232 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sequential(client: Client, count: int) -> tuple[list[float], list[float]]:
-    starts, results = [], []
-    for _ in range(count):
-        t0 = time.perf_counter()
-        run = client.call("SubmitRun", pb.SubmitRunRequest(tasks=[pb.TaskSpec(command="true")]))
-        started = None
-        for event in client.stream("WatchRun", pb.WatchRunRequest(run_id=run.id)):
-            kind = event.WhichOneof("kind")
-            if kind == "job" and event.job.status == "running" and started is None:
-                started = time.perf_counter()
-            elif kind == "run":
-                done = time.perf_counter()
-                assert event.run.status == "success", event.run
-                break
-        starts.append(((started or done) - t0) * 1000)
-        results.append((done - t0) * 1000)
-    return starts, results
+def latency(values: list[float]) -> dict[str, float]:
+    return {"p50": statistics.median(values), "p99": pct(values, 0.99)}
 
 
-def throughput(client: Client, count: int) -> float:
+def one_job(client: Client, tasks: int = 1, placement: pb.PlacementSpec | None = None) -> float:
+    """Submit a run of `tasks` `true` jobs and wait for its end; milliseconds."""
     t0 = time.perf_counter()
-    run = client.call("SubmitRun", pb.SubmitRunRequest(tasks=[pb.TaskSpec(command="true")] * count))
+    request = pb.SubmitRunRequest(tasks=[pb.TaskSpec(command="true")] * tasks, placement=placement)
+    run = client.call("SubmitRun", request)
     for event in client.stream("WatchRun", pb.WatchRunRequest(run_id=run.id)):
         if event.WhichOneof("kind") == "run":
-            assert event.run.status == "success"
+            if event.run.status != "success":
+                raise RuntimeError(f"run {run.id} ended {event.run.status}")
             break
+    return (time.perf_counter() - t0) * 1000
+
+
+def sequential(client: Client, count: int) -> tuple[list[float], float]:
+    t0 = time.perf_counter()
+    times = [one_job(client) for _ in range(count)]
+    return times, count / (time.perf_counter() - t0)
+
+
+def in_flight(client: Client, count: int, depth: int) -> tuple[list[float], float]:
+    """`depth` clients, each submitting its next job as soon as its last one ended."""
+    times: list[float] = []
+    errors: list[BaseException] = []
+    left = [count]
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if left[0] <= 0 or errors:
+                    return
+                left[0] -= 1
+            try:
+                took = one_job(client)
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+                return
+            with lock:
+                times.append(took)
+
+    threads = [threading.Thread(target=worker) for _ in range(depth)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return times, count / (time.perf_counter() - t0)
+
+
+def bulk(client: Client, count: int) -> float:
+    sizes = [MAX_TASKS] * (count // MAX_TASKS) + ([count % MAX_TASKS] if count % MAX_TASKS else [])
+    threads = [threading.Thread(target=one_job, args=(client, size)) for size in sizes]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return count / (time.perf_counter() - t0)
 
 
-def visible_after_start(fleet: Fleet, client: Client, trials: int) -> list[float]:
-    """`flota node start` (through the CLI entry point) -> online in ListNodes."""
-    state = fleet.join("probe")
+def floor(count: int) -> list[float]:
+    """The job's own processes, as the node spawns them, with nothing else around."""
     times = []
-    for _ in range(trials):
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [
-                fleet.python,
-                "-m",
-                "cli",
-                "node",
-                "start",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-mdns",
-                "--state-dir",
-                str(state),
-                "--name",
-                "probe",
-            ],
-            env=fleet.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def online() -> bool:
-            reply = client.call("ListNodes", pb.ListNodesRequest())
-            return any(n.info.name == "probe" and n.state == "online" for n in reply.nodes)
-
-        wait_until(online, timeout=30, what="probe online", period=0.005)
-        times.append((time.perf_counter() - t0) * 1000)
-        proc.terminate()
-        proc.wait(15)
-
-        def gone() -> bool:
-            reply = client.call("ListNodes", pb.ListNodesRequest())
-            return not any(n.info.name == "probe" and n.state == "online" for n in reply.nodes)
-
-        wait_until(gone, timeout=30, what="probe gone")
+    with tempfile.TemporaryDirectory(prefix="flota-floor-") as tmp:
+        exit_file = Path(tmp) / "exit"
+        for _ in range(count):
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["/bin/sh", "-c", _WRAPPER, _SHELL, "true", str(exit_file)],  # as shell.spawn does
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                cwd=tmp,
+                start_new_session=True,
+                check=True,
+            )
+            times.append((time.perf_counter() - t0) * 1000)
     return times
+
+
+def memory(fleet: Fleet, client: Client, node: subprocess.Popen[bytes]) -> dict[str, float]:
+    """Daemon RSS at idle and with SLOTS sleeping jobs; the jobs' own processes (USS)."""
+    daemon = psutil.Process(node.pid)
+    idle = daemon.memory_info().rss / 2**20
+    request = pb.SubmitRunRequest(
+        tasks=[pb.TaskSpec(command="sleep 60")] * SLOTS, placement=pb.PlacementSpec(node="n1")
+    )
+    run = client.call("SubmitRun", request)
+
+    def all_running() -> bool:
+        jobs = client.call("GetRun", pb.GetRunRequest(run_id=run.id)).jobs
+        return all(j.status == "running" for j in jobs)
+
+    try:
+        wait_until(all_running, timeout=30, what="the sleeping jobs to run")
+        time.sleep(1.0)  # let the output tails and timers settle
+        busy = daemon.memory_info().rss / 2**20
+        procs = [p for p in daemon.children(recursive=True)]
+        own = sum(p.memory_full_info().uss for p in procs) / 2**20
+    finally:
+        client.call("Cancel", pb.CancelRequest(id=run.id))
+        ended = lambda: client.call("GetRun", pb.GetRunRequest(run_id=run.id)).status != "running"  # noqa: E731
+        wait_until(ended, timeout=30, what="the sleeping jobs to stop")
+    return {
+        "idle_rss_mb": idle,
+        "busy_rss_mb": busy,
+        "daemon_per_job_mb": (busy - idle) / SLOTS,
+        "job_processes_uss_mb": own / SLOTS,
+        "job_processes": len(procs) / SLOTS,
+    }
+
+
+def ray_side(sequential_n: int, jobs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="flota-ray-") as tmp:
+        out = Path(tmp) / "ray.json"
+        argv = [sys.executable, str(ROOT / "scripts" / "bench_ray.py"), "--workers", str(SLOTS * NODES)]
+        argv += ["--sequential", str(sequential_n), "--jobs", str(jobs), "--json", str(out)]
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp)
+        if proc.returncode == 3:
+            return {"skipped": "ray is not installed (pip install ray)"}
+        if proc.returncode != 0:
+            return {"skipped": f"ray failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"}
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+
+def run(quick: bool) -> dict[str, Any]:
+    n_seq, n_jobs = (100, 500) if quick else (500, 2000)
+    report: dict[str, Any] = {"workers": SLOTS * NODES, "nodes": NODES}
+    with tempfile.TemporaryDirectory(prefix="flota-bench-") as tmp:
+        fleet = Fleet(Path(tmp) / "home")
+        saved = os.environ.get("FLOTA_HOME")
+        try:
+            fleet.start_coordinator()
+            nodes = [fleet.start_node(f"n{i}", "--slots", str(SLOTS)) for i in range(1, NODES + 1)]
+            os.environ["FLOTA_HOME"] = str(fleet.home)
+            client = Client()
+            sequential(client, 30)  # warm up: channels, sqlite pages, imports
+            time.sleep(2)
+            report["memory"] = memory(fleet, client, nodes[0])
+            coordinator = psutil.Process(fleet.procs["coordinator"].pid)
+            report["coordinator_idle_rss_mb"] = coordinator.memory_info().rss / 2**20
+            time.sleep(1)
+            seq, seq_rate = sequential(client, n_seq)
+            report["sequential"] = {"n": n_seq, "latency_ms": latency(seq), "per_s": seq_rate}
+            flight, flight_rate = in_flight(client, n_jobs, INFLIGHT)
+            report["inflight"] = {
+                "n": n_jobs,
+                "depth": INFLIGHT,
+                "latency_ms": latency(flight),
+                "per_s": flight_rate,
+            }
+            report["bulk"] = {"n": n_jobs, "per_s": bulk(client, n_jobs)}
+            report["coordinator_rss_mb"] = coordinator.memory_info().rss / 2**20
+            client.close()
+        finally:
+            fleet.close()
+            if saved is None:
+                os.environ.pop("FLOTA_HOME", None)
+            else:
+                os.environ["FLOTA_HOME"] = saved
+    report["floor_ms"] = latency(floor(100 if quick else 300))
+    report["ray"] = ray_side(n_seq, n_jobs)
+    return report
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    ray = report.get("ray", {})
+    works = [(w, label) for w, label in (("true", "true"), ("chain", "flota's process chain")) if w in ray]
+
+    def seq(r: dict[str, Any]) -> str:
+        lat = r["sequential"]["latency_ms"]
+        return f"p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  ({r['sequential']['per_s']:.0f}/s)"
+
+    def flight(r: dict[str, Any]) -> str:
+        lat = r["inflight"]["latency_ms"]
+        return f"{r['inflight']['per_s']:.0f}/s  (p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms)"
+
+    def bulk(r: dict[str, Any]) -> str:
+        return f"{r['bulk']['per_s']:.0f}/s"
+
+    out: list[tuple[str, str]] = []
+    measures = (
+        ("sequential: submit -> result", seq, lambda r: r["sequential"]["latency_ms"]["p50"], "time"),
+        (f"{INFLIGHT} in flight", flight, lambda r: r["inflight"]["per_s"], "rate"),
+        (f"bulk ({report['bulk']['n']} at once)", bulk, lambda r: r["bulk"]["per_s"], "rate"),
+    )
+    for name, show, key, kind in measures:
+        out.append((name, show(report)))
+        for work, label in works:
+            theirs = ray[work]
+            ratio = key(report) / key(theirs)
+            better = "lower is better" if kind == "time" else "higher is better"
+            out.append((f"  Ray, task runs {label}", f"{show(theirs)}   flota/Ray {ratio:.2f} ({better})"))
+    if not works:
+        out.append(("  Ray", ray.get("skipped", "not run")))
+    fp = report["floor_ms"]
+    out.append(("floor: the job's processes alone", f"p50 {fp['p50']:.2f} ms  p99 {fp['p99']:.2f} ms"))
+    m = report["memory"]
+    out.append(("node daemon RSS, idle", f"{m['idle_rss_mb']:.1f} MB"))
+    per_job = f"daemon +{m['daemon_per_job_mb']:.2f} MB; "
+    per_job += f"the job's wrapper + shell {m['job_processes_uss_mb']:.2f} MB USS"
+    out.append((f"per running job ({SLOTS} x sleep)", per_job))
+    coord = f"{report['coordinator_idle_rss_mb']:.1f} MB idle, "
+    coord += f"{report['coordinator_rss_mb']:.1f} MB after the runs"
+    out.append(("coordinator RSS", coord))
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--jobs", type=int, default=500)
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--quick", action="store_true", help="100 sequential, 500 in flight and bulk")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     opts = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="flota-bench-") as tmp:
-        fleet = Fleet(Path(tmp) / "home")
-        try:
-            fleet.start_coordinator()
-            nodes = [fleet.start_node(f"n{i}", "--slots", str(opts.slots)) for i in (1, 2)]
-            os.environ["FLOTA_HOME"] = str(fleet.home)
-            client = Client()
-            sequential(client, 20)  # warm up: channels, sqlite pages, imports
-            time.sleep(2)
-            idle_rss = [psutil.Process(p.pid).memory_info().rss / 2**20 for p in nodes]
-            coord_rss = psutil.Process(fleet.procs["coordinator"].pid).memory_info().rss / 2**20
-            starts, results = sequential(client, opts.jobs)
-            rate = throughput(client, opts.jobs)
-            visible = visible_after_start(fleet, client, opts.trials)
-        finally:
-            fleet.close()
-    report = {
-        "jobs": opts.jobs,
-        "submit_to_start_ms": {"p50": statistics.median(starts), "p99": pct(starts, 0.99)},
-        "submit_to_result_ms": {"p50": statistics.median(results), "p99": pct(results, 0.99)},
-        "throughput_jobs_per_s": rate,
-        "node_idle_rss_mb": {"median": statistics.median(idle_rss), "max": max(idle_rss)},
-        "coordinator_rss_mb": coord_rss,
-        "node_visible_ms": {"median": statistics.median(visible), "min": min(visible), "max": max(visible)},
-    }
-    s, r, v = report["submit_to_start_ms"], report["submit_to_result_ms"], report["node_visible_ms"]
-    rows = [
-        ("submit -> start", f"p50 {s['p50']:7.2f} ms   p99 {s['p99']:7.2f} ms"),
-        ("submit -> result", f"p50 {r['p50']:7.2f} ms   p99 {r['p99']:7.2f} ms"),
-        (
-            "throughput (1 run, 2 nodes)",
-            f"{rate:7.1f} jobs/s ({opts.jobs} jobs, {opts.slots} slots per node)",
-        ),
-        ("node daemon idle RSS", f"{statistics.median(idle_rss):7.1f} MB (max {max(idle_rss):.1f})"),
-        ("coordinator RSS", f"{coord_rss:7.1f} MB"),
-        ("node start -> visible", f"median {v['median']:.0f} ms (min {v['min']:.0f}, max {v['max']:.0f})"),
-    ]
-    for name, value in rows:
-        print(f"{name:28s} {value}")
+    report = run(opts.quick)
+    for name, value in rows(report):
+        print(f"{name:36s} {value}")
     if opts.json:
-        opts.json.write_text(json.dumps(report, indent=2))
+        opts.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

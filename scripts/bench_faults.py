@@ -12,11 +12,15 @@ coordinator runs with a short --lost-after so that trials are quick.
    `online` again, its stale `sleep` gone.
 2. Coordinator restart: kill -9, start again on the same home and ports. From the kill:
    the API answers, all three nodes `online`.
+3. Discovery: node "n3" stops (SIGTERM: it says goodbye and goes `offline`), then
+   `flota node start` runs again on its host. From that command's start: `online` in
+   `flota nodes` (the node dials the coordinator it enrolled with and announces itself
+   over mDNS; whichever arrives first makes it visible).
 
 State is polled every 10 ms over the admin gRPC API from inside "ws" (the main thread
 joins that network namespace once the lab is up), on the monotonic clock.
 
-    python scripts/bench_faults.py [--trials 10 | --quick] [--json-out faults.json]
+    python scripts/bench_faults.py [--trials 10] [--discovery-trials 20] [--quick] [--json faults.json]
 """
 
 from __future__ import annotations
@@ -203,13 +207,35 @@ def restart_trial(
     print(f"  restart {trial}: " + "  ".join(f"{k.split('> ')[1]} {v:.3f}s" for k, v in seen.items()))
 
 
+def discovery_trial(fleet: Fleet, api: Api, host: Any, trial: int, out: dict[str, list[float]]) -> None:
+    poll(api.all_online, "all nodes online before the node restart")
+    fleet.stop("n3")
+    poll(lambda: api.states().get("n3") != "online", "n3 offline")
+    argv = ["-m", "cli", "node", "start", "--state-dir", str(host.dir / "node"), "--name", "n3"]
+    argv += ["--listen", "0.0.0.0:0", "--label", NODES["n3"]]
+    t_start = time.monotonic()
+    proc = fleet.spawn("n3", argv, host.command([]))
+
+    def online() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"n3 exited: {fleet.log('n3')[-2000:]}")
+        return api.states().get("n3") == "online"
+
+    poll(online, "n3 online after flota node start")
+    took = time.monotonic() - t_start
+    out["flota node start -> online"].append(took)
+    print(f"  discovery {trial}: {took:.3f}s", flush=True)
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     s = sorted(values)
     p10, median = s[round(0.1 * (len(s) - 1))], statistics.median(s)
     return {"n": len(s), "min": s[0], "p10": p10, "median": median, "worst": s[-1], "samples": values}
 
 
-def bench(trials: int, out: dict[str, list[float]], notes: list[str], victims: list[str]) -> None:
+def bench(
+    trials: int, discovery: int, out: dict[str, list[float]], notes: list[str], victims: list[str]
+) -> None:
     """Build the lab and fleet, run the trials, and always tear everything down."""
     own_ns = os.open("/proc/self/ns/net", os.O_RDONLY)
     api: Api | None = None
@@ -249,6 +275,8 @@ def bench(trials: int, out: dict[str, list[float]], notes: list[str], victims: l
             victims.append(cut_trial(lab, fleet, api, trial, out, notes))
         for trial in range(1, trials + 1):
             restart_trial(fleet, api, argv, ws.command([]), trial, out)
+        for trial in range(1, discovery + 1):
+            discovery_trial(fleet, api, hosts["n3"], trial, out)
     finally:
         handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:  # a second Ctrl-C must not cut the teardown short
@@ -271,10 +299,14 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--trials", type=int, default=10, help="trials per measure (default 10)")
-    parser.add_argument("--quick", action="store_true", help="3 trials")
-    parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--discovery-trials", type=int, default=20, help="node restarts (default 20)")
+    parser.add_argument("--quick", action="store_true", help="3 trials, 5 node restarts")
+    parser.add_argument(
+        "--json", "--json-out", dest="json_out", type=Path, help="also write the figures here"
+    )
     opts = parser.parse_args()
     trials = 3 if opts.quick else opts.trials
+    discovery = 5 if opts.quick else opts.discovery_trials
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # tear down on SIGTERM too
     config = {"lost_after_s": LOST_AFTER_S, "unreachable_after_s": UNREACHABLE_AFTER_S, "poll_s": POLL_S}
     print(f"lost-after {LOST_AFTER_S:g}s, unreachable-after {UNREACHABLE_AFTER_S:g}s, ", end="")
@@ -286,7 +318,7 @@ def main() -> int:
     victims: list[str] = []
     failed = False
     try:
-        bench(trials, out, notes, victims)
+        bench(trials, discovery, out, notes, victims)
     except KeyboardInterrupt:
         print("interrupted; everything torn down", file=sys.stderr)
         return 130
@@ -304,9 +336,26 @@ def main() -> int:
         print(f"note: {note}")
     if opts.json_out:
         report = {"config": {**config, "trials": trials, "nodes": NODES}, "measures": measures}
+        report["config"]["discovery_trials"] = discovery
         report |= {"victims": victims, "notes": notes, "elapsed_s": round(elapsed, 1)}
         opts.json_out.write_text(json.dumps(report, indent=2) + "\n")
     return 1 if failed else 0
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(measure, value) lines for scripts/bench.py's table."""
+    out = []
+    for name, m in report.get("measures", {}).items():
+        ms = {k: m[k] * 1000 for k in ("median", "min", "worst")}
+        out.append(
+            (name, f"median {ms['median']:.0f} ms (min {ms['min']:.0f}, worst {ms['worst']:.0f}; n={m['n']})")
+        )
+    config = report.get("config", {})
+    if config:
+        grace = f"{config['unreachable_after_s']:g} s / {config['lost_after_s']:g} s"
+        out.append(("  coordinator's unreachable / lost after", grace))
+    out += [("  note", note) for note in report.get("notes", [])]
+    return out
 
 
 if __name__ == "__main__":
