@@ -115,6 +115,13 @@ _TRAILER_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 _AUTHOR_RE = re.compile(r"\s*([^<>\n]+?)\s*<([^<>\s]+)>\s*")
 _SCP_LIKE_RE = re.compile(r"[^/]*:")
 
+# Checking out a job's worktree is bound by creating files; parallel checkout spreads that
+# over processes. scripts/bench_workspace.py on 2 CPUs: warm prepare of 30,000 files
+# 1.09-1.14 s -> 0.90 s for ~40% more CPU; neutral at 3,000. Capped: each worker is a process.
+_CHECKOUT_WORKERS = max(
+    1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+)
+
 _BASE_FILE = "flota-base"
 _URL_FILE = "flota-url"
 _MAX_ERROR_CHARS = 300
@@ -220,6 +227,8 @@ class Workspace:
                 raise WorkspaceError(f"a worktree for job {job_key} already exists; remove it first")
             self._git(
                 [
+                    "-c",
+                    f"checkout.workers={_CHECKOUT_WORKERS}",
                     "--git-dir",
                     str(mirror),
                     "worktree",

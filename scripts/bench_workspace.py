@@ -13,8 +13,9 @@ for a 3,000-file and a 30,000-file repository, in three cases:
 
 Repositories are generated with ``git fast-import`` (nested directories, text files of
 a few hundred bytes to a few KB). Each warm case is repeated N times (10, --quick 3),
-cold 3 times (--quick 1); reported as median/min/max ms. One extra instrumented warm
-prepare per size records how long each git subprocess took.
+cold 3 times (--quick 1); reported as median/min/max wall ms and median CPU ms (this
+process plus its git children: steadier than wall time on a shared machine). The git
+processes of the last cold and the last warm prepare are listed with their times.
 
 Nothing is deleted until the end: a node keeps finished jobs' worktrees until
 `flota cleanup`, and on ext4 without a journal, creating files within a minute or so
@@ -224,7 +225,7 @@ def _git_timings() -> Iterator[list[dict[str, Any]]]:
         finally:
             wall, cpu = (time.perf_counter() - t0) * 1000, (_cpu_s() - cpu0) * 1000
             words = list(args)
-            while words[:1] == ["--git-dir"]:
+            while words[:1] in (["--git-dir"], ["-c"]):
                 words = words[2:]
             calls.append({"git": " ".join(words[:1]), "ms": round(wall, 1), "cpu_ms": round(cpu, 1)})
 
