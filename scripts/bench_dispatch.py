@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_ray import latency  # noqa: E402  (the same figures for both sides)
+
 from cli.client import Client  # noqa: E402
 from node_agent.agents.shell import _SHELL, _WRAPPER  # noqa: E402
 from protos.flota.v1 import coordinator_pb2 as pb  # noqa: E402
@@ -44,15 +45,6 @@ SLOTS = 4
 NODES = 2
 INFLIGHT = 64
 MAX_TASKS = 1000  # per run (the coordinator's limit)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def latency(values: list[float]) -> dict[str, float]:
-    return {"p50": statistics.median(values), "p99": pct(values, 0.99)}
 
 
 def one_job(client: Client, tasks: int = 1, placement: pb.PlacementSpec | None = None) -> float:
