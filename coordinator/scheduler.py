@@ -23,6 +23,7 @@ no rule reads it yet.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ def _key(job: JobView) -> _Key:
     return (labels, job.node, job.networks, job.avoid_networks, job.agent_cli)
 
 
+@functools.lru_cache(maxsize=4096)  # a queue asks for few distinct sizes
 def _floor2(x: float) -> float:
     # Powers of two keep the number of narrowed heaps small for odd-sized jobs.
     return 0.0 if x <= 0 else 2.0 ** math.floor(math.log2(x))
@@ -107,12 +109,16 @@ class _State:
         self.mem = [n.memory_mb - n.used_memory_mb for n in nodes]
         self.gpu = [n.gpus - n.used_gpus for n in nodes]
         self.closed = [n.exclusive_busy for n in nodes]
+        self.sizes = [(n.cpus, n.memory_mb, n.gpus) for n in nodes]  # each host's totals
         # Lets the pass stop looking once the whole fleet is full.
         self.free_total = sum(max(n.slots - n.used_slots, 0) for n in nodes if not n.exclusive_busy)
         # run id -> {node rank: jobs of that run}; runs absent from the queue never matter.
         self.runs: dict[str, dict[int, int]] = {}
         self.by_pin: dict[str, list[int]] = {}
-        self.by_label: dict[tuple[str, str], list[int]] = {}
+        # Node ranks by what a key can ask for: members() intersects sets, not nodes.
+        self.by_label: dict[tuple[str, str], set[int]] = {}
+        self.by_network: dict[str, set[int]] = {}
+        self.by_agent: dict[str, set[int]] = {}
         for i, n in enumerate(nodes):
             for run, count in n.run_counts.items():
                 if count > 0 and run in runs:
@@ -120,17 +126,28 @@ class _State:
             for pin in {n.id, n.name}:
                 self.by_pin.setdefault(pin, []).append(i)
             for pair in n.labels.items():
-                self.by_label.setdefault(pair, []).append(i)
+                self.by_label.setdefault(pair, set()).add(i)
+            self.by_network.setdefault(n.network, set()).add(i)
+            for agent in n.agents:
+                self.by_agent.setdefault(agent, set()).add(i)
         self.members_of: dict[_Key, list[int]] = {}
 
     def members(self, key: _Key) -> list[int]:
-        """Statically eligible node ranks, ascending; narrowed first through an index."""
-        if key not in self.members_of:
-            starts: list[Sequence[int]] = [range(len(self.nodes))]
-            starts += [self.by_pin.get(key[1], ())] if key[1] else []
-            starts += [self.by_label.get(pair, ()) for pair in key[0]]
-            self.members_of[key] = [i for i in min(starts, key=len) if _matches(self.nodes[i], key)]
-        return self.members_of[key]
+        """Statically eligible node ranks, ascending (what `_matches` accepts)."""
+        found = self.members_of.get(key)
+        if found is None:
+            labels, pin, networks, avoid, agent = key
+            ranks = set(self.by_pin.get(pin, ())) if pin else set(range(len(self.nodes)))
+            if networks:
+                ranks &= set().union(*(self.by_network.get(n, ()) for n in networks))
+            for net in avoid:
+                ranks -= self.by_network.get(net, set())
+            for pair in labels:
+                ranks &= self.by_label.get(pair, set())
+            if agent:
+                ranks &= self.by_agent.get(agent, set())
+            found = self.members_of[key] = sorted(ranks)
+        return found
 
     def open(self, i: int, excl: bool, cpus: float, mem: float, gpus: float) -> bool:
         used = self.used[i]
@@ -186,20 +203,34 @@ class _Heap:
 
     def pick(self, st: _State, job: JobView, counts: dict[int, int]) -> tuple[int, int, int]:
         """(best node rank or -1, nodes skipped for holding the run, nodes skipped as too small)."""
-        items, cls, by_run = self.items, self.cls, bool(self.run)
+        items, by_run = self.items, bool(self.run)
+        # st.open() twice, inlined with local names: this loop is the pass's hot spot.
+        closed, used, slots, cpu, mem, gpu = st.closed, st.used, st.slots, st.cpu, st.mem, st.gpu
+        c_excl, c_cpus, c_mem, c_gpus = self.cls
+        j_excl, j_cpus, j_mem, j_gpus = job.exclusive, job.cpus, job.memory_mb, job.gpus
         small: list[_Entry] = []
         held: list[_Entry] = []
         best = -1
         while items:
             top = items[0]
             i = top[2]
-            if not st.open(i, *cls):
-                heapq.heappop(items)
+            u = used[i]
+            if (
+                closed[i]
+                or u >= slots[i]
+                or (c_excl and u)
+                or cpu[i] + _EPS < c_cpus
+                or (c_mem > 0 and mem[i] < c_mem)
+                or gpu[i] < c_gpus
+            ):
+                heapq.heappop(items)  # no longer fits the heap's class: never will this pass
                 continue
-            fresh = (counts.get(i, 0) if by_run else 0, st.used[i] / st.slots[i], i)
+            fresh = (counts.get(i, 0) if by_run else 0, u / slots[i], i)
             if fresh != top:
                 heapq.heapreplace(items, fresh)
-            elif not st.open(i, job.exclusive, job.cpus, job.memory_mb, job.gpus):
+            elif (
+                (j_excl and u) or cpu[i] + _EPS < j_cpus or (j_mem > 0 and mem[i] < j_mem) or gpu[i] < j_gpus
+            ):
                 small.append(heapq.heappop(items))
             elif not by_run and i in counts:
                 held.append(heapq.heappop(items))
@@ -215,12 +246,32 @@ class _Heap:
         return best, len(held), len(small)
 
 
-def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> str:
+def _big_enough(totals: list[tuple[float, int, int]], needs: tuple[float, int, int]) -> str | int:
+    """How many hosts have `needs` in total, or why none has: the first dimension (cpus,
+    memory, gpus) that no host big enough in the dimensions before it has enough of."""
+    for d, what in enumerate(_HAS):
+        if needs[d] > 0:
+            kept = [t for t in totals if t[d] + _EPS >= needs[d]]
+            if not kept:
+                most = max(t[d] for t in totals)
+                return f"no matching node has {what.format(needs[d])} in total (largest: {most:g})"
+            totals = kept
+    return len(totals)
+
+
+def _explain(
+    st: _State,
+    job: JobView,
+    key: _Key,
+    facts: dict[_Key, _Facts],
+    facts_sized: dict[tuple[_Key, tuple[float, int, int]], str | int],
+) -> str:
     """Why `job` waits, judged on the state at the end of the pass."""
     if key not in facts:
         members = st.members(key)
-        free = [i for i in members if not st.closed[i] and st.used[i] < st.slots[i]]
-        totals = [(st.nodes[i].cpus, st.nodes[i].memory_mb, st.nodes[i].gpus) for i in members]
+        closed, used, slots, sizes = st.closed, st.used, st.slots, st.sizes
+        free = [i for i in members if not closed[i] and used[i] < slots[i]]
+        totals = [sizes[i] for i in members]
         facts[key] = (members, free, totals, [min(t) for t in zip(*totals, strict=True)])
     members, left, totals, lows = facts[key]
     if not members:
@@ -228,16 +279,14 @@ def _explain(st: _State, job: JobView, key: _Key, facts: dict[_Key, _Facts]) -> 
     needs = job.cpus, job.memory_mb, job.gpus
     matching = len(members)
     if any(need > low + _EPS for need, low in zip(needs, lows, strict=True)):
-        # Only jobs bigger than some matching host pay for this scan; name the first
-        # dimension that no matching host has enough of at all.
-        for d, what in enumerate(_HAS):
-            if needs[d] > 0:
-                kept = [t for t in totals if t[d] + _EPS >= needs[d]]
-                if not kept:
-                    most = max(t[d] for t in totals)
-                    return f"no matching node has {what.format(needs[d])} in total (largest: {most:g})"
-                totals = kept
-        matching = len(totals)
+        # Only jobs bigger than some matching host pay for this scan, once per key and
+        # size; name the first dimension that no matching host has enough of at all.
+        sized = facts_sized.get((key, needs))
+        if sized is None:
+            sized = facts_sized[(key, needs)] = _big_enough(totals, needs)
+        if isinstance(sized, str):
+            return sized
+        matching = sized
     if not left:
         if all(st.closed[i] for i in members):
             return f"every matching node runs an exclusive job ({matching} nodes)"
@@ -267,6 +316,9 @@ def schedule(snapshot: Snapshot, now: float, explain: bool = True) -> Plan:
     bases: dict[_Key, _Heap] = {}
     placements: list[Placement] = []
     left_over: list[tuple[JobView, _Key]] = []
+    # The state only shrinks during a pass: once a job found no node, a later one with
+    # the same key and needs finds none either (hard spread aside: it depends on the run).
+    missed: set[tuple[_Key, bool, float, int, int]] = set()
 
     for job in queue:
         if st.free_total <= 0:
@@ -275,9 +327,19 @@ def schedule(snapshot: Snapshot, now: float, explain: bool = True) -> Plan:
             left_over.append((job, _key(job)))  # the fleet is full: no need to look
             continue
         key = _key(job)
+        needs = (key, job.exclusive, job.cpus, job.memory_mb, job.gpus)
+        if needs in missed:
+            if explain:
+                left_over.append((job, key))
+            continue
         base = bases.get(key)
         if base is None:
-            items = [(0, st.used[i] / st.slots[i], i) for i in st.members(key) if st.open(i, *_BASE)]
+            used, slots, closed, cpu, gpu = st.used, st.slots, st.closed, st.cpu, st.gpu
+            items = [  # st.open(i, *_BASE), inlined: this runs for every node of every key
+                (0, used[i] / slots[i], i)
+                for i in st.members(key)
+                if not closed[i] and used[i] < slots[i] and cpu[i] + _EPS >= 0 and gpu[i] >= 0
+            ]
             base = bases[key] = _Heap(_BASE, "", items)
         cls = (job.exclusive, _floor2(job.cpus), _floor2(job.memory_mb), _floor2(job.gpus))
         heap = base.kids.get(cls, base)
@@ -288,6 +350,8 @@ def schedule(snapshot: Snapshot, now: float, explain: bool = True) -> Plan:
         if run_skips:
             heap.grow(st, job.run_id, run_skips)
         if i < 0:
+            if not job.spread:
+                missed.add(needs)
             if explain:
                 left_over.append((job, key))
             continue
@@ -299,11 +363,12 @@ def schedule(snapshot: Snapshot, now: float, explain: bool = True) -> Plan:
     # holds for every job that shares it.
     reasons: dict[tuple[object, ...], str] = {}
     facts: dict[_Key, _Facts] = {}
+    sized: dict[tuple[_Key, tuple[float, int, int]], str | int] = {}
     for job, key in left_over:
         sig: tuple[object, ...] = (key,)  # a static reason holds for the whole key
         if st.members(key):
             sig = (key, job.exclusive, job.cpus, job.memory_mb, job.gpus, job.run_id if job.spread else "")
         if sig not in reasons:
-            reasons[sig] = _explain(st, job, key, facts)
+            reasons[sig] = _explain(st, job, key, facts, sized)
         waiting[job.id] = reasons[sig]
     return Plan(placements=tuple(placements), waiting=waiting)
