@@ -5,7 +5,7 @@ One directory per attempt, ``<state>/jobs/<attempt>/``:
     spec.pb    written before anything runs
     proc       "pid create_time spawned_at" once the job's process started
     output     the job's output (stdout and stderr), appended by the job itself
-    exit       the command's exit status, written by its wrapper when it ends
+    exit       the command's exit status, written by the node's keeper when it ends
     offset     how far into ``output`` the daemon has published lines
     stop       "reason detail" once someone asked the job to stop
     result.pb  the result, once the attempt is over

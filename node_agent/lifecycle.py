@@ -215,7 +215,7 @@ def recovered(
     """The state of a journaled, unfinished attempt after a daemon restart, and what to do.
 
     ``spawned``: its process was started; ``alive``: that very process still runs;
-    ``exit_code``: what its wrapper recorded, if it ended.
+    ``exit_code``: what its keeper recorded, if it ended.
     """
     state = State(attempt_id, has_repo, stop=stop, stop_detail=stop_detail)
     if not spawned:

@@ -27,13 +27,13 @@ from node_agent import lifecycle as lc
 from node_agent.agents.launch import command_for, read_outcome
 from node_agent.agents.shell import (
     JobProcess,
+    Keeper,
     OutputTail,
     ShellError,
     attach,
     describe_exit,
     kill_escaped,
     signal_group,
-    spawn,
 )
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
@@ -97,6 +97,7 @@ class Runner:
         self._slots = slots
         self.kill_grace_s = kill_grace_s
         self._local_models = local_models
+        self.keeper = Keeper()  # the parent of this daemon's job processes
         self.active: dict[str, _Attempt] = {}
         self.finished: dict[str, types_pb2.JobResult] = {}  # attempt id -> result not yet acked
         self._stopping = False
@@ -212,6 +213,7 @@ class Runner:
         tasks = [a.task for a in self.active.values() if a.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.keeper.close()
 
     # --- the driver ----------------------------------------------------------------------
 
@@ -246,7 +248,7 @@ class Runner:
         if isinstance(action, lc.Prepare):
             self._helper(a, self._prepare(a, action.fresh))
         elif isinstance(action, lc.Spawn):
-            self._spawn(a)
+            await self._spawn(a)
         elif isinstance(action, lc.Terminate):
             if a.proc is not None:
                 signal_group(a.proc.group, signal.SIGTERM)
@@ -317,12 +319,12 @@ class Runner:
         else:
             a.events.put_nowait(lc.Prepared())
 
-    def _spawn(self, a: _Attempt) -> None:
+    async def _spawn(self, a: _Attempt) -> None:
         assert a.cwd is not None
         spec = a.spec
         command, extra = command_for(spec, self.journal.dir(a.id), self._local_models())
         try:
-            a.proc = spawn(
+            a.proc = await self.keeper.spawn(
                 command,
                 a.cwd,
                 {**self._env(spec, a.cwd), **extra, **a.secrets},

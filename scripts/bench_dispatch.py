@@ -6,10 +6,10 @@ client: SubmitRun, then WatchRun until the run's final event.
   - sequential: one job at a time (latency p50/p99, jobs/s);
   - 64 in flight: 64 clients, each submitting its next job when one ends;
   - bulk: runs of up to 1,000 jobs submitted at once (jobs/s);
-  - the floor: the job's own processes alone (the crash-safe wrapper plus bash running
-    `true`), spawned from this process, no flota around them;
+  - the floor: the job's own process alone (bash running `true`), started and waited
+    for through a keeper, as a node does it, with no flota around it;
   - memory: node daemon RSS at idle and with 4 running jobs, and what each running
-    job's own processes (wrapper and shell) take (USS);
+    job's own process (its shell) takes (USS), and the keeper;
   - side by side, in the same run: Ray with 8 workers on the same work
     (scripts/bench_ray.py; skipped when Ray is not installed).
 
@@ -19,6 +19,7 @@ client: SubmitRun, then WatchRun until the run's final event.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench_ray import latency  # noqa: E402  (the same figures for both sides)
 
 from cli.client import Client  # noqa: E402
-from node_agent.agents.shell import _SHELL, _WRAPPER  # noqa: E402
+from node_agent.agents.shell import Keeper  # noqa: E402
 from protos.flota.v1 import coordinator_pb2 as pb  # noqa: E402
 from tests.fleet import Fleet, wait_until  # noqa: E402
 
@@ -110,22 +111,23 @@ def bulk(client: Client, count: int) -> float:
 
 
 def floor(count: int) -> list[float]:
-    """The job's own processes, as the node spawns them, with nothing else around."""
-    times = []
-    with tempfile.TemporaryDirectory(prefix="flota-floor-") as tmp:
-        exit_file = Path(tmp) / "exit"
-        for _ in range(count):
-            t0 = time.perf_counter()
-            subprocess.run(
-                ["/bin/sh", "-c", _WRAPPER, _SHELL, "true", str(exit_file)],  # as shell.spawn does
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                cwd=tmp,
-                start_new_session=True,
-                check=True,
-            )
-            times.append((time.perf_counter() - t0) * 1000)
-    return times
+    """The job's own process, as the node starts it (through its keeper), nothing else around."""
+
+    async def measure() -> list[float]:
+        keeper, times = Keeper(), []
+        with tempfile.TemporaryDirectory(prefix="flota-floor-") as tmp:
+            cwd = Path(tmp)
+            await keeper.spawn("true", cwd, os.environ, cwd / "output", cwd / "exit")  # start the keeper
+            for _ in range(count):
+                t0 = time.perf_counter()
+                proc = await keeper.spawn("true", cwd, os.environ, cwd / "output", cwd / "exit")
+                if await proc.wait() != 0:
+                    raise RuntimeError("`true` failed")
+                times.append((time.perf_counter() - t0) * 1000)
+            await keeper.close()
+        return times
+
+    return asyncio.run(measure())
 
 
 def memory(fleet: Fleet, client: Client, node: subprocess.Popen[bytes]) -> dict[str, float]:
@@ -145,8 +147,12 @@ def memory(fleet: Fleet, client: Client, node: subprocess.Popen[bytes]) -> dict[
         wait_until(all_running, timeout=30, what="the sleeping jobs to run")
         time.sleep(1.0)  # let the output tails and timers settle
         busy = daemon.memory_info().rss / 2**20
-        procs = [p for p in daemon.children(recursive=True)]
+        everything = daemon.children(recursive=True)
+        keepers = [p for p in everything if "keeper.py" in " ".join(p.cmdline())]
+        procs = [p for p in everything if p not in keepers]
         own = sum(p.memory_full_info().uss for p in procs) / 2**20
+        keeper_mb = sum(p.memory_full_info().uss for p in keepers) / 2**20
+        keeper_rss_mb = sum(p.memory_info().rss for p in keepers) / 2**20
     finally:
         client.call("Cancel", pb.CancelRequest(id=run.id))
         ended = lambda: client.call("GetRun", pb.GetRunRequest(run_id=run.id)).status != "running"  # noqa: E731
@@ -157,6 +163,8 @@ def memory(fleet: Fleet, client: Client, node: subprocess.Popen[bytes]) -> dict[
         "daemon_per_job_mb": (busy - idle) / SLOTS,
         "job_processes_uss_mb": own / SLOTS,
         "job_processes": len(procs) / SLOTS,
+        "keeper_uss_mb": keeper_mb,
+        "keeper_rss_mb": keeper_rss_mb,
     }
 
 
@@ -245,12 +253,14 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if not works:
         out.append(("  Ray", ray.get("skipped", "not run")))
     fp = report["floor_ms"]
-    out.append(("floor: the job's processes alone", f"p50 {fp['p50']:.2f} ms  p99 {fp['p99']:.2f} ms"))
+    floor_text = f"p50 {fp['p50']:.2f} ms  p99 {fp['p99']:.2f} ms"
+    out.append(("floor: the job's process alone (via a keeper)", floor_text))
     m = report["memory"]
     out.append(("node daemon RSS, idle", f"{m['idle_rss_mb']:.1f} MB"))
     per_job = f"daemon +{m['daemon_per_job_mb']:.2f} MB; "
-    per_job += f"the job's wrapper + shell {m['job_processes_uss_mb']:.2f} MB USS"
+    per_job += f"the job's own process {m['job_processes_uss_mb']:.2f} MB USS"
     out.append((f"per running job ({SLOTS} x sleep)", per_job))
+    out.append(("the node's keeper", f"{m['keeper_uss_mb']:.1f} MB USS, {m['keeper_rss_mb']:.1f} MB RSS"))
     coord = f"{report['coordinator_idle_rss_mb']:.1f} MB idle, "
     coord += f"{report['coordinator_rss_mb']:.1f} MB after the runs"
     out.append(("coordinator RSS", coord))

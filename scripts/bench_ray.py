@@ -6,8 +6,8 @@ A local Ray (`ray.init(num_cpus=WORKERS)`: one worker process per cpu slot) runs
   - sequential: submit, wait for the result, next (latency p50/p99, tasks/s);
   - 64 in flight: a new task as soon as one ends (latency p50/p99, tasks/s);
   - bulk: N tasks submitted at once, then waited for (tasks/s).
-Then the same three again with flota's own process chain in each task (the crash-safe
-`sh` wrapper running `bash -c true`), which splits what the processes cost from what the
+Then the same three again with flota's own job process in each task (`bash -c true`, as
+a node's keeper starts it), which splits what the processes cost from what the
 orchestration costs.
 
 Ray is a benchmark-only extra (`pip install ray`), never a flota dependency.
@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from node_agent.agents.shell import _SHELL as SHELL  # noqa: E402
-from node_agent.agents.shell import _WRAPPER as WRAPPER  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -115,7 +114,7 @@ def main() -> int:
         def job(argv: list[str]) -> int:
             return subprocess.run(argv, cwd=tmp).returncode
 
-        works = {"true": ["true"], "chain": ["/bin/sh", "-c", WRAPPER, SHELL, "true", f"{tmp}/exit"]}
+        works = {"true": ["true"], "chain": [SHELL, "-c", "true"]}
         ray.get([job.remote(works["true"]) for _ in range(max(50, opts.workers * 8))])  # warm every worker
         for work, argv in works.items():
             report[work] = measure(ray, job, argv, opts)

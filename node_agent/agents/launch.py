@@ -1,6 +1,6 @@
 """How an attempt's agent is started, and what it reported when it ended.
 
-Every agent runs the same way, as a shell command under the job wrapper (so it
+Every agent runs the same way, as a shell command started by the node's keeper (so it
 outlives the daemon like any job):
 
 - ``shell``: the job's command.

@@ -1,16 +1,16 @@
 """The shell agent's processes: started so that they outlive the daemon.
 
-A job runs as ``/bin/sh -c <wrapper> bash <command> <exit file>`` in a new session:
-the wrapper and the command form one process group that can be signalled as a whole,
-and the wrapper writes the command's exit status to ``exit file`` when it ends. Output
+A job runs as ``bash -c <command>`` in a session of its own, started by the node's
+keeper (:mod:`node_agent.agents.keeper`), not by the daemon: the command and what it
+starts form one process group that can be signalled as a whole, and the keeper, its
+parent, writes its exit status to the job's ``exit`` file before reaping it. Output
 (stdout and stderr together) goes to a file, not a pipe, so a daemon that crashes or
 is restarted leaves the job running undisturbed: the next daemon finds it again with
 :func:`attach`, learns its end through a pidfd, reads its status from the exit file and
 its output from where the last daemon stopped reading (:class:`OutputTail`).
 
-The wrapper traps SIGTERM (the trap runs only once the command has ended, POSIX says),
-so a cancelled job still leaves its status behind; SIGKILL to the group takes both.
-A status above 128 is how the shell reports "killed by signal N" (128 + N).
+A status is the command's exit code, or -N when a signal N ended it (``kill $$``, a
+cancel's SIGTERM, a timeout's SIGKILL, the OOM killer).
 
 Error handling: :class:`ShellError` means the command never started (missing
 directory, no shell, a NUL in the environment); everything after that is an outcome.
@@ -21,24 +21,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import itertools
+import json
 import logging
 import os
 import signal
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 __all__ = [
     "JobProcess",
+    "Keeper",
     "OutputTail",
     "ShellError",
     "attach",
     "describe_exit",
     "kill_escaped",
     "signal_group",
-    "spawn",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,9 +56,8 @@ class ShellError(Exception):
 
 
 _SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
-# The wrapper: run the command in the foreground, keep its status, survive SIGTERM long
-# enough to write it. printf is a builtin: nothing to exec on the way out.
-_WRAPPER = 'trap : TERM INT; "$0" -c "$1"; rc=$?; printf "%s\\n" "$rc" > "$2"; exit "$rc"'
+_KEEPER = Path(__file__).with_name("keeper.py")
+_REAPED_WAIT_S = 5.0  # how long an ended job may stay a zombie before its status counts as lost
 _MAX_LINE_BYTES = 8192
 _TRUNCATED = " …[line truncated]"
 _TAIL_LINES = 40
@@ -64,7 +70,8 @@ _READ_BYTES = 1 << 20
 
 
 def describe_exit(code: int) -> str:
-    """One line for a non-zero status, naming the signal the shell's 128+N stands for."""
+    """One line for a non-zero status, naming the signal: -N is signal N, and a shell's
+    128+N (from a child shell that reported it) stands for one too."""
     number = -code if code < 0 else code - 128 if code > 128 else 0
     if number:
         with contextlib.suppress(ValueError):
@@ -74,26 +81,32 @@ def describe_exit(code: int) -> str:
 
 
 class JobProcess:
-    """A job's wrapper process: started by us (a child) or found again after a restart."""
+    """A job's process: started by this daemon's keeper, or found again after a restart."""
 
-    def __init__(self, pid: int, create_time: float, popen: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(self, pid: int, create_time: float, ended: asyncio.Future[int | None] | None = None) -> None:
         self.pid = pid
         self.create_time = create_time
-        self._popen = popen
+        self._ended = ended  # the keeper's word on its status, when we asked it to start
 
     @property
     def group(self) -> int:
         return self.pid  # a session leader leads its own group
 
     async def wait(self) -> int | None:
-        """Wait for the wrapper to end; its status when it was our child, else None."""
+        """Wait for the job to end; its status when our keeper reported it, else None
+        (then its exit file says, if a keeper wrote one)."""
         loop = asyncio.get_running_loop()
+        if self._ended is not None and self._ended.get_loop() is loop:
+            code = await self._ended
+            if code is not None:
+                return code
+            # Our keeper went away; the job, if it still runs, is an orphan now.
         try:
             fd = os.pidfd_open(self.pid)
         except ProcessLookupError:
             fd = -1
         except OSError:  # no pidfd (old kernel): poll
-            while _alive(self.pid, self.create_time):
+            while _alive(self.pid, self.create_time, zombie=False):
                 await asyncio.sleep(_POLL_S)
             fd = -1
         if fd >= 0:
@@ -109,44 +122,162 @@ class JobProcess:
             finally:
                 loop.remove_reader(fd)
                 os.close(fd)
-        if self._popen is not None:
-            return self._popen.wait()
+        # A keeper writes the status before it reaps: while the job is a zombie, it is coming.
+        deadline = time.monotonic() + _REAPED_WAIT_S
+        while _alive(self.pid, self.create_time) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
         return None
 
 
-def spawn(command: str, cwd: Path, env: Mapping[str, str], output: Path, exit_file: Path) -> JobProcess:
-    """Start ``command`` in ``cwd`` with exactly ``env``, appending its output to ``output``."""
-    try:
-        with open(output, "ab", buffering=0) as out:
-            popen = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, _SHELL, command, str(exit_file)],
+# The keeper's answer to a spawn, and the future its "ended" message will resolve.
+_Reply = tuple[dict[str, Any], "asyncio.Future[int | None] | None"]
+
+
+@dataclasses.dataclass
+class _Link:
+    """One keeper process and the daemon's connection to it, on one event loop."""
+
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    loop: asyncio.AbstractEventLoop
+    writer: asyncio.StreamWriter | None = None
+    reader: asyncio.Task[None] | None = None
+    replies: dict[int, asyncio.Future[_Reply]] = dataclasses.field(default_factory=dict)
+    ended: dict[int, asyncio.Future[int | None]] = dataclasses.field(default_factory=dict)
+    alive: bool = True
+
+
+class Keeper:
+    """The daemon's end of its keeper: started at the first spawn, and again if it died."""
+
+    def __init__(self) -> None:
+        self._link: _Link | None = None
+        self._ready: asyncio.Task[_Link] | None = None
+        self._ids = itertools.count(1)
+
+    async def spawn(
+        self, command: str, cwd: Path, env: Mapping[str, str], output: Path, exit_file: Path
+    ) -> JobProcess:
+        """Start ``command`` in ``cwd`` with exactly ``env``, appending its output to ``output``."""
+        link = await self._connect()
+        request_id = next(self._ids)
+        reply: asyncio.Future[_Reply] = link.loop.create_future()
+        link.replies[request_id] = reply
+        request = {
+            "id": request_id,
+            "argv": [_SHELL, "-c", command],
+            "cwd": str(cwd),
+            "env": dict(env),
+            "output": str(output),
+            "exit": str(exit_file),
+        }
+        assert link.writer is not None
+        link.writer.write(json.dumps(request).encode() + b"\n")
+        answer, ended = await reply
+        if "error" in answer:
+            raise ShellError(f"cannot start {_SHELL} in {cwd}: {answer['error']}")
+        return JobProcess(int(answer["pid"]), float(answer["create_time"]), ended)
+
+    async def close(self) -> None:
+        """Let the keeper go: it leaves at once, or when the jobs it still keeps have ended."""
+        link, self._link, self._ready = self._link, None, None
+        if link is None:
+            return
+        self._drop(link)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(link.proc.wait, 1.0)
+
+    async def _connect(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        link = self._link
+        if link is not None and (not link.alive or link.loop is not loop):
+            self._drop(link)  # dead, or left behind by an event loop that is gone
+            self._link = self._ready = None
+        if self._link is not None:
+            return self._link
+        if self._ready is None or self._ready.get_loop() is not loop:
+            self._ready = loop.create_task(self._start())
+        try:
+            return await asyncio.shield(self._ready)
+        except ShellError:
+            self._ready = None  # the next spawn tries again
+            raise
+
+    async def _start(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(_KEEPER), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
+                start_new_session=True,  # no terminal's Ctrl-C or group signal reaches it
             )
-    except (OSError, ValueError) as exc:
-        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ShellError(f"cannot start {_SHELL} in {cwd}: {detail}") from exc
-    try:
-        created = psutil.Process(popen.pid).create_time()
-    except psutil.Error:
-        created = 0.0  # already gone: attach() will never match it, wait() still reaps it
-    return JobProcess(popen.pid, created, popen)
+        except OSError as exc:
+            ours.close()
+            raise ShellError(f"cannot start the job keeper: {exc.strerror or exc}") from exc
+        finally:
+            theirs.close()
+        link = _Link(proc, ours, loop)
+        reader, link.writer = await asyncio.open_unix_connection(sock=ours)
+        link.reader = loop.create_task(self._read(link, reader))
+        self._link = link
+        return link
+
+    async def _read(self, link: _Link, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if "ended" in message:
+                    done = link.ended.pop(int(message["ended"]), None)
+                    if done is not None and not done.done():
+                        done.set_result(int(message["code"]))
+                    continue
+                waiting = link.replies.pop(int(message["id"]), None)
+                ended: asyncio.Future[int | None] | None = None
+                if "pid" in message:
+                    ended = link.ended[int(message["pid"])] = link.loop.create_future()
+                if waiting is not None and not waiting.done():
+                    waiting.set_result((message, ended))
+            if link is self._link:
+                log.warning("the job keeper (pid %d) has gone; a new one takes the next job", link.proc.pid)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("the job keeper's connection failed: %s", exc)
+        finally:
+            link.alive = False
+            for waiting in link.replies.values():
+                if not waiting.done():
+                    waiting.set_result(({"error": "the job keeper exited"}, None))
+            for done in link.ended.values():
+                if not done.done():
+                    done.set_result(None)
+            link.replies.clear()
+            link.ended.clear()
+
+    @staticmethod
+    def _drop(link: _Link) -> None:
+        link.alive = False
+        if link.reader is not None and not link.loop.is_closed():
+            link.reader.cancel()
+        with contextlib.suppress(Exception):
+            if link.writer is not None and not link.loop.is_closed():
+                link.writer.close()
+        link.sock.close()  # the keeper sees its daemon gone
 
 
 def attach(pid: int, create_time: float) -> JobProcess | None:
-    """The journaled wrapper if that very process still runs, else None (a reused pid
-    belongs to someone else: its start time differs)."""
+    """The journaled job if that very process still exists (a zombie too: its keeper is
+    about to record its status), else None (a reused pid belongs to someone else: its
+    start time differs)."""
     return JobProcess(pid, create_time) if _alive(pid, create_time) else None
 
 
-def _alive(pid: int, create_time: float) -> bool:
+def _alive(pid: int, create_time: float, *, zombie: bool = True) -> bool:
     try:
         proc = psutil.Process(pid)
-        return abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+        if abs(proc.create_time() - create_time) >= 0.01:
+            return False
+        return zombie or proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 

@@ -67,7 +67,7 @@ def test_process_stop_offset_and_exit_are_journaled(root: Path) -> None:
     journal.spawned("a1", 4242, 1795466310.29, 1795466311.0007234)
     journal.published("a1", 1234)
     journal.stopping("a1", "timeout", "timed out after 30 s")
-    journal.exit_file("a1").write_text("137\n")  # as the job's wrapper writes it
+    journal.exit_file("a1").write_text("137\n")  # as the node's keeper writes it
     assert journal.exit_code("a1") == 137
 
     assert Journal(root).entries() == [

@@ -205,9 +205,9 @@ def test_the_journal_holds_output_exit_and_proc(
     entry = node.entry(spec.attempt_id)
     assert (entry.spec, entry.exit_code, entry.offset, entry.stop) == (spec, 0, 6, "")
     assert entry.pid > 0 and entry.create_time > 0 and before <= entry.spawned_at <= time.time()
-    # The journaled process is the wrapper; the command ran in its group.
+    # The journaled process is the command's shell itself (its keeper is its parent).
     command_pid = int((node.workspace.scratch_path(spec.attempt_id) / "pid").read_text())
-    assert command_pid != entry.pid
+    assert command_pid == entry.pid
 
     node.runner.ack([spec.attempt_id])
     assert not d.exists()
@@ -222,8 +222,9 @@ def test_the_journal_holds_output_exit_and_proc(
     [
         ("true", "success", 0, ""),
         ("echo before; exit 7", "failed", 7, "exit code 7"),
-        ("kill -KILL $$", "failed", 137, "killed by signal SIGKILL (exit code 137)"),
-        ("kill -TERM $$", "failed", 143, "killed by signal SIGTERM (exit code 143)"),
+        ("kill -KILL $$", "failed", -9, "killed by signal SIGKILL"),
+        ("kill -TERM $$", "failed", -15, "killed by signal SIGTERM"),
+        ("bash -c 'kill -TERM $$'; exit $?", "failed", 143, "killed by signal SIGTERM (exit code 143)"),
     ],
 )
 def test_exit_status(
@@ -239,7 +240,7 @@ def test_exit_status(
 
 
 def test_job_killed_from_outside(tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]) -> None:
-    """The OOM killer, or a user: the wrapper dies too, so no status is written."""
+    """The OOM killer, or a user: the keeper records the signal like any other end."""
     node = Node(tmp_path)
     spec = new_spec("echo $$; sleep 100")
 
@@ -251,7 +252,35 @@ def test_job_killed_from_outside(tmp_path: Path, new_spec: Callable[..., types_p
 
     result = run(scenario())
     assert (result.status, result.exit_code) == ("failed", -signal.SIGKILL)
-    assert result.error.startswith("killed by signal")
+    assert result.error == "killed by signal SIGKILL"
+    assert node.journal.exit_code(spec.attempt_id) == -signal.SIGKILL
+
+
+def test_a_killed_keeper_loses_the_status_only_and_is_replaced(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    """The keeper is the parent of every job: killed, it takes no job with it, but a job
+    that ends after it has no recorded status; the next job gets a new keeper."""
+    node = Node(tmp_path)
+    spec, after = new_spec(WAIT_FOR_GO + "; exit 3"), new_spec("exit 4")
+
+    async def scenario() -> tuple[types_pb2.JobResult, types_pb2.JobResult]:
+        assert node.runner.start(spec) == (True, "")
+        await node.until(lambda: node.entry(spec.attempt_id).pid > 0, "the job to start")
+        job = psutil.Process(node.entry(spec.attempt_id).pid)
+        keeper = job.parent()
+        assert keeper is not None and "keeper.py" in " ".join(keeper.cmdline())
+        keeper.kill()
+        await asyncio.sleep(0.2)
+        assert job.is_running() and job.status() != psutil.STATUS_ZOMBIE  # the job runs on
+        (node.workspace.scratch_path(spec.attempt_id) / "go").touch()
+        first = await node.result(spec.attempt_id)
+        assert node.runner.start(after) == (True, "")
+        return first, await node.result(after.attempt_id)
+
+    first, second = run(scenario())
+    assert (first.status, first.error, first.exit_code) == ("failed", VANISHED, -1)
+    assert (second.status, second.exit_code) == ("failed", 4)
 
 
 def test_no_free_slot(tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]) -> None:

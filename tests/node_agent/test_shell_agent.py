@@ -1,36 +1,43 @@
-"""node_agent/agents/shell.py against real processes: the wrapper, attach, the output tail, kills."""
+"""node_agent/agents/shell.py and keeper.py against real processes: the keeper, attach,
+the output tail, kills."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 import pytest
 
+from node_agent.agents.keeper import boot_time, create_time
 from node_agent.agents.shell import (
     _BATCH_LINES,
+    _KEEPER,
     _MAX_LINE_BYTES,
     JobProcess,
+    Keeper,
     OutputTail,
     ShellError,
     attach,
     describe_exit,
     kill_escaped,
     signal_group,
-    spawn,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
 MARK = " …[line truncated]"
+T = TypeVar("T")
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
@@ -50,8 +57,16 @@ def gone(pid: int) -> bool:
         return True
 
 
+def keeper_of(proc: JobProcess) -> psutil.Process:
+    """The keeper that started a running job: its parent."""
+    keeper = psutil.Process(proc.pid).parent()
+    assert keeper is not None and "keeper.py" in " ".join(keeper.cmdline())
+    return keeper
+
+
 class Job:
-    """Paths of one job: a cwd, its output file and its exit file."""
+    """One daemon's keeper on one event loop, and the paths of one job: a cwd, its output
+    file and its exit file."""
 
     def __init__(self, root: Path) -> None:
         self.cwd = root / "cwd"
@@ -60,12 +75,26 @@ class Job:
         self.exit = root / "exit"
         self.attempt_id = f"t-{uuid.uuid4().hex[:12]}"
         self.env = {**os.environ, "FLOTA_ATTEMPT_ID": self.attempt_id}
+        self.loop = asyncio.new_event_loop()
+        self.keeper = Keeper()
 
-    def spawn(self, command: str) -> JobProcess:
-        return spawn(command, self.cwd, self.env, self.output, self.exit)
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    def spawn(self, command: str, **paths: Any) -> JobProcess:
+        where = {"cwd": self.cwd, "output": self.output, "exit_file": self.exit, **paths}
+        env = paths.get("env", self.env)
+        return self.run(self.keeper.spawn(command, where["cwd"], env, where["output"], where["exit_file"]))
+
+    def wait(self, proc: JobProcess) -> int | None:
+        return self.run(asyncio.wait_for(proc.wait(), 10))
 
     def lines(self) -> list[str]:
         return self.output.read_text(errors="replace").splitlines()
+
+    def close(self) -> None:
+        self.run(self.keeper.close())
+        self.loop.close()
 
 
 @pytest.fixture
@@ -73,66 +102,157 @@ def job(tmp_path: Path) -> Iterator[Job]:
     j = Job(tmp_path)
     yield j
     kill_escaped(j.attempt_id)  # nothing a test started outlives it
+    j.close()
 
 
-def run_to_end(proc: JobProcess) -> int | None:
-    async def wait() -> int | None:
-        return await asyncio.wait_for(proc.wait(), 10)
-
-    return asyncio.run(wait())
-
-
-# --- the wrapper -------------------------------------------------------------------------
+# --- the keeper --------------------------------------------------------------------------
 
 
 def test_runs_in_cwd_with_exactly_the_env_and_records_its_status(job: Job) -> None:
     job.env = {"PATH": os.environ["PATH"], "FLOTA_X": "42"}
     proc = job.spawn("pwd; echo $FLOTA_X; echo ${HOME:-no-home}; echo err >&2; exit 7")
-    assert run_to_end(proc) == 7
+    assert job.wait(proc) == 7
     assert job.lines() == [str(job.cwd), "42", "no-home", "err"]
     assert job.exit.read_text() == "7\n"
 
 
-def test_job_is_a_session_and_group_of_its_own(job: Job) -> None:
+def test_the_command_is_the_process_a_session_and_group_of_its_own(job: Job) -> None:
     proc = job.spawn("echo $$; sleep 100")
     try:
+        assert wait_until(lambda: len(job.lines()) == 1)
+        assert int(job.lines()[0]) == proc.pid  # no wrapper: `kill $$` ends the job
         assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
         assert os.getpgid(proc.pid) == proc.group == proc.pid
-        assert wait_until(lambda: len(job.lines()) == 1)
-        command = int(job.lines()[0])
-        assert os.getpgid(command) == proc.group  # the command is in the group
+        keeper = keeper_of(proc)
+        assert keeper.ppid() == os.getpid()
+        assert os.getsid(keeper.pid) == keeper.pid  # out of the daemon's session and the job's group
+        assert proc.create_time == psutil.Process(proc.pid).create_time()
     finally:
         signal_group(proc.group, signal.SIGKILL)
-    assert run_to_end(proc) == -signal.SIGKILL
-    assert wait_until(lambda: gone(command))
+    assert job.wait(proc) == -signal.SIGKILL
+    assert job.exit.read_text() == "-9\n"
 
 
 def test_output_is_appended_to_the_file(job: Job) -> None:
     job.output.write_bytes(b"from before\n")
-    assert run_to_end(job.spawn("echo now")) == 0
+    assert job.wait(job.spawn("echo now")) == 0
     assert job.lines() == ["from before", "now"]
 
 
-def test_command_killed_by_a_signal_is_128_plus_n(job: Job) -> None:
-    assert run_to_end(job.spawn("kill -KILL $$")) == 128 + signal.SIGKILL
-    assert job.exit.read_text() == "137\n"
-    assert describe_exit(137) == "killed by signal SIGKILL (exit code 137)"
+def test_command_killed_by_a_signal_is_minus_n(job: Job) -> None:
+    assert job.wait(job.spawn("kill -KILL $$")) == -signal.SIGKILL
+    assert job.exit.read_text() == "-9\n"
+    assert describe_exit(-9) == "killed by signal SIGKILL"
 
 
-def test_sigterm_to_the_group_still_leaves_the_status(job: Job) -> None:
+def test_sigterm_to_the_group_leaves_the_status(job: Job) -> None:
     proc = job.spawn("echo started; sleep 100")
     assert wait_until(lambda: job.lines() == ["started"])
     signal_group(proc.group, signal.SIGTERM)
-    assert run_to_end(proc) == 128 + signal.SIGTERM
-    assert job.exit.read_text() == "143\n"
+    assert job.wait(proc) == -signal.SIGTERM
+    assert job.exit.read_text() == "-15\n"
 
 
-def test_sigkill_to_the_group_takes_the_wrapper_too(job: Job) -> None:
-    proc = job.spawn("echo started; sleep 100")
-    assert wait_until(lambda: job.lines() == ["started"])
-    signal_group(proc.group, signal.SIGKILL)
-    assert run_to_end(proc) == -signal.SIGKILL
+def test_many_jobs_at_once_each_get_their_own_status(job: Job, tmp_path: Path) -> None:
+    async def all_of_them() -> list[int | None]:
+        procs = await asyncio.gather(
+            *(
+                job.keeper.spawn(
+                    f"while [ ! -e go ]; do sleep 0.01; done; exit {i}",
+                    job.cwd,
+                    job.env,
+                    tmp_path / f"out{i}",
+                    tmp_path / f"exit{i}",
+                )
+                for i in range(40)
+            )
+        )
+        assert len({p.pid for p in procs}) == 40
+        assert len({psutil.Process(p.pid).ppid() for p in procs}) == 1  # one keeper serves them all
+        (job.cwd / "go").touch()
+        return list(await asyncio.gather(*(p.wait() for p in procs)))
+
+    assert job.run(all_of_them()) == list(range(40))
+    assert [(tmp_path / f"exit{i}").read_text() for i in range(40)] == [f"{i}\n" for i in range(40)]
+
+
+def test_the_keeper_outlives_its_daemon_and_still_records_the_status(job: Job) -> None:
+    """A daemon that dies (here: its end of the socket closes) leaves its jobs running;
+    the keeper writes their status when they end, then leaves."""
+    proc = job.spawn("while [ ! -e go ]; do sleep 0.01; done; exit 5")
+    keeper = keeper_of(proc)
+    job.run(job.keeper.close())  # the daemon is gone (its keeper stays for the job)
+    assert keeper.is_running() and keeper.status() != psutil.STATUS_ZOMBIE
+    found = attach(proc.pid, proc.create_time)  # the next daemon finds the job again
+    assert found is not None
+    (job.cwd / "go").touch()
+    assert job.wait(found) is None  # not its child: the file says
+    assert job.exit.read_text() == "5\n"
+    assert wait_until(lambda: gone(keeper.pid))  # its last job ended: the keeper left
+
+
+def test_a_killed_keeper_takes_no_job_with_it_and_is_replaced(job: Job) -> None:
+    proc = job.spawn("while [ ! -e go ]; do sleep 0.01; done; exit 5")
+    keeper = keeper_of(proc)
+    keeper.kill()
+    keeper.wait(5)
+    assert psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE  # the job runs on
+    (job.cwd / "go").touch()
+    assert job.wait(proc) is None  # ended with nobody to record its status
     assert not job.exit.exists()
+    second = job.spawn("sleep 0.3; exit 3", exit_file=job.cwd / "exit2")
+    assert keeper_of(second).pid != keeper.pid
+    assert job.wait(second) == 3
+
+
+def test_close_without_jobs_ends_the_keeper(job: Job) -> None:
+    proc = job.spawn("sleep 0.2")
+    keeper = keeper_of(proc)
+    assert job.wait(proc) == 0
+    job.run(job.keeper.close())
+    assert not keeper.is_running()  # reaped: no zombie left behind
+    assert job.wait(job.spawn("exit 2")) == 2  # a later spawn starts a new one
+
+
+def test_the_wire_and_a_kernel_without_pidfd(tmp_path: Path) -> None:
+    """The keeper on its own, spoken to line by line as the daemon does, on a Python
+    whose os has no pidfd_open (Linux < 5.3): a thread waits for each job instead."""
+    ours, theirs = socket.socketpair()
+    start = "import os, runpy, sys; del os.pidfd_open; sys.argv[:1] = []; runpy.run_path(sys.argv[0], run_name='__main__')"
+    keeper = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", start, str(_KEEPER), str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),),
+    )
+    theirs.close()
+    wire = ours.makefile("rwb", buffering=0)
+    try:
+        for i, (cwd, code) in enumerate([(tmp_path, 6), (tmp_path / "missing", None)]):
+            request = {"id": i, "argv": ["/bin/sh", "-c", f"exit {code}"], "cwd": str(cwd), "env": {}}
+            request |= {"output": str(tmp_path / "out"), "exit": str(tmp_path / "exit")}
+            wire.write(json.dumps(request).encode() + b"\n")
+            reply = json.loads(wire.readline())
+            if code is None:
+                assert reply == {"id": i, "error": "No such file or directory"}
+                continue
+            assert reply["id"] == i and reply["create_time"] > 0, reply
+            assert json.loads(wire.readline()) == {"ended": reply["pid"], "code": code}
+            assert (tmp_path / "exit").read_text() == f"{code}\n"
+        wire.write(b"not json\n")
+        assert json.loads(wire.readline())["error"].startswith("bad request")
+    finally:
+        wire.close()
+        ours.close()  # the daemon has gone, no job runs: the keeper leaves
+    assert keeper.wait(10) == 0
+
+
+def test_create_time_is_the_one_psutil_computes() -> None:
+    proc = subprocess.Popen(["sleep", "10"])
+    try:
+        assert create_time(proc.pid, boot_time()) == psutil.Process(proc.pid).create_time()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert create_time(proc.pid, boot_time()) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -143,6 +263,7 @@ def test_sigkill_to_the_group_takes_the_wrapper_too(job: Job) -> None:
         (130, "killed by signal SIGINT (exit code 130)"),
         (143, "killed by signal SIGTERM (exit code 143)"),
         (-9, "killed by signal SIGKILL"),
+        (-15, "killed by signal SIGTERM"),
         (255, "exit code 255"),  # 128 + 127: no such signal
     ],
 )
@@ -152,17 +273,18 @@ def test_describe_exit(code: int, text: str) -> None:
 
 def test_missing_cwd_is_a_shell_error(job: Job) -> None:
     with pytest.raises(ShellError, match=r"^cannot start /bin/\w+ in .*/missing: No such file or directory$"):
-        spawn("true", job.cwd / "missing", job.env, job.output, job.exit)
+        job.spawn("true", cwd=job.cwd / "missing")
 
 
 def test_nul_in_the_environment_is_a_shell_error(job: Job) -> None:
     with pytest.raises(ShellError, match="embedded null byte"):
-        spawn("true", job.cwd, {**job.env, "BAD": "a\0b"}, job.output, job.exit)
+        job.spawn("true", env={**job.env, "BAD": "a\0b"})
+    assert job.wait(job.spawn("exit 4")) == 4  # the keeper goes on
 
 
 def test_unwritable_output_is_a_shell_error(job: Job) -> None:
     with pytest.raises(ShellError, match="cannot start"):
-        spawn("true", job.cwd, job.env, job.cwd / "no" / "output", job.exit)
+        job.spawn("true", output=job.cwd / "no" / "output")
 
 
 # --- finding a job again ------------------------------------------------------------------
@@ -174,20 +296,19 @@ def test_attach_finds_the_same_process_and_waits_for_it(job: Job) -> None:
     assert found is not None
     assert (found.pid, found.group) == (proc.pid, proc.pid)
 
-    async def scenario() -> int | None:
+    async def scenario() -> tuple[int | None, int | None]:
         waiting = asyncio.ensure_future(found.wait())
         await asyncio.sleep(0)
         assert not waiting.done()
         (job.cwd / "go").touch()
-        return await asyncio.wait_for(waiting, 10)
+        return await asyncio.wait_for(waiting, 10), await proc.wait()
 
-    assert asyncio.run(scenario()) is None  # not our child as far as it knows: the file says
+    assert job.run(scenario()) == (None, 4)  # not its child: the file says
     assert job.exit.read_text() == "4\n"
-    assert attach(proc.pid, proc.create_time) is None  # ended (zombie or reaped)
-    assert run_to_end(proc) == 4
+    assert attach(proc.pid, proc.create_time) is None  # reaped
 
 
-def test_attach_refuses_a_process_started_at_another_time(job: Job) -> None:
+def test_attach_refuses_a_process_started_at_another_time() -> None:
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         created = psutil.Process(stranger.pid).create_time()

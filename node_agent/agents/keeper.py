@@ -1,0 +1,171 @@
+"""The keeper: the parent of a node's job processes, so that their exit status outlives the daemon.
+
+The daemon starts one keeper (at its first job): a small process in a session of its own,
+on the standard library alone (``python -I -S keeper.py FD``). The daemon asks it over a
+socket pair to start a command; the keeper starts it in a new session with its output
+appended to a file, replies with its pid and start time, and when the command ends writes
+its status to the job's exit file *before* reaping it, then tells the daemon. So while a
+job's process exists its status may still be coming, and once it is gone its status is on
+disk: a daemon that crashed and came back finds the job again by pid and start time, waits
+for it (pidfd) and reads the file, with no wrapper process per job.
+
+The keeper leaves when its daemon has gone and its last job has ended. A keeper that is
+killed takes no job with it; a job that ends after that has no recorded status.
+
+Wire, one JSON object per line each way:
+  daemon -> keeper  {"id": n, "argv": [...], "cwd": s, "env": {...}, "output": s, "exit": s}
+  keeper -> daemon  {"id": n, "pid": p, "create_time": t}  or  {"id": n, "error": s}
+                    {"ended": p, "code": c}   (the exit status, or -N for signal N)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_SEND_TIMEOUT_S = 30.0  # a daemon that reads nothing for this long counts as gone
+
+
+def boot_time() -> float:
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def create_time(pid: int, boot: float) -> float:
+    """A process's start time as psutil computes it (boot time + start ticks / CLK_TCK)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    return boot + int(stat.rsplit(b")", 1)[1].split()[19]) / _CLK_TCK
+
+
+def status_of(info: os.waitid_result) -> int:
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _watch(pid: int) -> int:
+    readable, writable = os.pipe()
+
+    def wait() -> None:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        os.close(writable)
+
+    threading.Thread(target=wait, daemon=True).start()
+    return readable
+
+
+class Keeper:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.settimeout(_SEND_TIMEOUT_S)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(sock, selectors.EVENT_READ, None)
+        self.connected = True
+        self.children = 0
+        self.boot = boot_time()
+        self._buffer = b""
+
+    def run(self) -> None:
+        while self.connected or self.children:
+            for key, _ in self.selector.select():
+                if key.data is None:
+                    self._receive()
+                else:
+                    self._ended(key.fd, *key.data)
+
+    def _receive(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._disconnect()
+            return
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+            try:
+                request = json.loads(line)
+                reply = self._start(request)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # only our daemon writes here
+                reply = {"id": -1, "error": f"bad request: {exc}"}
+            self._send(reply)
+
+    def _start(self, request: dict[str, Any]) -> dict[str, object]:
+        argv = [str(arg) for arg in request["argv"]]
+        env = {str(name): str(value) for name, value in request["env"].items()}
+        try:
+            with open(str(request["output"]), "ab", buffering=0) as out:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=str(request["cwd"]),
+                    env=env,
+                    start_new_session=True,
+                )
+        except (OSError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return {"id": request["id"], "error": detail}
+        try:
+            ended = os.pidfd_open(proc.pid)  # readable once it has ended
+        except (OSError, AttributeError):  # no pidfd (Linux < 5.3): a thread waits, then says so
+            ended = _watch(proc.pid)
+        self.selector.register(ended, selectors.EVENT_READ, (proc, str(request["exit"])))
+        self.children += 1
+        return {"id": request["id"], "pid": proc.pid, "create_time": create_time(proc.pid, self.boot)}
+
+    def _ended(self, fd: int, proc: subprocess.Popen[bytes], exit_file: str) -> None:
+        self.selector.unregister(fd)
+        os.close(fd)
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # still a zombie: not yet reaped
+        code = status_of(info) if info is not None else proc.wait()
+        try:
+            with open(exit_file, "w") as f:
+                f.write(f"{code}\n")
+        except OSError:
+            pass  # its journal directory is gone: nobody will ask
+        proc.wait()  # reaped only now: a process that is gone has its status on disk
+        self.children -= 1
+        self._send({"ended": proc.pid, "code": code})
+
+    def _send(self, message: dict[str, object]) -> None:
+        if not self.connected:
+            return
+        try:
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError:  # the daemon is gone or stuck: go on reaping
+            self._disconnect()
+
+    def _disconnect(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.selector.unregister(self.sock)
+            self.sock.close()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: keeper.py FD (started by the node daemon)", file=sys.stderr)
+        return 2
+    Keeper(socket.socket(fileno=int(argv[1]))).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
