@@ -218,7 +218,8 @@ def test_the_wire_and_a_kernel_without_pidfd(tmp_path: Path) -> None:
     """The keeper on its own, spoken to line by line as the daemon does, on a Python
     whose os has no pidfd_open (Linux < 5.3): a thread waits for each job instead."""
     ours, theirs = socket.socketpair()
-    start = "import os, runpy, sys; del os.pidfd_open; sys.argv[:1] = []; runpy.run_path(sys.argv[0], run_name='__main__')"
+    start = "import os, runpy, sys; del os.pidfd_open; sys.argv[:1] = []; "
+    start += "runpy.run_path(sys.argv[0], run_name='__main__')"
     keeper = subprocess.Popen(
         [sys.executable, "-I", "-S", "-c", start, str(_KEEPER), str(theirs.fileno())],
         pass_fds=(theirs.fileno(),),
