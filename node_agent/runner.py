@@ -246,6 +246,8 @@ class Runner:
 
     async def _perform(self, a: _Attempt, action: lc.Action) -> None:
         if isinstance(action, lc.Prepare):
+            if not a.spec.HasField("repo") and self._new_scratch(a):
+                return  # a new empty directory: nothing to wait for
             self._helper(a, self._prepare(a, action.fresh))
         elif isinstance(action, lc.Spawn):
             await self._spawn(a)
@@ -285,6 +287,20 @@ class Runner:
         if spec.HasField("repo"):
             return self.workspace.worktree_path(spec.attempt_id)
         return self.workspace.scratch_path(spec.attempt_id)
+
+    def _new_scratch(self, a: _Attempt) -> bool:
+        try:
+            a.cwd = self.workspace.new_scratch(a.id)
+        except WorkspaceError as exc:
+            a.events.put_nowait(lc.PrepareFailed(str(exc)))
+            return True
+        except OSError as exc:  # the workspace directory itself: disk full, read-only
+            a.events.put_nowait(lc.PrepareFailed(f"cannot prepare the workspace: {exc.strerror or exc}"))
+            return True
+        if a.cwd is None:
+            return False  # a leftover to empty first, off the event loop
+        a.events.put_nowait(lc.Prepared())
+        return True
 
     async def _prepare(self, a: _Attempt, fresh: bool) -> None:
         spec = a.spec

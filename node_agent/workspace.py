@@ -451,6 +451,16 @@ class Workspace:
     def scratch_path(self, job_key: str) -> Path:
         return self.scratch_root / _check_job_key(job_key)
 
+    def new_scratch(self, job_key: str) -> Path | None:
+        """The directory for ``job_key`` if it did not exist yet: one mkdir, cheap enough for
+        the event loop. None if it exists (a restart's leftover): :meth:`scratch` empties it."""
+        path = self.scratch_root / _check_job_key(job_key)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            return None
+        return path
+
     def scratch(self, job_key: str) -> Path:
         """Return a fresh, empty directory for ``job_key`` (emptied if it existed)."""
         path = self.scratch_root / _check_job_key(job_key)

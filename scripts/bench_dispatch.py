@@ -224,7 +224,8 @@ def run(quick: bool) -> dict[str, Any]:
 
 def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     ray = report.get("ray", {})
-    works = [(w, label) for w, label in (("true", "true"), ("chain", "flota's process chain")) if w in ray]
+    labels = (("true", "true"), ("chain", "bash -c true (flota's job)"))
+    works = [(w, label) for w, label in labels if w in ray]
 
     def seq(r: dict[str, Any]) -> str:
         lat = r["sequential"]["latency_ms"]

@@ -339,6 +339,10 @@ class MissingCwd(Workspace):
     def scratch(self, job_key: str) -> Path:
         return super().scratch(job_key) / "missing"
 
+    def new_scratch(self, job_key: str) -> Path | None:
+        made = super().new_scratch(job_key)
+        return made / "missing" if made else None
+
 
 def test_missing_cwd_is_a_failed_result(tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]) -> None:
     node = Node(tmp_path, workspace=MissingCwd(tmp_path / "work"))
@@ -418,7 +422,8 @@ def test_cancel_unknown_or_finished_attempt(
 
 
 class SlowPrepare(Workspace):
-    """A scratch directory that takes as long as the test says (git on a slow link)."""
+    """A scratch directory that takes as long as the test says (git on a slow link, or a
+    big leftover to delete: a new directory is made at once, without it)."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -438,6 +443,7 @@ def test_cancel_during_a_slow_prepare_never_starts(
     node = Node(tmp_path, workspace=workspace)
     marker = tmp_path / "ran"
     spec = new_spec(f"touch {marker}")
+    workspace.scratch_path(spec.attempt_id).mkdir()  # a leftover: emptied off the event loop
 
     async def scenario() -> types_pb2.JobResult:
         assert node.runner.start(spec) == (True, "")

@@ -343,6 +343,17 @@ def test_scratch_is_fresh_and_empty(ws: Workspace) -> None:
     assert ws.remove("r9.0.a1") and not path.exists()
 
 
+def test_new_scratch_is_made_only_if_it_did_not_exist(ws: Workspace) -> None:
+    path = ws.new_scratch("r9.1.a1")
+    assert path == ws.scratch_root / "r9.1.a1" and list(path.iterdir()) == []
+    assert oct(path.stat().st_mode & 0o777) == "0o700"
+    (path / "junk").write_text("x")
+    assert ws.new_scratch("r9.1.a1") is None  # a leftover: scratch() empties it
+    assert (path / "junk").exists()
+    with pytest.raises(WorkspaceError, match="invalid job key"):
+        ws.new_scratch("../x")
+
+
 def test_commit_uses_our_mirror_even_if_the_agent_rewires_dot_git(
     ws: Workspace, remote: Remote, tmp_path: Path
 ) -> None:
