@@ -211,6 +211,7 @@ class Keeper:
                 [sys.executable, "-I", "-S", str(_KEEPER), str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
+                cwd="/",  # it may outlive the daemon: it must not hold a directory busy
                 start_new_session=True,  # no terminal's Ctrl-C or group signal reaches it
             )
         except OSError as exc:

@@ -126,6 +126,10 @@ def test_the_command_is_the_process_a_session_and_group_of_its_own(job: Job) -> 
         keeper = keeper_of(proc)
         assert keeper.ppid() == os.getpid()
         assert os.getsid(keeper.pid) == keeper.pid  # out of the daemon's session and the job's group
+        assert keeper.cwd() == "/"  # it may outlive us: it holds no directory busy
+        fds = Path(f"/proc/{keeper.pid}/fd")
+        kinds = sorted(os.readlink(fd).split(":")[0] for fd in fds.iterdir() if int(fd.name) > 2)
+        assert kinds == ["anon_inode", "anon_inode", "socket"]  # epoll, the job's pidfd, its socket
         assert proc.create_time == psutil.Process(proc.pid).create_time()
     finally:
         signal_group(proc.group, signal.SIGKILL)
