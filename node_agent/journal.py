@@ -70,8 +70,12 @@ class Journal:
         d.mkdir(exist_ok=True, mode=0o700)
         _write(d / "spec.pb", spec.SerializeToString())
 
+    def proc_file(self, attempt_id: str) -> Path:
+        return self.dir(attempt_id) / "proc"
+
     def spawned(self, attempt_id: str, pid: int, create_time: float, spawned_at: float) -> None:
-        _write(self.dir(attempt_id) / "proc", f"{pid} {create_time!r} {spawned_at!r}".encode())
+        """The keeper writes this record itself, in the same format, as it starts a job."""
+        _write(self.proc_file(attempt_id), f"{pid} {create_time!r} {spawned_at!r}".encode())
 
     def stopping(self, attempt_id: str, reason: str, detail: str) -> None:
         _write(self.dir(attempt_id) / "stop", f"{reason} {detail}".encode())

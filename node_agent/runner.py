@@ -346,6 +346,7 @@ class Runner:
                 {**self._env(spec, a.cwd), **extra, **a.secrets},
                 self.journal.output(a.id),
                 self.journal.exit_file(a.id),
+                self.journal.proc_file(a.id),  # the keeper journals the process as it starts it
             )
         except ShellError as exc:
             a.events.put_nowait(lc.SpawnFailed(str(exc)))
@@ -353,8 +354,7 @@ class Runner:
         except OSError as exc:  # the journal directory: disk full
             a.events.put_nowait(lc.SpawnFailed(f"cannot start the job: {exc.strerror or exc}"))
             return
-        a.spawned_at = time.time()
-        self._journal(self.journal.spawned, a.id, a.proc.pid, a.proc.create_time, a.spawned_at)
+        a.spawned_at = a.proc.spawned_at
         a.tail = self._tail(a, 0)
         a.tail.start()
         self._watch(a)

@@ -3,7 +3,8 @@
 The daemon starts one keeper (at its first job): a small process in a session of its own,
 on the standard library alone (``python -I -S keeper.py FD``). The daemon asks it over a
 socket pair to start a command; the keeper starts it in a new session with its output
-appended to a file, replies with its pid and start time, and when the command ends writes
+appended to a file, journals its pid and start time (the ``proc`` file: so a daemon that
+dies while it waits for the reply still finds the job), replies with them, and when the command ends writes
 its status to the job's exit file *before* reaping it, then tells the daemon. So while a
 job's process exists its status may still be coming, and once it is gone its status is on
 disk: a daemon that crashed and came back finds the job again by pid and start time, waits
@@ -13,8 +14,8 @@ The keeper leaves when its daemon has gone and its last job has ended. A keeper 
 killed takes no job with it; a job that ends after that has no recorded status.
 
 Wire, one JSON object per line each way:
-  daemon -> keeper  {"id": n, "argv": [...], "cwd": s, "env": {...}, "output": s, "exit": s}
-  keeper -> daemon  {"id": n, "pid": p, "create_time": t}  or  {"id": n, "error": s}
+  daemon -> keeper  {"id": n, "argv": [...], "cwd": s, "env": {...}, "output": s, "exit": s, "proc": s}
+  keeper -> daemon  {"id": n, "pid": p, "create_time": t, "spawned_at": t}  or  {"id": n, "error": s}
                     {"ended": p, "code": c}   (the exit status, or -N for signal N)
 """
 
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -49,6 +51,12 @@ def create_time(pid: int, boot: float) -> float:
     except OSError:
         return 0.0
     return boot + int(stat.rsplit(b")", 1)[1].split()[19]) / _CLK_TCK
+
+
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def status_of(info: os.waitid_result) -> int:
@@ -128,7 +136,15 @@ class Keeper:
             ended = _watch(proc.pid)
         self.selector.register(ended, selectors.EVENT_READ, (proc, str(request["exit"])))
         self.children += 1
-        return {"id": request["id"], "pid": proc.pid, "create_time": create_time(proc.pid, self.boot)}
+        started, spawned_at = create_time(proc.pid, self.boot), time.time()
+        reply: dict[str, object] = {"id": request["id"], "pid": proc.pid, "create_time": started}
+        reply["spawned_at"] = spawned_at
+        if request.get("proc"):  # the format of node_agent.journal.Journal.spawned
+            try:
+                _write(str(request["proc"]), f"{proc.pid} {started!r} {spawned_at!r}")
+            except OSError as exc:
+                reply["proc_error"] = exc.strerror or str(exc)
+        return reply
 
     def _ended(self, fd: int, proc: subprocess.Popen[bytes], exit_file: str) -> None:
         self.selector.unregister(fd)

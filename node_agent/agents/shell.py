@@ -83,9 +83,16 @@ def describe_exit(code: int) -> str:
 class JobProcess:
     """A job's process: started by this daemon's keeper, or found again after a restart."""
 
-    def __init__(self, pid: int, create_time: float, ended: asyncio.Future[int | None] | None = None) -> None:
+    def __init__(
+        self,
+        pid: int,
+        create_time: float,
+        ended: asyncio.Future[int | None] | None = None,
+        spawned_at: float = 0.0,
+    ) -> None:
         self.pid = pid
         self.create_time = create_time
+        self.spawned_at = spawned_at
         self._ended = ended  # the keeper's word on its status, when we asked it to start
 
     @property
@@ -156,10 +163,22 @@ class Keeper:
         self._ids = itertools.count(1)
 
     async def spawn(
-        self, command: str, cwd: Path, env: Mapping[str, str], output: Path, exit_file: Path
+        self,
+        command: str,
+        cwd: Path,
+        env: Mapping[str, str],
+        output: Path,
+        exit_file: Path,
+        proc_file: Path | None = None,
     ) -> JobProcess:
-        """Start ``command`` in ``cwd`` with exactly ``env``, appending its output to ``output``."""
+        """Start ``command`` in ``cwd`` with exactly ``env``, appending its output to ``output``;
+        its status goes to ``exit_file``, and "pid create_time spawned_at" to ``proc_file``
+        before this returns (by the keeper, so that it is there even if we die waiting)."""
         link = await self._connect()
+        if not link.alive:  # it died while we waited for it to start: once more
+            link = await self._connect()
+            if not link.alive:
+                raise ShellError("cannot start the job keeper: it exited at once")
         request_id = next(self._ids)
         reply: asyncio.Future[_Reply] = link.loop.create_future()
         link.replies[request_id] = reply
@@ -170,13 +189,21 @@ class Keeper:
             "env": dict(env),
             "output": str(output),
             "exit": str(exit_file),
+            "proc": str(proc_file or ""),
         }
         assert link.writer is not None
         link.writer.write(json.dumps(request).encode() + b"\n")
         answer, ended = await reply
         if "error" in answer:
             raise ShellError(f"cannot start {_SHELL} in {cwd}: {answer['error']}")
-        return JobProcess(int(answer["pid"]), float(answer["create_time"]), ended)
+        if "proc_error" in answer:  # disk full: it runs; only a daemon restart would miss it
+            log.error("cannot journal the process of %s: %s", proc_file, answer["proc_error"])
+        pid, started, spawned_at = (
+            int(answer["pid"]),
+            float(answer["create_time"]),
+            float(answer["spawned_at"]),
+        )
+        return JobProcess(pid, started, ended, spawned_at)
 
     async def close(self) -> None:
         """Let the keeper go: it leaves at once, or when the jobs it still keeps have ended."""

@@ -234,12 +234,15 @@ def test_the_wire_and_a_kernel_without_pidfd(tmp_path: Path) -> None:
         for i, (cwd, code) in enumerate([(tmp_path, 6), (tmp_path / "missing", None)]):
             request = {"id": i, "argv": ["/bin/sh", "-c", f"exit {code}"], "cwd": str(cwd), "env": {}}
             request |= {"output": str(tmp_path / "out"), "exit": str(tmp_path / "exit")}
+            request["proc"] = str(tmp_path / "proc")
             wire.write(json.dumps(request).encode() + b"\n")
             reply = json.loads(wire.readline())
             if code is None:
                 assert reply == {"id": i, "error": "No such file or directory"}
                 continue
             assert reply["id"] == i and reply["create_time"] > 0, reply
+            journaled = f"{reply['pid']} {reply['create_time']!r} {reply['spawned_at']!r}"
+            assert (tmp_path / "proc").read_text() == journaled  # Journal.spawned's format
             assert json.loads(wire.readline()) == {"ended": reply["pid"], "code": code}
             assert (tmp_path / "exit").read_text() == f"{code}\n"
         wire.write(b"not json\n")
@@ -248,6 +251,29 @@ def test_the_wire_and_a_kernel_without_pidfd(tmp_path: Path) -> None:
         wire.close()
         ours.close()  # the daemon has gone, no job runs: the keeper leaves
     assert keeper.wait(10) == 0
+
+
+def test_a_request_sent_just_before_the_daemon_died_still_runs_and_is_journaled(tmp_path: Path) -> None:
+    """The daemon writes its request and dies before the reply: the keeper still starts
+    the job and journals its process, so the next daemon finds it (and never starts it twice)."""
+    ours, theirs = socket.socketpair()
+    keeper = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(_KEEPER), str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+    )
+    theirs.close()
+    request = {"id": 1, "argv": ["/bin/sh", "-c", "while [ ! -e go ]; do sleep 0.01; done; exit 3"]}
+    request |= {"cwd": str(tmp_path), "env": {"PATH": os.environ["PATH"]}, "output": str(tmp_path / "out")}
+    request |= {"exit": str(tmp_path / "exit"), "proc": str(tmp_path / "proc")}
+    ours.sendall(json.dumps(request).encode() + b"\n")
+    ours.close()  # dead before any reply
+    assert wait_until(lambda: (tmp_path / "proc").exists())
+    pid, created, _ = (tmp_path / "proc").read_text().split()
+    found = attach(int(pid), float(created))
+    assert found is not None
+    (tmp_path / "go").touch()
+    assert asyncio.run(asyncio.wait_for(found.wait(), 10)) is None
+    assert (tmp_path / "exit").read_text() == "3\n"
+    assert keeper.wait(10) == 0  # its last job ended and its daemon is gone
 
 
 def test_create_time_is_the_one_psutil_computes() -> None:
