@@ -152,8 +152,7 @@ class Keeper:
         info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # still a zombie: not yet reaped
         code = status_of(info) if info is not None else proc.wait()
         try:
-            with open(exit_file, "w") as f:
-                f.write(f"{code}\n")
+            _write(exit_file, f"{code}\n")
         except OSError:
             pass  # its journal directory is gone: nobody will ask
         proc.wait()  # reaped only now: a process that is gone has its status on disk
