@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_ray import latency  # noqa: E402  (the same figures for both sides)
+from benchreport import emit  # noqa: E402  (the table and JSON of every bench script)
 
 from cli.client import Client  # noqa: E402
 from node_agent.agents.shell import Keeper  # noqa: E402
@@ -276,10 +277,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     opts = parser.parse_args()
     report = run(opts.quick)
-    for name, value in rows(report):
-        print(f"{name:36s} {value}")
-    if opts.json:
-        opts.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit(rows(report), report, opts.json)
     return 0
 
 

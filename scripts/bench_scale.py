@@ -46,6 +46,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchreport import emit  # noqa: E402  (the table and JSON of every bench script)
+
 from cli.client import Client  # noqa: E402
 from node_agent.enroll import join  # noqa: E402
 from node_agent.errors import EnrollError  # noqa: E402
@@ -651,10 +653,7 @@ def main() -> int:
         idle_s=opts.idle_s,
         profile=opts.profile,
     )
-    table = rows(report)
-    width = max(len(k) for k, _ in table)
-    for name, value in table:
-        print(f"{name:{width}s}  {value}")
+    emit(rows(report), report, opts.json)
     for phase, prof in report.get("profile", {}).items():
         print(f"\npy-spy, coordinator, {phase} ({prof.get('samples', 0)} samples): self")
         for frame, count in prof.get("self", [])[:10]:
@@ -662,8 +661,6 @@ def main() -> int:
         print("  total:")
         for frame, count in prof.get("total", [])[:10]:
             print(f"  {count:6d}  {frame}")
-    if opts.json:
-        opts.json.write_text(json.dumps(report, indent=2))
     return 0
 
 

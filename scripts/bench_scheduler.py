@@ -15,7 +15,6 @@ makes while a busy fleet drains (`explain=False`: placements only).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -25,6 +24,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchreport import emit  # noqa: E402  (the table and JSON of every bench script)
 
 from coordinator.models import JobView, NodeView, Snapshot  # noqa: E402
 from coordinator.scheduler import schedule  # noqa: E402
@@ -130,10 +131,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     opts = parser.parse_args()
     report = run(opts.quick)
-    for name, value in rows(report):
-        print(f"{name:44s} {value}")
-    if opts.json:
-        opts.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit(rows(report), report, opts.json)
     return 0
 
 

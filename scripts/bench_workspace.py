@@ -30,7 +30,6 @@ reason, give the disk a few minutes between two runs of this benchmark there.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import resource
@@ -47,22 +46,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchreport import emit  # noqa: E402  (the table and JSON of every bench script)
+
 from node_agent import workspace  # noqa: E402
 from node_agent.workspace import Workspace  # noqa: E402
+from tests.gitenv import GIT_ENV  # noqa: E402
 
 SIZES = (3_000, 30_000)
 TARGET_WARM_MS = {3_000: 250.0, 30_000: 1000.0}
 
-# The benchmark's own git must not depend on the machine's config.
-GIT_ENV = {
-    **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_AUTHOR_NAME": "dev",
-    "GIT_AUTHOR_EMAIL": "dev@example.com",
-    "GIT_COMMITTER_NAME": "dev",
-    "GIT_COMMITTER_EMAIL": "dev@example.com",
-}
 
 _WORD_TEXT = (
     "def class return import from self value result config node job run task state "
@@ -358,12 +350,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the report here")
     opts = parser.parse_args()
     report = run(opts.quick, [int(s) for s in opts.sizes.split(",") if s], opts.git_config)
-    table = rows(report)
-    width = max(len(name) for name, _ in table)
-    for name, value in table:
-        print(f"{name:{width}s}  {value}")
-    if opts.json:
-        opts.json.write_text(json.dumps(report, indent=2))
+    emit(rows(report), report, opts.json)
     return 0
 
 

@@ -29,6 +29,7 @@ from node_agent.journal import Entry, Journal
 from node_agent.runner import Runner
 from node_agent.workspace import Workspace
 from protos.flota.v1 import node_pb2, types_pb2
+from tests.gitenv import GIT_ENV
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -669,15 +670,6 @@ def test_restart_keeps_results_not_yet_acknowledged(
 # --- with a repository ---------------------------------------------------------------------
 
 BASE_REF = "refs/flota/base/r1"
-GIT_ENV = {
-    **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_AUTHOR_NAME": "dev",
-    "GIT_AUTHOR_EMAIL": "dev@example.com",
-    "GIT_COMMITTER_NAME": "dev",
-    "GIT_COMMITTER_EMAIL": "dev@example.com",
-}
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -15,22 +15,12 @@ from pathlib import Path
 import pytest
 
 from node_agent.workspace import CommitOutcome, Workspace, WorkspaceError
+from tests.gitenv import GIT_ENV
 
 pytestmark = pytest.mark.timeout(120)
 
 BASE_REF = "refs/flota/base/r1"
 TRAILERS = {"Flota-Job": "r1.0", "Flota-Attempt": "r1.0.a1", "Flota-Node": "lab (n1)"}
-
-# The tests' own git must not depend on the machine's config either.
-GIT_ENV = {
-    **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_AUTHOR_NAME": "dev",
-    "GIT_AUTHOR_EMAIL": "dev@example.com",
-    "GIT_COMMITTER_NAME": "dev",
-    "GIT_COMMITTER_EMAIL": "dev@example.com",
-}
 
 
 def git(*args: str, cwd: Path, check: bool = True) -> str:
