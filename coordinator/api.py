@@ -28,18 +28,9 @@ from coordinator.pki import CertificateAuthority, PkiError, make_token, secret_h
 from coordinator.reconcile import Reconciler, new_run_id
 from coordinator.registry import NodeEntry
 from coordinator.secrets import Keyring
-from protos.contract import (
-    ENV_KEY_RE,
-    LABEL_KEY_RE,
-    LABEL_VALUE_RE,
-    NAME_RE,
-    NODE_ID_RE,
-    PROFILE_RE,
-    JoinToken,
-    TokenError,
-    fingerprint,
-)
+from protos.contract import JoinToken, TokenError, fingerprint
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
+from protos.limits import ENV_KEY_RE, LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, NODE_ID_RE, PROFILE_RE
 from protos.peer import peer_role
 
 __all__ = ["CoordinatorServicer", "EnrollmentServicer"]

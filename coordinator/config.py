@@ -9,7 +9,8 @@ from typing import Any
 
 from coordinator.errors import ConfigError
 from protos import contract
-from protos.contract import DEFAULT_COORDINATOR_PORT, NODE_ID_RE, flota_home
+from protos.contract import DEFAULT_COORDINATOR_PORT, flota_home
+from protos.limits import NODE_ID_RE
 
 __all__ = ["CoordinatorConfig", "flota_home", "load_config", "parse_hostport"]
 

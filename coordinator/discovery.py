@@ -13,7 +13,8 @@ from collections.abc import Callable
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from protos.contract import NODE_ID_RE, SERVICE_TYPE, TXT_FINGERPRINT, TXT_ID
+from protos.contract import SERVICE_TYPE, TXT_FINGERPRINT, TXT_ID
+from protos.limits import NODE_ID_RE
 
 __all__ = ["Discovery"]
 

@@ -28,12 +28,12 @@ from protos.contract import (
     CA_SERVER_NAME,
     COORDINATOR_CN,
     COORDINATOR_SERVER_NAME,
-    NODE_ID_RE,
     JoinToken,
     fingerprint,
     node_cn,
     node_server_name,
 )
+from protos.limits import NODE_ID_RE
 
 __all__ = [
     "CertificateAuthority",

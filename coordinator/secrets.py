@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from coordinator.errors import InvalidRequest, NotFound
-from protos.contract import ENV_KEY_RE, redact
+from protos.contract import redact
+from protos.limits import ENV_KEY_RE
 
 __all__ = ["Keyring", "redact"]
 

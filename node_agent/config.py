@@ -10,7 +10,8 @@ from typing import Any
 
 from node_agent.errors import ConfigError
 from node_agent.facts import NetworkRule, check_profile, parse_rule
-from protos.contract import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, flota_home, parse_hostport
+from protos.contract import flota_home, parse_hostport
+from protos.limits import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
 
 __all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen"]
 

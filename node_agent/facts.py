@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import psutil
 
 from node_agent.errors import ConfigError
-from protos.contract import PROFILE_RE
+from protos.limits import PROFILE_RE
 
 __all__ = [
     "AGENT_CLIS",

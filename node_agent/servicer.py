@@ -19,8 +19,8 @@ import grpc
 from node_agent.hub import Hub
 from node_agent.runner import Runner
 from node_agent.workspace import WorkspaceError
-from protos.contract import ENV_KEY_RE, NAME_RE
 from protos.flota.v1 import node_pb2, node_pb2_grpc, types_pb2
+from protos.limits import ENV_KEY_RE, NAME_RE
 from protos.peer import peer_role
 
 __all__ = ["NodeServicer", "validate_spec"]

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from protos.contract import MAX_MESSAGE_BYTES
+from protos.limits import MAX_MESSAGE_BYTES
 from protos.peer import peer_role
 
 __all__ = [

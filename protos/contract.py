@@ -10,23 +10,17 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 __all__ = [
     "redact",
     "ADMIN_CN_PREFIX",
-    "API_VERSION",
+    "ResultStatus",
     "COORDINATOR_CN",
     "COORDINATOR_SERVER_NAME",
     "DEFAULT_COORDINATOR_PORT",
-    "MAX_MESSAGE_BYTES",
     "NODE_CN_PREFIX",
-    "ENV_KEY_RE",
-    "LABEL_KEY_RE",
-    "LABEL_VALUE_RE",
-    "NAME_RE",
-    "NODE_ID_RE",
-    "PROFILE_RE",
     "SERVICE_TYPE",
     "TXT_FINGERPRINT",
     "TXT_ID",
@@ -41,14 +35,25 @@ __all__ = [
     "parse_hostport",
 ]
 
-API_VERSION = "1"
-
 # mDNS: a hint where a node might be, never who it is (see DESIGN.md rule 3).
 SERVICE_TYPE = "_flota._tcp.local."
 TXT_ID = "id"
 TXT_VERSION = "v"
 TXT_PORT = "port"
 TXT_FINGERPRINT = "fp"
+
+
+class ResultStatus(StrEnum):
+    """How an attempt ended: the node reports it, the coordinator records it as its
+    attempt's and job's status. The wire carries the lowercase string."""
+
+    SUCCESS = "success"
+    PARTIAL = "partial"  # stopped early (steps, budget, cut off); its work is on the branch
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    LOST = "lost"  # the node (or its daemon) went away with the attempt
+
 
 DEFAULT_COORDINATOR_PORT = 7370  # the enrollment port is the next one unless configured
 
@@ -58,16 +63,6 @@ COORDINATOR_SERVER_NAME = "coordinator.flota"
 NODE_CN_PREFIX = "node:"
 ADMIN_CN_PREFIX = "admin:"
 CA_SERVER_NAME = "ca.flota"  # the enrollment port serves the CA certificate itself
-
-NODE_ID_RE = re.compile(r"^[a-z0-9]{8,32}\Z")
-# What both sides accept as names and labels (\Z, not $: no trailing newline slips in).
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}\Z")
-LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/-]{0,63}\Z")
-PROFILE_RE = re.compile(r"^[a-z0-9._-]{1,32}\Z")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
-
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def parse_hostport(text: str, default_port: int, default_host: str = "0.0.0.0") -> tuple[str, int]:

@@ -6,15 +6,8 @@ import hashlib
 
 import pytest
 
-from protos.contract import (
-    NODE_ID_RE,
-    JoinToken,
-    TokenError,
-    fingerprint,
-    node_cn,
-    node_server_name,
-    parse_hostport,
-)
+from protos.contract import JoinToken, TokenError, fingerprint, node_cn, node_server_name, parse_hostport
+from protos.limits import NODE_ID_RE
 
 TOKEN_ID = "0123abcd"
 SECRET = "s3cret-Secret_0123456789"

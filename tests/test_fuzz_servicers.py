@@ -39,17 +39,9 @@ from hypothesis import strategies as st
 from coordinator.pki import CertificateAuthority
 from node_agent.servicer import validate_spec
 from protos.channels import client_options
-from protos.contract import (
-    COORDINATOR_SERVER_NAME,
-    ENV_KEY_RE,
-    LABEL_KEY_RE,
-    LABEL_VALUE_RE,
-    NAME_RE,
-    NODE_ID_RE,
-    PROFILE_RE,
-    node_server_name,
-)
+from protos.contract import COORDINATOR_SERVER_NAME, node_server_name
 from protos.flota.v1 import coordinator_pb2, node_pb2, types_pb2
+from protos.limits import ENV_KEY_RE, LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, NODE_ID_RE, PROFILE_RE
 from tests.fleet import Fleet, git, make_repo, wait_until
 
 S = grpc.StatusCode

@@ -50,14 +50,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from protos.channels import MAX_CONNECTIONS, client_options
-from protos.contract import (
-    CA_SERVER_NAME,
-    COORDINATOR_SERVER_NAME,
-    MAX_MESSAGE_BYTES,
-    JoinToken,
-    node_server_name,
-)
+from protos.contract import CA_SERVER_NAME, COORDINATOR_SERVER_NAME, JoinToken, node_server_name
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2, node_pb2_grpc, types_pb2
+from protos.limits import MAX_MESSAGE_BYTES
 from tests.fleet import Fleet, wait_until
 
 pytestmark = pytest.mark.timeout(120)
