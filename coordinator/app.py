@@ -1,8 +1,10 @@
 """The coordinator's composition root: state, servers, discovery, the reconcile loop.
 
 Start: CA (made on first start) -> own and admin certificates -> store -> reconcile
-state -> API and enrollment servers -> discovery. Stop (SIGTERM/SIGINT): servers
-first (no new work), then discovery, node links and the store.
+state -> service -> API and enrollment servers -> discovery. Everything that runs in
+the background (the loop, discovery, every background node call) lives in one task
+group here. Stop (SIGTERM/SIGINT) has one path: the task group (the loop and every call
+still out), then the servers, discovery, node links and the store.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import psutil
 from coordinator.api import CoordinatorServicer, EnrollmentServicer
 from coordinator.config import CoordinatorConfig
 from coordinator.discovery import Discovery
-from coordinator.errors import ConfigError
-from coordinator.node_client import Credentials
-from coordinator.pki import CertificateAuthority, KeyPair, PkiError, read_private, write_private
+from coordinator.dispatch import Link
+from coordinator.errors import ConfigError, PkiError
+from coordinator.link import Credentials, NodeLink
+from coordinator.pki import CertificateAuthority, KeyPair, read_private, write_private
 from coordinator.reconcile import Reconciler
+from coordinator.service import Service
 from coordinator.store import Store
 from protos import statelock
 from protos.channels import SERVER_OPTIONS, CallGate
@@ -88,9 +92,18 @@ class Coordinator:
             raise ConfigError(f"cannot prepare certificates in {config.state_dir}: {exc}") from exc
         self.own = own
         self.store = Store(config.state_dir / "flota.db")
-        self.rec = Reconciler(self.store, config, Credentials(own.key_pem, own.cert_pem, self.ca.cert_pem))
+        self._creds = Credentials(own.key_pem, own.cert_pem, self.ca.cert_pem)
+        self.rec = Reconciler(self.store, config, self._link)
+        self.service = Service(self.rec, self.ca, config)
         self.api_port = 0
         self.join_port = 0
+
+    def _link(self, node_id: str) -> Link:
+        link = NodeLink(
+            node_id, self._creds, self.rec.on_event, self.rec.on_link_state, self.config.heartbeat_s
+        )
+        link.start()
+        return link
 
     async def run(
         self, stop: asyncio.Event, ready: Callable[[str, dict[str, object]], None] | None = None
@@ -139,10 +152,10 @@ class Coordinator:
         join_address = f"{advertise}:{self.join_port}"
         self.rec.load()
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(self.rec, self.ca, cfg, join_address), api
+            CoordinatorServicer(self.service, join_address), api
         )
         coordinator_pb2_grpc.add_EnrollmentServicer_to_server(
-            EnrollmentServicer(self.rec, self.ca, api_address), join
+            EnrollmentServicer(self.service, api_address), join
         )
         await api.start()
         await join.start()
@@ -164,7 +177,9 @@ class Coordinator:
             ready(line, state)
         discovery = Discovery(self.rec.hint, self.rec.goodbye) if cfg.mdns else None
         try:
-            async with asyncio.TaskGroup() as tg:
+            # Background calls end with this group, before the links close: none may
+            # record a closing link as a failure.
+            async with self.rec.background(), asyncio.TaskGroup() as tg:
                 loop_task = tg.create_task(self.rec.run())
                 if discovery:
                     try:
@@ -180,9 +195,7 @@ class Coordinator:
             await join.stop(grace=0)
             if discovery:
                 await discovery.stop()
-            await self.rec.close()  # background calls first: none may record a closing link as a failure
-            for link in list(self.rec.links.values()):
-                await link.close()
+            await self.rec.dispatch.close()
             self.store.close()
 
 

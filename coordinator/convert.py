@@ -1,21 +1,154 @@
-"""Proto <-> model conversions: the only place both kinds of type meet."""
+"""Proto <-> model conversions: the only place both kinds of type meet.
+
+The scheduler, outcomes, fleet and models never see a protobuf message: what nodes say
+is decoded here as it arrives (`event_from_pb`), what they are sent is encoded here
+(`spec_to_pb`), and the API's replies are built here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 
-from coordinator.models import Attempt, Job, Result, Run
-from protos.flota.v1 import coordinator_pb2, types_pb2
+from coordinator.fleet import NodeEntry
+from coordinator.models import (
+    Attempt,
+    Facts,
+    Finished,
+    Gpu,
+    Heartbeat,
+    Job,
+    LocalModel,
+    LogLines,
+    NodeEvent,
+    NodeInfo,
+    NodeJob,
+    Result,
+    Run,
+    Started,
+)
+from protos.flota.v1 import coordinator_pb2, node_pb2, types_pb2
 
-__all__ = ["attempt_to_pb", "job_to_pb", "result_from_pb", "result_to_pb", "run_to_pb"]
+__all__ = [
+    "attempt_to_pb",
+    "event_from_pb",
+    "job_to_pb",
+    "node_info_from_pb",
+    "node_info_to_pb",
+    "node_job_from_pb",
+    "node_status_to_pb",
+    "result_from_pb",
+    "result_to_pb",
+    "run_to_pb",
+    "spec_to_pb",
+]
 
 _RESULT_FIELDS = tuple(f.name for f in fields(Result))
+_FACT_SCALARS = tuple(f.name for f in fields(Facts) if f.name not in ("gpus", "agent_clis", "local_models"))
+_INFO_SCALARS = tuple(f.name for f in fields(NodeInfo) if f.name not in ("labels", "facts", "addresses"))
 
 
 def result_from_pb(msg: types_pb2.JobResult) -> Result:
     values = {name: getattr(msg, name) for name in _RESULT_FIELDS}
     values["files_modified"] = tuple(msg.files_modified)
     return Result(**values)
+
+
+def node_info_from_pb(msg: types_pb2.NodeInfo) -> NodeInfo:
+    f = msg.facts
+    facts = Facts(
+        **{name: getattr(f, name) for name in _FACT_SCALARS},
+        gpus=tuple(Gpu(g.name, g.memory_mb) for g in f.gpus),
+        agent_clis=tuple(f.agent_clis),
+        local_models=tuple(LocalModel(m.model, m.api_base) for m in f.local_models),
+    )
+    return NodeInfo(
+        **{name: getattr(msg, name) for name in _INFO_SCALARS},
+        labels=dict(msg.labels),
+        facts=facts,
+        addresses=tuple(msg.addresses),
+    )
+
+
+def node_info_to_pb(info: NodeInfo) -> types_pb2.NodeInfo:
+    f = info.facts
+    facts = types_pb2.Facts(
+        **{name: getattr(f, name) for name in _FACT_SCALARS},
+        gpus=[types_pb2.Gpu(name=g.name, memory_mb=g.memory_mb) for g in f.gpus],
+        agent_clis=list(f.agent_clis),
+        local_models=[types_pb2.LocalModel(model=m.model, api_base=m.api_base) for m in f.local_models],
+    )
+    return types_pb2.NodeInfo(
+        **{name: getattr(info, name) for name in _INFO_SCALARS},
+        labels=dict(info.labels),
+        facts=facts,
+        addresses=list(info.addresses),
+    )
+
+
+def event_from_pb(event: node_pb2.NodeEvent) -> NodeEvent | None:
+    """A session event as the core sees it; None for a kind this coordinator does not know."""
+    kind = event.WhichOneof("kind")
+    if kind == "heartbeat":
+        return Heartbeat(node_info_from_pb(event.heartbeat))
+    if kind == "started":
+        return Started(event.started.attempt_id, event.started.started_at)
+    if kind == "log":
+        return LogLines(event.log.attempt_id, tuple(event.log.lines))
+    if kind == "result":
+        return Finished(event.result.attempt_id, result_from_pb(event.result), tuple(event.result.log_lines))
+    return None
+
+
+def node_job_from_pb(job: node_pb2.NodeJob) -> NodeJob:
+    finished = job.state == "finished"
+    return NodeJob(job.spec.attempt_id, finished, result_from_pb(job.result) if finished else None)
+
+
+def spec_to_pb(
+    job: Job, attempt: Attempt, secrets: Mapping[str, str], resume_branches: Sequence[str]
+) -> types_pb2.JobSpec:
+    """What the node is sent to run one attempt."""
+    spec = types_pb2.JobSpec(
+        job_id=job.id,
+        run_id=job.run_id,
+        attempt_id=attempt.id,
+        agent=job.agent,
+        command=job.command,
+        prompt=job.prompt,
+        model=job.model,
+        branch=attempt.branch,
+        timeout_s=job.timeout_s,
+        env=dict(job.env),
+        name=job.name,
+        resources=types_pb2.Resources(
+            cpus=job.placement.cpus, memory_mb=job.placement.memory_mb, gpus=job.placement.gpus
+        ),
+        max_steps=job.max_steps,
+        budget_usd=job.budget_usd,
+        api_base=job.api_base,
+        check=job.check,
+        report_paths=dict(job.report_paths),
+        secrets=dict(secrets),
+        resume_branches=list(resume_branches),
+    )
+    if job.repo:
+        spec.repo.CopyFrom(
+            types_pb2.RepoSpec(url=job.repo.url, base_ref=job.repo.base_ref, base_commit=job.repo.base_commit)
+        )
+    return spec
+
+
+def node_status_to_pb(entry: NodeEntry, address: str, error: str) -> coordinator_pb2.NodeStatus:
+    status = coordinator_pb2.NodeStatus(
+        state=entry.shown_state, address=address, last_seen=entry.last_seen_wall, error=error
+    )
+    if entry.info is not None:
+        status.info.CopyFrom(node_info_to_pb(entry.info))
+        status.info.running = len(entry.reservations)
+    # Who a node is comes from its enrollment, not from what it says about itself.
+    status.info.id, status.info.name = entry.id, entry.name
+    return status
 
 
 def result_to_pb(result: Result, job_id: str = "", attempt_id: str = "") -> types_pb2.JobResult:

@@ -1,15 +1,37 @@
 """Plain data the coordinator reasons about: no protobuf, no SQL.
 
-The scheduler reads a `Snapshot` (immutable) and returns a `Plan`.
+The scheduler reads a `Snapshot` (immutable) and returns a `Plan`; `outcomes` reads jobs
+and attempts and returns a `Decision`. Statuses are StrEnums whose values are the
+lowercase strings the wire and the database carry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+from protos.contract import ResultStatus
 
 __all__ = [
     "ATTEMPT_ACTIVE",
+    "AttemptStatus",
+    "Cause",
+    "Facts",
+    "Finished",
+    "Gpu",
+    "Heartbeat",
+    "JobStatus",
+    "LocalModel",
+    "LogLines",
+    "NodeEvent",
+    "NodeInfo",
+    "NodeJob",
+    "NodeState",
+    "Reservation",
+    "ResultStatus",
+    "RunStatus",
+    "Started",
     "RETRYABLE",
     "Attempt",
     "Job",
@@ -27,8 +49,77 @@ __all__ = [
     "Snapshot",
 ]
 
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    DISPATCHING = "dispatching"  # placed; its StartJob is on its way
+    RUNNING = "running"
+    SUCCESS = "success"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+class AttemptStatus(StrEnum):
+    DISPATCHING = "dispatching"
+    RUNNING = "running"
+    SUCCESS = "success"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    SUPERSEDED = "superseded"  # succeeded after another attempt of its job had
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class NodeState(StrEnum):
+    """What the coordinator knows of a node's liveness (see fleet.liveness)."""
+
+    UNKNOWN = "unknown"  # enrolled, not reached since this coordinator started
+    ONLINE = "online"
+    UNREACHABLE = "unreachable"
+    LOST = "lost"  # unreachable too long: its attempts were given up
+    OFFLINE = "offline"  # left gracefully
+
+
+class Cause(StrEnum):
+    """Who ended an attempt, and why: the retry and late-result rules read this, never
+    the wording of the error."""
+
+    NODE = ""  # the node's own result
+    DISPATCH = "dispatch"  # its StartJob failed (network, deadline): retried, counted
+    REFUSED = "refused"  # the node said busy or stopping: retried, counted apart
+    REJECTED = "rejected"  # the node refused the spec, or a secret is gone: not retried
+    LOST = "lost"  # the coordinator gave up on it (node lost, removed, or forgot it)
+    UNREACHABLE = "unreachable"  # cancelled while its node could not be told
+
+    @property
+    def closed_here(self) -> bool:
+        """The coordinator closed the attempt itself: the node's real result, arriving
+        late, still has something to say."""
+        return self in (Cause.DISPATCH, Cause.LOST, Cause.UNREACHABLE)
+
+
 # Job statuses that never change again.
-JOB_FINAL = frozenset({"success", "failed", "timeout", "cancelled", "lost", "partial"})
+JOB_FINAL = frozenset(
+    {
+        JobStatus.SUCCESS,
+        JobStatus.FAILED,
+        JobStatus.TIMEOUT,
+        JobStatus.CANCELLED,
+        JobStatus.LOST,
+        JobStatus.PARTIAL,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +183,77 @@ class Plan:
 
 
 # Final attempt statuses after which the job is tried again, while its retries last.
-RETRYABLE = frozenset({"lost", "partial"})
+RETRYABLE = frozenset({AttemptStatus.LOST, AttemptStatus.PARTIAL})
 
 # Attempt statuses while the attempt holds a slot on its node.
-ATTEMPT_ACTIVE = frozenset({"dispatching", "running"})
+ATTEMPT_ACTIVE = frozenset({AttemptStatus.DISPATCHING, AttemptStatus.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one active attempt holds on its node."""
+
+    run_id: str
+    cpus: float = 0.0
+    memory_mb: int = 0
+    gpus: int = 0
+    exclusive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    name: str = ""
+    memory_mb: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    model: str = ""  # a litellm model string
+    api_base: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What a node measures about its machine; field names follow flota.v1.Facts."""
+
+    cpu_count: int = 0
+    load_1m: float = 0.0
+    memory_total_mb: int = 0
+    memory_available_mb: int = 0
+    gpus: tuple[Gpu, ...] = ()
+    disk_free_mb: int = 0
+    on_battery: bool = False
+    battery_percent: int = -1
+    agent_clis: tuple[str, ...] = ()
+    os: str = ""
+    arch: str = ""
+    hostname: str = ""
+    local_models: tuple[LocalModel, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node's own word about itself (its last heartbeat); names follow flota.v1.NodeInfo."""
+
+    id: str = ""
+    name: str = ""
+    version: str = ""
+    network: str = ""
+    network_source: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    slots: int = 0
+    facts: Facts = field(default_factory=Facts)
+    addresses: tuple[str, ...] = ()
+    running: int = 0
+    unreachable_after_s: float = 0.0
+    lost_after_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
     """The outcome of one attempt; field names follow flota.v1.JobResult."""
 
-    status: str
+    status: ResultStatus
     exit_code: int = 0
     branch: str = ""
     base_commit: str = ""
@@ -154,12 +305,13 @@ class Attempt:
     job_id: str
     number: int
     node_id: str
-    status: str  # dispatching | running | a final status
+    status: AttemptStatus
     branch: str
     created_at: float
     started_at: float = 0.0
     finished_at: float = 0.0
     error: str = ""
+    cause: Cause = Cause.NODE
 
 
 @dataclass(slots=True)
@@ -170,7 +322,7 @@ class Job:
     name: str
     agent: str
     command: str
-    status: str  # queued | dispatching | running | a final status
+    status: JobStatus
     created_at: float
     updated_at: float
     prompt: str = ""
@@ -200,7 +352,7 @@ class Job:
 class Run:
     id: str
     name: str
-    status: str  # running | success | failed | cancelled
+    status: RunStatus
     created_at: float
     finished_at: float = 0.0
     repo_url: str = ""
@@ -224,12 +376,53 @@ class NodeRecord:
     lost_after_s: float = 0.0
 
 
-def run_status(job_statuses: list[str]) -> str:
+def run_status(job_statuses: list[str]) -> RunStatus:
     """A run is running until every job is final; then success only if all succeeded."""
     if not job_statuses or any(s not in JOB_FINAL for s in job_statuses):
-        return "running"
-    if all(s == "success" for s in job_statuses):
-        return "success"
-    if all(s in ("success", "cancelled") for s in job_statuses):
-        return "cancelled"
-    return "failed"
+        return RunStatus.RUNNING
+    if all(s == JobStatus.SUCCESS for s in job_statuses):
+        return RunStatus.SUCCESS
+    if all(s in (JobStatus.SUCCESS, JobStatus.CANCELLED) for s in job_statuses):
+        return RunStatus.CANCELLED
+    return RunStatus.FAILED
+
+
+# --- what nodes say, decoded at the edge (convert.py) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    info: NodeInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    attempt_id: str
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogLines:
+    attempt_id: str
+    lines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """An attempt's result, with the output no coordinator has seen yet."""
+
+    attempt_id: str
+    result: Result
+    log_lines: tuple[str, ...] = ()
+
+
+NodeEvent = Heartbeat | Started | LogLines | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class NodeJob:
+    """One job a node reports in ListJobs."""
+
+    attempt_id: str
+    finished: bool
+    result: Result | None = None

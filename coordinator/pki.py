@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from coordinator.errors import PkiError
 from protos.contract import (
     ADMIN_CN_PREFIX,
     CA_SERVER_NAME,
@@ -48,10 +49,6 @@ __all__ = [
 
 CERT_DAYS = 365
 CA_DAYS = 3650
-
-
-class PkiError(Exception):
-    """A key, certificate or CSR could not be used."""
 
 
 @dataclass(frozen=True, slots=True)

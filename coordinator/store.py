@@ -16,14 +16,20 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from coordinator.errors import StoreError
 from coordinator.models import (
     Attempt,
+    AttemptStatus,
+    Cause,
     Job,
     JobPlacement,
+    JobStatus,
     NodeRecord,
     Repo,
     Result,
+    ResultStatus,
     Run,
+    RunStatus,
 )
 
 __all__ = ["Store", "StoreError"]
@@ -84,11 +90,15 @@ _ADDED_COLUMNS = (
     ("nodes", "draining", "INTEGER NOT NULL DEFAULT 0"),
     ("nodes", "unreachable_after", "REAL NOT NULL DEFAULT 0"),
     ("nodes", "lost_after", "REAL NOT NULL DEFAULT 0"),
+    ("attempts", "cause", "TEXT NOT NULL DEFAULT ''"),
 )
-
-
-class StoreError(Exception):
-    """The database could not be read or written."""
+# Before `cause` was a column, who closed an attempt was read from its error's wording:
+# a database from then gets the column filled in once, from those same words.
+_CAUSE_FROM_ERROR = (
+    ("dispatch failed%", Cause.DISPATCH),
+    ("node busy%", Cause.REFUSED),
+    ("cancelled (node unreachable)%", Cause.UNREACHABLE),
+)
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(Result))
@@ -104,6 +114,7 @@ def _result_from(text: str | None) -> Result | None:
         return None
     data = json.loads(text)
     data["files_modified"] = tuple(data.get("files_modified", ()))
+    data["status"] = ResultStatus(data["status"])
     return Result(**data)
 
 
@@ -122,9 +133,21 @@ class Store:
                 have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                    if column == "cause":
+                        self._fill_causes()
             path.chmod(0o600)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
+
+    def _fill_causes(self) -> None:
+        for pattern, cause in _CAUSE_FROM_ERROR:
+            self._db.execute(
+                "UPDATE attempts SET cause = ? WHERE cause = '' AND error LIKE ?", (cause.value, pattern)
+            )
+        # Every "lost" was then taken for the coordinator's own verdict.
+        self._db.execute(
+            "UPDATE attempts SET cause = ? WHERE cause = '' AND status = 'lost'", (Cause.LOST.value,)
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -141,13 +164,13 @@ class Store:
                     self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreError(f"database error: {exc}") from exc
+            raise StoreError(f"the coordinator's database failed: {exc}") from exc
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"database error: {exc}") from exc
+            raise StoreError(f"the coordinator's database failed: {exc}") from exc
 
     # --- tokens -------------------------------------------------------------------------
 
@@ -280,13 +303,14 @@ class Store:
         """Persist an attempt's new state together with its job's (and the result, if any)."""
         with self._tx() as db:
             db.execute(
-                "UPDATE attempts SET status = ?, started_at = ?, finished_at = ?, error = ?, "
+                "UPDATE attempts SET status = ?, started_at = ?, finished_at = ?, error = ?, cause = ?, "
                 "result = COALESCE(?, result) WHERE id = ?",
                 (
                     attempt.status,
                     attempt.started_at,
                     attempt.finished_at,
                     attempt.error,
+                    attempt.cause.value,
                     _result_json(result),
                     attempt.id,
                 ),
@@ -339,7 +363,7 @@ class Store:
             id=row[0],
             run_id=row[1],
             index=row[2],
-            status=row[3],
+            status=JobStatus(row[3]),
             created_at=row[5],
             updated_at=row[6],
             wait_reason=row[7],
@@ -352,15 +376,29 @@ class Store:
             **spec,
         )
         for a in self._query(
-            "SELECT id, job_id, number, node_id, status, branch, created_at, started_at, finished_at, error "
-            "FROM attempts WHERE job_id = ? ORDER BY number",
+            "SELECT id, job_id, number, node_id, status, branch, created_at, started_at, finished_at, error, "
+            "cause FROM attempts WHERE job_id = ? ORDER BY number",
             (job.id,),
         ):
-            job.attempts.append(Attempt(*a))
+            job.attempts.append(
+                Attempt(
+                    id=a[0],
+                    job_id=a[1],
+                    number=a[2],
+                    node_id=a[3],
+                    status=AttemptStatus(a[4]),
+                    branch=a[5],
+                    created_at=a[6],
+                    started_at=a[7],
+                    finished_at=a[8],
+                    error=a[9],
+                    cause=Cause(a[10]),
+                )
+            )
         return job
 
     def _run(self, row: tuple[Any, ...], with_jobs: bool) -> Run:
-        run = Run(*row)
+        run = Run(row[0], row[1], RunStatus(row[2]), *row[3:])
         if with_jobs:
             rows = self._query(f"SELECT {self._JOB_COLS} FROM jobs WHERE run_id = ? ORDER BY idx", (run.id,))
             run.jobs = [self._job(r) for r in rows]

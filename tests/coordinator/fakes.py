@@ -15,10 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.config import CoordinatorConfig
-from coordinator.models import Attempt, Job, JobPlacement, NodeRecord, Run
-from coordinator.node_client import Credentials, NodeCallError
+from coordinator.errors import NodeCallError
+from coordinator.models import (
+    Attempt,
+    Facts,
+    Finished,
+    Heartbeat,
+    Job,
+    JobPlacement,
+    LogLines,
+    NodeInfo,
+    NodeJob,
+    NodeRecord,
+    Result,
+    Run,
+    Started,
+)
 from coordinator.reconcile import Reconciler
-from coordinator.registry import NodeEntry
 from coordinator.store import Store
 from protos.flota.v1 import node_pb2, types_pb2
 
@@ -57,7 +70,7 @@ class FakeClock:
 
 
 class FakeLink:
-    """Stands in for coordinator.node_client.NodeLink.
+    """Stands in for coordinator.link.NodeLink (the transport under dispatch.py).
 
     Every call is recorded. Behaviour is set per test:
     - `start_replies`: consumed one per StartJob (a StartJobReply, or an exception to
@@ -80,7 +93,7 @@ class FakeLink:
         self.cancels: list[tuple[str, str]] = []
         self.cancel_found = False
         self.cancel_error: NodeCallError | None = None
-        self.jobs: list[node_pb2.NodeJob] = []
+        self.jobs: list[NodeJob] = []
         self.list_error: NodeCallError | None = None
         self.lists = 0
         self.acks: list[list[str]] = []
@@ -113,7 +126,7 @@ class FakeLink:
             raise self.cancel_error
         return self.cancel_found
 
-    async def list_jobs(self) -> list[node_pb2.NodeJob]:
+    async def list_jobs(self) -> list[NodeJob]:
         self.lists += 1
         if self.list_error is not None:
             raise self.list_error
@@ -127,6 +140,9 @@ class FakeLink:
     async def cleanup(self, run_id: str) -> int:
         self.cleanups.append(run_id)
         return 0
+
+    async def close(self) -> None:
+        self.connected = False
 
     def calls(self) -> dict[str, Any]:
         """Everything the coordinator asked of this node, for one-line assertions."""
@@ -177,36 +193,32 @@ def make_run(
     return run
 
 
-def heartbeat(node_id: str, name: str, slots: int = 2, running: int = 0) -> node_pb2.NodeEvent:
-    info = types_pb2.NodeInfo(
-        id=node_id, name=name, slots=slots, running=running, facts=types_pb2.Facts(cpu_count=2)
-    )
-    return node_pb2.NodeEvent(heartbeat=info)
+def heartbeat(node_id: str, name: str, slots: int = 2, running: int = 0) -> Heartbeat:
+    return Heartbeat(NodeInfo(id=node_id, name=name, slots=slots, running=running, facts=Facts(cpu_count=2)))
 
 
-def started(job_id: str, attempt_id: str, at: float = 0.0) -> node_pb2.NodeEvent:
-    return node_pb2.NodeEvent(
-        started=node_pb2.JobStarted(job_id=job_id, attempt_id=attempt_id, started_at=at)
-    )
+def started(job_id: str, attempt_id: str, at: float = 0.0) -> Started:
+    return Started(attempt_id, at)
 
 
-def log_lines(job_id: str, attempt_id: str, lines: list[str]) -> node_pb2.NodeEvent:
-    return node_pb2.NodeEvent(log=node_pb2.LogLines(job_id=job_id, attempt_id=attempt_id, lines=lines))
+def log_lines(job_id: str, attempt_id: str, lines: list[str]) -> LogLines:
+    return LogLines(attempt_id, tuple(lines))
 
 
-def job_result(job_id: str, attempt_id: str, status: str, **fields: Any) -> types_pb2.JobResult:
-    return types_pb2.JobResult(job_id=job_id, attempt_id=attempt_id, status=status, **fields)
+def job_result(job_id: str, attempt_id: str, status: str, **fields: Any) -> Result:
+    fields.pop("log_lines", None)
+    if "files_modified" in fields:
+        fields["files_modified"] = tuple(fields["files_modified"])
+    return Result(status=status, **fields)  # type: ignore[arg-type]
 
 
-def result_event(job_id: str, attempt_id: str, status: str, **fields: Any) -> node_pb2.NodeEvent:
-    return node_pb2.NodeEvent(result=job_result(job_id, attempt_id, status, **fields))
+def result_event(job_id: str, attempt_id: str, status: str, **fields: Any) -> Finished:
+    lines = tuple(fields.get("log_lines", ()))
+    return Finished(attempt_id, job_result(job_id, attempt_id, status, **fields), lines)
 
 
-def node_job(
-    job_id: str, attempt_id: str, state: str, result: types_pb2.JobResult | None = None
-) -> node_pb2.NodeJob:
-    spec = types_pb2.JobSpec(job_id=job_id, run_id=job_id.partition(".")[0], attempt_id=attempt_id)
-    return node_pb2.NodeJob(spec=spec, state=state, result=result)
+def node_job(job_id: str, attempt_id: str, state: str, result: Result | None = None) -> NodeJob:
+    return NodeJob(attempt_id, state == "finished", result)
 
 
 class Harness:
@@ -217,13 +229,48 @@ class Harness:
         self.clock = clock or FakeClock()
         self.store = store or Store(tmp_path / "state" / "flota.db")
         self.config = CoordinatorConfig(state_dir=tmp_path / "state", admin_dir=tmp_path / "admin")
+        # The links the coordinator makes go here: a test may put one in before it is made.
+        self.links: dict[str, FakeLink] = {}
         self.rec = Reconciler(
             self.store,
             self.config,
-            Credentials(b"", b"", b""),
+            lambda node_id: self.links.setdefault(node_id, FakeLink()),
             clock=self.clock.monotonic,
             wall=self.clock.time,
         )
+        self._done: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def run(self, scenario: Callable[[], Any]) -> None:
+        """Run a scenario with this coordinator's background scope open around it."""
+
+        async def drive() -> None:
+            await self.start()
+            try:
+                await scenario()
+            finally:
+                await self.stop()
+
+        asyncio.run(drive())
+
+    async def start(self) -> None:
+        """Open the reconciler's background scope (the task group its calls run in), as
+        the coordinator's app does; a restarted coordinator made inside a scenario calls this."""
+        ready, self._done = asyncio.Event(), asyncio.Event()
+        done = self._done
+
+        async def hold() -> None:
+            async with self.rec.background():
+                ready.set()
+                await done.wait()
+
+        self._task = asyncio.create_task(hold())
+        await ready.wait()
+
+    async def stop(self) -> None:
+        if self._done is not None and self._task is not None:
+            self._done.set()
+            await self._task
 
     def enroll(self, node_id: str, name: str) -> None:
         """The node as the store knows it (what load() reads after a restart)."""
@@ -232,16 +279,16 @@ class Harness:
     def node(self, node_id: str, name: str, slots: int = 2) -> FakeLink:
         """An enrolled node brought online through its first heartbeat, as a session does."""
         self.enroll(node_id, name)
-        self.rec.nodes[node_id] = NodeEntry(id=node_id, name=name, fingerprint=f"fp-{node_id}")
-        link = self.rec.links[node_id] = FakeLink()
+        self.rec.enrolled(node_id, name, f"fp-{node_id}")
+        self.rec.dispatch.link(node_id)
         self.rec.on_event(node_id, heartbeat(node_id, name, slots))
-        assert self.rec.nodes[node_id].state == "online"
-        return link
+        assert self.rec.fleet[node_id].state == "online"
+        return self.links[node_id]
 
     def step(self) -> None:
         """One turn of Reconciler.run(): a tick, then the acks it collected."""
         self.rec.tick()
-        self.rec._flush_acks()
+        self.rec.sessions.flush_acks()
 
     def stored(self, job: Job) -> Job:
         found = self.store.get_job(job.id)

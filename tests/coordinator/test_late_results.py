@@ -6,14 +6,13 @@ Every test asserts the final state of each job and attempt in memory and in the 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from coordinator.models import Job, Repo, Run
-from protos.flota.v1 import node_pb2
 from tests.coordinator.fakes import (
     FakeLink,
     Harness,
@@ -32,7 +31,6 @@ REPO = Repo("file:///srv/x.git", "refs/flota/base/r000001", "a" * 40)
 def h(tmp_path: Path) -> Iterator[Harness]:
     harness = Harness(tmp_path)
     yield harness
-    asyncio.run(harness.rec.close())
     harness.close()
 
 
@@ -56,26 +54,26 @@ def lose(h: Harness, node_id: str, keep_alive: list[str]) -> None:
     for _ in range(8):
         h.clock.advance(4)
         for other in keep_alive:
-            h.rec.on_event(other, heartbeat(other, h.rec.nodes[other].name))
+            h.rec.on_event(other, heartbeat(other, h.rec.fleet[other].name))
         h.step()
-    assert h.rec.nodes[node_id].state == "lost"
+    assert h.rec.fleet[node_id].state == "lost"
 
 
 def back(h: Harness, node_id: str) -> None:
-    h.rec.on_event(node_id, heartbeat(node_id, h.rec.nodes[node_id].name))
+    h.rec.on_event(node_id, heartbeat(node_id, h.rec.fleet[node_id].name))
 
 
 async def one_job_lost_on_a(h: Harness, **fields: object) -> tuple[Run, Job, FakeLink, FakeLink]:
     """A one-job run placed on node-a (node-b drained meanwhile), node-a then lost."""
     a = h.node("nA", "node-a")
     b = h.node("nB", "node-b")
-    h.rec.drain(h.rec.nodes["nB"], True)
+    h.rec.drain(h.rec.fleet["nB"], True)
     run = make_run(repo=REPO, **fields)
     h.rec.submit(run)
     job = run.jobs[0]
     await place(h, a, job)
     assert job.attempts[0].node_id == "nA"
-    h.rec.drain(h.rec.nodes["nB"], False)
+    h.rec.drain(h.rec.fleet["nB"], False)
     lose(h, "nA", keep_alive=["nB"])
     return run, job, a, b
 
@@ -100,7 +98,7 @@ def test_late_success_after_the_retry_won_is_superseded_and_keeps_its_branch(h: 
         h.step()
         await until(lambda: [job.attempts[0].id] in a.acks, "ack of the late result")
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_late_success_while_the_retry_runs_wins_and_the_retry_is_stopped(h: Harness) -> None:
@@ -118,7 +116,7 @@ def test_late_success_while_the_retry_runs_wins_and_the_retry_is_stopped(h: Harn
         assert stored.result is not None and stored.result.branch == "flota/r000001/1"
         assert h.stored_run(run.id).status == "success"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +140,7 @@ def test_a_job_that_was_not_retried_takes_the_late_result(
         h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "failed"))
         assert h.stored(job).status == job_after
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_node_cannot_report_for_another_nodes_attempt(h: Harness) -> None:
@@ -152,7 +150,7 @@ def test_a_node_cannot_report_for_another_nodes_attempt(h: Harness) -> None:
         stored = h.stored(job)
         assert (stored.status, stored.attempts[0].status) == ("lost", "lost")
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_partial_work_is_retried_and_the_retry_resumes_from_its_branch(h: Harness) -> None:
@@ -169,7 +167,7 @@ def test_partial_work_is_retried_and_the_retry_resumes_from_its_branch(h: Harnes
         assert list(spec.resume_branches) == ["flota/r000001/1"]
         assert spec.branch == "flota/r000001/1-a2"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_without_resume_a_retry_starts_from_the_base(h: Harness) -> None:
@@ -183,7 +181,7 @@ def test_without_resume_a_retry_starts_from_the_base(h: Harness) -> None:
         await place(h, a, job)
         assert list(a.starts[-1].resume_branches) == []
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_draining_node_gets_no_new_job_and_its_running_one_finishes(h: Harness) -> None:
@@ -192,43 +190,44 @@ def test_a_draining_node_gets_no_new_job_and_its_running_one_finishes(h: Harness
         run = make_run(jobs=2, repo=None)
         h.rec.submit(run)
         first, second = run.jobs
-        h.rec.nodes["nA"].info.slots = 1  # type: ignore[union-attr]
+        entry = h.rec.fleet["nA"]
+        entry.info = replace(entry.info, slots=1)  # type: ignore[arg-type]
         attempt = await place(h, a, first)
-        h.rec.drain(h.rec.nodes["nA"], True)
+        h.rec.drain(h.rec.fleet["nA"], True)
         assert h.store.nodes()[0].draining
         h.rec.on_event("nA", result_event(first.id, attempt, "success"))
         h.step()
         await idle()
         assert (first.status, second.status, len(a.starts)) == ("success", "queued", 1)
-        h.rec.drain(h.rec.nodes["nA"], False)
+        h.rec.drain(h.rec.fleet["nA"], False)
         await place(h, a, second)
         assert second.status == "running"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_node_may_ask_for_a_longer_grace_and_a_restart_remembers_it(h: Harness) -> None:
     async def scenario() -> None:
         a = h.node("nA", "node-a")
         beat = heartbeat("nA", "node-a")
-        beat.heartbeat.lost_after_s = 120
+        beat = replace(beat, info=replace(beat.info, lost_after_s=120))
         h.rec.on_event("nA", beat)
         run = make_run()
         h.rec.submit(run)
         await place(h, a, run.jobs[0])
         h.clock.advance(60)
         h.step()
-        assert h.rec.nodes["nA"].state == "unreachable"
+        assert h.rec.fleet["nA"].state == "unreachable"
         h.clock.advance(61)
         h.step()
-        assert h.rec.nodes["nA"].state == "lost"
+        assert h.rec.fleet["nA"].state == "lost"
         assert h.store.nodes()[0].lost_after_s == 120
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_unknown_late_results_are_ignored(h: Harness) -> None:
     h.node("nA", "node-a")
     for attempt_id in ("nothing", "r9.1.a1", "r000001.1.a7"):
-        h.rec.on_event("nA", node_pb2.NodeEvent(result=result_event("x", attempt_id, "success").result))
+        h.rec.on_event("nA", result_event("x", attempt_id, "success"))
     assert h.rec.attempts == {}

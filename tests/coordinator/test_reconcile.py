@@ -15,10 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from coordinator.errors import NodeCallError
+from coordinator.fleet import GOODBYE_WINDOW_S
+from coordinator.logs import LOG_LINES_MAX
 from coordinator.models import Job, JobPlacement, Repo, Run
-from coordinator.node_client import NodeCallError
-from coordinator.reconcile import LOG_LINES_MAX, MAX_DISPATCH_FAILURES
-from coordinator.registry import GOODBYE_WINDOW_S
+from coordinator.outcomes import MAX_DISPATCH_FAILURES
 from coordinator.store import StoreError
 from protos.flota.v1 import node_pb2
 from tests.coordinator.fakes import (
@@ -111,7 +112,7 @@ def test_dispatch_persists_before_start_then_records_start_result_and_acks_after
             "nA",
             ["dispatching"],
         )
-        assert list(h.rec.nodes["nA"].reservations) == [attempt_id]
+        assert list(h.rec.fleet["nA"].reservations) == [attempt_id]
 
         h.rec.on_event("nA", started(job.id, attempt_id, T0_WALL + 1))
         stored = h.stored(job)
@@ -143,7 +144,7 @@ def test_dispatch_persists_before_start_then_records_start_result_and_acks_after
         assert job.attempts[0].status == "success"
         assert run.status == "success"
         assert h.rec.runs == {} and h.rec.jobs == {} and h.rec.attempts == {}
-        assert h.rec.nodes["nA"].reservations == {}
+        assert h.rec.fleet["nA"].reservations == {}
         # Store.
         stored = h.stored(job)
         assert (stored.status, stored.branch, stored.attempts[0].status) == (
@@ -155,7 +156,7 @@ def test_dispatch_persists_before_start_then_records_start_result_and_acks_after
         assert h.stored_run(run.id).status == "success"
         assert link.calls() == {"starts": [attempt_id], "cancels": [], "acks": [[attempt_id]]}
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 2. cancel while StartJob is in flight -------------------------------------------------
@@ -215,7 +216,7 @@ def test_cancel_during_start_is_repeated_once_the_start_is_accepted(
             "acks": [[attempt_id]],
         }
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 3. a result during CancelJob, then the link drops -------------------------------------
@@ -234,7 +235,7 @@ def test_result_during_cancel_then_link_drop_keeps_the_real_result(h: Harness, c
 
         link.on_cancel = result_then_drop
         if cancel_fails:
-            link.cancel_error = NodeCallError("CancelJob failed: Socket closed", grpc.StatusCode.UNAVAILABLE)
+            link.cancel_error = NodeCallError("CancelJob failed: Socket closed", "UNAVAILABLE")
 
         assert await h.rec.cancel([job]) == [job.id]
 
@@ -275,7 +276,7 @@ def test_result_during_cancel_then_link_drop_keeps_the_real_result(h: Harness, c
         }
         assert (h.stored(job).status, h.stored_run(run.id).status) == ("success", "success")
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 4. a node speaks only for its own attempts --------------------------------------------
@@ -314,7 +315,7 @@ def test_events_from_a_node_that_does_not_own_the_attempt_are_ignored(h: Harness
         assert link_b.calls() == {"starts": [], "cancels": [], "acks": []}
         assert link_a.calls() == {"starts": [attempt_id], "cancels": [], "acks": []}
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 5. reconciliation after a reconnect ----------------------------------------------------
@@ -324,12 +325,12 @@ async def reconnect(h: Harness, link: FakeLink, node_id: str, jobs: list[node_pb
     """The session breaks, then comes back: first event (a heartbeat), then "up"."""
     link.connected = False
     await h.rec.on_link_state(node_id, "down", "Socket closed")
-    assert h.rec.nodes[node_id].state == "unreachable"
+    assert h.rec.fleet[node_id].state == "unreachable"
     link.connected = True
     link.jobs = jobs
-    h.rec.on_event(node_id, heartbeat(node_id, h.rec.nodes[node_id].name))
+    h.rec.on_event(node_id, heartbeat(node_id, h.rec.fleet[node_id].name))
     await h.rec.on_link_state(node_id, "up", "10.0.0.2:7000")
-    assert h.rec.nodes[node_id].state == "online"
+    assert h.rec.fleet[node_id].state == "online"
 
 
 def test_reconnect_records_a_result_the_node_kept_and_acks_it(h: Harness) -> None:
@@ -358,7 +359,7 @@ def test_reconnect_records_a_result_the_node_kept_and_acks_it(h: Harness) -> Non
         assert [n.address for n in h.store.nodes()] == ["10.0.0.2:7000"]
         assert link.calls() == {"starts": [attempt_id], "cancels": [], "acks": [[attempt_id]]}
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_reconnect_resends_a_start_the_node_never_got(h: Harness) -> None:
@@ -381,14 +382,14 @@ def test_reconnect_resends_a_start_the_node_never_got(h: Harness) -> None:
         assert (job.status, [a.status for a in job.attempts]) == ("dispatching", ["dispatching"])
         stored = h.stored(job)
         assert (stored.status, [a.status for a in stored.attempts]) == ("dispatching", ["dispatching"])
-        assert list(h.rec.nodes["nA"].reservations) == [attempt_id]
+        assert list(h.rec.fleet["nA"].reservations) == [attempt_id]
 
         h.rec.on_event("nA", started(job.id, attempt_id))
         assert (job.status, h.stored(job).attempts[0].status) == ("running", "running")
         assert link.calls() == {"starts": [attempt_id, attempt_id], "cancels": [], "acks": []}
         assert h.stored_run(run.id).status == "running"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 @pytest.mark.parametrize(
@@ -413,7 +414,7 @@ def test_reconnect_gives_up_a_running_attempt_the_node_forgot(
         forgot = "the node no longer knows this job"
         assert (job.attempts[0].status, job.attempts[0].error) == ("lost", forgot)
         assert job.status == job_after
-        assert h.rec.nodes["nA"].reservations == {}
+        assert h.rec.fleet["nA"].reservations == {}
         stored = h.stored(job)
         assert (stored.status, stored.attempts[0].status, stored.attempts[0].error) == (
             job_after,
@@ -434,7 +435,7 @@ def test_reconnect_gives_up_a_running_attempt_the_node_forgot(
             assert link.calls()["starts"] == [a1]
         assert link.cancels == []
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_reconnect_cancels_work_the_coordinator_does_not_track(h: Harness) -> None:
@@ -461,7 +462,7 @@ def test_reconnect_cancels_work_the_coordinator_does_not_track(h: Harness) -> No
         assert h.store.get_job("rdead00.1") is None
         assert h.stored_run(run.id).status == "running"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 6. liveness on the fake clock -----------------------------------------------------------
@@ -483,13 +484,13 @@ def test_liveness_online_unreachable_lost(h: Harness) -> None:
             h.clock.advance(at - elapsed)
             elapsed = at
             h.step()
-            assert h.rec.nodes["nA"].state == state, f"at +{at}s"
+            assert h.rec.fleet["nA"].state == state, f"at +{at}s"
         # A heartbeat brings it back.
         h.rec.on_event("nA", heartbeat("nA", "node-a"))
         h.step()
-        assert h.rec.nodes["nA"].state == "online"
+        assert h.rec.fleet["nA"].state == "online"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 @pytest.mark.parametrize(
@@ -510,14 +511,14 @@ def test_lost_node_gives_up_its_running_attempt(
 
         h.clock.advance(4)
         h.step()
-        assert (h.rec.nodes["nA"].state, job.status) == ("unreachable", "running")  # not given up yet
+        assert (h.rec.fleet["nA"].state, job.status) == ("unreachable", "running")  # not given up yet
         h.clock.advance(27)
         h.step()
 
         lost = "node node-a was lost"
-        assert h.rec.nodes["nA"].state == "lost"
+        assert h.rec.fleet["nA"].state == "lost"
         assert (job.status, job.attempts[0].status, job.attempts[0].error) == (job_after, "lost", lost)
-        assert h.rec.nodes["nA"].reservations == {} and h.rec.attempts == {}
+        assert h.rec.fleet["nA"].reservations == {} and h.rec.attempts == {}
         stored = h.stored(job)
         assert (stored.status, stored.attempts[0].status, stored.attempts[0].error) == (
             job_after,
@@ -533,7 +534,7 @@ def test_lost_node_gives_up_its_running_attempt(
             assert job.wait_reason == stored.wait_reason == "no nodes are online"
         assert link.calls()["starts"] == [job.attempts[0].id]
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_after_restart_a_silent_node_holding_work_is_lost_and_an_idle_one_stays_unknown(
@@ -552,18 +553,19 @@ def test_after_restart_a_silent_node_holding_work_is_lost_and_an_idle_one_stays_
         first.store.add_attempt(job, attempt)
 
         h2 = Harness(first.tmp_path, store=first.store)  # a restarted coordinator
-        link_a = h2.rec.links["nA"] = FakeLink()
-        link_b = h2.rec.links["nB"] = FakeLink()
+        await h2.start()
+        link_a = h2.links["nA"] = FakeLink()
+        link_b = h2.links["nB"] = FakeLink()
         h2.rec.load()
-        assert {n: e.state for n, e in h2.rec.nodes.items()} == {"nA": "unknown", "nB": "unknown"}
-        assert list(h2.rec.nodes["nA"].reservations) == [attempt.id]
+        assert {e.id: e.state for e in h2.rec.fleet} == {"nA": "unknown", "nB": "unknown"}
+        assert list(h2.rec.fleet["nA"].reservations) == [attempt.id]
 
         h2.clock.advance(29.5)
         h2.step()
-        assert {n: e.state for n, e in h2.rec.nodes.items()} == {"nA": "unknown", "nB": "unknown"}
+        assert {e.id: e.state for e in h2.rec.fleet} == {"nA": "unknown", "nB": "unknown"}
         h2.clock.advance(1.0)
         h2.step()
-        assert {n: e.state for n, e in h2.rec.nodes.items()} == {"nA": "lost", "nB": "unknown"}
+        assert {e.id: e.state for e in h2.rec.fleet} == {"nA": "lost", "nB": "unknown"}
         loaded = h2.rec.runs[run.id].jobs[0]
         assert (loaded.status, loaded.attempts[0].status) == ("queued", "lost")
         stored = h2.stored(job)
@@ -574,10 +576,10 @@ def test_after_restart_a_silent_node_holding_work_is_lost_and_an_idle_one_stays_
         )
         h2.clock.advance(3600)
         h2.step()
-        assert h2.rec.nodes["nB"].state == "unknown"
+        assert h2.rec.fleet["nB"].state == "unknown"
         assert link_a.calls() == link_b.calls() == {"starts": [], "cancels": [], "acks": []}
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 7. goodbye -------------------------------------------------------------------------------
@@ -606,7 +608,7 @@ def test_goodbye(
 ) -> None:
     async def scenario() -> None:
         link = h.node("nA", "node-a")
-        entry = h.rec.nodes["nA"]
+        entry = h.rec.fleet["nA"]
         job = None
         if with_work:
             _, job = await run_on(h, link)
@@ -628,7 +630,7 @@ def test_goodbye(
             stored = h.stored(job)
             assert (stored.status, stored.attempts[0].status) == ("queued", "lost")
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 8. refusals and dispatch failures -------------------------------------------------------
@@ -651,7 +653,7 @@ def test_busy_refusal_requeues_and_holds_the_job_for_a_second(h: Harness) -> Non
             "queued",
             [("failed", busy)],
         )
-        assert h.rec.nodes["nA"].reservations == {}
+        assert h.rec.fleet["nA"].reservations == {}
 
         h.clock.advance(0.5)
         h.step()
@@ -662,15 +664,15 @@ def test_busy_refusal_requeues_and_holds_the_job_for_a_second(h: Harness) -> Non
         assert [(a.id, a.status) for a in job.attempts][-1] == (f"{job.id}.a2", "dispatching")
         assert h.stored(job).attempts[-1].status == "dispatching"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def refused(reason: str) -> node_pb2.StartJobReply:
     return node_pb2.StartJobReply(accepted=False, reason=reason)
 
 
-UNAVAILABLE = NodeCallError("StartJob failed: Socket closed", grpc.StatusCode.UNAVAILABLE)
-INVALID = NodeCallError("StartJob failed: unknown agent 'x'", grpc.StatusCode.INVALID_ARGUMENT)
+UNAVAILABLE = NodeCallError("StartJob failed: Socket closed", "UNAVAILABLE")
+INVALID = NodeCallError("StartJob failed: unknown agent 'x'", "INVALID_ARGUMENT")
 
 
 @pytest.mark.parametrize(
@@ -718,7 +720,7 @@ def test_which_dispatch_failures_count(
             await idle()
             assert len(link.starts) == tries  # never placed again
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 9. restart -------------------------------------------------------------------------------
@@ -738,11 +740,12 @@ def test_restart_resends_a_dispatching_attempt_when_its_node_comes_back(h: Harne
         first.store.add_attempt(job, attempt)  # then the coordinator died before StartJob
 
         h2 = Harness(first.tmp_path, store=first.store)  # a restarted coordinator
-        link = h2.rec.links["nA"] = FakeLink()
+        await h2.start()
+        link = h2.links["nA"] = FakeLink()
         h2.rec.load()
         assert link.hints == [(["10.0.0.1:7000"], "store")]
         assert list(h2.rec.attempts) == [attempt.id]
-        assert list(h2.rec.nodes["nA"].reservations) == [attempt.id]
+        assert list(h2.rec.fleet["nA"].reservations) == [attempt.id]
         loaded = h2.rec.jobs[job.id]
 
         link.jobs = []  # the node never heard of it
@@ -763,7 +766,7 @@ def test_restart_resends_a_dispatching_attempt_when_its_node_comes_back(h: Harne
         assert h2.stored(job).attempts[0].status == "running"
         assert link.calls() == {"starts": [attempt.id], "cancels": [], "acks": []}
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 10. log cap ------------------------------------------------------------------------------
@@ -796,7 +799,7 @@ def test_log_lines_are_capped_with_a_marker(h: Harness, chunks: tuple[int, ...])
         assert len(stored) == LOG_LINES_MAX
         assert stored[:-1] == sent[: len(stored) - 1]
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_log_lines_of_inactive_attempts_are_dropped(h: Harness) -> None:
@@ -811,7 +814,7 @@ def test_log_lines_of_inactive_attempts_are_dropped(h: Harness) -> None:
         assert h.store.logs(job.id) == [(1, attempt_id, "one"), (2, attempt_id, "two")]
         assert h.stored(job).status == "success"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_log_cap_holds_across_a_restart(h: Harness) -> None:
@@ -823,13 +826,14 @@ def test_log_cap_holds_across_a_restart(h: Harness) -> None:
         first.rec.on_event("nA", log_lines(job.id, attempt_id, _lines("x", LOG_LINES_MAX + 5)))
 
         h2 = Harness(first.tmp_path, store=first.store)  # a restarted coordinator
-        h2.rec.links["nA"] = FakeLink()
+        await h2.start()
+        h2.links["nA"] = FakeLink()
         h2.rec.load()
         h2.rec.on_event("nA", heartbeat("nA", "node-a"))
         h2.rec.on_event("nA", log_lines(job.id, attempt_id, _lines("y", 100)))
         assert len(h2.store.logs(job.id, limit=3 * LOG_LINES_MAX)) == LOG_LINES_MAX
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 11. cancel of a queued job ---------------------------------------------------------------
@@ -860,7 +864,7 @@ def test_cancel_of_a_queued_job_ends_it_at_once(h: Harness, jobs: int, run_after
         # Cancelling again is a no-op.
         assert await h.rec.cancel([job]) == []
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 12. hints -------------------------------------------------------------------------------
@@ -885,7 +889,7 @@ def test_hints_are_taken_only_for_enrolled_ids_and_issued_certificates(
         assert h.rec.hint(node_id, ["10.9.9.9:7380"], source, fingerprint) is taken
         assert ((["10.9.9.9:7380"], source) in link.hints) is (taken and node_id == "nA")
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 # --- 13. regressions from the second review ----------------------------------------------------
@@ -916,7 +920,7 @@ def test_an_mdns_goodbye_never_stops_work_going_to_a_connected_node(h: Harness) 
         await idle()
         assert second.jobs[0].status == "queued" and len(link.starts) == 1
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 @pytest.mark.parametrize("status", ["", "running", "queued", "bogus"])
@@ -929,7 +933,7 @@ def test_a_result_status_the_node_should_never_send_fails_the_attempt(h: Harness
         assert "node reported status" in job.attempts[0].error
         assert run.status == h.stored_run(run.id).status == "failed"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_log_lines_go_to_the_job_of_the_attempt_whatever_the_node_names(h: Harness) -> None:
@@ -943,11 +947,11 @@ def test_log_lines_go_to_the_job_of_the_attempt_whatever_the_node_names(h: Harne
         assert h.store.logs("rOTHER.1") == []
         assert [line for _, _, line in h.store.logs(job.id)] == ["forged line"]
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_refusals_are_bounded_and_leave_no_hold_behind(h: Harness) -> None:
-    from coordinator.reconcile import MAX_REFUSALS
+    from coordinator.outcomes import MAX_REFUSALS
 
     async def scenario() -> None:
         link = h.node("nA", "node-a")
@@ -962,9 +966,9 @@ def test_refusals_are_bounded_and_leave_no_hold_behind(h: Harness) -> None:
             h.clock.advance(1.0)
         assert job.status == h.stored(job).status == "failed"
         assert len(h.stored(job).attempts) == MAX_REFUSALS
-        assert job.id not in h.rec._held
+        assert not h.rec.planner.held(job.id)
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_cancel_the_node_never_heard_is_sent_again_on_reconnect(h: Harness) -> None:
@@ -983,7 +987,7 @@ def test_a_cancel_the_node_never_heard_is_sent_again_on_reconnect(h: Harness) ->
         await h.rec.on_link_state("nA", "up", "10.0.0.1:7000")
         await until(lambda: any(a == attempt_id for a, _ in link.cancels[1:]), "a second CancelJob")
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_failed_store_write_at_dispatch_leaves_the_job_queued(h: Harness) -> None:
@@ -1003,7 +1007,7 @@ def test_a_failed_store_write_at_dispatch_leaves_the_job_queued(h: Harness) -> N
         await dispatch(h, link)
         assert job.status == h.stored(job).status == "dispatching"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_failed_store_write_of_a_result_is_not_acked_and_is_taken_again(h: Harness) -> None:
@@ -1028,7 +1032,7 @@ def test_a_failed_store_write_of_a_result_is_not_acked_and_is_taken_again(h: Har
         assert job.status == h.stored(job).status == "success"
         assert run.status == h.stored_run(run.id).status == "success"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_run_whose_jobs_all_ended_is_finished_on_load(h: Harness, tmp_path: Path) -> None:
@@ -1043,11 +1047,12 @@ def test_a_run_whose_jobs_all_ended_is_finished_on_load(h: Harness, tmp_path: Pa
         del h.store.finish_run  # back to the real method
         assert h.stored(job).status == "success" and h.stored_run(run.id).status == "running"
         restarted = Harness(tmp_path, store=h.store, clock=h.clock)
+        await restarted.start()
         restarted.rec.load()
         assert run.id not in restarted.rec.runs
         assert h.stored_run(run.id).status == "success"
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_failed_write_at_a_refusal_changes_nothing_and_never_runs_a_job_twice(h: Harness) -> None:
@@ -1071,7 +1076,7 @@ def test_a_failed_write_at_a_refusal_changes_nothing_and_never_runs_a_job_twice(
         await idle()
         assert len(link.starts) == 1 and len(job.attempts) == 1  # no second attempt beside the first
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_run_whose_finish_failed_to_store_is_finished_on_a_later_tick(h: Harness) -> None:
@@ -1091,4 +1096,4 @@ def test_a_run_whose_finish_failed_to_store_is_finished_on_a_later_tick(h: Harne
         h.step()
         assert run.id not in h.rec.runs and h.stored_run(run.id).status == "success"
 
-    asyncio.run(scenario())
+    h.run(scenario)

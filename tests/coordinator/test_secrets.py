@@ -64,7 +64,7 @@ def test_values_go_to_the_node_and_nowhere_else(tmp_path: Path) -> None:
         for path in (tmp_path / "state").glob("flota.db*"):
             assert VALUE.encode() not in path.read_bytes(), path
 
-    asyncio.run(scenario())
+    h.run(scenario)
 
 
 def test_a_secret_deleted_before_dispatch_fails_the_job_clearly(tmp_path: Path) -> None:
@@ -82,4 +82,4 @@ def test_a_secret_deleted_before_dispatch_fails_the_job_clearly(tmp_path: Path) 
         assert result.error == "secret GONE_KEY is not set on the coordinator (flota secret set GONE_KEY)"
         h.close()
 
-    asyncio.run(scenario())
+    h.run(scenario)

@@ -1,10 +1,11 @@
-"""One link per node: dials it (expecting its certificate), holds its event session,
-and carries the coordinator's calls to it.
+"""One link per node, the transport under dispatch.py: dials the node (expecting its
+certificate), holds its event session, decodes its events, carries calls to it.
 
 The node is dialed with the TLS name `<id>.node.flota`, so an impostor that announces
 another node's id over mDNS fails the handshake: identity is the certificate.
 
-Error handling: calls raise NodeCallError (one line) for any RPC failure.
+Error handling: calls raise NodeCallError (one line, with the gRPC code's name) for any
+RPC failure; what a failure means is dispatch.py's table.
 """
 
 from __future__ import annotations
@@ -16,25 +17,20 @@ from dataclasses import dataclass
 
 import grpc
 
+from coordinator.convert import event_from_pb, node_job_from_pb
+from coordinator.errors import NodeCallError
+from coordinator.models import NodeEvent, NodeJob
 from protos.channels import client_options
 from protos.contract import node_server_name
 from protos.flota.v1 import node_pb2, node_pb2_grpc, types_pb2
 
-__all__ = ["Credentials", "NodeCallError", "NodeLink"]
+__all__ = ["Credentials", "EventHandler", "NodeLink", "StateHandler"]
 
 log = logging.getLogger("flota.coordinator.link")
 
 CONNECT_TIMEOUT_S = 2.0
 SOURCE_ORDER = ("register", "mdns", "static", "store")
 CALL_TIMEOUT_S = 5.0
-
-
-class NodeCallError(Exception):
-    """A call to a node failed."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +43,7 @@ class Credentials:
         return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
 
 
-EventHandler = Callable[[str, node_pb2.NodeEvent], None]
+EventHandler = Callable[[str, NodeEvent], None]
 StateHandler = Callable[[str, str, str], Awaitable[None]]  # node id, "up"/"down", address or error
 
 
@@ -175,13 +171,13 @@ class NodeLink:
             self.last_error = ""
             # "up" first: it reconciles the node (once); the heartbeat then only refreshes facts.
             await self._on_state(self.node_id, "up", address)
-            self._on_event(self.node_id, first)
+            self._deliver(first)
             while True:
                 event = await call.read()
                 if not isinstance(event, node_pb2.NodeEvent):
                     self.last_error = "session ended by the node"
                     break
-                self._on_event(self.node_id, event)
+                self._deliver(event)
         except grpc.aio.AioRpcError as exc:
             self.last_error = f"{exc.code().name}: {exc.details()}"
         except NodeCallError as exc:
@@ -195,11 +191,16 @@ class NodeLink:
             if was_up:
                 await self._on_state(self.node_id, "down", self.last_error)
 
+    def _deliver(self, event: node_pb2.NodeEvent) -> None:
+        decoded = event_from_pb(event)
+        if decoded is not None:  # a kind from a newer node: nothing this coordinator acts on
+            self._on_event(self.node_id, decoded)
+
     # --- calls --------------------------------------------------------------------------
 
     def _require(self) -> node_pb2_grpc.NodeStub:
         if self._stub is None:
-            raise NodeCallError(f"node {self.node_id} is not connected", grpc.StatusCode.UNAVAILABLE)
+            raise NodeCallError(f"node {self.node_id} is not connected", "UNAVAILABLE")
         return self._stub
 
     async def _call(self, method: str, request: object, timeout: float = CALL_TIMEOUT_S) -> object:
@@ -207,15 +208,15 @@ class NodeLink:
         try:
             return await getattr(stub, method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise NodeCallError(f"{method} failed: {exc.details() or exc.code().name}", exc.code()) from exc
+            raise NodeCallError(
+                f"{method} failed: {exc.details() or exc.code().name}", exc.code().name
+            ) from exc
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # we are being cancelled ourselves
             # grpc.aio cancels calls in flight when their channel closes (the session ended).
-            raise NodeCallError(
-                f"{method} failed: the connection closed", grpc.StatusCode.UNAVAILABLE
-            ) from exc
+            raise NodeCallError(f"{method} failed: the connection closed", "UNAVAILABLE") from exc
 
     async def start_job(self, spec: types_pb2.JobSpec) -> node_pb2.StartJobReply:
         reply = await self._call("StartJob", spec)
@@ -227,10 +228,10 @@ class NodeLink:
         assert isinstance(reply, node_pb2.CancelJobReply)
         return reply.found
 
-    async def list_jobs(self) -> list[node_pb2.NodeJob]:
+    async def list_jobs(self) -> list[NodeJob]:
         reply = await self._call("ListJobs", node_pb2.ListJobsRequest())
         assert isinstance(reply, node_pb2.ListJobsReply)
-        return list(reply.jobs)
+        return [node_job_from_pb(job) for job in reply.jobs]
 
     async def ack(self, attempt_ids: list[str]) -> None:
         await self._call("AckResults", node_pb2.AckResultsRequest(attempt_ids=attempt_ids))

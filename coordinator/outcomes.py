@@ -1,0 +1,191 @@
+"""What happens to a job when one of its attempts ends: pure decisions, no I/O.
+
+Every way an attempt ends goes through :func:`ended`: the node's own result, and the
+verdicts the coordinator reaches itself (the node was lost or removed, its StartJob
+failed, the node refused it, a cancel could not reach it). The attempt's `Cause` says
+which, so the retry rules count kinds of failure, never the wording of an error.
+
+An attempt that no longer drives its job (an older one, or one whose job is already
+decided) ends through :func:`late`: the first success wins, a later success is kept as
+"superseded", and the coordinator's own guess gives way to what really happened.
+
+:func:`reconnected` decides what to do with the jobs a node reports after a
+(re)connect. The reconcile loop persists each `Decision` (store first, then memory) and
+performs its effects; nothing here touches either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from coordinator.models import (
+    ATTEMPT_ACTIVE,
+    JOB_FINAL,
+    RETRYABLE,
+    Attempt,
+    AttemptStatus,
+    Cause,
+    Job,
+    JobStatus,
+    NodeJob,
+    Result,
+    ResultStatus,
+)
+
+__all__ = [
+    "MAX_DISPATCH_FAILURES",
+    "MAX_REFUSALS",
+    "SUPERSEDED_ERROR",
+    "AttemptEnd",
+    "Decision",
+    "JobChange",
+    "Reconnect",
+    "checked",
+    "ended",
+    "late",
+    "reconnected",
+]
+
+MAX_DISPATCH_FAILURES = 5  # StartJob calls that failed before the job gives up
+MAX_REFUSALS = 50  # "busy"/"stopping" refusals before a job gives up on being placed
+SUPERSEDED_ERROR = "another attempt of this job succeeded first; its branch is kept"
+_FINAL_RESULTS = frozenset(s.value for s in ResultStatus)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    status: AttemptStatus
+    finished_at: float
+    error: str
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class JobChange:
+    status: JobStatus
+    node_id: str
+    wait_reason: str
+    result: Result | None
+    branch: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An attempt's end and what it does to its job."""
+
+    end: AttemptEnd
+    result: Result  # recorded with the attempt
+    job: JobChange | None = None  # None: the job stays as it is
+    requeue: bool = False  # the job waits for a new attempt
+    late: bool = False  # the attempt no longer drove its job
+    cancel: tuple[str, ...] = ()  # other attempts of the job to stop on their nodes
+    run_changed: bool = False  # a late result changed a job of a run that had ended
+
+
+def checked(result: Result) -> Result:
+    """A node's word on an attempt's status, checked like any input."""
+    if result.status in _FINAL_RESULTS:
+        return (
+            result
+            if isinstance(result.status, ResultStatus)
+            else replace(result, status=ResultStatus(result.status))
+        )
+    return replace(result, status=ResultStatus.FAILED, error=f"node reported status {result.status!r}")
+
+
+def _drives(job: Job, attempt: Attempt) -> bool:
+    return job.status not in JOB_FINAL and bool(job.attempts) and job.attempts[-1] is attempt
+
+
+def ended(job: Job, attempt: Attempt, result: Result, now: float, cause: Cause = Cause.NODE) -> Decision:
+    """`attempt` of `job` ended with `result` (already checked and scrubbed): retry the
+    job while its rules allow, else end it with that result."""
+    if not _drives(job, attempt):
+        return late(job, attempt, result, now)
+    status = AttemptStatus(result.status)
+    end = AttemptEnd(status, result.finished_at or now, result.error, cause)
+    # The counts take this attempt's end into account, as the store will have it.
+    others = [a for a in job.attempts if a is not attempt]
+    ran = sum(1 for a in others if a.status in RETRYABLE) + (status in RETRYABLE)
+    failures = sum(1 for a in others if a.cause == Cause.DISPATCH) + (cause == Cause.DISPATCH)
+    refusals = sum(1 for a in others if a.cause == Cause.REFUSED) + (cause == Cause.REFUSED)
+    again = (status in RETRYABLE and ran < job.max_attempts) or (
+        cause in (Cause.DISPATCH, Cause.REFUSED)
+        and failures < MAX_DISPATCH_FAILURES
+        and refusals < MAX_REFUSALS
+    )
+    if again and not job.cancel_requested:
+        change = JobChange(JobStatus.QUEUED, "", f"retrying: {result.error}", job.result, job.branch, now)
+        return Decision(end, result, change, requeue=True)
+    final = JobStatus(result.status)
+    if job.cancel_requested and final != JobStatus.SUCCESS:
+        final = JobStatus.CANCELLED
+    kept = replace(result, status=ResultStatus(final))
+    change = JobChange(final, job.node_id, job.wait_reason, kept, result.branch, now)
+    return Decision(end, result, change)
+
+
+def late(job: Job, attempt: Attempt, result: Result, now: float) -> Decision:
+    """The end of an attempt that no longer drives its job. The first success wins: a
+    late success takes a job that has none (and stops a retry still running); after a
+    win, another success is recorded as superseded. A job that was not retried takes its
+    attempt's real result in place of the coordinator's guess; a user's cancel stands."""
+    success = result.status == ResultStatus.SUCCESS
+    wins = success and job.status != JobStatus.SUCCESS and not job.cancel_requested
+    replaces = (
+        job.status in JOB_FINAL
+        and job.status != JobStatus.SUCCESS
+        and not job.cancel_requested
+        and job.attempts[-1] is attempt
+    )
+    if success and not wins:
+        end = AttemptEnd(AttemptStatus.SUPERSEDED, result.finished_at or now, SUPERSEDED_ERROR, Cause.NODE)
+    else:
+        end = AttemptEnd(AttemptStatus(result.status), result.finished_at or now, result.error, Cause.NODE)
+    change = None
+    if wins or replaces:
+        change = JobChange(JobStatus(result.status), attempt.node_id, "", result, result.branch, now)
+    cancel: tuple[str, ...] = ()
+    if wins:
+        cancel = tuple(a.id for a in job.attempts if a is not attempt and a.status in ATTEMPT_ACTIVE)
+    return Decision(end, result, change, late=True, cancel=cancel, run_changed=change is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """What to do after a node reconnects and lists its jobs."""
+
+    results: tuple[tuple[str, Result], ...] = ()  # (attempt id, result) it kept for us
+    started: tuple[str, ...] = ()  # ours, running there: as if it said "started"
+    cancel: tuple[str, ...] = ()  # running there, but given up here or cancelled by the user
+    resend: tuple[str, ...] = ()  # ours, never reached it: StartJob again (idempotent)
+    forgotten: tuple[str, ...] = ()  # ours and started, unknown there: lost
+
+
+def reconnected(
+    listed: list[NodeJob], active: dict[str, tuple[Job, Attempt]], before: dict[str, AttemptStatus]
+) -> Reconnect:
+    """`listed`: the node's jobs; `active`: this coordinator's active attempts; `before`:
+    the statuses of the node's attempts taken before it was asked (an attempt dispatched
+    while the call was out is not forgotten)."""
+    results: list[tuple[str, Result]] = []
+    started: list[str] = []
+    cancel: list[str] = []
+    for job in listed:
+        if job.finished and job.result is not None:
+            results.append((job.attempt_id, job.result))
+        elif job.attempt_id in active:
+            started.append(job.attempt_id)
+            if active[job.attempt_id][0].cancel_requested:  # a cancel it never heard
+                cancel.append(job.attempt_id)
+        else:
+            cancel.append(job.attempt_id)
+    known = {j.attempt_id for j in listed}
+    resend: list[str] = []
+    forgotten: list[str] = []
+    for attempt_id, status in before.items():
+        if attempt_id not in active or attempt_id in known:
+            continue
+        (resend if status == AttemptStatus.DISPATCHING else forgotten).append(attempt_id)
+    return Reconnect(tuple(results), tuple(started), tuple(cancel), tuple(resend), tuple(forgotten))

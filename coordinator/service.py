@@ -1,0 +1,294 @@
+"""What the coordinator does for its callers: the API's only dependency.
+
+Submit, cancel, cleanup, drain, remove, tokens, secrets, enrollment and the queries.
+Inputs are plain values (validate.py checks and translates requests); outputs are
+models; errors are the coordinator's own tree. Changes to the loop's state go through
+the reconciler, on the same event loop, so they need no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import AlreadyExists, InvalidRequest, NotFound, PkiError, Refused
+from coordinator.fleet import NodeEntry
+from coordinator.gitbase import push_base
+from coordinator.models import JOB_FINAL, Job, JobStatus, NodeRecord, Run, RunStatus
+from coordinator.pki import CertificateAuthority, make_token, secret_hash, token_matches
+from coordinator.reconcile import Reconciler, new_run_id
+from coordinator.validate import Submission, Task, check_id
+from protos.contract import JoinToken, TokenError, fingerprint
+from protos.limits import NAME_RE, NODE_ID_RE, show
+
+__all__ = ["Joined", "NodeStatus", "Service"]
+
+log = logging.getLogger("flota.coordinator.api")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    entry: NodeEntry
+    address: str
+    error: str  # why the link is down, while it is
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    certificate_pem: bytes
+    ca_pem: bytes
+    node_id: str
+
+
+class Service:
+    def __init__(self, rec: Reconciler, ca: CertificateAuthority, config: CoordinatorConfig) -> None:
+        self.rec = rec
+        self.ca = ca
+        self.config = config
+        self.wall = rec.wall
+
+    # --- nodes ----------------------------------------------------------------------------
+
+    def register(self, node_id: str, cert_fingerprint: str, addresses: list[str], leaving: bool) -> float:
+        """A node says where it listens (or that it is leaving); the heartbeat period back."""
+        entry = self.rec.fleet.get(node_id)
+        if entry is None or entry.removed or entry.fingerprint != cert_fingerprint:
+            raise Refused("this certificate is not the one enrolled")
+        if leaving:
+            self.rec.goodbye(node_id, leaving=True)
+        elif not self.rec.hint(node_id, addresses):
+            raise Refused("this node is not enrolled (or was removed)")
+        return self.config.heartbeat_s
+
+    def node(self, name_or_id: str) -> NodeEntry:
+        if not (NAME_RE.match(name_or_id) or NODE_ID_RE.match(name_or_id)):
+            raise InvalidRequest(f"invalid node name or id {show(name_or_id)}")
+        entry = self.rec.fleet.find(name_or_id)
+        if entry is None:
+            raise NotFound(f"no node {show(name_or_id)} (see: flota nodes)")
+        return entry
+
+    def status(self, entry: NodeEntry) -> NodeStatus:
+        d = self.rec.dispatch
+        return NodeStatus(
+            entry, d.address(entry.id), d.last_error(entry.id) if entry.state != "online" else ""
+        )
+
+    def nodes(self) -> list[NodeStatus]:
+        return [self.status(e) for e in sorted(self.rec.fleet, key=lambda e: e.name) if not e.removed]
+
+    def drain(self, name_or_id: str, draining: bool) -> NodeStatus:
+        entry = self.node(name_or_id)
+        self.rec.drain(entry, draining)
+        return self.status(entry)
+
+    async def remove(self, name_or_id: str) -> tuple[NodeEntry, list[str]]:
+        entry = self.node(name_or_id)
+        return entry, await self.rec.remove(entry)
+
+    # --- secrets and tokens -----------------------------------------------------------------
+
+    def set_secret(self, name: str, value: str) -> list[str]:
+        self.rec.keyring.set(name, value)
+        return self.rec.keyring.names()
+
+    def delete_secret(self, name: str) -> list[str]:
+        self.rec.keyring.delete(name)
+        return self.rec.keyring.names()
+
+    def secrets(self) -> list[str]:
+        return self.rec.keyring.names()
+
+    def create_token(self, ttl_s: float) -> tuple[str, float]:
+        """A one-time join token and when it expires."""
+        ttl = ttl_s or self.config.token_ttl_s
+        if not 10 <= ttl <= 7 * 86400:
+            raise InvalidRequest("token lifetime must be between 10 seconds and 7 days")
+        token = make_token(self.ca.fingerprint)
+        now = self.wall()
+        self.rec.store.add_token(token.id, secret_hash(token), now, now + ttl)
+        return str(token), now + ttl
+
+    def join(self, token_text: str, name: str, csr_pem: bytes) -> Joined:
+        """Enroll a node: one-time token + CSR -> certificate."""
+        try:
+            token = JoinToken.parse(token_text)
+        except TokenError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        if not NAME_RE.match(name):
+            raise InvalidRequest(f"invalid node name {name!r}")
+        stored = self.rec.store.token(token.id)
+        now = self.wall()
+        # One answer for unknown, wrong and used tokens: a guesser learns nothing.
+        if stored is None or not token_matches(token, stored[0]) or stored[2] is not None:
+            raise Refused("invalid or already used join token")
+        if stored[1] < now:
+            raise Refused("join token expired; create a new one")
+        if token.ca_fingerprint != self.ca.fingerprint:
+            raise Refused("the token pins another CA")
+        node_id = _csr_node_id(csr_pem)
+        if node_id is None:
+            raise InvalidRequest("the CSR must name the node as CN=node:<id>")
+        fleet = self.rec.fleet
+        if node_id in fleet and not fleet[node_id].removed:
+            # An id is public (mDNS); a token holder must not get a second certificate for it.
+            raise AlreadyExists(
+                f"node id {node_id} is already enrolled; to enroll this machine again, "
+                "delete its identity directory first"
+            )
+        taken = next((e for e in fleet if e.name == name and e.id != node_id and not e.removed), None)
+        if taken is not None:
+            raise AlreadyExists(f"the name {name!r} belongs to node {taken.id}; join with another --name")
+        try:
+            cert_pem = self.ca.sign_node_csr(csr_pem, node_id)
+        except PkiError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        if not self.rec.store.use_token(token.id, node_id, now):
+            raise Refused("invalid or already used join token")
+        fp = fingerprint(ssl.PEM_cert_to_DER_cert(cert_pem.decode()))
+        self.rec.store.enroll_node(NodeRecord(node_id, name, fp, now))
+        self.rec.enrolled(node_id, name, fp)
+        log.info("node %s (%s) joined", name, node_id)
+        return Joined(cert_pem, self.ca.cert_pem, node_id)
+
+    # --- runs -----------------------------------------------------------------------------
+
+    async def submit(self, sub: Submission) -> Run:
+        keyring = self.rec.keyring
+        for name in sub.secrets:
+            keyring.check_name(name)
+            if keyring.resolve(name) is None:
+                raise InvalidRequest(
+                    f"secret {name} is not set on the coordinator "
+                    f"(flota secret set {name}, or set it in the coordinator's environment)"
+                )
+        pin = sub.placement.node
+        if pin and self.rec.fleet.find(pin) is None:
+            raise InvalidRequest(f"unknown node {show(pin)} (see: flota nodes)")
+        run_id = new_run_id(self.rec.store.run_exists)
+        repo = None
+        if sub.repo_path:
+            repo = await asyncio.to_thread(
+                push_base, sub.repo_path, sub.repo_remote, sub.repo_ref, sub.from_working_tree, run_id
+            )
+        now = self.wall()
+        retries = self.config.default_retries if sub.retries < 0 else sub.retries
+        run = Run(
+            id=run_id,
+            name=sub.name,
+            status=RunStatus.RUNNING,
+            created_at=now,
+            repo_url=repo.url if repo else "",
+            base_commit=repo.base_commit if repo else "",
+        )
+        for i, task in enumerate(sub.tasks, 1):
+            run.jobs.append(
+                Job(
+                    id=f"{run_id}.{i}",
+                    run_id=run_id,
+                    index=i,
+                    name=task.name or (task.command or task.prompt)[:80],
+                    agent=task.agent,
+                    command=task.command,
+                    prompt=task.prompt,
+                    model=task.model,
+                    max_steps=sub.max_steps,
+                    budget_usd=sub.budget_usd,
+                    api_base=sub.api_base,
+                    check=sub.check,
+                    requires=task.requires or self._model_requirement(task, sub.api_base),
+                    report_paths=dict(task.report_paths),
+                    status=JobStatus.QUEUED,
+                    created_at=now,
+                    updated_at=now,
+                    timeout_s=sub.timeout_s,
+                    max_attempts=1 + retries,
+                    resume_from_partial=sub.resume_from_partial,
+                    secrets=sub.secrets,
+                    env=dict(sub.env),
+                    placement=sub.placement,
+                    repo=repo,
+                    wait_reason="waiting for a node",
+                )
+            )
+        self.rec.submit(run)
+        return run
+
+    def _model_requirement(self, task: Task, api_base: str) -> str:
+        """An llm job for a model some node serves locally goes only to such a node
+        (lm_studio/ and ollama/ models always do); other models are reached from anywhere."""
+        if task.agent != "llm" or api_base:
+            return ""
+        local = (
+            task.model.startswith(("lm_studio/", "ollama/")) or task.model in self.rec.fleet.served_models()
+        )
+        return f"model:{task.model}" if local else ""
+
+    def run(self, run_id: str) -> Run:
+        check_id(run_id, "run id")
+        run = self.rec.runs.get(run_id) or self.rec.store.get_run(run_id)
+        if run is None:
+            head, dot, _ = run_id.partition(".")
+            if dot and (head in self.rec.runs or self.rec.store.run_exists(head)):
+                raise NotFound(f"{run_id!r} is a job; its run is {head!r}")
+            raise NotFound(f"no run {run_id!r} (see: flota status)")
+        return run
+
+    def job(self, job_id: str) -> Job:
+        check_id(job_id, "job id")
+        job = self.rec.jobs.get(job_id) or self.rec.store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r} (job ids look like r1a2b3c.1)")
+        return job
+
+    def runs(self, limit: int) -> list[Run]:
+        return self.rec.store.list_runs(min(limit, 1000) if limit > 0 else 20)
+
+    def job_active(self, job_id: str) -> bool:
+        """Whether a job may still log more."""
+        current = self.rec.jobs.get(job_id)
+        return current is not None and current.status not in JOB_FINAL
+
+    async def cancel(self, ident: str) -> list[str]:
+        check_id(ident, "run or job id")
+        rec = self.rec
+        run = rec.runs.get(ident) or (rec.store.get_run(ident) if "." not in ident else None)
+        if run is None and rec.jobs.get(ident) is None and rec.store.get_job(ident) is None:
+            raise NotFound(f"no run or job {ident!r} (see: flota status)")
+        jobs = run.jobs if run is not None else [self.job(ident)]
+        return await rec.cancel(jobs)
+
+    async def cleanup(self, run_id: str) -> tuple[int, list[str]]:
+        """Worktrees removed on the nodes, and the nodes that could not be reached."""
+        run = self.run(run_id)
+        if run.status == RunStatus.RUNNING:
+            raise InvalidRequest(f"run {run.id} is still running; cancel it or wait for it to end")
+        removed, unreachable = 0, []
+        for node_id in sorted({a.node_id for j in run.jobs for a in j.attempts}):
+            entry = self.rec.fleet.get(node_id)
+            done = await self.rec.dispatch.cleanup(node_id, run.id)
+            if done is None:  # one node's failure must not hide the others' work
+                unreachable.append(entry.name if entry else node_id)
+            else:
+                removed += done
+        return removed, unreachable
+
+
+def _csr_node_id(csr_pem: bytes) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        return None
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1:
+        return None
+    cn = str(cns[0].value)
+    if not cn.startswith("node:") or not NODE_ID_RE.match(cn[5:]):
+        return None
+    return cn[5:]

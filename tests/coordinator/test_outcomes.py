@@ -1,0 +1,230 @@
+"""coordinator/outcomes.py: what an attempt's end does to its job, table by table.
+
+Pure functions over plain models: no store, no loop, no node. The cases are the ones
+test_reconcile.py and test_late_results.py drive through the whole Reconciler.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.models import Attempt, AttemptStatus, Cause, Job, JobStatus, NodeJob, Result, ResultStatus
+from coordinator.outcomes import (
+    MAX_DISPATCH_FAILURES,
+    MAX_REFUSALS,
+    SUPERSEDED_ERROR,
+    checked,
+    ended,
+    late,
+    reconnected,
+)
+
+NOW = 1_700_000_100.0
+
+
+def attempt(number: int, status: AttemptStatus = AttemptStatus.RUNNING, cause: Cause = Cause.NODE) -> Attempt:
+    return Attempt(
+        f"r1.1.a{number}", "r1.1", number, f"n{number}", status, f"flota/r1/1-a{number}", 0.0, cause=cause
+    )
+
+
+def job(
+    *attempts: Attempt, status: JobStatus = JobStatus.RUNNING, max_attempts: int = 2, cancel: bool = False
+) -> Job:
+    j = Job("r1.1", "r1", 1, "job", "shell", "true", status, 0.0, 0.0, max_attempts=max_attempts)
+    j.attempts.extend(attempts)
+    j.cancel_requested = cancel
+    j.node_id = attempts[-1].node_id if attempts else ""
+    return j
+
+
+def result(status: str, error: str = "", branch: str = "") -> Result:
+    return Result(status=ResultStatus(status), error=error, branch=branch, finished_at=NOW - 1)
+
+
+# --- an attempt that drives its job ends ----------------------------------------------------
+
+# (result status, cause, max_attempts, cancel requested, earlier attempts' causes) ->
+# (job status after, requeued)
+ENDED = [
+    ("success", Cause.NODE, 2, False, (), JobStatus.SUCCESS, False),
+    ("failed", Cause.NODE, 2, False, (), JobStatus.FAILED, False),  # a job's own failure is final
+    ("timeout", Cause.NODE, 3, False, (), JobStatus.TIMEOUT, False),
+    ("lost", Cause.LOST, 2, False, (), JobStatus.QUEUED, True),  # lost: tried again elsewhere
+    ("lost", Cause.LOST, 1, False, (), JobStatus.LOST, False),  # ... while its retries last
+    ("partial", Cause.NODE, 2, False, (), JobStatus.QUEUED, True),
+    ("partial", Cause.NODE, 1, False, (), JobStatus.PARTIAL, False),
+    ("failed", Cause.NODE, 2, True, (), JobStatus.CANCELLED, False),  # the user's cancel names it
+    ("success", Cause.NODE, 2, True, (), JobStatus.SUCCESS, False),  # ... unless it succeeded
+    ("lost", Cause.LOST, 2, True, (), JobStatus.CANCELLED, False),  # a cancelled job is not retried
+    ("failed", Cause.DISPATCH, 1, False, (), JobStatus.QUEUED, True),  # a failed start: again
+    (
+        "failed",
+        Cause.DISPATCH,
+        1,
+        False,
+        (Cause.DISPATCH,) * (MAX_DISPATCH_FAILURES - 2),
+        JobStatus.QUEUED,
+        True,
+    ),
+    (
+        "failed",
+        Cause.DISPATCH,
+        1,
+        False,
+        (Cause.DISPATCH,) * (MAX_DISPATCH_FAILURES - 1),
+        JobStatus.FAILED,
+        False,
+    ),
+    ("failed", Cause.REFUSED, 1, False, (Cause.REFUSED,) * (MAX_REFUSALS - 2), JobStatus.QUEUED, True),
+    ("failed", Cause.REFUSED, 1, False, (Cause.REFUSED,) * (MAX_REFUSALS - 1), JobStatus.FAILED, False),
+    # refusals and failures are counted apart: many refusals do not use up the failures
+    ("failed", Cause.DISPATCH, 1, False, (Cause.REFUSED,) * 10, JobStatus.QUEUED, True),
+    ("failed", Cause.REJECTED, 3, False, (), JobStatus.FAILED, False),  # the node refused the spec
+    ("failed", Cause.DISPATCH, 1, True, (), JobStatus.CANCELLED, False),
+]
+
+
+@pytest.mark.parametrize(("status", "cause", "tries", "cancel", "earlier", "after", "requeued"), ENDED)
+def test_an_attempt_that_drives_its_job_ends(
+    status: str,
+    cause: Cause,
+    tries: int,
+    cancel: bool,
+    earlier: tuple[Cause, ...],
+    after: JobStatus,
+    requeued: bool,
+) -> None:
+    olds = [attempt(i + 1, AttemptStatus.FAILED, c) for i, c in enumerate(earlier)]
+    last = attempt(len(olds) + 1)
+    j = job(*olds, last, max_attempts=tries, cancel=cancel)
+    d = ended(j, last, result(status, "why", "flota/r1/1"), NOW, cause)
+    assert d.job is not None and (d.job.status, d.requeue, d.late) == (after, requeued, False)
+    assert (d.end.status, d.end.cause, d.end.finished_at) == (AttemptStatus(status), cause, NOW - 1)
+    if requeued:
+        assert (d.job.node_id, d.job.wait_reason, d.job.result) == ("", "retrying: why", None)
+    else:
+        assert d.job.result is not None and d.job.result.status == after
+        assert d.job.branch == "flota/r1/1" and d.job.node_id == last.node_id
+
+
+def test_a_retryable_status_counts_every_attempt_that_ran() -> None:
+    first = attempt(1, AttemptStatus.LOST, Cause.LOST)
+    second = attempt(2)
+    d = ended(job(first, second, max_attempts=2), second, result("lost"), NOW, Cause.LOST)
+    assert d.job is not None and d.job.status == JobStatus.LOST and not d.requeue
+
+
+def test_an_attempt_without_a_finish_time_ends_now() -> None:
+    a = attempt(1)
+    d = ended(job(a), a, Result(status=ResultStatus.SUCCESS), NOW)
+    assert d.end.finished_at == NOW
+
+
+def test_an_older_attempt_goes_to_late() -> None:
+    first, second = attempt(1, AttemptStatus.LOST, Cause.LOST), attempt(2)
+    d = ended(job(first, second), first, result("failed"), NOW)
+    assert d.late and d.job is None
+
+
+# --- late results ---------------------------------------------------------------------------
+
+# (job status, which attempt reports (1 of 2, or the last), cancel, result) ->
+# (attempt status after, job status after or None, attempts to cancel)
+LATE = [
+    # the job's last attempt was given up, then its real result arrives: it replaces the guess
+    (JobStatus.LOST, "last", False, "success", AttemptStatus.SUCCESS, JobStatus.SUCCESS, ()),
+    (JobStatus.LOST, "last", False, "failed", AttemptStatus.FAILED, JobStatus.FAILED, ()),
+    (JobStatus.FAILED, "last", False, "timeout", AttemptStatus.TIMEOUT, JobStatus.TIMEOUT, ()),
+    # an earlier attempt succeeds while a retry runs: it wins, and the retry is stopped
+    (JobStatus.RUNNING, "first", False, "success", AttemptStatus.SUCCESS, JobStatus.SUCCESS, ("r1.1.a2",)),
+    # ... but fails: recorded, the job goes on with its retry
+    (JobStatus.RUNNING, "first", False, "failed", AttemptStatus.FAILED, None, ()),
+    # the job already succeeded: a second success is kept, as superseded
+    (JobStatus.SUCCESS, "first", False, "success", AttemptStatus.SUPERSEDED, None, ()),
+    (JobStatus.SUCCESS, "last", False, "success", AttemptStatus.SUPERSEDED, None, ()),
+    # a user's cancel stands, whatever comes back
+    (JobStatus.CANCELLED, "last", True, "success", AttemptStatus.SUPERSEDED, None, ()),
+    (JobStatus.CANCELLED, "last", True, "failed", AttemptStatus.FAILED, None, ()),
+]
+
+
+@pytest.mark.parametrize(
+    ("job_status", "which", "cancel", "status", "attempt_after", "job_after", "stops"), LATE
+)
+def test_late_results(
+    job_status: JobStatus,
+    which: str,
+    cancel: bool,
+    status: str,
+    attempt_after: AttemptStatus,
+    job_after: JobStatus | None,
+    stops: tuple[str, ...],
+) -> None:
+    first = attempt(1, AttemptStatus.LOST, Cause.LOST)
+    active = job_status == JobStatus.RUNNING
+    second = attempt(
+        2, AttemptStatus.RUNNING if active else AttemptStatus.LOST, Cause.NODE if active else Cause.LOST
+    )
+    j = job(first, second, status=job_status, cancel=cancel)
+    reporter = first if which == "first" else second
+    d = late(j, reporter, result(status, "real"), NOW)
+    assert d.late and d.end.status == attempt_after and d.end.cause == Cause.NODE
+    assert d.cancel == stops
+    assert (d.job.status if d.job else None) == job_after
+    assert d.run_changed == (job_after is not None)
+    if d.job is not None:
+        assert (d.job.node_id, d.job.wait_reason) == (reporter.node_id, "")
+    if attempt_after == AttemptStatus.SUPERSEDED:
+        assert d.end.error == SUPERSEDED_ERROR
+
+
+# --- who closed an attempt -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cause", "closed_here"),
+    [
+        (Cause.NODE, False),  # the node's own result: a repeat delivery changes nothing
+        (Cause.DISPATCH, True),  # the start seemed to fail, but the node ran it
+        (Cause.LOST, True),  # given up while the node still ran it
+        (Cause.UNREACHABLE, True),  # cancelled here, but the node could not be told
+        (Cause.REFUSED, False),  # the node said no: it never ran
+        (Cause.REJECTED, False),
+    ],
+)
+def test_which_attempts_a_late_result_may_still_change(cause: Cause, closed_here: bool) -> None:
+    assert cause.closed_here is closed_here
+
+
+def test_a_status_no_node_should_send_is_a_failure() -> None:
+    bad = checked(Result(status="exploded"))  # type: ignore[arg-type]
+    assert (bad.status, bad.error) == (ResultStatus.FAILED, "node reported status 'exploded'")
+    good = checked(Result(status="success"))  # type: ignore[arg-type]
+    assert good.status is ResultStatus.SUCCESS
+
+
+# --- after a reconnect -------------------------------------------------------------------------
+
+
+def test_reconnected_sorts_what_the_node_has_against_what_we_think_it_has() -> None:
+    kept = Result(status=ResultStatus.SUCCESS)
+    a_done, a_running, a_cancel, a_resend, a_forgot, a_new = (attempt(i) for i in range(1, 7))
+    a_resend.status = AttemptStatus.DISPATCHING
+    jobs = {
+        a.id: (job(a, cancel=a is a_cancel), a)
+        for a in (a_done, a_running, a_cancel, a_resend, a_forgot, a_new)
+    }
+    listed = [
+        NodeJob(a_done.id, True, kept),
+        NodeJob(a_running.id, False),
+        NodeJob(a_cancel.id, False),
+        NodeJob("r9.1.a1", False),  # not ours (any more)
+    ]
+    before = {a.id: a.status for a in (a_done, a_running, a_cancel, a_resend, a_forgot)}  # a_new came later
+    plan = reconnected(listed, jobs, before)
+    assert plan.results == ((a_done.id, kept),)
+    assert plan.started == (a_running.id, a_cancel.id)
+    assert plan.cancel == (a_cancel.id, "r9.1.a1")
+    assert plan.resend == (a_resend.id,)
+    assert plan.forgotten == (a_forgot.id,)
