@@ -3,12 +3,26 @@ time, the model's mistakes told back, and the final answer."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from node_agent.agents.llm import (
+    Completion,
+    Config,
+    ModelError,
+    ModelTimeout,
+    Report,
+    Toolbox,
+    ToolCall,
+    TransientModelError,
+    run,
+)
 from node_agent.agents.llm.tools import TOOL_SCHEMAS
 from tests.fake_openai import call, calls, text
 from tests.node_agent.llm.program import NO_CHOICES, REPORT_FIELDS, needs_litellm, run_agent, snapshot
@@ -194,3 +208,69 @@ def test_text_twice_in_a_row_is_the_final_answer(box: tuple[Path, Path]) -> None
         ]
         or "answered in text" in out.stdout
     )
+
+
+# --- the loop in-process, on a scripted model ------------------------------------------------
+
+
+class ScriptedModel:
+    """A :class:`Model` that answers (or raises) from a list, one item per call."""
+
+    name = "scripted"
+    priced = False
+    max_output_tokens: int | None = None
+
+    def __init__(self, script: list[Completion | Exception]) -> None:
+        self.script = script
+        self.calls = 0
+
+    def estimate_usd(self, messages: Sequence[Mapping[str, Any]], max_tokens: int) -> float:
+        return 0.0
+
+    def complete(
+        self, messages: Sequence[Mapping[str, Any]], max_tokens: int, timeout_s: float | None
+    ) -> Completion:
+        item = self.script[self.calls]
+        self.calls += 1
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+def _finish(summary: str) -> Completion:
+    return Completion(True, None, (ToolCall("c1", "finish", json.dumps({"summary": summary})),), 10, 2, 0.0)
+
+
+def _run(wt: Path, model: ScriptedModel) -> tuple[Report, list[float], str]:
+    out, sleeps = io.StringIO(), []
+    report = run(
+        Config(wt, "scripted", "do it"), model, Toolbox(wt, {}), out, clock=lambda: 0.0, sleep=sleeps.append
+    )
+    return report, sleeps, out.getvalue()
+
+
+def test_provider_errors_are_retried_after_a_backoff(box: tuple[Path, Path]) -> None:
+    wt, _ = box
+    model = ScriptedModel([TransientModelError("502"), ModelTimeout("slow"), _finish("done")])
+    report, sleeps, out = _run(wt, model)
+    assert (report.status, report.answer, report.steps, report.tokens_in) == ("success", "done", 3, 10)
+    assert sleeps == [0.5] and model.calls == 3  # a timeout within the deadline is retried at once
+    assert out.splitlines()[:2] == [
+        "step 1: bad reply (1/3): provider error: 502",
+        "step 2: bad reply (2/3): model call timed out: slow",
+    ]
+
+
+def test_three_provider_errors_in_a_row_fail(box: tuple[Path, Path]) -> None:
+    wt, _ = box
+    report, sleeps, _ = _run(wt, ScriptedModel([TransientModelError("boom")] * 3))
+    assert (report.status, report.steps) == ("failed", 3)
+    assert report.error == "3 bad model replies in a row; last: provider error: boom"
+    assert sleeps == [0.5, 2.0]
+
+
+def test_a_model_error_fails_at_once(box: tuple[Path, Path]) -> None:
+    wt, _ = box
+    report, sleeps, out = _run(wt, ScriptedModel([ModelError("invalid api key")]))
+    assert (report.status, report.error, report.steps, sleeps) == ("failed", "invalid api key", 1, [])
+    assert out == "step 1: model error: invalid api key\n"

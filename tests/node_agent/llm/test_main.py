@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.fake_openai import FakeOpenAI, call
-from tests.node_agent.llm.program import ROOT, agent_env, needs_litellm, running, wait_until
+from tests.node_agent.llm.program import ROOT, agent_env, needs_litellm, run_agent, running, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,3 +89,30 @@ def test_bad_input_exits_2_with_one_line(
     assert proc.returncode == 2
     assert proc.stderr == message + "\n" and proc.stdout == ""
     assert json.loads(report.read_text())["status"] == "failed"
+
+
+@needs_litellm
+def test_the_last_line_and_the_report_bytes(box: tuple[Path, Path]) -> None:
+    wt, _ = box
+    out = run_agent(wt, [call("finish", summary="all  done\nhere", usage=(7, 3))])
+    assert out.code == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1] == "success: all done here"
+    report = (wt.parent / "report.json").read_bytes()
+    assert report == json.dumps(out.report, indent=2).encode() + b"\n"  # the launcher's format, whole
+    order = [
+        "status",
+        "error",
+        "steps",
+        "tokens_in",
+        "tokens_out",
+        "cost_usd",
+        "answer",
+        "model",
+        "duration_s",
+    ]
+    assert list(out.report) == order
+    assert (out.report["status"], out.report["answer"], out.report["error"]) == (
+        "success",
+        "all  done\nhere",
+        None,
+    )
