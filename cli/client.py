@@ -2,7 +2,14 @@
 
 Credentials come from `$FLOTA_HOME/admin/` (written by the coordinator on first start);
 the address from --coordinator, then $FLOTA_COORDINATOR, then `$FLOTA_HOME/admin/coordinator`.
-Every call has a deadline; failures become CliError with one line and an exit code.
+
+`Client` has one typed method per RPC the CLI makes, so mypy checks each request and reply
+at this boundary. Every unary call has a deadline (`CALL_TIMEOUT_S`; longer for the calls
+that do git work); following a stream has none (keepalive catches a dead link).
+
+Error handling: a failed call raises `CliError` with one line and an exit code: the
+coordinator unreachable or too slow is EXIT_UNAVAILABLE, a refused request EXIT_USAGE.
+A stream raises it when iterated, since its call starts only then.
 """
 
 from __future__ import annotations
@@ -10,12 +17,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import grpc
 
 from protos.channels import client_options
 from protos.contract import COORDINATOR_SERVER_NAME, flota_home
+from protos.flota.v1 import coordinator_pb2 as pb
 from protos.flota.v1 import coordinator_pb2_grpc
 
 __all__ = ["EXIT_FAILED", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError", "Client", "flota_home"]
@@ -25,6 +33,10 @@ EXIT_USAGE = 2  # bad input: unknown id, malformed flag, refused request
 EXIT_UNAVAILABLE = 3  # the coordinator cannot be reached
 
 CALL_TIMEOUT_S = 30.0
+GIT_CALL_TIMEOUT_S = 120.0  # SubmitRun pushes the base ref; Cleanup calls every node; a bounded log read
+
+_Request = TypeVar("_Request")
+_Reply = TypeVar("_Reply")
 
 
 class CliError(Exception):
@@ -59,6 +71,8 @@ def _translate(exc: grpc.RpcError, address: str) -> CliError:
 
 
 class Client:
+    """The coordinator's API as the CLI uses it: proto requests in, proto replies out."""
+
     def __init__(self, address: str | None = None) -> None:
         admin = flota_home() / "admin"
         self.address = address or os.environ.get("FLOTA_COORDINATOR") or ""
@@ -70,21 +84,88 @@ class Client:
         self.channel = grpc.secure_channel(
             self.address, creds, options=client_options(COORDINATOR_SERVER_NAME)
         )
-        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
 
-    def call(self, method: str, request: Any, timeout: float = CALL_TIMEOUT_S) -> Any:
-        try:
-            return getattr(self.stub, method)(request, timeout=timeout, wait_for_ready=False)
-        except grpc.RpcError as exc:
-            raise _translate(exc, self.address) from None
+    # --- fleet ----------------------------------------------------------------------------
 
-    def stream(self, method: str, request: Any, timeout: float | None = None) -> Iterator[Any]:
-        """A server stream. Following one has no deadline (keepalive catches a dead link);
-        a bounded read passes `timeout`."""
-        try:
-            yield from getattr(self.stub, method)(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc, self.address) from None
+    def list_nodes(self) -> pb.ListNodesReply:
+        return self._unary(self._stub.ListNodes, pb.ListNodesRequest())
+
+    def create_token(self, ttl_s: float = 0.0) -> pb.CreateTokenReply:
+        """A one-time join token; `ttl_s` 0 takes the coordinator's default lifetime."""
+        return self._unary(self._stub.CreateToken, pb.CreateTokenRequest(ttl_s=ttl_s))
+
+    def drain_node(self, node: str, undo: bool = False) -> pb.NodeStatus:
+        return self._unary(self._stub.DrainNode, pb.DrainNodeRequest(node=node, undo=undo))
+
+    def remove_node(self, node: str) -> pb.RemoveNodeReply:
+        return self._unary(self._stub.RemoveNode, pb.RemoveNodeRequest(node=node))
+
+    # --- runs -----------------------------------------------------------------------------
+
+    def submit_run(self, request: pb.SubmitRunRequest) -> pb.Run:
+        return self._unary(self._stub.SubmitRun, request, GIT_CALL_TIMEOUT_S)
+
+    def get_run(self, run_id: str) -> pb.Run:
+        return self._unary(self._stub.GetRun, pb.GetRunRequest(run_id=run_id))
+
+    def list_runs(self, limit: int) -> pb.ListRunsReply:
+        return self._unary(self._stub.ListRuns, pb.ListRunsRequest(limit=limit))
+
+    def get_job(self, job_id: str) -> pb.Job:
+        return self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
+
+    def watch_run(self, run_id: str) -> Iterator[pb.RunEvent]:
+        """The run's jobs, then each change; the last event is the run. The coordinator may
+        end the stream early (the watcher fell behind): then it ends without the run."""
+        return self._stream(self._stub.WatchRun, pb.WatchRunRequest(run_id=run_id), None)
+
+    def stream_logs(self, job_id: str, follow: bool) -> Iterator[pb.LogChunk]:
+        """A job's output, every attempt; with `follow`, until the job ends."""
+        request = pb.StreamLogsRequest(job_id=job_id, follow=follow)
+        return self._stream(self._stub.StreamLogs, request, None if follow else GIT_CALL_TIMEOUT_S)
+
+    def cancel(self, ident: str) -> pb.CancelReply:
+        """Cancel a run (RUN id) or one job (RUN.N id)."""
+        return self._unary(self._stub.Cancel, pb.CancelRequest(id=ident))
+
+    def cleanup(self, run_id: str) -> pb.CleanupReply:
+        return self._unary(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id), GIT_CALL_TIMEOUT_S)
+
+    # --- secrets --------------------------------------------------------------------------
+
+    def set_secret(self, name: str, value: str) -> pb.SecretsReply:
+        return self._unary(self._stub.SetSecret, pb.SetSecretRequest(name=name, value=value))
+
+    def delete_secret(self, name: str) -> pb.SecretsReply:
+        return self._unary(self._stub.DeleteSecret, pb.DeleteSecretRequest(name=name))
+
+    def list_secrets(self) -> pb.SecretsReply:
+        return self._unary(self._stub.ListSecrets, pb.ListSecretsRequest())
 
     def close(self) -> None:
         self.channel.close()
+
+    # --- transport ------------------------------------------------------------------------
+
+    def _unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Request, _Reply],
+        request: _Request,
+        timeout: float = CALL_TIMEOUT_S,
+    ) -> _Reply:
+        try:
+            return method(request, timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.address) from None
+
+    def _stream(
+        self,
+        method: grpc.UnaryStreamMultiCallable[_Request, _Reply],
+        request: _Request,
+        timeout: float | None,
+    ) -> Iterator[_Reply]:
+        try:
+            yield from method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.address) from None

@@ -18,15 +18,13 @@ def _watch(client: Client, run_id: str, on_job: Callable[[coordinator_pb2.Job], 
     """Job updates until the run ends. A stream the coordinator ends early (this watcher
     fell behind) is simply opened again: each new stream starts with every job's state."""
     while True:
-        for event in client.stream("WatchRun", coordinator_pb2.WatchRunRequest(run_id=run_id)):
+        for event in client.watch_run(run_id):
             kind = event.WhichOneof("kind")
             if kind == "job":
                 on_job(event.job)
             elif kind == "run":
-                final: coordinator_pb2.Run = event.run
-                return final
-        run = client.call("GetRun", coordinator_pb2.GetRunRequest(run_id=run_id))
-        assert isinstance(run, coordinator_pb2.Run)
+                return event.run
+        run = client.get_run(run_id)
         if run.status != "running":
             return run
 

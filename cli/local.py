@@ -14,17 +14,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import psutil
+import typer
 
-from cli import QUIET_GRPC
 from cli.client import EXIT_UNAVAILABLE, Client, CliError, flota_home
+from cli.daemon import daemon_env
+from cli.options import options
 from cli.render import console, nodes_table, print_json, to_dict
 from protos import statelock
-from protos.flota.v1 import coordinator_pb2
 
-__all__ = ["down_local", "up_local"]
+__all__ = ["down", "down_local", "up", "up_local"]
 
 NETWORKS = ("home", "vpn", "office")
 START_TIMEOUT_S = 30.0
@@ -58,15 +61,6 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def daemon_env() -> dict[str, str]:
-    """The environment for a daemon: ours, less the gRPC quiet the CLI set for itself
-    (daemons keep gRPC's own errors in their logs, and pass the rest on to jobs)."""
-    env = dict(os.environ)
-    if QUIET_GRPC:
-        env.pop("GRPC_VERBOSITY", None)
-    return env
-
-
 def _spawn(argv: list[str], log: Path, detach: bool) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -79,13 +73,15 @@ def _spawn(argv: list[str], log: Path, detach: bool) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_for(what: str, check: object, procs: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+def _wait_for(
+    what: str, check: Callable[[], bool], procs: list[tuple[subprocess.Popen[bytes], Path]]
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         for proc, log in procs:
             if proc.poll() is not None:
                 raise CliError(f"{what}: a daemon exited ({_tail(log)})", EXIT_UNAVAILABLE)
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.05)
     raise CliError(f"{what}: timed out after {START_TIMEOUT_S:.0f}s", EXIT_UNAVAILABLE)
@@ -167,7 +163,7 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
                 # Enrolled by an earlier `up`: the coordinator came back on a new port.
                 (state / "identity" / "coordinator").write_text(client.address)
             else:  # never enrolled, or enrolled with a CA that is gone: join this one
-                token = client.call("CreateToken", coordinator_pb2.CreateTokenRequest(ttl_s=60))
+                token = client.create_token(ttl_s=60)
                 joined = subprocess.run(
                     [
                         sys.executable,
@@ -213,7 +209,7 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
             procs.append((proc, log))
 
         def nodes_online() -> bool:
-            reply = client.call("ListNodes", coordinator_pb2.ListNodesRequest())
+            reply = client.list_nodes()
             names = {n.info.name for n in reply.nodes if n.state == "online"}
             return all(f"node-{i}" in names for i in range(1, count + 1))
 
@@ -222,7 +218,7 @@ def up_local(count: int, detach: bool, as_json: bool) -> None:
         _stop([p.pid for p, _ in procs])
         raise
     fleet_file.write_text(json.dumps({"coordinator": coord.pid, "nodes": [p.pid for p, _ in procs[1:]]}))
-    reply = client.call("ListNodes", coordinator_pb2.ListNodesRequest())
+    reply = client.list_nodes()
     if as_json:
         print_json({"coordinator": client.address, "nodes": to_dict(reply)["nodes"]})
     else:
@@ -262,3 +258,21 @@ def down_local(as_json: bool = False) -> None:
         print_json({"stopped": len(nodes) + len(coordinator)})
     else:
         console.print(f"stopped {len(nodes) + len(coordinator)} daemons")
+
+
+def up(
+    ctx: typer.Context,
+    local: Annotated[int, typer.Option("--local", help="Start a one-machine fleet of N nodes (1 to 32).")],
+    detach: Annotated[
+        bool, typer.Option(help="Return once the fleet is up (stop it with `flota down`).")
+    ] = False,
+) -> None:
+    """Start a local fleet: a coordinator plus N node daemons on this machine."""
+    if not 1 <= local <= 32:
+        raise CliError("give the number of local nodes: flota up --local 3 (1 to 32)")
+    up_local(local, detach=detach, as_json=options(ctx).json)
+
+
+def down(ctx: typer.Context) -> None:
+    """Stop the local fleet started by `flota up --local N --detach`."""
+    down_local(as_json=options(ctx).json)

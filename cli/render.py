@@ -16,7 +16,18 @@ from rich.text import Text
 
 from protos.flota.v1 import coordinator_pb2
 
-__all__ = ["console", "jobs_table", "nodes_table", "print_json", "results_table", "runs_table", "to_dict"]
+__all__ = [
+    "compare_rows",
+    "compare_table",
+    "console",
+    "count",
+    "jobs_table",
+    "nodes_table",
+    "print_json",
+    "results_table",
+    "runs_table",
+    "to_dict",
+]
 
 # Markup off: task names, commands and errors are user text and print as written.
 # Piped output is not cut at 80 columns: a script reading it wants whole lines.
@@ -50,6 +61,11 @@ def to_dict(message: Any) -> dict[str, Any]:
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def count(n: int, noun: str) -> str:
+    """`1 job`, `3 jobs`."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _status(text: str) -> Text:

@@ -53,8 +53,8 @@ def one_job(client: Client, tasks: int = 1, placement: pb.PlacementSpec | None =
     """Submit a run of `tasks` `true` jobs and wait for its end; milliseconds."""
     t0 = time.perf_counter()
     request = pb.SubmitRunRequest(tasks=[pb.TaskSpec(command="true")] * tasks, placement=placement)
-    run = client.call("SubmitRun", request)
-    for event in client.stream("WatchRun", pb.WatchRunRequest(run_id=run.id)):
+    run = client.submit_run(request)
+    for event in client.watch_run(run.id):
         if event.WhichOneof("kind") == "run":
             if event.run.status != "success":
                 raise RuntimeError(f"run {run.id} ended {event.run.status}")
@@ -138,10 +138,10 @@ def memory(fleet: Fleet, client: Client, node: subprocess.Popen[bytes]) -> dict[
     request = pb.SubmitRunRequest(
         tasks=[pb.TaskSpec(command="sleep 60")] * SLOTS, placement=pb.PlacementSpec(node="n1")
     )
-    run = client.call("SubmitRun", request)
+    run = client.submit_run(request)
 
     def all_running() -> bool:
-        jobs = client.call("GetRun", pb.GetRunRequest(run_id=run.id)).jobs
+        jobs = client.get_run(run.id).jobs
         return all(j.status == "running" for j in jobs)
 
     try:
@@ -155,8 +155,8 @@ def memory(fleet: Fleet, client: Client, node: subprocess.Popen[bytes]) -> dict[
         keeper_mb = sum(p.memory_full_info().uss for p in keepers) / 2**20
         keeper_rss_mb = sum(p.memory_info().rss for p in keepers) / 2**20
     finally:
-        client.call("Cancel", pb.CancelRequest(id=run.id))
-        ended = lambda: client.call("GetRun", pb.GetRunRequest(run_id=run.id)).status != "running"  # noqa: E731
+        client.cancel(run.id)
+        ended = lambda: client.get_run(run.id).status != "running"  # noqa: E731
         wait_until(ended, timeout=30, what="the sleeping jobs to stop")
     return {
         "idle_rss_mb": idle,

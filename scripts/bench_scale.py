@@ -215,7 +215,7 @@ class Profiler:
 def _enroll(client: Client, home: Path, names: list[str]) -> list[Path]:
     """One token each, then the real join (fresh key, CSR, certificate), JOIN_PARALLEL at
     a time."""
-    tokens = [client.call("CreateToken", pb.CreateTokenRequest()) for _ in names]
+    tokens = [client.create_token() for _ in names]
 
     def one(item: tuple[str, Any]) -> Path:
         name, reply = item
@@ -236,7 +236,7 @@ def _enroll(client: Client, home: Path, names: list[str]) -> list[Path]:
 
 
 def _online(client: Client) -> tuple[int, int]:
-    reply = client.call("ListNodes", pb.ListNodesRequest())
+    reply = client.list_nodes()
     return sum(n.state == "online" for n in reply.nodes), len(reply.nodes)
 
 
@@ -429,19 +429,18 @@ def run(
         # Warm-up: a first job on every node, which starts that node's keeper (a Python
         # process: about 25 ms of CPU each, 200 of them at once on this machine).
         t0 = time.monotonic()
-        first = client.call(
-            "SubmitRun",
+        first = client.submit_run(
             pb.SubmitRunRequest(
                 tasks=[pb.TaskSpec(command="true")] * n_nodes, placement=pb.PlacementSpec(spread=True)
             ),
         )
-        while client.call("GetRun", pb.GetRunRequest(run_id=first.id)).status == "running":
+        while client.get_run(first.id).status == "running":
             if time.monotonic() - t0 > 120:
                 raise RuntimeError("the warm-up run did not finish in 120 s")
             time.sleep(0.1)
         report["first_jobs"] = {
             "seconds": time.monotonic() - t0,
-            "status": client.call("GetRun", pb.GetRunRequest(run_id=first.id)).status,
+            "status": client.get_run(first.id).status,
             "flaps": _flaps(fleet.log("coordinator")),
         }
         log_before = len(fleet.log("coordinator"))
@@ -456,13 +455,13 @@ def run(
         t0 = time.monotonic()
         run_ids = []
         for size in sizes:
-            reply = client.call("SubmitRun", pb.SubmitRunRequest(tasks=[pb.TaskSpec(command="true")] * size))
+            reply = client.submit_run(pb.SubmitRunRequest(tasks=[pb.TaskSpec(command="true")] * size))
             run_ids.append(reply.id)
         submitted_s = time.monotonic() - t0
         pending = set(run_ids)
         deadline = t0 + max(300.0, n_jobs * 0.2)
         while pending and time.monotonic() < deadline:
-            listed = client.call("ListRuns", pb.ListRunsRequest(limit=n_runs + 10))
+            listed = client.list_runs(n_runs + 10)
             pending -= {r.id for r in listed.runs if r.id in pending and r.status != "running"}
             if pending:
                 time.sleep(0.1)
@@ -473,7 +472,7 @@ def run(
         statuses: Counter[str] = Counter()
         per_node: Counter[str] = Counter()
         for run_id in run_ids:
-            for job in client.call("GetRun", pb.GetRunRequest(run_id=run_id)).jobs:
+            for job in client.get_run(run_id).jobs:
                 statuses[job.status] += 1
                 if job.node_id:
                     per_node[job.node_id] += 1

@@ -1,0 +1,310 @@
+"""`flota run|status|results|compare|logs|cancel|cleanup`: runs, their jobs and their results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.client import EXIT_FAILED, CliError
+from cli.options import options
+from cli.render import (
+    compare_rows,
+    compare_table,
+    console,
+    count,
+    jobs_table,
+    print_json,
+    results_table,
+    runs_table,
+    to_dict,
+)
+from protos.flota.v1 import coordinator_pb2, types_pb2
+
+__all__ = ["cancel", "cleanup", "compare", "logs", "results", "run", "status"]
+
+
+def _parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"invalid {what} {item!r} (expected KEY=VALUE)")
+        pairs[key] = value
+    return pairs
+
+
+def run(
+    ctx: typer.Context,
+    command: Annotated[
+        str | None,
+        typer.Argument(help="A task: a shell command, or a prompt for an agent (or use --task, repeatable)."),
+    ] = None,
+    task: Annotated[
+        list[str] | None, typer.Option("--task", "-t", help="A task (command or prompt); repeatable.")
+    ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            help="shell (default), llm, or an agent CLI: claude, aider, codex, gemini, architect, ..."
+        ),
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option(help="A model (litellm string); repeatable.")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models: one job per model, on different machines.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Jobs to run; tasks and models are dealt round-robin.")
+    ] = None,
+    budget_per_worker: Annotated[float | None, typer.Option(help="USD budget of each llm job.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Model calls allowed per llm job.")] = None,
+    check: Annotated[
+        str | None, typer.Option(help="A command run in the worktree after the agent; pass/fail is recorded.")
+    ] = None,
+    api_base: Annotated[
+        str | None, typer.Option(help="An OpenAI-compatible server for the llm agent (http://host:port/v1).")
+    ] = None,
+    repo: Annotated[str | None, typer.Option(help="Git repository the tasks work on.")] = None,
+    remote: Annotated[str, typer.Option(help="Remote name or URL the nodes use.")] = "origin",
+    ref: Annotated[str, typer.Option(help="Base revision.")] = "HEAD",
+    from_working_tree: Annotated[
+        bool,
+        typer.Option(
+            help="Base on the working tree: uncommitted changes and untracked files not in .gitignore."
+        ),
+    ] = False,
+    on: Annotated[str | None, typer.Option("--on", help="Pin to a node (name or id).")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="Required node label KEY=VALUE; repeatable.")
+    ] = None,
+    network: Annotated[list[str] | None, typer.Option(help="Allowed network profile; repeatable.")] = None,
+    avoid_network: Annotated[
+        list[str] | None, typer.Option(help="Network profile to avoid; repeatable.")
+    ] = None,
+    exclusive: Annotated[bool, typer.Option(help="Nothing else runs on the node meanwhile.")] = False,
+    spread: Annotated[
+        bool, typer.Option(help="At most one of this run's tasks on a node at a time (hard).")
+    ] = False,
+    cpus: Annotated[float, typer.Option(help="CPUs each task needs.")] = 0,
+    memory: Annotated[int, typer.Option(help="Memory each task needs, MB.")] = 0,
+    gpus: Annotated[int, typer.Option(help="GPUs each task needs.")] = 0,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", "--timeout-per-worker", help="Seconds before a task is stopped (0: none)."),
+    ] = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            help="Extra attempts when a node is lost or stops a task cut off (default 1; -1: the default)."
+        ),
+    ] = -1,
+    resume_from_partial: Annotated[
+        bool, typer.Option(help="A retry starts from the work an earlier attempt pushed.")
+    ] = False,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the tasks; repeatable.")] = None,
+    secret: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME of a secret (flota secret set, or the coordinator's environment) for the tasks' "
+            "environment; redacted from logs and results. Repeatable."
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="A name for the run.")] = "",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Show progress, then the results.")] = False,
+) -> None:
+    """Run tasks on the fleet, each on its own branch when --repo is given."""
+    o = options(ctx)
+    texts = ([command] if command else []) + list(task or [])
+    if not texts:
+        raise CliError("nothing to run: give a command or --task")
+    from cli.agents import TEMPLATES, fan_out, load_repo_config
+
+    config = load_repo_config(Path(repo or ".").resolve())
+    defaults = config.run
+    agent = agent or defaults.get("agent") or "shell"
+    model_list = list(model or []) + [m.strip() for m in (models or "").split(",") if m.strip()]
+    model_list = model_list or list(defaults.get("models", []))
+    if workers is None:
+        workers = int(defaults.get("workers", 0))
+    if workers < 0 or workers > 1000:
+        raise CliError("--workers must be between 1 and 1000")
+    network = network or list(defaults.get("networks", []))
+    timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
+    tasks = fan_out(agent, texts, model_list, workers, {**TEMPLATES, **config.agents})
+    request = coordinator_pb2.SubmitRunRequest(
+        tasks=tasks,
+        max_steps=max_steps if max_steps is not None else int(defaults.get("max_steps", 0)),
+        budget_usd=budget_per_worker
+        if budget_per_worker is not None
+        else float(defaults.get("budget_per_worker", 0)),
+        check=check if check is not None else str(defaults.get("check", "")),
+        api_base=api_base or "",
+        placement=coordinator_pb2.PlacementSpec(
+            node=on or "",
+            labels=_parse_pairs(label, "label"),
+            networks=network or [],
+            avoid_networks=avoid_network or [],
+            exclusive=exclusive,
+            spread=spread,
+            resources=types_pb2.Resources(cpus=cpus, memory_mb=memory, gpus=gpus),
+        ),
+        timeout_s=timeout,
+        retries=retries,
+        resume_from_partial=resume_from_partial,
+        secrets=secret or [],
+        name=name,
+        env=_parse_pairs(env, "environment variable"),
+    )
+    if repo:
+        path = os.path.abspath(repo)
+        if not os.path.isdir(path):
+            raise CliError(f"no such directory: {repo}")
+        request.repo.CopyFrom(
+            coordinator_pb2.RepoRequest(
+                path=path, remote=remote, ref=ref, from_working_tree=from_working_tree
+            )
+        )
+    client = o.client()
+    submitted = client.submit_run(request)
+    if not follow:
+        if o.json:
+            print_json(to_dict(submitted))
+        else:
+            queued = count(len(submitted.jobs), "job")
+            console.print(f"run {submitted.id}: {queued} queued (see: flota status {submitted.id})")
+        return
+    from cli.follow import follow_run
+
+    if not o.json:
+        console.print(
+            f"run {submitted.id}: {count(len(submitted.jobs), 'job')} (Ctrl-C stops watching, not the run)"
+        )
+    try:
+        final = follow_run(client, submitted, live=not o.json and console.is_terminal, quiet=o.json)
+    except KeyboardInterrupt:
+        print(
+            f"flota: stopped watching; run {submitted.id} goes on (flota status {submitted.id}, "
+            f"flota cancel {submitted.id})",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130) from None
+    except CliError as exc:
+        raise CliError(
+            f"{exc}; run {submitted.id} was submitted (flota status {submitted.id})", exc.code
+        ) from None
+    if o.json:
+        print_json(to_dict(final))
+    else:
+        console.print(results_table(final))
+    if final.status != "success":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def status(
+    ctx: typer.Context,
+    ident: Annotated[
+        str | None, typer.Argument(metavar="[RUN|JOB]", help="A run or job id; none: recent runs.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many recent runs to list.")] = 20,
+) -> None:
+    """Show recent runs, one run and its jobs, or one job and its attempts."""
+    o = options(ctx)
+    client = o.client()
+    if ident is None:
+        runs = client.list_runs(limit).runs
+        if o.json:
+            print_json([to_dict(r) for r in runs])
+        else:
+            console.print(runs_table(list(runs)) if runs else "no runs yet")
+        return
+    if "." in ident:
+        job = client.get_job(ident)
+        if o.json:
+            print_json(to_dict(job))
+            return
+        console.print(f"job {job.id}  {job.status}  {job.name}")
+        if job.wait_reason and job.status == "queued":
+            console.print(f"waiting: {job.wait_reason}")
+        for a in job.attempts:
+            console.print(
+                f"  attempt {a.number} on {a.node_name or a.node_id}: {a.status} {a.branch} {a.error}"
+            )
+        return
+    run_msg = client.get_run(ident)
+    if o.json:
+        print_json(to_dict(run_msg))
+        return
+    console.print(f"run {run_msg.id}  {run_msg.status}")
+    console.print(jobs_table(run_msg))
+
+
+def results(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """The results of a run: node, branch, status, duration, files modified."""
+    o = options(ctx)
+    run_msg = o.client().get_run(run_id)
+    if o.json:
+        print_json([{"job": j.id, "node": j.node_name, **to_dict(j.result)} for j in run_msg.jobs])
+    else:
+        console.print(results_table(run_msg))
+    if run_msg.status != "success":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def compare(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """Rank a run's jobs as a competition: check, status, cost, duration, diff size."""
+    o = options(ctx)
+    rows = compare_rows(o.client().get_run(run_id))
+    if o.json:
+        print_json(rows)
+    else:
+        console.print(compare_table(rows))
+
+
+def logs(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+) -> None:
+    """Print a job's output (all attempts)."""
+    o = options(ctx)
+    attempt = ""
+    for chunk in o.client().stream_logs(job_id, follow):
+        if o.json:
+            for line in chunk.lines:
+                print(json.dumps({"attempt_id": chunk.attempt_id, "line": line}), flush=True)
+            continue
+        if attempt and chunk.attempt_id != attempt:  # a retry: say where the next try starts
+            sys.stderr.write(f"--- {chunk.attempt_id} ---\n")
+        attempt = chunk.attempt_id
+        sys.stdout.write("".join(line + "\n" for line in chunk.lines))
+        sys.stdout.flush()
+
+
+def cancel(ctx: typer.Context, ident: Annotated[str, typer.Argument(metavar="RUN|JOB")]) -> None:
+    """Cancel a run or one job: its processes get SIGTERM, then SIGKILL."""
+    o = options(ctx)
+    reply = o.client().cancel(ident)
+    if o.json:
+        print_json(to_dict(reply))
+    else:
+        if reply.cancelled:
+            console.print(f"cancelled {count(len(reply.cancelled), 'job')}: {' '.join(reply.cancelled)}")
+        else:
+            console.print("nothing to cancel: it has already ended")
+
+
+def cleanup(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+    """Remove a run's worktrees on the nodes. Result branches are kept."""
+    o = options(ctx)
+    reply = o.client().cleanup(run_id)
+    if o.json:
+        print_json(to_dict(reply))
+        return
+    console.print(f"removed {count(reply.worktrees_removed, 'worktree')}; branches kept")
+    if reply.nodes_unreachable:
+        console.print(f"unreachable, not cleaned: {', '.join(reply.nodes_unreachable)}")
+        raise typer.Exit(EXIT_FAILED)
