@@ -100,7 +100,11 @@ class Coordinator:
 
     def _link(self, node_id: str) -> Link:
         link = NodeLink(
-            node_id, self._creds, self.rec.on_event, self.rec.on_link_state, self.config.heartbeat_s
+            node_id,
+            self._creds,
+            self.rec.sessions.on_event,
+            self.rec.sessions.on_link_state,
+            self.config.heartbeat_s,
         )
         link.start()
         return link
@@ -175,7 +179,7 @@ class Coordinator:
         )
         if ready:  # the ready line goes to stdout once, for people and scripts alike
             ready(line, state)
-        discovery = Discovery(self.rec.hint, self.rec.goodbye) if cfg.mdns else None
+        discovery = Discovery(self.rec.sessions.hint, self.rec.sessions.goodbye) if cfg.mdns else None
         try:
             # Background calls end with this group, before the links close: none may
             # record a closing link as a failure.

@@ -95,8 +95,6 @@ class Reconciler:
         self.jobs: dict[str, Job] = {}  # jobs of active runs
         self.attempts: dict[str, tuple[Job, Attempt]] = {}  # active attempts
         self.sessions = NodeSessions(self)
-        self.on_event = self.sessions.on_event
-        self.on_link_state = self.sessions.on_link_state
         self.planner = Planner(self.fleet, self.jobs, self.store, self.hub, clock, wall)
         self._wake = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -372,38 +370,6 @@ class Reconciler:
         self.hub.run_ended(run, self.fleet.names)
 
     # --- requests (from the service) ------------------------------------------------------
-
-    def enrolled(self, node_id: str, name: str, fingerprint: str) -> None:
-        entry = self.fleet.add(node_id, name)
-        entry.name, entry.fingerprint = name, fingerprint
-
-    def hint(
-        self, node_id: str, addresses: list[str], source: str = "register", fingerprint: str = ""
-    ) -> bool:
-        """Where an enrolled node may listen. False for ids we never enrolled, and for an
-        announcement whose certificate fingerprint is not the one we issued (a stale or
-        rogue record: it would fail the TLS check anyway, so do not even dial it)."""
-        entry = self.fleet.get(node_id)
-        if entry is None or entry.removed:
-            return False
-        if source == "mdns" and fingerprint != entry.fingerprint:
-            log.warning("ignoring an mDNS record for %s with a foreign certificate fingerprint", entry.name)
-            return False
-        self.dispatch.link(node_id).hint(addresses, source)
-        return True
-
-    def goodbye(self, node_id: str, leaving: bool = False) -> None:
-        """An mDNS goodbye (anyone can forge one) or, with `leaving`, the node's own word
-        over mTLS. Only the latter stops new work going there; neither ends work: a node
-        that still holds attempts goes through unreachable and lost like any silent node."""
-        entry = self.fleet.get(node_id)
-        if entry is None:
-            return
-        entry.goodbye_at = self.clock()
-        if leaving:
-            entry.leaving = True
-        if entry.state != NodeState.ONLINE and not entry.reservations:
-            self.set_state(entry, NodeState.OFFLINE)
 
     def submit(self, run: Run) -> None:
         self.store.create_run(run)

@@ -58,8 +58,8 @@ class Service:
         if entry is None or entry.removed or entry.fingerprint != cert_fingerprint:
             raise Refused("this certificate is not the one enrolled")
         if leaving:
-            self.rec.goodbye(node_id, leaving=True)
-        elif not self.rec.hint(node_id, addresses):
+            self.rec.sessions.goodbye(node_id, leaving=True)
+        elif not self.rec.sessions.hint(node_id, addresses):
             raise Refused("this node is not enrolled (or was removed)")
         return self.config.heartbeat_s
 
@@ -150,7 +150,7 @@ class Service:
             raise Refused("invalid or already used join token")
         fp = fingerprint(ssl.PEM_cert_to_DER_cert(cert_pem.decode()))
         self.rec.store.enroll_node(NodeRecord(node_id, name, fp, now))
-        self.rec.enrolled(node_id, name, fp)
+        self.rec.sessions.enrolled(node_id, name, fp)
         log.info("node %s (%s) joined", name, node_id)
         return Joined(cert_pem, self.ca.cert_pem, node_id)
 

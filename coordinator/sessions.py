@@ -45,6 +45,38 @@ class NodeSessions:
         self.rec = rec
         self._pending_acks: dict[str, list[str]] = {}
 
+    def enrolled(self, node_id: str, name: str, fingerprint: str) -> None:
+        entry = self.rec.fleet.add(node_id, name)
+        entry.name, entry.fingerprint = name, fingerprint
+
+    def hint(
+        self, node_id: str, addresses: list[str], source: str = "register", fingerprint: str = ""
+    ) -> bool:
+        """Where an enrolled node may listen. False for ids we never enrolled, and for an
+        announcement whose certificate fingerprint is not the one we issued (a stale or
+        rogue record: it would fail the TLS check anyway, so do not even dial it)."""
+        entry = self.rec.fleet.get(node_id)
+        if entry is None or entry.removed:
+            return False
+        if source == "mdns" and fingerprint != entry.fingerprint:
+            log.warning("ignoring an mDNS record for %s with a foreign certificate fingerprint", entry.name)
+            return False
+        self.rec.dispatch.link(node_id).hint(addresses, source)
+        return True
+
+    def goodbye(self, node_id: str, leaving: bool = False) -> None:
+        """An mDNS goodbye (anyone can forge one) or, with `leaving`, the node's own word
+        over mTLS. Only the latter stops new work going there; neither ends work: a node
+        that still holds attempts goes through unreachable and lost like any silent node."""
+        entry = self.rec.fleet.get(node_id)
+        if entry is None:
+            return
+        entry.goodbye_at = self.rec.clock()
+        if leaving:
+            entry.leaving = True
+        if entry.state != NodeState.ONLINE and not entry.reservations:
+            self.rec.set_state(entry, NodeState.OFFLINE)
+
     # --- events from nodes ------------------------------------------------------------------
 
     def on_event(self, node_id: str, event: NodeEvent) -> None:

@@ -279,9 +279,9 @@ class Harness:
     def node(self, node_id: str, name: str, slots: int = 2) -> FakeLink:
         """An enrolled node brought online through its first heartbeat, as a session does."""
         self.enroll(node_id, name)
-        self.rec.enrolled(node_id, name, f"fp-{node_id}")
+        self.rec.sessions.enrolled(node_id, name, f"fp-{node_id}")
         self.rec.dispatch.link(node_id)
-        self.rec.on_event(node_id, heartbeat(node_id, name, slots))
+        self.rec.sessions.on_event(node_id, heartbeat(node_id, name, slots))
         assert self.rec.fleet[node_id].state == "online"
         return self.links[node_id]
 

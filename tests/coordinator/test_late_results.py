@@ -45,7 +45,7 @@ async def started_on(h: Harness, link: FakeLink, job: Job) -> str:
     await until(lambda: job.attempts and link.starts and link.starts[-1].attempt_id == job.attempts[-1].id)
     await idle()
     attempt = job.attempts[-1]
-    h.rec.on_event(attempt.node_id, started(job.id, attempt.id))
+    h.rec.sessions.on_event(attempt.node_id, started(job.id, attempt.id))
     return attempt.id
 
 
@@ -54,13 +54,13 @@ def lose(h: Harness, node_id: str, keep_alive: list[str]) -> None:
     for _ in range(8):
         h.clock.advance(4)
         for other in keep_alive:
-            h.rec.on_event(other, heartbeat(other, h.rec.fleet[other].name))
+            h.rec.sessions.on_event(other, heartbeat(other, h.rec.fleet[other].name))
         h.step()
     assert h.rec.fleet[node_id].state == "lost"
 
 
 def back(h: Harness, node_id: str) -> None:
-    h.rec.on_event(node_id, heartbeat(node_id, h.rec.fleet[node_id].name))
+    h.rec.sessions.on_event(node_id, heartbeat(node_id, h.rec.fleet[node_id].name))
 
 
 async def one_job_lost_on_a(h: Harness, **fields: object) -> tuple[Run, Job, FakeLink, FakeLink]:
@@ -82,11 +82,13 @@ def test_late_success_after_the_retry_won_is_superseded_and_keeps_its_branch(h: 
     async def scenario() -> None:
         run, job, a, b = await one_job_lost_on_a(h, max_attempts=2)
         second = await started_on(h, b, job)
-        h.rec.on_event("nB", result_event(job.id, second, "success", branch="flota/r000001/1-a2"))
+        h.rec.sessions.on_event("nB", result_event(job.id, second, "success", branch="flota/r000001/1-a2"))
         assert (job.status, run.status) == ("success", "success")
 
         back(h, "nA")
-        h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "success", branch="flota/r000001/1"))
+        h.rec.sessions.on_event(
+            "nA", result_event(job.id, job.attempts[0].id, "success", branch="flota/r000001/1")
+        )
         stored = h.stored(job)
         assert [(x.status, x.branch) for x in stored.attempts] == [
             ("superseded", "flota/r000001/1"),
@@ -106,11 +108,13 @@ def test_late_success_while_the_retry_runs_wins_and_the_retry_is_stopped(h: Harn
         run, job, a, b = await one_job_lost_on_a(h, max_attempts=2)
         second = await started_on(h, b, job)
         back(h, "nA")
-        h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "success", branch="flota/r000001/1"))
+        h.rec.sessions.on_event(
+            "nA", result_event(job.id, job.attempts[0].id, "success", branch="flota/r000001/1")
+        )
         assert (job.status, job.branch, run.status) == ("success", "flota/r000001/1", "success")
         await until(lambda: second in [c[0] for c in b.cancels], "the retry cancelled")
         # The retry ends later, successfully after all: recorded, never a second winner.
-        h.rec.on_event("nB", result_event(job.id, second, "success", branch="flota/r000001/1-a2"))
+        h.rec.sessions.on_event("nB", result_event(job.id, second, "success", branch="flota/r000001/1-a2"))
         stored = h.stored(job)
         assert [x.status for x in stored.attempts] == ["success", "superseded"]
         assert stored.result is not None and stored.result.branch == "flota/r000001/1"
@@ -131,13 +135,15 @@ def test_a_job_that_was_not_retried_takes_the_late_result(
         assert run.id not in h.rec.runs  # finished: only the store knows it now
 
         back(h, "nA")
-        h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, late, branch="flota/r000001/1"))
+        h.rec.sessions.on_event(
+            "nA", result_event(job.id, job.attempts[0].id, late, branch="flota/r000001/1")
+        )
         stored = h.stored(job)
         assert (stored.status, [x.status for x in stored.attempts]) == (job_after, [late])
         assert stored.result is not None and stored.result.branch == "flota/r000001/1"
         assert h.stored_run(run.id).status == run_after
         # Delivered again (the ack got lost): nothing changes.
-        h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "failed"))
+        h.rec.sessions.on_event("nA", result_event(job.id, job.attempts[0].id, "failed"))
         assert h.stored(job).status == job_after
 
     h.run(scenario)
@@ -146,7 +152,7 @@ def test_a_job_that_was_not_retried_takes_the_late_result(
 def test_a_node_cannot_report_for_another_nodes_attempt(h: Harness) -> None:
     async def scenario() -> None:
         run, job, _, b = await one_job_lost_on_a(h, max_attempts=1)
-        h.rec.on_event("nB", result_event(job.id, job.attempts[0].id, "success", branch="flota/x"))
+        h.rec.sessions.on_event("nB", result_event(job.id, job.attempts[0].id, "success", branch="flota/x"))
         stored = h.stored(job)
         assert (stored.status, stored.attempts[0].status) == ("lost", "lost")
 
@@ -160,7 +166,7 @@ def test_partial_work_is_retried_and_the_retry_resumes_from_its_branch(h: Harnes
         h.rec.submit(run)
         job = run.jobs[0]
         first = await place(h, a, job)
-        h.rec.on_event("nA", result_event(job.id, first, "partial", branch="flota/r000001/1"))
+        h.rec.sessions.on_event("nA", result_event(job.id, first, "partial", branch="flota/r000001/1"))
         assert job.status == "queued" and job.wait_reason.startswith("retrying")
         await place(h, a, job)
         spec = a.starts[-1]
@@ -177,7 +183,7 @@ def test_without_resume_a_retry_starts_from_the_base(h: Harness) -> None:
         h.rec.submit(run)
         job = run.jobs[0]
         first = await place(h, a, job)
-        h.rec.on_event("nA", result_event(job.id, first, "partial", branch="flota/r000001/1"))
+        h.rec.sessions.on_event("nA", result_event(job.id, first, "partial", branch="flota/r000001/1"))
         await place(h, a, job)
         assert list(a.starts[-1].resume_branches) == []
 
@@ -195,7 +201,7 @@ def test_a_draining_node_gets_no_new_job_and_its_running_one_finishes(h: Harness
         attempt = await place(h, a, first)
         h.rec.drain(h.rec.fleet["nA"], True)
         assert h.store.nodes()[0].draining
-        h.rec.on_event("nA", result_event(first.id, attempt, "success"))
+        h.rec.sessions.on_event("nA", result_event(first.id, attempt, "success"))
         h.step()
         await idle()
         assert (first.status, second.status, len(a.starts)) == ("success", "queued", 1)
@@ -211,7 +217,7 @@ def test_a_node_may_ask_for_a_longer_grace_and_a_restart_remembers_it(h: Harness
         a = h.node("nA", "node-a")
         beat = heartbeat("nA", "node-a")
         beat = replace(beat, info=replace(beat.info, lost_after_s=120))
-        h.rec.on_event("nA", beat)
+        h.rec.sessions.on_event("nA", beat)
         run = make_run()
         h.rec.submit(run)
         await place(h, a, run.jobs[0])
@@ -229,5 +235,5 @@ def test_a_node_may_ask_for_a_longer_grace_and_a_restart_remembers_it(h: Harness
 def test_unknown_late_results_are_ignored(h: Harness) -> None:
     h.node("nA", "node-a")
     for attempt_id in ("nothing", "r9.1.a1", "r000001.1.a7"):
-        h.rec.on_event("nA", result_event("x", attempt_id, "success"))
+        h.rec.sessions.on_event("nA", result_event("x", attempt_id, "success"))
     assert h.rec.attempts == {}

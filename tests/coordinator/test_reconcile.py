@@ -65,7 +65,7 @@ async def run_on(h: Harness, link: FakeLink, node_id: str = "nA") -> tuple[Run, 
     job = run.jobs[0]
     await dispatch(h, link)
     attempt = job.attempts[0]
-    h.rec.on_event(node_id, started(job.id, attempt.id, T0_WALL + 1))
+    h.rec.sessions.on_event(node_id, started(job.id, attempt.id, T0_WALL + 1))
     assert (job.status, attempt.status) == ("running", "running")
     return run, job
 
@@ -114,7 +114,7 @@ def test_dispatch_persists_before_start_then_records_start_result_and_acks_after
         )
         assert list(h.rec.fleet["nA"].reservations) == [attempt_id]
 
-        h.rec.on_event("nA", started(job.id, attempt_id, T0_WALL + 1))
+        h.rec.sessions.on_event("nA", started(job.id, attempt_id, T0_WALL + 1))
         stored = h.stored(job)
         assert (job.status, job.attempts[0].status) == ("running", "running")
         assert (stored.status, stored.attempts[0].status, stored.attempts[0].started_at) == (
@@ -123,7 +123,7 @@ def test_dispatch_persists_before_start_then_records_start_result_and_acks_after
             T0_WALL + 1,
         )
 
-        h.rec.on_event(
+        h.rec.sessions.on_event(
             "nA",
             result_event(
                 job.id, attempt_id, "success", branch="flota/r000001/1", head_commit="c" * 40, exit_code=0
@@ -199,8 +199,10 @@ def test_cancel_during_start_is_repeated_once_the_start_is_accepted(
         await until(lambda: len(link.cancels) == 2, "second CancelJob")
         assert link.cancels == [(attempt_id, "cancelled by the user")] * 2
 
-        h.rec.on_event("nA", started(job.id, attempt_id))
-        h.rec.on_event("nA", result_event(job.id, attempt_id, node_reports, branch="flota/r000001/1"))
+        h.rec.sessions.on_event("nA", started(job.id, attempt_id))
+        h.rec.sessions.on_event(
+            "nA", result_event(job.id, attempt_id, node_reports, branch="flota/r000001/1")
+        )
         h.step()
         await until(lambda: link.acks, "ack")
 
@@ -230,7 +232,7 @@ def test_result_during_cancel_then_link_drop_keeps_the_real_result(h: Harness, c
         attempt_id = job.attempts[0].id
 
         def result_then_drop(aid: str, reason: str) -> None:
-            h.rec.on_event("nA", result_event(job.id, aid, "success", branch="flota/r000001/1"))
+            h.rec.sessions.on_event("nA", result_event(job.id, aid, "success", branch="flota/r000001/1"))
             link.connected = False
 
         link.on_cancel = result_then_drop
@@ -256,7 +258,7 @@ def test_result_during_cancel_then_link_drop_keeps_the_real_result(h: Harness, c
         h.step()
         await idle()
         assert link.acks == []
-        await h.rec.on_link_state("nA", "down", "Socket closed")
+        await h.rec.sessions.on_link_state("nA", "down", "Socket closed")
         link.connected = True
         link.jobs = [
             node_job(
@@ -266,8 +268,8 @@ def test_result_during_cancel_then_link_drop_keeps_the_real_result(h: Harness, c
                 job_result(job.id, attempt_id, "success", branch="flota/r000001/1"),
             )
         ]
-        h.rec.on_event("nA", heartbeat("nA", "node-a"))
-        await h.rec.on_link_state("nA", "up", "10.0.0.1:7000")
+        h.rec.sessions.on_event("nA", heartbeat("nA", "node-a"))
+        await h.rec.sessions.on_link_state("nA", "up", "10.0.0.1:7000")
         await until(lambda: link.acks, "ack after reconnect")
         assert link.calls() == {
             "starts": [attempt_id],
@@ -294,12 +296,12 @@ def test_events_from_a_node_that_does_not_own_the_attempt_are_ignored(h: Harness
         attempt_id = job.attempts[0].id
         assert job.node_id == "nA"
         if phase == "running":
-            h.rec.on_event("nA", started(job.id, attempt_id))
+            h.rec.sessions.on_event("nA", started(job.id, attempt_id))
         before = (h.stored(job).status, [(a.status, a.error) for a in h.stored(job).attempts])
 
-        h.rec.on_event("nB", started(job.id, attempt_id))
-        h.rec.on_event("nB", log_lines(job.id, attempt_id, ["forged line"]))
-        h.rec.on_event(
+        h.rec.sessions.on_event("nB", started(job.id, attempt_id))
+        h.rec.sessions.on_event("nB", log_lines(job.id, attempt_id, ["forged line"]))
+        h.rec.sessions.on_event(
             "nB", result_event(job.id, attempt_id, "success", branch="flota/evil", head_commit="0" * 40)
         )
         h.step()
@@ -324,12 +326,12 @@ def test_events_from_a_node_that_does_not_own_the_attempt_are_ignored(h: Harness
 async def reconnect(h: Harness, link: FakeLink, node_id: str, jobs: list[node_pb2.NodeJob]) -> None:
     """The session breaks, then comes back: first event (a heartbeat), then "up"."""
     link.connected = False
-    await h.rec.on_link_state(node_id, "down", "Socket closed")
+    await h.rec.sessions.on_link_state(node_id, "down", "Socket closed")
     assert h.rec.fleet[node_id].state == "unreachable"
     link.connected = True
     link.jobs = jobs
-    h.rec.on_event(node_id, heartbeat(node_id, h.rec.fleet[node_id].name))
-    await h.rec.on_link_state(node_id, "up", "10.0.0.2:7000")
+    h.rec.sessions.on_event(node_id, heartbeat(node_id, h.rec.fleet[node_id].name))
+    await h.rec.sessions.on_link_state(node_id, "up", "10.0.0.2:7000")
     assert h.rec.fleet[node_id].state == "online"
 
 
@@ -384,7 +386,7 @@ def test_reconnect_resends_a_start_the_node_never_got(h: Harness) -> None:
         assert (stored.status, [a.status for a in stored.attempts]) == ("dispatching", ["dispatching"])
         assert list(h.rec.fleet["nA"].reservations) == [attempt_id]
 
-        h.rec.on_event("nA", started(job.id, attempt_id))
+        h.rec.sessions.on_event("nA", started(job.id, attempt_id))
         assert (job.status, h.stored(job).attempts[0].status) == ("running", "running")
         assert link.calls() == {"starts": [attempt_id, attempt_id], "cancels": [], "acks": []}
         assert h.stored_run(run.id).status == "running"
@@ -407,7 +409,7 @@ def test_reconnect_gives_up_a_running_attempt_the_node_forgot(
         job = run.jobs[0]
         await dispatch(h, link)
         a1 = job.attempts[0].id
-        h.rec.on_event("nA", started(job.id, a1))
+        h.rec.sessions.on_event("nA", started(job.id, a1))
 
         await reconnect(h, link, "nA", [])  # the node restarted without it
 
@@ -486,7 +488,7 @@ def test_liveness_online_unreachable_lost(h: Harness) -> None:
             h.step()
             assert h.rec.fleet["nA"].state == state, f"at +{at}s"
         # A heartbeat brings it back.
-        h.rec.on_event("nA", heartbeat("nA", "node-a"))
+        h.rec.sessions.on_event("nA", heartbeat("nA", "node-a"))
         h.step()
         assert h.rec.fleet["nA"].state == "online"
 
@@ -507,7 +509,7 @@ def test_lost_node_gives_up_its_running_attempt(
         h.rec.submit(run)
         job = run.jobs[0]
         await dispatch(h, link)
-        h.rec.on_event("nA", started(job.id, job.attempts[0].id))
+        h.rec.sessions.on_event("nA", started(job.id, job.attempts[0].id))
 
         h.clock.advance(4)
         h.step()
@@ -613,14 +615,14 @@ def test_goodbye(
         if with_work:
             _, job = await run_on(h, link)
         if order == "down-goodbye":
-            await h.rec.on_link_state("nA", "down", "Socket closed")
+            await h.rec.sessions.on_link_state("nA", "down", "Socket closed")
             assert entry.state == "unreachable"
-            h.rec.goodbye("nA")
+            h.rec.sessions.goodbye("nA")
         else:
-            h.rec.goodbye("nA")
+            h.rec.sessions.goodbye("nA")
             assert entry.state == "online"  # a goodbye alone never takes an online node down
             h.clock.advance(gap_s)
-            await h.rec.on_link_state("nA", "down", "Socket closed")
+            await h.rec.sessions.on_link_state("nA", "down", "Socket closed")
         assert entry.state == state_after
         h.clock.advance(h.config.lost_after_s + 1)
         h.step()
@@ -701,7 +703,7 @@ def test_which_dispatch_failures_count(
             link.start_replies = [answer]
             await dispatch(h, link, n)
             h.clock.advance(1.0)  # past any hold; the node's heartbeat keeps it online
-            h.rec.on_event("nA", heartbeat("nA", "node-a"))
+            h.rec.sessions.on_event("nA", heartbeat("nA", "node-a"))
         assert len(link.starts) == tries
         assert [(a.status, a.error) for a in job.attempts] == [("failed", error)] * tries
         stored = h.stored(job)
@@ -749,8 +751,8 @@ def test_restart_resends_a_dispatching_attempt_when_its_node_comes_back(h: Harne
         loaded = h2.rec.jobs[job.id]
 
         link.jobs = []  # the node never heard of it
-        h2.rec.on_event("nA", heartbeat("nA", "node-a"))
-        await h2.rec.on_link_state("nA", "up", "10.0.0.1:7000")
+        h2.rec.sessions.on_event("nA", heartbeat("nA", "node-a"))
+        await h2.rec.sessions.on_link_state("nA", "up", "10.0.0.1:7000")
         await until(lambda: link.starts, "StartJob re-sent")
         await idle()
 
@@ -762,7 +764,7 @@ def test_restart_resends_a_dispatching_attempt_when_its_node_comes_back(h: Harne
         h2.step()
         await idle()
         assert len(link.starts) == 1  # not placed a second time
-        h2.rec.on_event("nA", started(job.id, attempt.id))
+        h2.rec.sessions.on_event("nA", started(job.id, attempt.id))
         assert h2.stored(job).attempts[0].status == "running"
         assert link.calls() == {"starts": [attempt.id], "cancels": [], "acks": []}
 
@@ -792,7 +794,7 @@ def test_log_lines_are_capped_with_a_marker(h: Harness, chunks: tuple[int, ...])
         for n, count in enumerate(chunks):
             lines = _lines(f"c{n}-", count)
             sent += lines
-            h.rec.on_event("nA", log_lines(job.id, attempt_id, lines))
+            h.rec.sessions.on_event("nA", log_lines(job.id, attempt_id, lines))
         stored = [line for _, aid, line in h.store.logs(job.id, limit=2 * LOG_LINES_MAX) if aid == attempt_id]
         assert len(sent) > LOG_LINES_MAX
         assert stored[-1] == MARKER
@@ -807,10 +809,10 @@ def test_log_lines_of_inactive_attempts_are_dropped(h: Harness) -> None:
         link = h.node("nA", "node-a")
         run, job = await run_on(h, link)
         attempt_id = job.attempts[0].id
-        h.rec.on_event("nA", log_lines(job.id, attempt_id, ["one", "two"]))
-        h.rec.on_event("nA", log_lines(job.id, "r000001.1.a9", ["unknown attempt"]))
-        h.rec.on_event("nA", result_event(job.id, attempt_id, "success"))
-        h.rec.on_event("nA", log_lines(job.id, attempt_id, ["after the result"]))
+        h.rec.sessions.on_event("nA", log_lines(job.id, attempt_id, ["one", "two"]))
+        h.rec.sessions.on_event("nA", log_lines(job.id, "r000001.1.a9", ["unknown attempt"]))
+        h.rec.sessions.on_event("nA", result_event(job.id, attempt_id, "success"))
+        h.rec.sessions.on_event("nA", log_lines(job.id, attempt_id, ["after the result"]))
         assert h.store.logs(job.id) == [(1, attempt_id, "one"), (2, attempt_id, "two")]
         assert h.stored(job).status == "success"
 
@@ -823,14 +825,14 @@ def test_log_cap_holds_across_a_restart(h: Harness) -> None:
         link = first.node("nA", "node-a")
         _, job = await run_on(first, link)
         attempt_id = job.attempts[0].id
-        first.rec.on_event("nA", log_lines(job.id, attempt_id, _lines("x", LOG_LINES_MAX + 5)))
+        first.rec.sessions.on_event("nA", log_lines(job.id, attempt_id, _lines("x", LOG_LINES_MAX + 5)))
 
         h2 = Harness(first.tmp_path, store=first.store)  # a restarted coordinator
         await h2.start()
         h2.links["nA"] = FakeLink()
         h2.rec.load()
-        h2.rec.on_event("nA", heartbeat("nA", "node-a"))
-        h2.rec.on_event("nA", log_lines(job.id, attempt_id, _lines("y", 100)))
+        h2.rec.sessions.on_event("nA", heartbeat("nA", "node-a"))
+        h2.rec.sessions.on_event("nA", log_lines(job.id, attempt_id, _lines("y", 100)))
         assert len(h2.store.logs(job.id, limit=3 * LOG_LINES_MAX)) == LOG_LINES_MAX
 
     h.run(scenario)
@@ -886,7 +888,7 @@ def test_hints_are_taken_only_for_enrolled_ids_and_issued_certificates(
 ) -> None:
     async def scenario() -> None:
         link = h.node("nA", "node-a")
-        assert h.rec.hint(node_id, ["10.9.9.9:7380"], source, fingerprint) is taken
+        assert h.rec.sessions.hint(node_id, ["10.9.9.9:7380"], source, fingerprint) is taken
         assert ((["10.9.9.9:7380"], source) in link.hints) is (taken and node_id == "nA")
 
     h.run(scenario)
@@ -907,13 +909,13 @@ def _failing(message: str) -> Callable[..., None]:
 def test_an_mdns_goodbye_never_stops_work_going_to_a_connected_node(h: Harness) -> None:
     async def scenario() -> None:
         link = h.node("nA", "node-a")
-        h.rec.goodbye("nA")  # what a (forgeable) mDNS removal triggers
+        h.rec.sessions.goodbye("nA")  # what a (forgeable) mDNS removal triggers
         run = make_run()
         h.rec.submit(run)
         await dispatch(h, link)
         assert run.jobs[0].status == "dispatching"
         # The node's own goodbye over mTLS does stop new work.
-        h.rec.goodbye("nA", leaving=True)
+        h.rec.sessions.goodbye("nA", leaving=True)
         second = make_run(run_id="r000002")
         h.rec.submit(second)
         h.step()
@@ -928,7 +930,7 @@ def test_a_result_status_the_node_should_never_send_fails_the_attempt(h: Harness
     async def scenario() -> None:
         link = h.node("nA", "node-a")
         run, job = await run_on(h, link)
-        h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, status))
+        h.rec.sessions.on_event("nA", result_event(job.id, job.attempts[0].id, status))
         assert job.status == h.stored(job).status == "failed"
         assert "node reported status" in job.attempts[0].error
         assert run.status == h.stored_run(run.id).status == "failed"
@@ -943,7 +945,7 @@ def test_log_lines_go_to_the_job_of_the_attempt_whatever_the_node_names(h: Harne
         h.rec.submit(run)
         job = run.jobs[0]
         await dispatch(h, link)
-        h.rec.on_event("nA", log_lines("rOTHER.1", job.attempts[0].id, ["forged line"]))
+        h.rec.sessions.on_event("nA", log_lines("rOTHER.1", job.attempts[0].id, ["forged line"]))
         assert h.store.logs("rOTHER.1") == []
         assert [line for _, _, line in h.store.logs(job.id)] == ["forged line"]
 
@@ -961,7 +963,7 @@ def test_refusals_are_bounded_and_leave_no_hold_behind(h: Harness) -> None:
         h.rec.submit(run)
         job = run.jobs[0]
         for i in range(MAX_REFUSALS):
-            h.rec.on_event("nA", heartbeat("nA", "node-a"))
+            h.rec.sessions.on_event("nA", heartbeat("nA", "node-a"))
             await dispatch(h, link, i + 1)
             h.clock.advance(1.0)
         assert job.status == h.stored(job).status == "failed"
@@ -983,8 +985,8 @@ def test_a_cancel_the_node_never_heard_is_sent_again_on_reconnect(h: Harness) ->
         assert job.cancel_requested and job.status == "running"
         link.cancel_error = None
         link.jobs = [node_job(job.id, attempt_id, "running")]
-        await h.rec.on_link_state("nA", "down", "gone")
-        await h.rec.on_link_state("nA", "up", "10.0.0.1:7000")
+        await h.rec.sessions.on_link_state("nA", "down", "gone")
+        await h.rec.sessions.on_link_state("nA", "up", "10.0.0.1:7000")
         await until(lambda: any(a == attempt_id for a, _ in link.cancels[1:]), "a second CancelJob")
 
     h.run(scenario)
@@ -1020,14 +1022,14 @@ def test_a_failed_store_write_of_a_result_is_not_acked_and_is_taken_again(h: Har
         broken = _failing("disk I/O error")
         h.store.save_attempt = broken  # type: ignore[method-assign]
         with pytest.raises(StoreError):
-            h.rec.on_event("nA", result_event(job.id, attempt_id, "success"))
+            h.rec.sessions.on_event("nA", result_event(job.id, attempt_id, "success"))
         h.step()
         await idle()
         assert link.acks == [] and attempt_id in h.rec.attempts
         h.store.save_attempt = real  # type: ignore[method-assign]
         link.jobs = [node_job(job.id, attempt_id, "finished", job_result(job.id, attempt_id, "success"))]
-        await h.rec.on_link_state("nA", "down", "gone")
-        await h.rec.on_link_state("nA", "up", "10.0.0.1:7000")
+        await h.rec.sessions.on_link_state("nA", "down", "gone")
+        await h.rec.sessions.on_link_state("nA", "up", "10.0.0.1:7000")
         await until(lambda: link.acks, "the ack")
         assert job.status == h.stored(job).status == "success"
         assert run.status == h.stored_run(run.id).status == "success"
@@ -1043,7 +1045,7 @@ def test_a_run_whose_jobs_all_ended_is_finished_on_load(h: Harness, tmp_path: Pa
         crash = _failing("the process died here")
         h.store.finish_run = crash  # type: ignore[method-assign]
         with pytest.raises(StoreError):
-            h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "success"))
+            h.rec.sessions.on_event("nA", result_event(job.id, job.attempts[0].id, "success"))
         del h.store.finish_run  # back to the real method
         assert h.stored(job).status == "success" and h.stored_run(run.id).status == "running"
         restarted = Harness(tmp_path, store=h.store, clock=h.clock)
@@ -1090,7 +1092,7 @@ def test_a_run_whose_finish_failed_to_store_is_finished_on_a_later_tick(h: Harne
         locked = _failing("database is locked")
         h.store.finish_run = locked  # type: ignore[method-assign]
         with pytest.raises(StoreError):
-            h.rec.on_event("nA", result_event(job.id, job.attempts[0].id, "success"))
+            h.rec.sessions.on_event("nA", result_event(job.id, job.attempts[0].id, "success"))
         del h.store.finish_run
         assert run.id in h.rec.runs
         h.step()

@@ -50,10 +50,12 @@ def test_values_go_to_the_node_and_nowhere_else(tmp_path: Path) -> None:
         await until(lambda: link.starts, "StartJob")
         assert dict(link.starts[0].secrets) == {"API_KEY": VALUE}
         attempt = job.attempts[0].id
-        h.rec.on_event("nA", started(job.id, attempt))
+        h.rec.sessions.on_event("nA", started(job.id, attempt))
         # A node restarted mid-job cannot redact any more: the coordinator still does.
-        h.rec.on_event("nA", log_lines(job.id, attempt, [f"key={VALUE}"]))
-        h.rec.on_event("nA", result_event(job.id, attempt, "failed", error=f"bad {VALUE}", log_tail=VALUE))
+        h.rec.sessions.on_event("nA", log_lines(job.id, attempt, [f"key={VALUE}"]))
+        h.rec.sessions.on_event(
+            "nA", result_event(job.id, attempt, "failed", error=f"bad {VALUE}", log_tail=VALUE)
+        )
         await asyncio.sleep(0)
         stored = h.stored(job)
         assert [line for _, _, line in h.store.logs(job.id)] == ["key=[secret API_KEY]"]
