@@ -1,1 +1,1 @@
-"""flota coordinator: discovery, registry, store, scheduler, reconcile loop and API."""
+"""flota coordinator: discovery, fleet, store, scheduler, outcomes, reconcile loop, service and API."""

@@ -18,7 +18,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from coordinator import outcomes
@@ -54,6 +54,16 @@ __all__ = ["Reconciler", "branch_for", "new_run_id"]
 log = logging.getLogger("flota.coordinator")
 
 TICK_S = 0.5
+
+
+def _fields(change: outcomes.AttemptEnd | outcomes.JobChange) -> dict[str, Any]:
+    """A change record's fields (outcomes.AttemptEnd, JobChange) by name."""
+    return {f.name: getattr(change, f.name) for f in fields(change)}
+
+
+def _set(target: object, changes: dict[str, Any]) -> None:
+    for name, value in changes.items():
+        setattr(target, name, value)
 
 
 class _Closing(Exception):
@@ -229,10 +239,15 @@ class Reconciler:
             branch=branch_for(job, number) if job.repo else "",
             created_at=now,
         )
-        placed = replace(job, status=JobStatus.DISPATCHING, node_id=entry.id, wait_reason="", updated_at=now)
-        self.store.add_attempt(placed, attempt)  # persisted before the node hears of it
+        placed: dict[str, Any] = {
+            "status": JobStatus.DISPATCHING,
+            "node_id": entry.id,
+            "wait_reason": "",
+            "updated_at": now,
+        }
+        self.store.add_attempt(replace(job, **placed), attempt)  # persisted before the node hears of it
         job.attempts.append(attempt)
-        job.status, job.node_id, job.wait_reason, job.updated_at = placed.status, entry.id, "", now
+        _set(job, placed)
         self.attempts[attempt.id] = (job, attempt)
         self.fleet.reserve(entry.id, attempt.id, job)
         self.hub.job(job, self.fleet.names)
@@ -285,34 +300,27 @@ class Reconciler:
         result = self.logs.scrub(job, outcomes.checked(result))
         self._apply(job, attempt, outcomes.ended(job, attempt, result, self.wall(), cause))
 
+    def persist(
+        self,
+        job: Job,
+        job_changes: dict[str, Any],
+        attempt: Attempt | None = None,
+        attempt_changes: dict[str, Any] | None = None,
+        result: Result | None = None,
+    ) -> None:
+        """Write the changes to the store, then make them in memory. If the write fails,
+        nothing changed and nothing needs undoing: the attempt stays active and is ended
+        again when the node reports next (or is found lost on a later tick)."""
+        after = replace(job, **job_changes)
+        if attempt is None:
+            self.store.save_job(after)
+        else:
+            self.store.save_attempt(after, replace(attempt, **(attempt_changes or {})), result)
+            _set(attempt, attempt_changes or {})
+        _set(job, job_changes)
+
     def _apply(self, job: Job, attempt: Attempt, d: outcomes.Decision) -> None:
-        end, change = d.end, d.job
-        ended = replace(
-            attempt, status=end.status, finished_at=end.finished_at, error=end.error, cause=end.cause
-        )
-        after = job
-        if change is not None:
-            after = replace(
-                job,
-                status=change.status,
-                node_id=change.node_id,
-                wait_reason=change.wait_reason,
-                result=change.result,
-                branch=change.branch,
-                updated_at=change.updated_at,
-            )
-        # Store first: if the write fails, nothing changed; the attempt stays active and is
-        # ended again when the node reports next (or is found lost on a later tick).
-        self.store.save_attempt(after, ended, d.result)
-        attempt.status, attempt.finished_at, attempt.error, attempt.cause = (
-            end.status,
-            end.finished_at,
-            end.error,
-            end.cause,
-        )
-        if change is not None:
-            job.status, job.node_id, job.wait_reason = change.status, change.node_id, change.wait_reason
-            job.result, job.branch, job.updated_at = change.result, change.branch, change.updated_at
+        self.persist(job, _fields(d.job) if d.job else {}, attempt, _fields(d.end), d.result)
         self.attempts.pop(attempt.id, None)
         self.logs.attempt_done(attempt.id)
         self.fleet.release(attempt.node_id, attempt.id)
@@ -389,27 +397,13 @@ class Reconciler:
             active = [a for a in job.attempts if a.status in ATTEMPT_ACTIVE]
             if not active:
                 result = Result(status=ResultStatus.CANCELLED, error="cancelled before it started")
-                self.store.save_job(
-                    replace(
-                        job,
-                        cancel_requested=True,
-                        status=JobStatus.CANCELLED,
-                        result=result,
-                        updated_at=self.wall(),
-                    )
-                )
-                job.cancel_requested, job.status, job.result, job.updated_at = (
-                    True,
-                    JobStatus.CANCELLED,
-                    result,
-                    self.wall(),
-                )
+                ended = {"status": JobStatus.CANCELLED, "result": result, "updated_at": self.wall()}
+                self.persist(job, {"cancel_requested": True, **ended})
                 self.planner.release(job.id)
                 self.hub.job(job, self.fleet.names)
                 self._maybe_finish_run(job.run_id)
             else:
-                self.store.save_job(replace(job, cancel_requested=True))
-                job.cancel_requested = True
+                self.persist(job, {"cancel_requested": True})
                 self.planner.release(job.id)
                 calls += [self._cancel_attempt(job, a) for a in active]
             cancelled.append(job.id)

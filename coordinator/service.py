@@ -17,7 +17,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.errors import AlreadyExists, InvalidRequest, NotFound, PkiError, Refused
 from coordinator.fleet import NodeEntry
 from coordinator.gitbase import push_base
-from coordinator.models import JOB_FINAL, Job, JobStatus, NodeRecord, Run, RunStatus
+from coordinator.models import JOB_FINAL, Job, JobStatus, NodeRecord, NodeState, Run, RunStatus
 from coordinator.pki import CertificateAuthority, make_token, secret_hash, token_matches
 from coordinator.reconcile import Reconciler, new_run_id
 from coordinator.validate import Submission, Task, check_id
@@ -74,7 +74,7 @@ class Service:
     def status(self, entry: NodeEntry) -> NodeStatus:
         d = self.rec.dispatch
         return NodeStatus(
-            entry, d.address(entry.id), d.last_error(entry.id) if entry.state != "online" else ""
+            entry, d.address(entry.id), d.last_error(entry.id) if entry.state != NodeState.ONLINE else ""
         )
 
     def nodes(self) -> list[NodeStatus]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from coordinator import outcomes
@@ -90,11 +89,9 @@ class NodeSessions:
             found = self._owned(node_id, event.attempt_id)
             if found and found[1].status == AttemptStatus.DISPATCHING:
                 job, attempt = found
-                started = replace(attempt, status=AttemptStatus.RUNNING, started_at=event.started_at)
-                running = replace(job, status=JobStatus.RUNNING, updated_at=self.rec.wall())
-                self.rec.store.save_attempt(running, started)
-                attempt.status, attempt.started_at = started.status, started.started_at
-                job.status, job.updated_at = running.status, running.updated_at
+                running = {"status": JobStatus.RUNNING, "updated_at": self.rec.wall()}
+                started = {"status": AttemptStatus.RUNNING, "started_at": event.started_at}
+                self.rec.persist(job, running, attempt, started)
                 self.rec.hub.job(job, self.rec.fleet.names)
         elif isinstance(event, LogLines):
             found = self._owned(node_id, event.attempt_id)
