@@ -1,19 +1,20 @@
-"""The shell agent's processes: started so that they outlive the daemon.
+"""Every job's process, whatever its agent: started so that it outlives the daemon.
 
 A job runs as ``bash -c <command>`` in a session of its own, started by the node's
-keeper (:mod:`node_agent.agents.keeper`), not by the daemon: the command and what it
-starts form one process group that can be signalled as a whole, and the keeper, its
-parent, writes its exit status to the job's ``exit`` file before reaping it. Output
-(stdout and stderr together) goes to a file, not a pipe, so a daemon that crashes or
-is restarted leaves the job running undisturbed: the next daemon finds it again with
-:func:`attach`, learns its end through a pidfd, reads its status from the exit file and
-its output from where the last daemon stopped reading (:class:`OutputTail`).
+keeper (:mod:`node_agent.keeper`, driven through :class:`KeeperClient`), not by the
+daemon: the command and what it starts form one process group that can be signalled as
+a whole, and the keeper, its parent, writes its exit status to the job's ``exit`` file
+before reaping it. Output (stdout and stderr together) goes to a file, not a pipe, so a
+daemon that crashes or is restarted leaves the job running undisturbed: the next daemon
+finds it again with :func:`attach`, learns its end through a pidfd, reads its status
+from the exit file and its output from where the last daemon stopped reading
+(:class:`OutputTail`). The shell agent, the llm agent and agent CLIs all run this way.
 
 A status is the command's exit code, or -N when a signal N ended it (``kill $$``, a
 cancel's SIGTERM, a timeout's SIGKILL, the OOM killer).
 
-Error handling: :class:`ShellError` means the command never started (missing
-directory, no shell, a NUL in the environment); everything after that is an outcome.
+Error handling: :class:`~node_agent.errors.SpawnError` means the command never started
+(missing directory, no shell, a NUL in the environment); everything after that is an outcome.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from typing import Any
 
 import psutil
 
+from node_agent.errors import SpawnError
+
 __all__ = [
+    "SHELL",
     "JobProcess",
-    "Keeper",
+    "KeeperClient",
     "OutputTail",
-    "ShellError",
     "attach",
-    "describe_exit",
     "kill_escaped",
     "signal_group",
 ]
@@ -51,11 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class ShellError(Exception):
-    """The command could not be started; nothing ran."""
-
-
-_SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
+SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
 _KEEPER = Path(__file__).with_name("keeper.py")
 _REAPED_WAIT_S = 5.0  # how long an ended job may stay a zombie before its status counts as lost
 _MAX_LINE_BYTES = 8192
@@ -67,17 +65,6 @@ _BATCH_LINES = 1000
 _BATCH_BYTES = 256 * 1024
 _POLL_S = 0.05  # how often a running job's output file is read
 _READ_BYTES = 1 << 20
-
-
-def describe_exit(code: int) -> str:
-    """One line for a non-zero status, naming the signal: -N is signal N, and a shell's
-    128+N (from a child shell that reported it) stands for one too."""
-    number = -code if code < 0 else code - 128 if code > 128 else 0
-    if number:
-        with contextlib.suppress(ValueError):
-            name = signal.Signals(number).name
-            return f"killed by signal {name}" if code < 0 else f"killed by signal {name} (exit code {code})"
-    return f"exit code {code}"
 
 
 class JobProcess:
@@ -154,7 +141,7 @@ class _Link:
     alive: bool = True
 
 
-class Keeper:
+class KeeperClient:
     """The daemon's end of its keeper: started at the first spawn, and again if it died."""
 
     def __init__(self) -> None:
@@ -178,13 +165,13 @@ class Keeper:
         if not link.alive:  # it died while we waited for it to start: once more
             link = await self._connect()
             if not link.alive:
-                raise ShellError("cannot start the job keeper: it exited at once")
+                raise SpawnError("cannot start the job keeper: it exited at once")
         request_id = next(self._ids)
         reply: asyncio.Future[_Reply] = link.loop.create_future()
         link.replies[request_id] = reply
         request = {
             "id": request_id,
-            "argv": [_SHELL, "-c", command],
+            "argv": [SHELL, "-c", command],
             "cwd": str(cwd),
             "env": dict(env),
             "output": str(output),
@@ -195,7 +182,7 @@ class Keeper:
         link.writer.write(json.dumps(request).encode() + b"\n")
         answer, ended = await reply
         if "error" in answer:
-            raise ShellError(f"cannot start {_SHELL} in {cwd}: {answer['error']}")
+            raise SpawnError(f"cannot start {SHELL} in {cwd}: {answer['error']}")
         if "proc_error" in answer:  # disk full: it runs; only a daemon restart would miss it
             log.error("cannot journal the process of %s: %s", proc_file, answer["proc_error"])
         pid, started, spawned_at = (
@@ -226,7 +213,7 @@ class Keeper:
             self._ready = loop.create_task(self._start())
         try:
             return await asyncio.shield(self._ready)
-        except ShellError:
+        except SpawnError:
             self._ready = None  # the next spawn tries again
             raise
 
@@ -243,7 +230,7 @@ class Keeper:
             )
         except OSError as exc:
             ours.close()
-            raise ShellError(f"cannot start the job keeper: {exc.strerror or exc}") from exc
+            raise SpawnError(f"cannot start the job keeper: {exc.strerror or exc}") from exc
         finally:
             theirs.close()
         link = _Link(proc, ours, loop)
