@@ -350,8 +350,10 @@ class OutputTail:
         self.tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+    def start(self, group: asyncio.TaskGroup | None = None) -> None:
+        """Follow the file in a task of ``group`` (the attempt's), else of the loop."""
+        follow = self._follow()
+        self._task = group.create_task(follow) if group else asyncio.get_running_loop().create_task(follow)
 
     async def finish(self) -> None:
         """The job has ended: read what is left, including a last line without newline."""

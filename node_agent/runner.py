@@ -332,7 +332,7 @@ class Runner:
         """The process runs: read its output, wait for its end, and time it."""
         proc, tail = a.proc, a.tail
         assert proc is not None and tail is not None
-        tail.start()
+        tail.start(a.helpers)
 
         async def watch() -> None:
             code = await proc.wait()
