@@ -7,12 +7,15 @@ daemon reads what an older one wrote) and converts as it reads and writes them.
 Nothing else on the node touches ``types_pb2`` or ``node_pb2``.
 
 Error handling: :func:`result_from_proto` raises ValueError for a status the node never
-writes (the journal treats such a file as unreadable).
+writes, and the ``*_from_bytes`` functions for bytes that are no such message (the
+journal treats such a file as unreadable).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from google.protobuf.message import DecodeError
 
 from node_agent.facts import Facts
 from node_agent.local_models import LocalModel
@@ -21,11 +24,15 @@ from protos.contract import ResultStatus
 from protos.flota.v1 import node_pb2, types_pb2
 
 __all__ = [
+    "job_from_bytes",
     "job_from_proto",
+    "job_to_bytes",
     "job_to_proto",
     "node_info",
     "node_jobs",
+    "result_from_bytes",
     "result_from_proto",
+    "result_to_bytes",
     "result_to_proto",
     "started",
 ]
@@ -147,6 +154,28 @@ def result_from_proto(result: types_pb2.JobResult) -> Result:
         check=result.check,
         answer=result.answer,
     )
+
+
+def job_to_bytes(job: Job) -> bytes:
+    return job_to_proto(job).SerializeToString()
+
+
+def job_from_bytes(data: bytes) -> Job:
+    try:
+        return job_from_proto(types_pb2.JobSpec.FromString(data))
+    except DecodeError as exc:
+        raise ValueError(f"not a JobSpec: {exc}") from exc
+
+
+def result_to_bytes(result: Result) -> bytes:
+    return result_to_proto(result).SerializeToString()
+
+
+def result_from_bytes(data: bytes) -> Result:
+    try:
+        return result_from_proto(types_pb2.JobResult.FromString(data))
+    except DecodeError as exc:
+        raise ValueError(f"not a JobResult: {exc}") from exc
 
 
 def started(job_id: str, attempt_id: str, started_at: float) -> node_pb2.JobStarted:

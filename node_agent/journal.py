@@ -27,12 +27,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-
-from node_agent.convert import job_from_proto, job_to_proto, result_from_proto, result_to_proto
+from node_agent.convert import job_from_bytes, job_to_bytes, result_from_bytes, result_to_bytes
 from node_agent.models import Job, Result
 from protos.contract import ResultStatus
-from protos.flota.v1 import types_pb2
 
 __all__ = ["Entry", "Journal"]
 
@@ -76,7 +73,7 @@ class Journal:
     def begin(self, job: Job) -> None:
         d = self.dir(job.attempt_id)
         d.mkdir(exist_ok=True, mode=0o700)
-        _write(d / "spec.pb", job_to_proto(job).SerializeToString())
+        _write(d / "spec.pb", job_to_bytes(job))
 
     def proc_file(self, attempt_id: str) -> Path:
         return self.dir(attempt_id) / "proc"
@@ -104,7 +101,7 @@ class Journal:
             return None
 
     def finish(self, result: Result) -> None:
-        _write(self.dir(result.attempt_id) / "result.pb", result_to_proto(result).SerializeToString())
+        _write(self.dir(result.attempt_id) / "result.pb", result_to_bytes(result))
 
     def forget(self, attempt_id: str) -> None:
         if attempt_id and "/" not in attempt_id and attempt_id not in (".", ".."):
@@ -115,14 +112,14 @@ class Journal:
         found = []
         for d in sorted(self.root.iterdir()):
             try:
-                job = job_from_proto(types_pb2.JobSpec.FromString((d / "spec.pb").read_bytes()))
-            except (OSError, ValueError, DecodeError):
+                job = job_from_bytes((d / "spec.pb").read_bytes())
+            except (OSError, ValueError):
                 continue
             result = None
             if (d / "result.pb").exists():
                 try:
-                    result = result_from_proto(types_pb2.JobResult.FromString((d / "result.pb").read_bytes()))
-                except (OSError, ValueError, DecodeError):
+                    result = result_from_bytes((d / "result.pb").read_bytes())
+                except (OSError, ValueError):
                     result = None
             pid, create_time, spawned_at = 0, 0.0, 0.0
             try:

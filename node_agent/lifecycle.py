@@ -50,6 +50,7 @@ __all__ = [
     "Prepare",
     "PrepareFailed",
     "Prepared",
+    "STOP_REASONS",
     "Spawn",
     "SpawnFailed",
     "State",
