@@ -23,7 +23,8 @@ carries the final status, error line and exit code, and the runner records them 
 they are. What the agent said about its own run arrives with :class:`Exited` (its
 report, read by the runner once the process has ended): an agent that stopped on its
 steps or budget turns a failed exit into ``partial``, and an agent's own error line
-replaces a bare "exit code N".
+replaces a bare "exit code N". A bug in the runner itself arrives as :class:`Crashed`
+and ends the attempt as failed at once.
 
 A restarted daemon rebuilds the state from its journal with :func:`recovered`.
 """

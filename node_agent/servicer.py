@@ -4,7 +4,11 @@ Error handling: a request holding a value the node will not use (an id that coul
 the workspace, a ref git would refuse, a URL naming a remote helper, a NUL byte bound for
 argv or the environment) is refused with INVALID_ARGUMENT and one line, before anything
 runs; never a traceback. Error lines quote at most 200 characters of a value: gRPC
-clients refuse status trailers over 8 KiB.
+clients refuse status trailers over 8 KiB. The rules are those of :mod:`protos.limits`,
+which the coordinator's API applies too.
+
+The servicer is an edge: it validates the wire message, then hands the runner a model
+(:mod:`node_agent.convert`).
 """
 
 from __future__ import annotations
