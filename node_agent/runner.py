@@ -197,8 +197,12 @@ class Runner:
             if a.proc is not None:
                 signal_group(a.proc.group, signal.SIGKILL)
             a.state, actions = lc.step(a.state, lc.Crashed(str(error)))
-            for action in actions:
-                await self._perform(a, action)
+            try:
+                for action in actions:
+                    await self._perform(a, action)
+            except Exception:  # nothing of an attempt may take its siblings (one task group) down
+                log.exception("attempt %s could not be finished", a.id)
+                self.active.pop(a.id, None)
         finally:
             for timer in a.timers:
                 timer.cancel()

@@ -337,6 +337,26 @@ def test_spawn_failure_is_a_failed_result(tmp_path: Path, new_spec: Callable[...
     assert node.entry(spec.attempt_id).pid == 0
 
 
+class BuggyScratch(Workspace):
+    """A workspace with a bug: preparing raises what no caller expects."""
+
+    def new_scratch(self, job_key: str) -> Path | None:
+        return None  # off to a helper thread, where the bug is
+
+    def scratch(self, job_key: str) -> Path:
+        raise RuntimeError("a bug")
+
+
+def test_a_bug_in_a_helper_is_a_failed_result_not_a_stuck_job(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    node = Node(tmp_path, workspace=BuggyScratch(tmp_path / "work"))
+    spec = new_spec("echo never")
+    result = run(node.run(spec))
+    assert (result.status, result.error, result.exit_code) == ("failed", "internal error: a bug", -1)
+    assert node.entry(spec.attempt_id).pid == 0
+
+
 class MissingCwd(Workspace):
     """A scratch directory that is gone by the time the job starts."""
 
