@@ -341,9 +341,8 @@ class Runner:
         async def watch() -> None:
             code = await proc.wait()
             recorded = self.journal.exit_code(a.id)  # the command's own status, if it got to write it
-            report = await asyncio.to_thread(
-                read_report, a.job, self.journal.dir(a.id), self.journal.output(a.id)
-            )
+            # Small files (a shell job's: one stat), read on the loop as the daemon always has.
+            report = read_report(a.job, self.journal.dir(a.id), self.journal.output(a.id))
             a.events.put_nowait(lc.Exited(recorded if recorded is not None else code, report))
 
         self._helper(a, watch())
