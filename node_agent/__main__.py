@@ -1,6 +1,10 @@
 """`python -m node_agent start|join ...`: the node daemon's own entry point.
 
 The `flota node ...` commands exec this, so the daemon never loads the CLI's libraries.
+
+Exit codes: 0 stopped (SIGTERM/SIGINT); 2 a NodeError, printed as one ``flota: ...``
+line (a bad flag or state directory, or this node was removed from the fleet); 3 the
+coordinator was unreachable at the join; 130 interrupted.
 """
 
 from __future__ import annotations

@@ -1,7 +1,17 @@
-"""The node daemon: one asyncio program that serves, announces and registers.
+"""The node daemon's composition root: one asyncio program that serves, announces and registers.
 
-Start order: identity -> gRPC server -> registration with the coordinator -> mDNS.
-Stop order (SIGTERM/SIGINT): cancel jobs -> mDNS goodbye -> stop server.
+Start order: identity -> the jobs a previous daemon left -> gRPC server -> registration
+with the coordinator (:mod:`node_agent.register`) -> mDNS.
+
+Tasks: two task groups, owned here. The outer one holds every attempt's driver (the
+runner's); the inner one the daemon's loops (register, watch, models, disconnect) and
+the mDNS announcement. There is one way to stop, whatever asked for it (SIGTERM, SIGINT,
+or the coordinator refusing this node): the stop event. Then the loops are cancelled,
+the coordinator is told goodbye (so no new work comes), the jobs are stopped and
+journaled as lost, mDNS says goodbye and the server stops.
+
+Error handling: a refusal by the coordinator (the node was removed) stops the daemon
+that way and then raises :class:`~node_agent.errors.NodeRemoved` out of :meth:`NodeDaemon.run`.
 """
 
 from __future__ import annotations
@@ -16,22 +26,23 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from node_agent import __version__
+from node_agent import __version__, convert
 from node_agent.announce import Announcer
 from node_agent.config import NodeConfig
-from node_agent.errors import ConfigError
+from node_agent.errors import ConfigError, NodeRemoved
 from node_agent.facts import derive_network, interfaces, listen_addresses, probe_gpus, read_facts
 from node_agent.hub import Hub
 from node_agent.identity import Identity, load_identity
 from node_agent.journal import Journal
 from node_agent.local_models import LocalModel, probe_local_models
+from node_agent.register import Registration
 from node_agent.runner import Runner
 from node_agent.servicer import NodeServicer
 from node_agent.workspace import Workspace
 from protos import statelock
 from protos.channels import SERVER_OPTIONS, CallGate, client_options
-from protos.contract import COORDINATOR_SERVER_NAME, fingerprint
-from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc, node_pb2_grpc, types_pb2
+from protos.contract import COORDINATOR_SERVER_NAME, ResultStatus, fingerprint
+from protos.flota.v1 import node_pb2_grpc, types_pb2
 
 __all__ = ["NodeDaemon", "serve"]
 
@@ -39,7 +50,6 @@ log = logging.getLogger("flota.node")
 
 WATCH_PERIOD_S = 2.0
 MODELS_PERIOD_S = 10.0
-REGISTER_PERIOD_S = 15.0
 
 
 class NodeDaemon:
@@ -67,71 +77,33 @@ class NodeDaemon:
         )
         self.addresses: list[str] = []
         self.local_models: tuple[LocalModel, ...] = ()
-        self._registered = asyncio.Event()
-        self._changed = asyncio.Event()  # addresses or profile changed: register again
+        self.registration: Registration | None = None  # made with the channel, in run()
+        self._refused: NodeRemoved | None = None  # why the coordinator will not have us
 
     def info(self) -> types_pb2.NodeInfo:
-        f = read_facts(str(self.config.state_dir), self.gpus, self.config.agent_clis)
-        return types_pb2.NodeInfo(
-            id=self.identity.id,
-            name=self.config.name,
+        cfg = self.config
+        return convert.node_info(
+            node_id=self.identity.id,
+            name=cfg.name,
             version=__version__,
             network=self.network,
             network_source=self.network_source,
-            labels=self.config.labels,
-            slots=self.config.slots,
+            labels=cfg.labels,
+            slots=cfg.slots,
             addresses=self.addresses,
             running=self.runner.running,
-            unreachable_after_s=self.config.unreachable_after_s,
-            lost_after_s=self.config.lost_after_s,
-            facts=types_pb2.Facts(
-                cpu_count=f.cpu_count,
-                load_1m=f.load_1m,
-                memory_total_mb=f.memory_total_mb,
-                memory_available_mb=f.memory_available_mb,
-                gpus=[types_pb2.Gpu(name=g.name, memory_mb=g.memory_mb) for g in f.gpus],
-                disk_free_mb=f.disk_free_mb,
-                on_battery=f.on_battery,
-                battery_percent=f.battery_percent,
-                agent_clis=list(f.agent_clis),
-                local_models=[
-                    types_pb2.LocalModel(model=m.model, api_base=m.api_base) for m in self.local_models
-                ],
-                os=f.os,
-                arch=f.arch,
-                hostname=f.hostname,
-            ),
+            unreachable_after_s=cfg.unreachable_after_s,
+            lost_after_s=cfg.lost_after_s,
+            facts=read_facts(str(cfg.state_dir), self.gpus, cfg.agent_clis),
+            local_models=self.local_models,
         )
 
-    async def _register_loop(self, channel: grpc.aio.Channel) -> None:
-        """Tell the coordinator where this node listens: at start, on change, and now and
-        then while no coordinator session is open (it may have restarted elsewhere)."""
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        delay = 0.2
-        while True:
-            # Cleared before the snapshot is read: a change after this point sets it again.
-            self._changed.clear()
-            try:
-                await stub.RegisterNode(coordinator_pb2.RegisterNodeRequest(info=self.info()), timeout=5)
-                if not self._registered.is_set():
-                    log.info("registered with coordinator %s", self.identity.coordinator)
-                self._registered.set()
-                delay = REGISTER_PERIOD_S
-            except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "cannot register with coordinator %s: %s", self.identity.coordinator, exc.details()
-                )
-                delay = min(max(delay * 2, 0.5), 5.0)
-            try:
-                await asyncio.wait_for(self._changed.wait(), delay)
-            except TimeoutError:
-                pass
-            while self.hub.listening and not self._changed.is_set():
-                # A coordinator holds a session: it knows where we are.
-                try:
-                    await asyncio.wait_for(self._changed.wait(), REGISTER_PERIOD_S)
-                except TimeoutError:
-                    pass
+    async def _register_loop(self, registration: Registration, stop: asyncio.Event) -> None:
+        try:
+            await registration.run()
+        except NodeRemoved as exc:  # stop as on SIGTERM; run() raises it once all is down
+            self._refused = exc
+            stop.set()
 
     async def _watch_loop(self, announcer: Announcer | None) -> None:
         """Re-derive the network profile and addresses; push changes at once."""
@@ -153,7 +125,8 @@ class NodeDaemon:
                 self.network, self.network_source = network
                 self.addresses = addresses
                 self.hub.publish(heartbeat=self.info())
-                self._changed.set()
+                if self.registration:
+                    self.registration.changed.set()
                 if announcer:
                     await self._announce(announcer.update, addresses)
 
@@ -183,7 +156,7 @@ class NodeDaemon:
                 alone_since = now
             elif now - alone_since >= limit and self.runner.active:
                 stopped = self.runner.stop_all(
-                    "partial", f"stopped after {limit:g} s cut off from the coordinator"
+                    ResultStatus.PARTIAL, f"stopped after {limit:g} s cut off from the coordinator"
                 )
                 log.warning("no coordinator for %.0f s: stopping %d jobs", now - alone_since, stopped)
 
@@ -220,7 +193,26 @@ class NodeDaemon:
             raise ConfigError(f"cannot listen on {listen}: address in use or not available") from exc
         if not self.port:
             raise ConfigError(f"cannot listen on {listen}: address in use or not available")
-        self.runner.resume()  # jobs a previous daemon left running: found again, not restarted
+        try:
+            async with asyncio.TaskGroup() as jobs:
+                # Jobs a previous daemon left running: found again, not restarted.
+                self.runner.resume(jobs)
+                await self._serve(server, stop, ready)
+        except BaseExceptionGroup as group:  # what failed in the body, as itself (one line for the user)
+            (first, *others) = group.exceptions
+            if not others and isinstance(first, Exception) and not isinstance(first, BaseExceptionGroup):
+                raise first from None
+            raise
+        if self._refused is not None:
+            raise self._refused
+
+    async def _serve(
+        self,
+        server: grpc.aio.Server,
+        stop: asyncio.Event,
+        ready: Callable[[str, dict[str, object]], None] | None,
+    ) -> None:
+        cfg, ident = self.config, self.identity
         await server.start()
         self.addresses = listen_addresses(cfg.listen_host, self.port, self.ifaces)
         state = {
@@ -242,33 +234,28 @@ class NodeDaemon:
             grpc.ssl_channel_credentials(ident.ca_pem, ident.key_pem, ident.cert_pem),
             options=client_options(COORDINATOR_SERVER_NAME),
         )
+        registration = self.registration = Registration(channel, self.info, self.hub, ident.coordinator)
         announcer = None
         if cfg.mdns:
             der = ssl.PEM_cert_to_DER_cert(ident.cert_pem.decode())
             announcer = Announcer(ident.id, cfg.name, __version__, fingerprint(der))
-        async with asyncio.TaskGroup() as tg:
+        async with asyncio.TaskGroup() as loops:
             tasks = [
-                tg.create_task(self._register_loop(channel)),
-                tg.create_task(self._watch_loop(announcer)),
-                tg.create_task(self._models_loop()),
+                loops.create_task(self._register_loop(registration, stop)),
+                loops.create_task(self._watch_loop(announcer)),
+                loops.create_task(self._models_loop()),
             ]
             if cfg.stop_after_disconnect_s > 0:
-                tasks.append(tg.create_task(self._disconnect_loop()))
+                tasks.append(loops.create_task(self._disconnect_loop()))
             if announcer:
-                tg.create_task(self._announce(announcer.start, self.addresses))
+                loops.create_task(self._announce(announcer.start, self.addresses))
             await stop.wait()
             log.info("stopping")
             for task in tasks:
                 task.cancel()
         # Say goodbye first, so no new work is placed here, then stop what runs.
         self.runner.closing = True
-        try:
-            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-            await stub.RegisterNode(
-                coordinator_pb2.RegisterNodeRequest(info=self.info(), leaving=True), timeout=2
-            )
-        except grpc.aio.AioRpcError as exc:  # the coordinator may be gone too; it will see us lost
-            log.info("could not say goodbye to the coordinator: %s", exc.code().name)
+        await registration.goodbye()
         await self.runner.stop()
         if announcer:
             try:

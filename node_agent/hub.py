@@ -6,6 +6,9 @@ instead of queued. The next chunk of that attempt that does go out starts with a
 saying how many are missing, and what is still unmarked when the attempt ends travels in
 its result (`log_lines_lost`). Memory stays bounded, a chatty job never costs the
 session, and a gap in a log is never silent.
+
+The hub is the session stream's edge: the runner hands it models and plain values, and
+it builds the ``NodeEvent`` messages (through :mod:`node_agent.convert`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import asyncio
 import time
 from collections import defaultdict
 
+from node_agent import convert
+from node_agent.models import Result
 from protos.flota.v1 import node_pb2
 
 __all__ = ["Hub", "Subscription", "gap_marker"]
@@ -65,6 +70,12 @@ class Hub:
         event = self.event(**kind)
         for sub in self._subscribers:
             sub.queue.put_nowait(event)
+
+    def started(self, job_id: str, attempt_id: str, started_at: float) -> None:
+        self.publish(started=convert.started(job_id, attempt_id, started_at))
+
+    def result(self, result: Result) -> None:
+        self.publish(result=convert.result_to_proto(result))
 
     def log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
         ready = [s for s in self._subscribers if s.logs_queued < LOG_BACKLOG]

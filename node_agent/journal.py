@@ -13,6 +13,11 @@ One directory per attempt, ``<state>/jobs/<attempt>/``:
 The directory goes away when the coordinator acknowledges the result. So a job keeps
 running through a daemon restart, and a result produced while the coordinator was away
 is still there when it comes back.
+
+``spec.pb`` and ``result.pb`` hold the wire messages (``JobSpec``, ``JobResult``), as
+every daemon so far wrote them: an upgraded daemon finds the jobs an older one left.
+The journal speaks models (:class:`~node_agent.models.Job`, :class:`~node_agent.models.
+Result`) and converts at the file (:mod:`node_agent.convert`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-
-from protos.flota.v1 import types_pb2
+from node_agent.convert import job_from_bytes, job_to_bytes, result_from_bytes, result_to_bytes
+from node_agent.models import Job, Result
+from protos.contract import ResultStatus
 
 __all__ = ["Entry", "Journal"]
 
@@ -46,14 +51,14 @@ def _read(path: Path) -> str:
 class Entry:
     """One journaled attempt as found on disk."""
 
-    spec: types_pb2.JobSpec
-    result: types_pb2.JobResult | None
+    job: Job
+    result: Result | None
     pid: int = 0  # 0: its process never started
     create_time: float = 0.0
     spawned_at: float = 0.0
     exit_code: int | None = None
     offset: int = 0
-    stop: str = ""
+    stop: ResultStatus | None = None  # why someone asked it to stop
     stop_detail: str = ""
 
 
@@ -65,10 +70,10 @@ class Journal:
     def dir(self, attempt_id: str) -> Path:
         return self.root / attempt_id
 
-    def begin(self, spec: types_pb2.JobSpec) -> None:
-        d = self.dir(spec.attempt_id)
+    def begin(self, job: Job) -> None:
+        d = self.dir(job.attempt_id)
         d.mkdir(exist_ok=True, mode=0o700)
-        _write(d / "spec.pb", spec.SerializeToString())
+        _write(d / "spec.pb", job_to_bytes(job))
 
     def proc_file(self, attempt_id: str) -> Path:
         return self.dir(attempt_id) / "proc"
@@ -77,7 +82,7 @@ class Journal:
         """The keeper writes this record itself, in the same format, as it starts a job."""
         _write(self.proc_file(attempt_id), f"{pid} {create_time!r} {spawned_at!r}".encode())
 
-    def stopping(self, attempt_id: str, reason: str, detail: str) -> None:
+    def stopping(self, attempt_id: str, reason: ResultStatus, detail: str) -> None:
         _write(self.dir(attempt_id) / "stop", f"{reason} {detail}".encode())
 
     def published(self, attempt_id: str, offset: int) -> None:
@@ -95,8 +100,8 @@ class Journal:
         except ValueError:
             return None
 
-    def finish(self, result: types_pb2.JobResult) -> None:
-        _write(self.dir(result.attempt_id) / "result.pb", result.SerializeToString())
+    def finish(self, result: Result) -> None:
+        _write(self.dir(result.attempt_id) / "result.pb", result_to_bytes(result))
 
     def forget(self, attempt_id: str) -> None:
         if attempt_id and "/" not in attempt_id and attempt_id not in (".", ".."):
@@ -107,14 +112,14 @@ class Journal:
         found = []
         for d in sorted(self.root.iterdir()):
             try:
-                spec = types_pb2.JobSpec.FromString((d / "spec.pb").read_bytes())
-            except (OSError, ValueError, DecodeError):
+                job = job_from_bytes((d / "spec.pb").read_bytes())
+            except (OSError, ValueError):
                 continue
             result = None
             if (d / "result.pb").exists():
                 try:
-                    result = types_pb2.JobResult.FromString((d / "result.pb").read_bytes())
-                except (OSError, ValueError, DecodeError):
+                    result = result_from_bytes((d / "result.pb").read_bytes())
+                except (OSError, ValueError):
                     result = None
             pid, create_time, spawned_at = 0, 0.0, 0.0
             try:
@@ -129,15 +134,22 @@ class Journal:
             reason, _, detail = _read(d / "stop").partition(" ")
             found.append(
                 Entry(
-                    spec,
+                    job,
                     result,
                     pid,
                     create_time,
                     spawned_at,
-                    self.exit_code(spec.attempt_id),
+                    self.exit_code(job.attempt_id),
                     offset,
-                    reason,
+                    _stop_reason(reason),
                     detail,
                 )
             )
         return found
+
+
+def _stop_reason(text: str) -> ResultStatus | None:
+    try:
+        return ResultStatus(text) if text else None
+    except ValueError:  # not one we write; a stop was asked for all the same
+        return ResultStatus.LOST

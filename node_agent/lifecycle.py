@@ -18,47 +18,79 @@ coordinator too long: the work so far is pushed so a retry can resume from it). 
 first reason wins. Whatever the reason, what the job wrote is committed and pushed
 when it has a repository: a branch is never thrown away.
 
+This module is the only author of an attempt's outcome: the :class:`Finish` action
+carries the final status, error line and exit code, and the runner records them as
+they are. What the agent said about its own run arrives with :class:`Exited` (its
+report, read by the runner once the process has ended): an agent that stopped on its
+steps or budget turns a failed exit into ``partial``, and an agent's own error line
+replaces a bare "exit code N". A bug in the runner itself arrives as :class:`Crashed`
+and ends the attempt as failed at once.
+
 A restarted daemon rebuilds the state from its journal with :func:`recovered`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import contextlib
+import signal
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from node_agent.models import AgentReport
+from protos.contract import ResultStatus
 
 __all__ = [
     "Commit",
     "Committed",
+    "Crashed",
     "Exited",
     "Finish",
     "GraceOver",
     "Kill",
+    "Phase",
     "Prepare",
     "PrepareFailed",
     "Prepared",
+    "STOP_REASONS",
     "Spawn",
     "SpawnFailed",
     "State",
     "Stop",
     "Terminate",
+    "describe_exit",
     "recovered",
     "step",
 ]
 
-STOP_STATUS = {"cancelled": "cancelled", "timeout": "timeout", "lost": "lost", "partial": "partial"}
+# The reasons a stop may have; each is also the status of the attempt it stops.
+STOP_REASONS = frozenset(
+    {ResultStatus.CANCELLED, ResultStatus.TIMEOUT, ResultStatus.LOST, ResultStatus.PARTIAL}
+)
 STOP_ERROR = {
-    "cancelled": "cancelled",
-    "lost": "the node daemon stopped",
+    ResultStatus.CANCELLED: "cancelled",
+    ResultStatus.LOST: "the node daemon stopped",
 }
+VANISHED = "the job's process vanished without an exit status"
+AGENT_STOPPED = "the agent stopped before it finished"
+
+
+class Phase(StrEnum):
+    PREPARING = "preparing"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FINISHING = "finishing"
+    FINISHED = "finished"
 
 
 @dataclass(frozen=True)
 class State:
     attempt_id: str
     has_repo: bool
-    phase: str = "preparing"  # preparing | running | stopping | finishing | finished
-    stop: str = ""  # why it is being stopped; "" while nobody asked
+    phase: Phase = Phase.PREPARING
+    stop: ResultStatus | None = None  # why it is being stopped; None while nobody asked
     stop_detail: str = ""  # e.g. "timed out after 30 s"
     exit_code: int | None = None
+    report: AgentReport = field(default_factory=AgentReport)  # what the agent said, once it ended
 
 
 # --- events ------------------------------------------------------------------------------
@@ -82,15 +114,24 @@ class SpawnFailed:
 @dataclass(frozen=True)
 class Exited:
     """The job's process ended; ``code`` is negative for a signal, None when unknown
-    (a process found again after a restart that died without writing its status)."""
+    (a process found again after a restart that died without writing its status).
+    ``report`` is what its agent wrote about its run (empty for a plain command)."""
 
     code: int | None
+    report: AgentReport = field(default_factory=AgentReport)
 
 
 @dataclass(frozen=True)
 class Stop:
-    reason: str  # cancelled | timeout | lost | partial
+    reason: ResultStatus  # one of STOP_REASONS
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """The runner failed while driving the attempt (a bug): it ends as failed, now."""
+
+    error: str
 
 
 @dataclass(frozen=True)
@@ -103,7 +144,7 @@ class Committed:
     error: str = ""  # "" when the branch is on the remote
 
 
-Event = Prepared | PrepareFailed | SpawnFailed | Exited | Stop | GraceOver | Committed
+Event = Prepared | PrepareFailed | SpawnFailed | Exited | Stop | GraceOver | Committed | Crashed
 
 # --- actions -----------------------------------------------------------------------------
 
@@ -130,76 +171,98 @@ class Kill:
 
 @dataclass(frozen=True)
 class Commit:
-    status: str  # written into the commit message
+    status: ResultStatus  # written into the commit message: the status if the push succeeds
 
 
 @dataclass(frozen=True)
 class Finish:
-    status: str
-    error: str
-    exit_code: int | None
+    """The attempt is over: record exactly this (the runner adds the facts: commit,
+    output, times, the report's counts)."""
+
+    status: ResultStatus
+    error: str  # one line, "" on success
+    exit_code: int | None  # None: it never ran, or its status was lost
 
 
 Action = Prepare | Spawn | Terminate | Kill | Commit | Finish
 
 
-def _outcome(state: State) -> tuple[str, str]:
+def describe_exit(code: int) -> str:
+    """One line for a non-zero status, naming the signal: -N is signal N, and a shell's
+    128+N (from a child shell that reported it) stands for one too."""
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    if number:
+        with contextlib.suppress(ValueError):
+            name = signal.Signals(number).name
+            return f"killed by signal {name}" if code < 0 else f"killed by signal {name} (exit code {code})"
+    return f"exit code {code}"
+
+
+def _outcome(state: State) -> tuple[ResultStatus, str]:
     """(status, error) of an attempt whose process has ended or never started."""
     if state.stop:
-        error = state.stop_detail or STOP_ERROR.get(state.stop, state.stop)
-        return STOP_STATUS[state.stop], error
+        return state.stop, state.stop_detail or STOP_ERROR.get(state.stop, state.stop)
     code = state.exit_code
     if code == 0:
-        return "success", ""
+        return ResultStatus.SUCCESS, ""
     if code is None:
-        return "failed", "the job's process vanished without an exit status"
-    if code < 0:
-        return "failed", f"killed by signal {-code}"
-    return "failed", f"exit code {code}"
+        return ResultStatus.FAILED, VANISHED
+    return ResultStatus.FAILED, describe_exit(code)
 
 
-def _finish(state: State, status: str, error: str) -> tuple[State, list[Action]]:
-    return replace(state, phase="finished"), [Finish(status, error, state.exit_code)]
+def _judged(state: State, status: ResultStatus, error: str) -> tuple[ResultStatus, str]:
+    """The agent's word on a failure: it knows why it stopped better than its exit code."""
+    report = state.report
+    if status == ResultStatus.FAILED and report.status == ResultStatus.PARTIAL:  # its steps or budget
+        return ResultStatus.PARTIAL, report.error or AGENT_STOPPED
+    if status == ResultStatus.FAILED and report.status == ResultStatus.FAILED and report.error:
+        return status, report.error
+    return status, error
+
+
+def _finish(state: State, status: ResultStatus, error: str) -> tuple[State, list[Action]]:
+    status, error = _judged(state, status, error)
+    return replace(state, phase=Phase.FINISHED), [Finish(status, error, state.exit_code)]
 
 
 def _ended(state: State) -> tuple[State, list[Action]]:
     """The process is gone: commit what it made, or finish at once without a repo."""
     status, error = _outcome(state)
     if state.has_repo:
-        return replace(state, phase="finishing"), [Kill(), Commit(status)]
+        return replace(state, phase=Phase.FINISHING), [Kill(), Commit(_judged(state, status, error)[0])]
     new, actions = _finish(state, status, error)
     return new, [Kill(), *actions]
 
 
 def step(state: State, event: Event) -> tuple[State, list[Action]]:
     phase = state.phase
-    if phase == "finished":
+    if phase == Phase.FINISHED:
         return state, []
+    if isinstance(event, Crashed):
+        return _finish(state, ResultStatus.FAILED, f"internal error: {event.error}")
     if isinstance(event, Stop):
-        if state.stop or phase == "finishing":
+        if state.stop or phase == Phase.FINISHING:
             return state, []  # the first reason wins; a commit in progress finishes
         stopped = replace(state, stop=event.reason, stop_detail=event.detail)
-        if phase == "running":
-            return replace(stopped, phase="stopping"), [Terminate()]
+        if phase == Phase.RUNNING:
+            return replace(stopped, phase=Phase.STOPPING), [Terminate()]
         return stopped, []  # preparing: acted on when the preparation ends
-    if isinstance(event, Prepared) and phase == "preparing":
+    if isinstance(event, Prepared) and phase == Phase.PREPARING:
         if state.stop:  # stopped while git worked: the job never starts
-            status, error = _outcome(state)
-            return _finish(state, status, error)
-        return replace(state, phase="running"), [Spawn()]
-    if isinstance(event, PrepareFailed) and phase == "preparing":
-        return _finish(state, "failed", event.error)
-    if isinstance(event, SpawnFailed) and phase in ("running", "stopping"):
-        return _finish(state, "failed", event.error)
-    if isinstance(event, Exited) and phase in ("running", "stopping"):
-        return _ended(replace(state, exit_code=event.code))
-    if isinstance(event, GraceOver) and phase == "stopping":
+            return _finish(state, *_outcome(state))
+        return replace(state, phase=Phase.RUNNING), [Spawn()]
+    if isinstance(event, PrepareFailed) and phase == Phase.PREPARING:
+        return _finish(state, ResultStatus.FAILED, event.error)
+    if isinstance(event, SpawnFailed) and phase in (Phase.RUNNING, Phase.STOPPING):
+        return _finish(state, ResultStatus.FAILED, event.error)
+    if isinstance(event, Exited) and phase in (Phase.RUNNING, Phase.STOPPING):
+        return _ended(replace(state, exit_code=event.code, report=event.report))
+    if isinstance(event, GraceOver) and phase == Phase.STOPPING:
         return state, [Kill()]
-    if isinstance(event, Committed) and phase == "finishing":
-        status, error = _outcome(state)
-        if event.error:
-            return _finish(state, "failed", event.error)
-        return _finish(state, status, error)
+    if isinstance(event, Committed) and phase == Phase.FINISHING:
+        if event.error:  # no branch on the remote: the attempt failed, whatever the job did
+            return _finish(state, ResultStatus.FAILED, event.error)
+        return _finish(state, *_outcome(state))
     return state, []  # late or duplicate events change nothing
 
 
@@ -209,22 +272,23 @@ def recovered(
     spawned: bool,
     alive: bool,
     exit_code: int | None,
-    stop: str,
+    stop: ResultStatus | None,
     stop_detail: str,
+    report: AgentReport | None = None,
 ) -> tuple[State, list[Action]]:
     """The state of a journaled, unfinished attempt after a daemon restart, and what to do.
 
     ``spawned``: its process was started; ``alive``: that very process still runs;
-    ``exit_code``: what its keeper recorded, if it ended.
+    ``exit_code``: what its keeper recorded, if it ended; ``report``: what its agent
+    wrote then (read only when it is not alive).
     """
     state = State(attempt_id, has_repo, stop=stop, stop_detail=stop_detail)
     if not spawned:
         if stop:  # it was stopped before it started
-            status, error = _outcome(state)
-            return _finish(state, status, error)
+            return _finish(state, *_outcome(state))
         return state, [Prepare(fresh=False)]
     if alive:
         if stop:  # the stop was under way: it goes on (SIGTERM again, a new grace)
-            return replace(state, phase="stopping"), [Terminate()]
-        return replace(state, phase="running"), []
-    return _ended(replace(state, phase="running", exit_code=exit_code))
+            return replace(state, phase=Phase.STOPPING), [Terminate()]
+        return replace(state, phase=Phase.RUNNING), []
+    return _ended(replace(state, phase=Phase.RUNNING, exit_code=exit_code, report=report or AgentReport()))

@@ -3,78 +3,47 @@
 Each attempt has one driver task and one event queue. Everything that happens to an
 attempt (git finished preparing, the process ended, a cancel, a timeout, the kill grace
 passed, the commit was pushed) is an event on that queue; the driver hands it to the
-pure ``lifecycle.step`` and performs the actions it returns. Slow work (git) runs in a
-thread and reports back as an event, so a cancel is never stuck behind it.
+pure ``lifecycle.step`` and performs the actions it returns. It decides nothing: how
+an attempt ended is the lifecycle's ``Finish``, recorded as it is. Slow work (git) runs
+in a thread and reports back as an event, so a cancel is never stuck behind it.
+
+Tasks: the drivers run in the task group the daemon hands to :meth:`Runner.resume`
+(its app owns it); each driver opens a task group of its own for its attempt's helpers
+(git, the process watch), so nothing of an attempt outlives its driver.
 
 Jobs outlive the daemon: their processes run in their own sessions with output to a
-file (see agents.shell). A restarted daemon reads its journal, finds each job again,
-and goes on from where the journal says it was. Every failure becomes a result with
-a one-line error, never an exception out of the runner.
+file (see node_agent.process). A restarted daemon reads its journal, finds each job
+again, and goes on from where the journal says it was. Every failure becomes a result
+with a one-line error, never an exception out of the runner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from node_agent import lifecycle as lc
-from node_agent.agents.launch import command_for, read_outcome
-from node_agent.agents.shell import (
-    JobProcess,
-    Keeper,
-    OutputTail,
-    ShellError,
-    attach,
-    describe_exit,
-    kill_escaped,
-    signal_group,
-)
+from node_agent.agents.launch import command_for, read_report
+from node_agent.attempt import HELD_BATCH, Attempt, job_env, result_of, without_secrets
+from node_agent.errors import SpawnError, WorkspaceError
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
 from node_agent.local_models import LocalModel
-from node_agent.workspace import CommitOutcome, Workspace, WorkspaceError
-from protos.contract import redact
-from protos.flota.v1 import node_pb2, types_pb2
+from node_agent.models import Job, Result
+from node_agent.process import KeeperClient, OutputTail, attach, kill_escaped, signal_group
+from node_agent.workspace import Workspace
+from protos.contract import ResultStatus, redact
 
 __all__ = ["Runner"]
 
 log = logging.getLogger(__name__)
 
-# Output held while no coordinator listens, per attempt: at most this much travels in
-# the result (well under the 4 MiB message limit); later lines are only counted.
-HELD_BYTES = 1 << 20
-HELD_BATCH = 1000
-
-
-@dataclass
-class _Attempt:
-    spec: types_pb2.JobSpec
-    state: lc.State
-    started_at: float  # wall clock, when the node accepted it
-    events: asyncio.Queue[lc.Event] = field(default_factory=asyncio.Queue)
-    cwd: Path | None = None
-    proc: JobProcess | None = None
-    spawned_at: float = 0.0
-    tail: OutputTail | None = None
-    commit: CommitOutcome | None = None
-    task: asyncio.Task[None] | None = None
-    helpers: set[asyncio.Task[None]] = field(default_factory=set)
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    # Output read while no coordinator listened: sent when one does, or in the result.
-    undelivered: list[str] = field(default_factory=list)
-    undelivered_bytes: int = 0
-    dropped: int = 0  # lines beyond what `undelivered` may hold
-    secrets: dict[str, str] = field(default_factory=dict)  # in memory only, never journaled
-
-    @property
-    def id(self) -> str:
-        return self.spec.attempt_id
+_LOST_BEFORE_START = "the node daemon restarted before the job started; secrets are never kept on disk"
 
 
 class Runner:
@@ -97,15 +66,16 @@ class Runner:
         self._slots = slots
         self.kill_grace_s = kill_grace_s
         self._local_models = local_models
-        self.keeper = Keeper()  # the parent of this daemon's job processes
-        self.active: dict[str, _Attempt] = {}
-        self.finished: dict[str, types_pb2.JobResult] = {}  # attempt id -> result not yet acked
+        self.keeper = KeeperClient()  # the parent of this daemon's job processes
+        self.active: dict[str, Attempt] = {}
+        self.finished: dict[str, Result] = {}  # attempt id -> result not yet acked
+        self._group: asyncio.TaskGroup | None = None
         self._stopping = False
         self.closing = False  # the daemon is stopping: accept nothing new
         self._recovered: list[Entry] = []
         for entry in journal.entries():
             if entry.result is not None:
-                self.finished[entry.spec.attempt_id] = entry.result
+                self.finished[entry.job.attempt_id] = entry.result
             else:
                 self._recovered.append(entry)
 
@@ -113,62 +83,57 @@ class Runner:
     def running(self) -> int:
         return len(self.active) + len(self._recovered)
 
-    def resume(self) -> None:
-        """Take back the attempts a previous daemon left unfinished (needs the loop)."""
+    def resume(self, group: asyncio.TaskGroup | None = None) -> None:
+        """Take back the attempts a previous daemon left unfinished (needs the loop). From
+        now on every attempt's driver runs in ``group`` (without one: in the loop)."""
+        self._group = group
         for entry in self._recovered:
             self._resume(entry)
         self._recovered.clear()
 
     def _resume(self, entry: Entry) -> None:
-        spec = entry.spec
+        job = entry.job
         proc = attach(entry.pid, entry.create_time) if entry.pid else None
         stop, detail = entry.stop, entry.stop_detail
-        if spec.secrets and not entry.pid and not stop:
-            stop, detail = (
-                "lost",
-                "the node daemon restarted before the job started; secrets are never kept on disk",
-            )
+        if job.secrets and not entry.pid and not stop:
+            stop, detail = ResultStatus.LOST, _LOST_BEFORE_START
+        report = None
+        if entry.pid and proc is None:  # it ended while no daemon watched: what did it say?
+            report = read_report(job, self.journal.dir(job.attempt_id), self.journal.output(job.attempt_id))
         state, actions = lc.recovered(
-            spec.attempt_id,
-            spec.HasField("repo"),
+            job.attempt_id,
+            job.repo is not None,
             spawned=entry.pid > 0,
             alive=proc is not None,
             exit_code=entry.exit_code,
             stop=stop,
             stop_detail=detail,
+            report=report,
         )
-        a = _Attempt(spec, state, started_at=entry.spawned_at or time.time())
-        a.proc, a.spawned_at = proc, entry.spawned_at
+        a = Attempt(job, state, started_at=entry.spawned_at or time.time())
+        a.proc, a.spawned_at, a.reattach = proc, entry.spawned_at, proc is not None
         if entry.pid:
-            a.cwd = self._cwd(spec)
+            a.cwd = self._cwd(job)
             a.tail = self._tail(a, entry.offset)
-            if proc is not None:
-                a.tail.start()
-                self._watch(a)
-                self._arm_timeout(a)
         log.info("resumed %s: %s%s", a.id, state.phase, " (process alive)" if proc else "")
         self._launch(a, actions)
 
     # --- requests ----------------------------------------------------------------------
 
-    def start(self, spec: types_pb2.JobSpec) -> tuple[bool, str]:
-        if spec.attempt_id in self.active or spec.attempt_id in self.finished:
+    def start(self, job: Job) -> tuple[bool, str]:
+        if job.attempt_id in self.active or job.attempt_id in self.finished:
             return True, "already known"
         if self.closing or self._stopping:
             return False, "the node is stopping"
         if self.running >= self._slots():
             return False, f"no free slot ({self.running} of {self._slots()} busy)"
-        secrets = dict(spec.secrets)
+        secrets = dict(job.secrets)
         if secrets:  # the journal (and ListJobs) keep the names, never the values
-            spec = _without_secrets(spec)
-        self.journal.begin(spec)
-        a = _Attempt(spec, lc.State(spec.attempt_id, spec.HasField("repo")), started_at=time.time())
+            job = without_secrets(job)
+        self.journal.begin(job)
+        a = Attempt(job, lc.State(job.attempt_id, job.repo is not None), started_at=time.time())
         a.secrets = secrets
-        self.hub.publish(
-            started=node_pb2.JobStarted(
-                job_id=spec.job_id, attempt_id=spec.attempt_id, started_at=a.started_at
-            )
-        )
+        self.hub.started(job.job_id, job.attempt_id, a.started_at)
         self._launch(a, [lc.Prepare()])
         return True, ""
 
@@ -176,11 +141,11 @@ class Runner:
         a = self.active.get(attempt_id)
         if a is None:
             return False
-        a.events.put_nowait(lc.Stop("cancelled"))
+        a.events.put_nowait(lc.Stop(ResultStatus.CANCELLED))
         return True
 
-    def stop_all(self, reason: str, detail: str = "") -> int:
-        """Stop every running attempt for `reason` (lifecycle.STOP_STATUS)."""
+    def stop_all(self, reason: ResultStatus, detail: str = "") -> int:
+        """Stop every running attempt for `reason` (one of lifecycle.STOP_REASONS)."""
         for a in self.active.values():
             a.events.put_nowait(lc.Stop(reason, detail))
         return len(self.active)
@@ -190,26 +155,20 @@ class Runner:
             if self.finished.pop(attempt_id, None) is not None:
                 self.journal.forget(attempt_id)
 
-    def jobs(self) -> list[node_pb2.NodeJob]:
-        out = [node_pb2.NodeJob(spec=a.spec, state="running") for a in self.active.values()]
-        out += [node_pb2.NodeJob(spec=e.spec, state="running") for e in self._recovered]
-        out += [
-            node_pb2.NodeJob(
-                spec=types_pb2.JobSpec(job_id=r.job_id, attempt_id=r.attempt_id), state="finished", result=r
-            )
-            for r in self.finished.values()
-        ]
-        return out
+    def jobs(self) -> tuple[list[Job], list[Result]]:
+        """What runs (secret values blanked) and the results not yet acknowledged."""
+        running = [a.job for a in self.active.values()] + [e.job for e in self._recovered]
+        return running, list(self.finished.values())
 
     def cleanup(self, run_id: str) -> int:
-        busy = {a.id for a in self.active.values() if a.spec.run_id == run_id}
+        busy = {a.id for a in self.active.values() if a.job.run_id == run_id}
         return self.workspace.remove_run(run_id, keep=busy)
 
     async def stop(self) -> None:
         """Stop every running attempt and journal its result as lost (not cancelled: the
         user did not ask, so the coordinator may retry it elsewhere)."""
         self._stopping = True
-        self.stop_all("lost")
+        self.stop_all(ResultStatus.LOST)
         tasks = [a.task for a in self.active.values() if a.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -217,36 +176,52 @@ class Runner:
 
     # --- the driver ----------------------------------------------------------------------
 
-    def _launch(self, a: _Attempt, actions: list[lc.Action]) -> None:
+    def _launch(self, a: Attempt, actions: list[lc.Action]) -> None:
         self.active[a.id] = a
-        a.task = asyncio.get_running_loop().create_task(self._drive(a, actions), name=a.id)
+        driver = self._drive(a, actions)
+        if self._group is not None:
+            a.task = self._group.create_task(driver, name=a.id)
+        else:
+            a.task = asyncio.get_running_loop().create_task(driver, name=a.id)
 
-    async def _drive(self, a: _Attempt, actions: list[lc.Action]) -> None:
+    async def _drive(self, a: Attempt, actions: list[lc.Action]) -> None:
         try:
-            while True:
-                for action in actions:
-                    await self._perform(a, action)
-                if a.state.phase == "finished":
-                    return
-                event = await a.events.get()
-                before = a.state.stop
-                a.state, actions = lc.step(a.state, event)
-                if a.state.stop != before:
-                    self._journal(self.journal.stopping, a.id, a.state.stop, a.state.stop_detail)
-        except Exception as exc:  # a bug here must not take the daemon down
-            log.exception("attempt %s crashed", a.id)
+            async with asyncio.TaskGroup() as helpers:
+                a.helpers = helpers
+                if a.reattach:
+                    self._follow(a)
+                await self._steps(a, actions)
+        except Exception as exc:  # a bug here, or in a helper, must not take the daemon down
+            error = exc.exceptions[0] if isinstance(exc, ExceptionGroup) and exc.exceptions else exc
+            log.error("attempt %s crashed", a.id, exc_info=error)
             if a.proc is not None:
                 signal_group(a.proc.group, signal.SIGKILL)
-            await self._finish(a, lc.Finish("failed", f"internal error: {exc}", a.state.exit_code))
+            a.state, actions = lc.step(a.state, lc.Crashed(str(error)))
+            try:
+                for action in actions:
+                    await self._perform(a, action)
+            except Exception:  # nothing of an attempt may take its siblings (one task group) down
+                log.exception("attempt %s could not be finished", a.id)
+                self.active.pop(a.id, None)
         finally:
             for timer in a.timers:
                 timer.cancel()
-            for helper in a.helpers:
-                helper.cancel()
 
-    async def _perform(self, a: _Attempt, action: lc.Action) -> None:
+    async def _steps(self, a: Attempt, actions: list[lc.Action]) -> None:
+        while True:
+            for action in actions:
+                await self._perform(a, action)
+            if a.state.phase is lc.Phase.FINISHED:
+                return
+            event = await a.events.get()
+            before = a.state.stop
+            a.state, actions = lc.step(a.state, event)
+            if a.state.stop is not None and a.state.stop != before:
+                self._journal(self.journal.stopping, a.id, a.state.stop, a.state.stop_detail)
+
+    async def _perform(self, a: Attempt, action: lc.Action) -> None:
         if isinstance(action, lc.Prepare):
-            if not a.spec.HasField("repo") and self._new_scratch(a):
+            if a.job.repo is None and self._new_scratch(a):
                 return  # a new empty directory: nothing to wait for
             self._helper(a, self._prepare(a, action.fresh))
         elif isinstance(action, lc.Spawn):
@@ -254,9 +229,7 @@ class Runner:
         elif isinstance(action, lc.Terminate):
             if a.proc is not None:
                 signal_group(a.proc.group, signal.SIGTERM)
-            a.timers.append(
-                asyncio.get_running_loop().call_later(self.kill_grace_s, a.events.put_nowait, lc.GraceOver())
-            )
+            a.later(self.kill_grace_s, lc.GraceOver())
         elif isinstance(action, lc.Kill):
             if a.proc is not None:
                 signal_group(a.proc.group, signal.SIGKILL)
@@ -270,10 +243,10 @@ class Runner:
         elif isinstance(action, lc.Finish):
             await self._finish(a, action)
 
-    def _helper(self, a: _Attempt, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        a.helpers.add(task)
-        task.add_done_callback(a.helpers.discard)
+    @staticmethod
+    def _helper(a: Attempt, coro: Coroutine[Any, Any, None]) -> None:
+        assert a.helpers is not None, "helpers start from the driver"
+        a.helpers.create_task(coro)
 
     def _journal(self, write: Callable[..., None], *args: object) -> None:
         try:
@@ -283,12 +256,12 @@ class Runner:
 
     # --- actions -------------------------------------------------------------------------
 
-    def _cwd(self, spec: types_pb2.JobSpec) -> Path:
-        if spec.HasField("repo"):
-            return self.workspace.worktree_path(spec.attempt_id)
-        return self.workspace.scratch_path(spec.attempt_id)
+    def _cwd(self, job: Job) -> Path:
+        if job.repo is not None:
+            return self.workspace.worktree_path(job.attempt_id)
+        return self.workspace.scratch_path(job.attempt_id)
 
-    def _new_scratch(self, a: _Attempt) -> bool:
+    def _new_scratch(self, a: Attempt) -> bool:
         try:
             a.cwd = self.workspace.new_scratch(a.id)
         except WorkspaceError as exc:
@@ -302,32 +275,32 @@ class Runner:
         a.events.put_nowait(lc.Prepared())
         return True
 
-    async def _prepare(self, a: _Attempt, fresh: bool) -> None:
-        spec = a.spec
+    async def _prepare(self, a: Attempt, fresh: bool) -> None:
+        job = a.job
         try:
-            if spec.HasField("repo"):
+            if job.repo is not None:
                 if not fresh:  # a half-made worktree from before a restart
-                    await asyncio.to_thread(self.workspace.remove, spec.attempt_id)
-                repo = spec.repo
+                    await asyncio.to_thread(self.workspace.remove, job.attempt_id)
+                repo = job.repo
                 found = None
-                if spec.resume_branches:
+                if job.resume_branches:
                     found = await asyncio.to_thread(
-                        self.workspace.find_resume, repo.url, repo.base_commit, list(spec.resume_branches)
+                        self.workspace.find_resume, repo.url, repo.base_commit, list(job.resume_branches)
                     )
                 a.cwd = await asyncio.to_thread(
                     self.workspace.prepare,
                     repo.url,
                     repo.base_ref,
                     repo.base_commit,
-                    spec.branch,
-                    spec.attempt_id,
+                    job.branch,
+                    job.attempt_id,
                     found[1] if found else "",
                 )
                 if found:
                     line = f"[flota: resuming from {found[0]} at {found[1][:12]}]"
-                    self.hub.log(spec.job_id, spec.attempt_id, [line])
+                    self.hub.log(job.job_id, job.attempt_id, [line])
             else:
-                a.cwd = await asyncio.to_thread(self.workspace.scratch, spec.attempt_id)
+                a.cwd = await asyncio.to_thread(self.workspace.scratch, job.attempt_id)
         except WorkspaceError as exc:
             a.events.put_nowait(lc.PrepareFailed(str(exc)))
         except OSError as exc:  # the workspace directory itself: disk full, read-only
@@ -335,20 +308,21 @@ class Runner:
         else:
             a.events.put_nowait(lc.Prepared())
 
-    async def _spawn(self, a: _Attempt) -> None:
+    async def _spawn(self, a: Attempt) -> None:
         assert a.cwd is not None
-        spec = a.spec
-        command, extra = command_for(spec, self.journal.dir(a.id), self._local_models())
+        job = a.job
+        command = command_for(job, self.journal.dir(a.id), self._local_models())
+        env = {**job_env(job, a.cwd, self.node_id, self.node_name), **command.env, **a.secrets}
         try:
             a.proc = await self.keeper.spawn(
-                command,
+                command.line,
                 a.cwd,
-                {**self._env(spec, a.cwd), **extra, **a.secrets},
+                env,
                 self.journal.output(a.id),
                 self.journal.exit_file(a.id),
                 self.journal.proc_file(a.id),  # the keeper journals the process as it starts it
             )
-        except ShellError as exc:
+        except SpawnError as exc:
             a.events.put_nowait(lc.SpawnFailed(str(exc)))
             return
         except OSError as exc:  # the journal directory: disk full
@@ -356,24 +330,41 @@ class Runner:
             return
         a.spawned_at = a.proc.spawned_at
         a.tail = self._tail(a, 0)
-        a.tail.start()
-        self._watch(a)
-        self._arm_timeout(a)
+        self._follow(a)
 
-    def _tail(self, a: _Attempt, offset: int) -> OutputTail:
-        spec = a.spec
+    def _follow(self, a: Attempt) -> None:
+        """The process runs: read its output, wait for its end, and time it."""
+        proc, tail = a.proc, a.tail
+        assert proc is not None and tail is not None
+        tail.start(a.helpers)
+
+        async def watch() -> None:
+            code = await proc.wait()
+            recorded = self.journal.exit_code(a.id)  # the command's own status, if it got to write it
+            # Small files (a shell job's: one stat), read on the loop as the daemon always has.
+            report = read_report(a.job, self.journal.dir(a.id), self.journal.output(a.id))
+            a.events.put_nowait(lc.Exited(recorded if recorded is not None else code, report))
+
+        self._helper(a, watch())
+        limit = a.job.timeout_s
+        if limit > 0:
+            left = max(0.0, a.spawned_at + limit - time.time())
+            a.later(left, lc.Stop(ResultStatus.TIMEOUT, f"timed out after {limit:g} s"))
+
+    def _tail(self, a: Attempt, offset: int) -> OutputTail:
+        job = a.job
 
         def on_lines(lines: list[str]) -> None:
             if a.secrets:
                 lines = [redact(line, a.secrets) for line in lines]
             if not self.hub.listening:
-                self._hold(a, lines)
+                a.hold(lines)
                 return
             if a.undelivered:
                 held, a.undelivered, a.undelivered_bytes = a.undelivered, [], 0
                 for i in range(0, len(held), HELD_BATCH):
-                    self.hub.log(spec.job_id, spec.attempt_id, held[i : i + HELD_BATCH])
-            self.hub.log(spec.job_id, spec.attempt_id, lines)
+                    self.hub.log(job.job_id, job.attempt_id, held[i : i + HELD_BATCH])
+            self.hub.log(job.job_id, job.attempt_id, lines)
 
         def on_offset(offset: int) -> None:
             if not a.undelivered:  # a restart re-reads what no coordinator has seen yet
@@ -381,50 +372,22 @@ class Runner:
 
         return OutputTail(self.journal.output(a.id), offset, on_lines, on_offset)
 
-    @staticmethod
-    def _hold(a: _Attempt, lines: list[str]) -> None:
-        for line in lines:
-            size = len(line) + 1
-            if a.dropped or a.undelivered_bytes + size > HELD_BYTES:
-                a.dropped += 1
-            else:
-                a.undelivered.append(line)
-                a.undelivered_bytes += size
-
-    def _watch(self, a: _Attempt) -> None:
-        proc = a.proc
-        assert proc is not None
-
-        async def watch() -> None:
-            code = await proc.wait()
-            recorded = self.journal.exit_code(a.id)  # the command's own status, if it got to write it
-            a.events.put_nowait(lc.Exited(recorded if recorded is not None else code))
-
-        self._helper(a, watch())
-
-    def _arm_timeout(self, a: _Attempt) -> None:
-        limit = a.spec.timeout_s
-        if limit > 0:
-            left = max(0.0, a.spawned_at + limit - time.time())
-            stop = lc.Stop("timeout", f"timed out after {limit:g} s")
-            a.timers.append(asyncio.get_running_loop().call_later(left, a.events.put_nowait, stop))
-
-    async def _commit(self, a: _Attempt, status: str) -> None:
-        spec = a.spec
+    async def _commit(self, a: Attempt, status: ResultStatus) -> None:
+        job = a.job
         if a.cwd is None:
-            a.cwd = self._cwd(spec)
+            a.cwd = self._cwd(job)
         trailers = {
-            "Flota-Job": spec.job_id,
-            "Flota-Attempt": spec.attempt_id,
+            "Flota-Job": job.job_id,
+            "Flota-Attempt": job.attempt_id,
             "Flota-Node": f"{self.node_name} ({self.node_id})",
-            "Flota-Agent": spec.agent or "shell",
+            "Flota-Agent": job.agent or "shell",
         }
-        if spec.model:
-            trailers["Flota-Model"] = spec.model
-        title = f"flota: {spec.name or spec.command}"[:200]
+        if job.model:
+            trailers["Flota-Model"] = job.model
+        title = f"flota: {job.name or job.command}"[:200]
         try:
             a.commit = await asyncio.to_thread(
-                self.workspace.commit_and_push, a.cwd, spec.branch, f"{title}\n\nstatus: {status}", trailers
+                self.workspace.commit_and_push, a.cwd, job.branch, f"{title}\n\nstatus: {status}", trailers
             )
         except WorkspaceError as exc:
             a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc}"))
@@ -434,78 +397,11 @@ class Runner:
             return
         a.events.put_nowait(lc.Committed("" if a.commit.pushed else a.commit.error or "push failed"))
 
-    async def _finish(self, a: _Attempt, action: lc.Finish) -> None:
-        spec = a.spec
+    async def _finish(self, a: Attempt, action: lc.Finish) -> None:
         if a.tail is not None:
             await a.tail.finish()
-        now = time.time()
-        status, error = action.status, action.error
-        if status == "failed" and action.exit_code and error.startswith(("exit code", "killed by")):
-            error = describe_exit(action.exit_code)
-        agent = read_outcome(spec, self.journal.dir(a.id), self.journal.output(a.id))
-        if status == "failed" and agent.status == "partial":  # stopped by its steps or budget
-            status, error = "partial", agent.error or "the agent stopped before it finished"
-        elif status == "failed" and agent.status == "failed" and agent.error:
-            error = agent.error
-        fields: dict[str, object] = {}
-        if action.exit_code is not None:
-            fields["exit_code"] = action.exit_code
-        elif action.status != "success":
-            fields["exit_code"] = -1
-        if a.commit is not None:
-            fields.update(
-                base_commit=a.commit.base_commit,
-                head_commit=a.commit.head_commit,
-                files_modified=list(a.commit.files_modified),
-                insertions=a.commit.insertions,
-                deletions=a.commit.deletions,
-            )
-            if a.commit.pushed:
-                fields["branch"] = spec.branch
-        result = types_pb2.JobResult(
-            job_id=spec.job_id,
-            attempt_id=spec.attempt_id,
-            status=status,
-            error=redact(error, a.secrets),
-            steps=agent.steps,
-            tokens_in=agent.tokens_in,
-            tokens_out=agent.tokens_out,
-            cost_usd=agent.cost_usd,
-            check=agent.check,
-            answer=redact(agent.answer, a.secrets),
-            started_at=a.started_at,
-            finished_at=now,
-            duration_s=now - a.started_at,
-            node_id=self.node_id,
-            model=spec.model,
-            log_tail=redact("\n".join(a.tail.tail), a.secrets) if a.tail else "",
-            **fields,  # type: ignore[arg-type]
-        )
-        # Lines no coordinator has seen travel in the result (bounded); beyond that, a count.
-        result.log_lines.extend(a.undelivered)
-        result.log_lines_lost = self.hub.take_gap(spec.attempt_id) + a.dropped
+        result = result_of(a, action, self.node_id, time.time(), self.hub.take_gap(a.id))
         self._journal(self.journal.finish, result)
-        self.finished[spec.attempt_id] = result
-        self.active.pop(spec.attempt_id, None)
-        self.hub.publish(result=result)
-
-    def _env(self, spec: types_pb2.JobSpec, cwd: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(spec.env)
-        env.update(
-            FLOTA_JOB_ID=spec.job_id,
-            FLOTA_RUN_ID=spec.run_id,
-            FLOTA_ATTEMPT_ID=spec.attempt_id,
-            FLOTA_NODE_ID=self.node_id,
-            FLOTA_NODE_NAME=self.node_name,
-            FLOTA_WORKTREE=str(cwd),
-        )
-        return env
-
-
-def _without_secrets(spec: types_pb2.JobSpec) -> types_pb2.JobSpec:
-    copy = types_pb2.JobSpec()
-    copy.CopyFrom(spec)
-    for name in copy.secrets:
-        copy.secrets[name] = ""
-    return copy
+        self.finished[a.id] = result
+        self.active.pop(a.id, None)
+        self.hub.result(result)

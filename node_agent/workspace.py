@@ -10,20 +10,17 @@ The API is synchronous (the daemon calls it through ``asyncio.to_thread``) and r
 git through ``subprocess`` only, so importing this module stays cheap.
 
 Security: the repository content is untrusted, and so is everything a job's agent can
-write, which includes the mirror (the agent runs as the same user). Every git call
-therefore runs with system/global config disabled, a protocol allow-list, and ``-c``
-overrides for each setting that names a command (hooks, fsmonitor, credential and
-askpass helpers, ssh command, alternate-refs command, gpg signing). Filter drivers
-(``filter.<x>.clean/smudge/process``) cannot be disabled by a ``-c`` because their
-names come from ``.gitattributes``; the mirror's ``info/attributes``, which outranks
-every in-tree ``.gitattributes``, is rewritten before each checkout and each commit to
-unset ``filter`` instead. Remote-side hooks of a *local* remote would run as the daemon
-user, so local pushes go through a receive-pack with hooks disabled.
+write, which includes the mirror. Every git command runs through the hardened runner of
+:mod:`node_agent.git`. Filter drivers cannot be disabled by a ``-c`` (their names come
+from ``.gitattributes``), so the mirror's ``info/attributes``, which outranks every
+in-tree one, is rewritten before each checkout and commit to unset ``filter``. Ids,
+refs, commits and URLs are checked again with the rules of :mod:`protos.limits`.
 
-Error handling: every failure of a local git step raises :class:`WorkspaceError` with one
-readable line (``cannot fetch refs/flota/base/r1 from /srv/x.git: couldn't find remote
-ref ...``). A failed push is not an exception: :meth:`Workspace.commit_and_push` returns
-``pushed=False`` and the commit stays on the mirror's local branch.
+Error handling: every failure of a local git step raises
+:class:`~node_agent.errors.WorkspaceError` with one readable line (``cannot fetch
+refs/flota/base/r1 from /srv/x.git: couldn't find remote ref ...``). A failed push is not
+an exception: :meth:`Workspace.commit_and_push` returns ``pushed=False`` and the commit
+stays on the mirror's local branch.
 """
 
 from __future__ import annotations
@@ -34,19 +31,17 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import stat
-import subprocess
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CommitOutcome", "Workspace", "WorkspaceError"]
+from node_agent.errors import WorkspaceError
+from node_agent.git import Git, commit_message, is_local_url, parse_author, parse_numstat
+from protos.limits import COMMIT_RE, CONTROL_RE, ID_RE, valid_id, valid_ref, valid_url
 
-
-class WorkspaceError(Exception):
-    """A workspace operation failed; the message is one line meant for a user."""
+__all__ = ["CommitOutcome", "Workspace"]
 
 
 @dataclass(frozen=True)
@@ -62,58 +57,12 @@ class CommitOutcome:
     error: str
 
 
-# Settings that make git run a command, pinned for every invocation. Command-line
-# config outranks the (possibly tampered) repository config for single-valued keys,
-# and an empty credential.helper resets the helper list.
-_CONFIG_OVERRIDES: tuple[str, ...] = (
-    "core.hooksPath=/dev/null",
-    "core.fsmonitor=false",
-    "core.askPass=",
-    "credential.helper=",
-    # BatchMode: a daemon has nobody to answer a passphrase or host-key prompt.
-    "core.sshCommand=ssh -o BatchMode=yes",
-    "core.alternateRefsCommand=",
-    "protocol.ext.allow=never",
-    "commit.gpgSign=false",
-    "push.gpgSign=false",
-    "submodule.recurse=false",
-    "fetch.recurseSubmodules=false",
-    "push.recurseSubmodules=no",
-    "push.followTags=false",
-    # The node user's global ignore/attributes files must not change what a job commits.
-    "core.excludesFile=/dev/null",
-    "core.attributesFile=/dev/null",
-)
-
-_GIT_ENV: dict[str, str] = {
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_ATTR_NOSYSTEM": "1",
-    # Empty (not unset) values stop git from falling back to core.askPass / SSH_ASKPASS
-    # and to core.gitProxy from the repository config.
-    "GIT_ASKPASS": "",
-    "GIT_PROXY_COMMAND": "",
-    # Overrides every protocol.*.allow; keeps ext:: and remote helpers (remote.*.vcs) out.
-    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
-    "GIT_NO_REPLACE_OBJECTS": "1",
-    # Error lines are shown to users and matched by nobody; C keeps them stable.
-    "LC_ALL": "C",
-}
-
-# The operator may choose how ssh runs (keys, jump hosts); any other GIT_* variable in
-# the daemon's environment (GIT_DIR, GIT_WORK_TREE, ...) would redirect our commands.
-_PASSTHROUGH_GIT_VARS = frozenset({"GIT_SSH_COMMAND"})
-
 # Outranks in-tree .gitattributes, so no filter driver named by the repository can run.
 _ATTRIBUTES = "# written by flota: repository content must not pick commands to run\n* !filter\n"
 
-_JOB_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
-_COMMIT_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-_REF_RE = re.compile(r"[A-Za-z0-9._/-]{1,255}")
-_TRAILER_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
-_AUTHOR_RE = re.compile(r"\s*([^<>\n]+?)\s*<([^<>\s]+)>\s*")
-_SCP_LIKE_RE = re.compile(r"[^/]*:")
+# Any ref the workspace may be asked for; the servicer holds a job to the narrower
+# shapes of protos.limits (flota/... branches, refs/... base refs).
+_REF_SHAPE = re.compile(r"^[A-Za-z0-9._/-]{1,255}\Z")
 
 # Checking out a job's worktree is bound by creating files; parallel checkout spreads that
 # over processes. scripts/bench_workspace.py on 2 CPUs: warm prepare of 30,000 files
@@ -124,7 +73,6 @@ _CHECKOUT_WORKERS = max(
 
 _BASE_FILE = "flota-base"
 _URL_FILE = "flota-url"
-_MAX_ERROR_CHARS = 300
 
 _locks_guard = threading.Lock()
 _locks: dict[Path, threading.Lock] = {}
@@ -166,11 +114,7 @@ class Workspace:
         self.mirrors = self.root / "mirrors"
         self.worktrees = self.root / "worktrees"
         self.scratch_root = self.root / "scratch"
-        self._timeout_s = timeout_s
-        source = os.environ if environ is None else environ
-        env = {k: v for k, v in source.items() if not k.startswith("GIT_") or k in _PASSTHROUGH_GIT_VARS}
-        env.update(_GIT_ENV)
-        self._env = env
+        self.git = Git(environ, timeout_s)
         for directory in (self.root, self.mirrors, self.worktrees, self.scratch_root):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(directory, 0o700)
@@ -225,7 +169,7 @@ class Workspace:
                     raise WorkspaceError(f"commit {base_commit} is not in {source} of {url}")
             if path.exists() or path.is_symlink():
                 raise WorkspaceError(f"a worktree for job {job_key} already exists; remove it first")
-            self._git(
+            self.git.output(
                 [
                     "-c",
                     f"checkout.workers={_CHECKOUT_WORKERS}",
@@ -263,13 +207,13 @@ class Workspace:
                     self._fetch(mirror, url, f"refs/heads/{branch}", base_commit, dest=dest)
                 except WorkspaceError:
                     continue  # not pushed (yet): try the next
-                tip = self._run(
+                tip = self.git.run(
                     ["--git-dir", str(mirror), "rev-parse", "--verify", f"{dest}^{{commit}}"], cwd=mirror
                 )
                 commit = tip.stdout.decode().strip() if tip.returncode == 0 else ""
-                if not _COMMIT_RE.fullmatch(commit):
+                if not COMMIT_RE.match(commit):
                     continue
-                ancestor = self._run(
+                ancestor = self.git.run(
                     ["--git-dir", str(mirror), "merge-base", "--is-ancestor", base_commit, commit], cwd=mirror
                 )
                 if ancestor.returncode == 0:
@@ -292,11 +236,11 @@ class Workspace:
         tmp = mirror.with_name(f"{mirror.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         _rmtree(tmp)
         what = f"cannot create mirror for {url}"
-        self._git(["init", "--bare", "--quiet", "--template=", str(tmp)], cwd=self.mirrors, what=what)
+        self.git.output(["init", "--bare", "--quiet", "--template=", str(tmp)], cwd=self.mirrors, what=what)
         git_dir = ["--git-dir", str(tmp)]
         # Reflogs keep the old tip when a retry resets a branch: nothing is lost.
-        self._git([*git_dir, "config", "core.logAllRefUpdates", "true"], cwd=self.mirrors, what=what)
-        self._git([*git_dir, "remote", "add", "--", "origin", url], cwd=self.mirrors, what=what)
+        self.git.output([*git_dir, "config", "core.logAllRefUpdates", "true"], cwd=self.mirrors, what=what)
+        self.git.output([*git_dir, "remote", "add", "--", "origin", url], cwd=self.mirrors, what=what)
         (tmp / _URL_FILE).write_text(url + "\n")
         os.chmod(tmp, 0o700)
         os.rename(tmp, mirror)
@@ -312,26 +256,10 @@ class Workspace:
             refspec = f"+{base_ref}:{dest}"
         else:
             refspec = base_commit
-        self._git(
-            [
-                "--git-dir",
-                str(mirror),
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-write-fetch-head",
-                "--no-auto-maintenance",
-                "--upload-pack=git-upload-pack",
-                "--",
-                url,
-                refspec,
-            ],
-            cwd=mirror,
-            what=f"cannot fetch {base_ref or base_commit} from {url}",
-        )
+        self.git.fetch(mirror, url, refspec, what=f"cannot fetch {base_ref or base_commit} from {url}")
 
     def _has_commit(self, mirror: Path, commit: str) -> bool:
-        proc = self._run(["--git-dir", str(mirror), "cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror)
+        proc = self.git.run(["--git-dir", str(mirror), "cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror)
         return proc.returncode == 0
 
     # ----- commit and push ---------------------------------------------------------
@@ -356,12 +284,12 @@ class Workspace:
             raise WorkspaceError(f"{worktree} is not a worktree of {self.root}")
         _check_job_key(worktree.name)
         _check_ref(branch, "branch")
-        text = _commit_message(message, trailers)
-        name, email = _parse_author(author)
+        text = commit_message(message, trailers)
+        name, email = parse_author(author)
         mirror, admin = self._locate(worktree)
         base = _read_line(admin / _BASE_FILE)
         url = _read_line(mirror / _URL_FILE)
-        if not _COMMIT_RE.fullmatch(base) or self.mirror_path(url) != mirror:
+        if not COMMIT_RE.match(base) or self.mirror_path(url) != mirror:
             raise WorkspaceError(f"the mirror of worktree {worktree.name} was altered; not committing")
         self._check_url(url)
         # Explicit GIT_DIR/GIT_COMMON_DIR: the worktree's .git file and the admin dir's
@@ -378,8 +306,8 @@ class Workspace:
         what = f"cannot commit job {worktree.name}"
         with _mirror_lock(mirror):
             _write_attributes(mirror)
-            self._git(["add", "--all"], cwd=worktree, env=env, what=what)
-            self._git(
+            self.git.output(["add", "--all"], cwd=worktree, env=env, what=what)
+            self.git.output(
                 [
                     "commit",
                     "--quiet",
@@ -395,19 +323,19 @@ class Workspace:
                 input=text,
                 what=what,
             )
-            head = self._git(
+            head = self.git.output(
                 ["rev-parse", "--verify", "HEAD^{commit}"], cwd=worktree, env=env, what=what
             ).strip()
-            numstat = self._git(
+            numstat = self.git.output(
                 ["diff-tree", "-r", "-z", "--numstat", "--no-renames", base, head],
                 cwd=worktree,
                 env=env,
                 what=f"cannot diff job {worktree.name}",
             )
-        files, insertions, deletions = _parse_numstat(numstat)
+        files, insertions, deletions = parse_numstat(numstat)
         error = ""
         try:
-            self._push(mirror, url, head, branch, env)
+            self.git.push(mirror, url, head, branch, env)
         except WorkspaceError as exc:
             error = str(exc)
         return CommitOutcome(
@@ -418,32 +346,6 @@ class Workspace:
             deletions=deletions,
             pushed=not error,
             error=error,
-        )
-
-    def _push(self, mirror: Path, url: str, head: str, branch: str, env: Mapping[str, str]) -> None:
-        # A local remote runs receive-pack, and so its hooks, as us: disable them there.
-        # Over ssh the server's command must stay the plain default.
-        receive_pack = (
-            "git -c core.hooksPath=/dev/null -c core.fsmonitor=false receive-pack"
-            if _is_local_url(url)
-            else "git-receive-pack"
-        )
-        # Pushing the commit id (not HEAD or the branch) pushes exactly what was diffed,
-        # and pushing to the URL keeps remote.origin.{pushurl,mirror,push} out of play.
-        # No force: a result branch on the remote is never rewritten.
-        self._git(
-            [
-                "push",
-                "--quiet",
-                "--no-verify",
-                f"--receive-pack={receive_pack}",
-                "--",
-                url,
-                f"{head}:refs/heads/{branch}",
-            ],
-            cwd=mirror,
-            env={"GIT_DIR": str(mirror)},
-            what=f"cannot push {branch} to {url}",
         )
 
     # ----- scratch and removal -----------------------------------------------------
@@ -483,7 +385,7 @@ class Workspace:
                 mirror = None
             if mirror is not None:
                 with _mirror_lock(mirror), contextlib.suppress(WorkspaceError):
-                    self._git(
+                    self.git.output(
                         ["--git-dir", str(mirror), "worktree", "remove", "--force", "--force", str(path)],
                         cwd=self.worktrees,
                         what=f"cannot remove worktree {job_key}",
@@ -491,7 +393,7 @@ class Workspace:
             _rmtree(path)
             for repo in [mirror] if mirror is not None else sorted(self.mirrors.glob("*.git")):
                 with _mirror_lock(repo), contextlib.suppress(WorkspaceError):
-                    self._git(
+                    self.git.output(
                         ["--git-dir", str(repo), "worktree", "prune"], cwd=repo, what="cannot prune worktrees"
                     )
         scratch = self.scratch_root / job_key
@@ -502,13 +404,13 @@ class Workspace:
 
     def remove_worktrees(self, prefix: str, keep: Collection[str] = ()) -> int:
         """Remove every job whose key starts with ``prefix``, except those in ``keep``; return how many."""
-        if not prefix or not _JOB_KEY_RE.fullmatch(prefix):
+        if not ID_RE.match(prefix):  # the shape of an id: "<run id>." is one
             raise WorkspaceError(f"invalid job key prefix {prefix!r}")
         keys = {
             entry.name
             for parent in (self.worktrees, self.scratch_root)
             for entry in parent.iterdir()
-            if entry.name.startswith(prefix) and _JOB_KEY_RE.fullmatch(entry.name) and entry.name not in keep
+            if entry.name.startswith(prefix) and valid_id(entry.name) and entry.name not in keep
         }
         return sum(self.remove(key) for key in sorted(keys))
 
@@ -530,141 +432,34 @@ class Workspace:
                         return mirror, admin
         raise WorkspaceError(f"{worktree} is not a worktree of {self.root}")
 
-    def _run(
-        self,
-        args: Sequence[str],
-        cwd: Path,
-        env: Mapping[str, str] | None = None,
-        input: str | None = None,
-    ) -> subprocess.CompletedProcess[bytes]:
-        full_env = {**self._env, **env} if env else self._env
-        command = ["git"]
-        for setting in _CONFIG_OVERRIDES:
-            command += ["-c", setting]
-        command += args
-        try:
-            # A new session: no controlling terminal for ssh to prompt on, and a
-            # process group we can kill whole (git, ssh, upload-pack) on timeout.
-            proc = subprocess.Popen(
-                command,
-                cwd=cwd,
-                env=full_env,
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise WorkspaceError(f"cannot run git: {exc.strerror or exc}") from exc
-        try:
-            out, err = proc.communicate(None if input is None else input.encode(), timeout=self._timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            err += f"fatal: git {args[0] if args else ''} timed out after {self._timeout_s:g} s".encode()
-            return subprocess.CompletedProcess(command, -signal.SIGKILL, out, err)
-        return subprocess.CompletedProcess(command, proc.returncode, out, err)
-
-    def _git(
-        self,
-        args: Sequence[str],
-        cwd: Path,
-        *,
-        what: str,
-        env: Mapping[str, str] | None = None,
-        input: str | None = None,
-    ) -> str:
-        """Run git; return stdout, or raise ``WorkspaceError("<what>: <git's reason>")``."""
-        proc = self._run(args, cwd, env, input)
-        if proc.returncode != 0:
-            raise WorkspaceError(f"{what}: {_summarise(proc.stderr, proc.returncode)}")
-        return proc.stdout.decode("utf-8", errors="replace")
-
 
 # ----- helpers ---------------------------------------------------------------------
 
 
 def _check_job_key(job_key: str) -> str:
-    if not _JOB_KEY_RE.fullmatch(job_key) or job_key in {".", ".."}:
+    if not valid_id(job_key):  # an attempt id: safe as a file name
         raise WorkspaceError(f"invalid job key {job_key!r}: use 1-100 of A-Z a-z 0-9 . _ -")
     return job_key
 
 
 def _check_commit(commit: str) -> None:
-    if not _COMMIT_RE.fullmatch(commit):
+    if not COMMIT_RE.match(commit):
         raise WorkspaceError(f"invalid base commit {commit!r}: need a full lowercase hex object id")
 
 
 def _check_ref(name: str, kind: str) -> None:
-    # A leading '-' would be parsed as an option; git's check-ref-format does the rest.
-    parts = name.split("/")
-    if (
-        not _REF_RE.fullmatch(name)
-        or name.startswith("-")
-        or any(not part or part.startswith(".") or part.endswith(".lock") for part in parts)
-        or ".." in name
-        or name.endswith(".")
-    ):
+    if not valid_ref(name, _REF_SHAPE):  # a leading '-' would be parsed as an option
         raise WorkspaceError(f"invalid {kind} {name!r}")
 
 
 def _check_url(url: str) -> None:
-    if not url or url.startswith("-") or any(ch in url for ch in "\0\n\r"):
-        raise WorkspaceError(f"invalid repository URL {url!r}")
+    if valid_url(url):
+        return
+    plain = url and not url.startswith("-") and not CONTROL_RE.search(url)
     # git runs inside the mirror, where a relative path would mean something else.
-    if _is_local_url(url) and not url.startswith(("/", "file://")):
+    if plain and is_local_url(url) and not url.startswith(("/", "file://")):
         raise WorkspaceError(f"invalid repository URL {url!r}: a local path must be absolute")
-
-
-def _is_local_url(url: str) -> bool:
-    if url.startswith("file://"):
-        return True
-    return "://" not in url and not _SCP_LIKE_RE.match(url)
-
-
-def _commit_message(message: str, trailers: Mapping[str, str]) -> str:
-    lines = []
-    for key, value in trailers.items():
-        if not _TRAILER_KEY_RE.fullmatch(key) or any(ch in value for ch in "\0\n\r"):
-            raise WorkspaceError(f"invalid trailer {key!r}: {value!r}")
-        lines.append(f"{key}: {value}")
-    body = message.strip() or "flota job result"
-    return body + ("\n\n" + "\n".join(lines) if lines else "") + "\n"
-
-
-def _parse_author(author: str) -> tuple[str, str]:
-    match = _AUTHOR_RE.fullmatch(author)
-    if match is None:
-        raise WorkspaceError(f"invalid author {author!r}: expected 'Name <email>'")
-    return match.group(1), match.group(2)
-
-
-def _parse_numstat(output: str) -> tuple[tuple[str, ...], int, int]:
-    files: list[str] = []
-    insertions = deletions = 0
-    for record in output.split("\0"):
-        if not record:
-            continue
-        added, deleted, path = record.split("\t", 2)
-        files.append(path)
-        # Binary files show "-": listed, but they add no lines.
-        insertions += int(added) if added.isdigit() else 0
-        deletions += int(deleted) if deleted.isdigit() else 0
-    return tuple(files), insertions, deletions
-
-
-def _summarise(stderr: bytes, returncode: int) -> str:
-    """The one stderr line that says why: a push rejection, else git's first fatal/error line."""
-    lines = [line.strip() for line in stderr.decode("utf-8", errors="replace").splitlines() if line.strip()]
-    chosen = next((line for line in lines if line.startswith("! [")), None)
-    if chosen is None:
-        chosen = next((line for line in lines if line.startswith(("fatal:", "error:"))), None)
-    if chosen is None:
-        chosen = lines[-1] if lines else f"git exited with code {returncode}"
-    for prefix in ("fatal: ", "error: "):
-        chosen = chosen.removeprefix(prefix)
-    return chosen[:_MAX_ERROR_CHARS]
+    raise WorkspaceError(f"invalid repository URL {url!r}")
 
 
 def _write_attributes(mirror: Path) -> None:

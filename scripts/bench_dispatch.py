@@ -39,7 +39,7 @@ from bench_ray import latency  # noqa: E402  (the same figures for both sides)
 from benchreport import emit  # noqa: E402  (the table and JSON of every bench script)
 
 from cli.client import Client  # noqa: E402
-from node_agent.agents.shell import Keeper  # noqa: E402
+from node_agent.process import KeeperClient as Keeper  # noqa: E402
 from protos.flota.v1 import coordinator_pb2 as pb  # noqa: E402
 from tests.fleet import Fleet, wait_until  # noqa: E402
 

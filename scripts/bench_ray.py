@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from node_agent.agents.shell import _SHELL as SHELL  # noqa: E402
+from node_agent.process import SHELL  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

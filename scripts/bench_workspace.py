@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchreport import emit  # noqa: E402  (the table and JSON of every bench script)
 
-from node_agent import workspace  # noqa: E402
+from node_agent import git as git_runner  # noqa: E402
 from node_agent.workspace import Workspace  # noqa: E402
 from tests.gitenv import GIT_ENV  # noqa: E402
 
@@ -281,14 +281,14 @@ def run(quick: bool, sizes: Sequence[int] = SIZES, git_config: Sequence[str] = (
     the settings the Workspace passes to every git call: for trying a setting out."""
     cold_n, warm_n = (1, 3) if quick else (3, 10)
     load = [os.getloadavg()[0]]
-    pinned = workspace._CONFIG_OVERRIDES
-    workspace._CONFIG_OVERRIDES = (*pinned, *git_config)
+    pinned = git_runner._CONFIG_OVERRIDES
+    git_runner._CONFIG_OVERRIDES = (*pinned, *git_config)
     try:
         with tempfile.TemporaryDirectory(prefix="flota-bench-ws-") as tmp:
             results = [bench_size(Path(tmp), files, cold_n, warm_n) for files in sizes]
             load.append(os.getloadavg()[0])
     finally:
-        workspace._CONFIG_OVERRIDES = pinned
+        git_runner._CONFIG_OVERRIDES = pinned
     return {
         "git": subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip(),
         "git_config": list(git_config),

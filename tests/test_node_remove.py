@@ -1,8 +1,10 @@
 """`flota node remove`: a revoked node's certificate is refused, it gets no more work,
-and what it was running is stopped there and given up (retried where its rules allow)."""
+what it was running is stopped there and given up (retried where its rules allow), and
+its daemon, refused at its next registration, stops with one line and exit 2."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,8 @@ from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
 from tests.fleet import Fleet, wait_until
 
 pytestmark = pytest.mark.timeout(120)
+
+REMOVED = "flota: this node was removed from the fleet; join again with a new token"
 
 
 @pytest.fixture
@@ -72,7 +76,6 @@ def test_removed_node_is_refused_and_its_job_given_up(fleet: Fleet, tmp_path: Pa
     job = wait_until(lambda: (j := fleet.json("status", job_id))["attempts"] and j, what="job state")
     assert job["attempts"][0]["status"] == "lost"
     assert job["attempts"][0]["error"] == "node gone was removed"
-    assert fleet.procs["gone"].poll() is None
     wait_until(lambda: not running(tag), what="the job stopped on the removed node")
     assert "Traceback" not in fleet.log("gone")
     # New work never goes there, and a run pinned to it is refused.
@@ -80,3 +83,37 @@ def test_removed_node_is_refused_and_its_job_given_up(fleet: Fleet, tmp_path: Pa
     assert pinned.returncode == 2 and "unknown node 'gone'" in pinned.stderr
     again = fleet.flota("node", "remove", "gone")
     assert again.returncode == 2 and again.stderr.strip() == "flota: no node 'gone' (see: flota nodes)"
+
+
+def test_a_removed_nodes_daemon_stops_with_one_line_and_exit_2(fleet: Fleet, tmp_path: Path) -> None:
+    """The daemon (started as `flota node start`, which execs it) learns of its removal at
+    its next registration: it stops as on SIGTERM (its job stopped too) and says why once,
+    instead of retrying forever."""
+    fleet.start_coordinator()
+    state = fleet.join("gone")
+    stderr = fleet.home / "gone.stderr"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [fleet.python, "-m", "cli", "node", "start", "--listen", "127.0.0.1:0"]
+            + ["--state-dir", str(state), "--name", "gone", "--no-mdns"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=fleet.env,
+            cwd=fleet.home,
+        )
+    fleet.procs["gone"], fleet.logs["gone"] = proc, stderr  # fleet.close() stops it if we fail
+    fleet.wait_node("gone", "online")
+    tag = f"flota-rm-{time.time_ns()}"
+    job_id = fleet.json("run", "--on", "gone", f"sleep 300; : {tag}")["jobs"][0]["id"]
+    wait_until(lambda: fleet.json("status", job_id)["status"] == "running", what="running on gone")
+
+    fleet.json("node", "remove", "gone")
+
+    assert proc.wait(90) == 2
+    text = stderr.read_text(errors="replace")
+    lines = text.splitlines()
+    assert lines.count(REMOVED) == 1 and lines[-1] == REMOVED, text
+    assert sum("removed from the fleet" in line for line in lines) == 1, text
+    assert "Traceback" not in text
+    assert not running(tag)  # stopped as on a normal stop, not left behind

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from node_agent.journal import Entry, Journal
+from node_agent.models import Job, Repo, Resources, Result
+from protos.contract import ResultStatus
 from protos.flota.v1 import types_pb2
 
 
-def spec(attempt_id: str, **kw: object) -> types_pb2.JobSpec:
-    return types_pb2.JobSpec(
+def spec(attempt_id: str, **kw: object) -> Job:
+    return Job(
         job_id="r1.0",
         run_id="r1",
         attempt_id=attempt_id,
@@ -23,14 +25,18 @@ def spec(attempt_id: str, **kw: object) -> types_pb2.JobSpec:
     )
 
 
-def result(attempt_id: str, status: str = "success") -> types_pb2.JobResult:
-    return types_pb2.JobResult(
-        job_id="r1.0", attempt_id=attempt_id, status=status, files_modified=["a.txt", "b/c.txt"], exit_code=3
+def result(attempt_id: str, status: str = "success") -> Result:
+    return Result(
+        job_id="r1.0",
+        attempt_id=attempt_id,
+        status=ResultStatus(status),
+        files_modified=("a.txt", "b/c.txt"),
+        exit_code=3,
     )
 
 
-def pairs(journal: Journal) -> list[tuple[types_pb2.JobSpec, types_pb2.JobResult | None]]:
-    return [(e.spec, e.result) for e in journal.entries()]
+def pairs(journal: Journal) -> list[tuple[Job, Result | None]]:
+    return [(e.job, e.result) for e in journal.entries()]
 
 
 @pytest.fixture
@@ -57,6 +63,81 @@ def test_begin_finish_entries_forget(root: Path) -> None:
     assert not list(root.rglob("*.tmp"))
 
 
+def test_every_field_survives_the_files(root: Path) -> None:
+    journal = Journal(root)
+    full = spec(
+        "a1",
+        prompt="p",
+        model="openai/m",
+        repo=Repo("/srv/r.git", "refs/flota/base/r1", "a" * 40),
+        branch="flota/r1/0",
+        timeout_s=2.5,
+        resources=Resources(1.5, 512, 1),
+        name="n",
+        resume_branches=("flota/r1/0-a0",),
+        secrets={"KEY": ""},
+        max_steps=7,
+        budget_usd=0.25,
+        api_base="http://127.0.0.1:1/v1",
+        check="make test",
+        report_paths={"cost_usd": "usage.cost"},
+    )
+    done = Result(
+        "r1.0",
+        "a1",
+        ResultStatus.PARTIAL,
+        exit_code=-1,
+        error="e",
+        branch="flota/r1/0",
+        base_commit="a" * 40,
+        head_commit="b" * 40,
+        files_modified=("x",),
+        insertions=1,
+        deletions=2,
+        started_at=1.5,
+        finished_at=2.5,
+        duration_s=1.0,
+        log_tail="t",
+        steps=3,
+        tokens_in=4,
+        tokens_out=5,
+        cost_usd=0.5,
+        node_id="n1",
+        model="openai/m",
+        log_lines_lost=6,
+        log_lines=("l1", "l2"),
+        check="passed",
+        answer="a",
+    )
+    journal.begin(full)
+    journal.finish(done)
+    assert pairs(Journal(root)) == [(full, done)]
+
+
+def test_reads_what_an_older_daemon_wrote(root: Path) -> None:
+    """The files hold the wire messages, as every daemon so far wrote them: an upgraded
+    daemon finds the jobs (and results) an older one left."""
+    older = root / "r1.0.a1"
+    older.mkdir(parents=True)
+    wire = types_pb2.JobSpec(job_id="r1.0", run_id="r1", attempt_id="r1.0.a1", agent="shell", command="true")
+    wire.repo.CopyFrom(types_pb2.RepoSpec(url="/srv/r.git", base_commit="c" * 40))
+    (older / "spec.pb").write_bytes(wire.SerializeToString())
+    (older / "result.pb").write_bytes(
+        types_pb2.JobResult(
+            job_id="r1.0", attempt_id="r1.0.a1", status="failed", exit_code=2
+        ).SerializeToString()
+    )
+    (older / "stop").write_text("cancelled ")
+    (entry,) = Journal(root).entries()
+    assert entry.job == Job("r1.0", "r1", "r1.0.a1", command="true", repo=Repo("/srv/r.git", "", "c" * 40))
+    assert entry.result == Result("r1.0", "r1.0.a1", ResultStatus.FAILED, exit_code=2)
+    assert entry.stop is ResultStatus.CANCELLED
+    # and what this daemon writes, an older one reads
+    assert types_pb2.JobSpec.FromString((older / "spec.pb").read_bytes()) == wire
+    Journal(root).begin(entry.job)
+    assert types_pb2.JobSpec.FromString((older / "spec.pb").read_bytes()) == wire
+
+
 def test_process_stop_offset_and_exit_are_journaled(root: Path) -> None:
     journal = Journal(root)
     journal.begin(spec("a1"))
@@ -66,7 +147,7 @@ def test_process_stop_offset_and_exit_are_journaled(root: Path) -> None:
 
     journal.spawned("a1", 4242, 1795466310.29, 1795466311.0007234)
     journal.published("a1", 1234)
-    journal.stopping("a1", "timeout", "timed out after 30 s")
+    journal.stopping("a1", ResultStatus.TIMEOUT, "timed out after 30 s")
     journal.exit_file("a1").write_text("137\n")  # as the node's keeper writes it
     assert journal.exit_code("a1") == 137
 
@@ -89,7 +170,7 @@ def test_process_stop_offset_and_exit_are_journaled(root: Path) -> None:
 def test_a_stop_without_detail(root: Path) -> None:
     journal = Journal(root)
     journal.begin(spec("a1"))
-    journal.stopping("a1", "cancelled", "")
+    journal.stopping("a1", ResultStatus.CANCELLED, "")
     (entry,) = journal.entries()
     assert (entry.stop, entry.stop_detail, entry.pid, entry.exit_code) == ("cancelled", "", 0, None)
 
@@ -133,7 +214,7 @@ def test_forget_unknown_attempt_is_harmless(root: Path) -> None:
     journal = Journal(root)
     journal.begin(spec("a1"))
     journal.forget("never-begun")
-    assert [e.spec.attempt_id for e in journal.entries()] == ["a1"]
+    assert [e.job.attempt_id for e in journal.entries()] == ["a1"]
 
 
 def test_forget_removes_output_and_process_files(root: Path) -> None:
@@ -154,7 +235,7 @@ def test_things_that_are_not_attempts_are_skipped(root: Path) -> None:
     (root / "empty-dir").mkdir()
     (root / "half").mkdir()
     (root / "half" / "spec.pb.tmp").write_bytes(b"\x0a")  # a write interrupted before its rename
-    assert [e.spec.attempt_id for e in journal.entries()] == ["a1"]
+    assert [e.job.attempt_id for e in journal.entries()] == ["a1"]
 
 
 @pytest.mark.parametrize("which", ["spec.pb", "result.pb"])
@@ -185,7 +266,7 @@ def test_forget_refuses_path_like_ids(root: Path, attempt_id: str) -> None:
 
     assert (sibling / "keep.txt").read_text() == "keep"
     assert root.is_dir()
-    assert [e.spec.attempt_id for e in journal.entries()] == ["a1"]
+    assert [e.job.attempt_id for e in journal.entries()] == ["a1"]
 
 
 def test_forget_does_not_follow_a_symlink_out_of_the_root(root: Path) -> None:

@@ -1,4 +1,7 @@
-"""node_agent/lifecycle.py: the attempt state machine, walked as tables, no processes."""
+"""node_agent/lifecycle.py: the attempt state machine, walked as tables, no processes.
+
+It alone decides how an attempt ends: the tables include what the runner used to
+decide after the fact (the wording of an exit status, an agent's own report)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from node_agent import lifecycle as lc
 from node_agent.lifecycle import (
     Commit,
     Committed,
+    Crashed,
     Exited,
     Finish,
     GraceOver,
@@ -22,11 +26,15 @@ from node_agent.lifecycle import (
     State,
     Stop,
     Terminate,
+    describe_exit,
     recovered,
     step,
 )
+from node_agent.models import AgentReport
+from protos.contract import ResultStatus
 
 VANISHED = "the job's process vanished without an exit status"
+STOPPED_EARLY = AgentReport(status=ResultStatus.PARTIAL, error="stopped after 30 steps", steps=30)
 
 
 def state(has_repo: bool = False, **kw: object) -> State:
@@ -122,7 +130,7 @@ STEPS = [
         state(phase="running"),
         Exited(-9),
         state(phase="finished", exit_code=-9),
-        [Kill(), Finish("failed", "killed by signal 9", -9)],
+        [Kill(), Finish("failed", "killed by signal SIGKILL", -9)],
     ),
     (
         "no-exit-status-is-vanished",
@@ -231,6 +239,111 @@ STEPS = [
         state(has_repo=True, phase="finished", stop="cancelled", exit_code=143),
         [Finish("failed", "cannot commit the result: disk full", 143)],
     ),
+    # How an exit status reads: the signal by name, also when a child shell reported it.
+    (
+        "exit-143-names-the-signal",
+        state(phase="running"),
+        Exited(143),
+        state(phase="finished", exit_code=143),
+        [Kill(), Finish("failed", "killed by signal SIGTERM (exit code 143)", 143)],
+    ),
+    (
+        "an-unknown-signal-is-an-exit-code",
+        state(phase="running"),
+        Exited(-99),
+        state(phase="finished", exit_code=-99),
+        [Kill(), Finish("failed", "exit code -99", -99)],
+    ),
+    # The agent's report: an agent that stopped on its steps or budget is partial, and its
+    # own error line says more than its exit code.
+    (
+        "agent-stopped-early-is-partial",
+        state(phase="running"),
+        Exited(1, STOPPED_EARLY),
+        state(phase="finished", exit_code=1, report=STOPPED_EARLY),
+        [Kill(), Finish("partial", "stopped after 30 steps", 1)],
+    ),
+    (
+        "agent-stopped-early-without-a-reason",
+        state(phase="running"),
+        Exited(1, AgentReport(status=ResultStatus.PARTIAL)),
+        state(phase="finished", exit_code=1, report=AgentReport(status=ResultStatus.PARTIAL)),
+        [Kill(), Finish("partial", "the agent stopped before it finished", 1)],
+    ),
+    (
+        "agent-stopped-early-with-repo-commits-partial",
+        state(has_repo=True, phase="running"),
+        Exited(1, STOPPED_EARLY),
+        state(has_repo=True, phase="finishing", exit_code=1, report=STOPPED_EARLY),
+        [Kill(), Commit("partial")],
+    ),
+    (
+        "committed-after-the-agent-stopped-early",
+        state(has_repo=True, phase="finishing", exit_code=1, report=STOPPED_EARLY),
+        Committed(),
+        state(has_repo=True, phase="finished", exit_code=1, report=STOPPED_EARLY),
+        [Finish("partial", "stopped after 30 steps", 1)],
+    ),
+    (
+        "a-commit-error-after-the-agent-stopped-early-is-still-partial",
+        state(has_repo=True, phase="finishing", exit_code=1, report=STOPPED_EARLY),
+        Committed("cannot push flota/r1/1: rejected"),
+        state(has_repo=True, phase="finished", exit_code=1, report=STOPPED_EARLY),
+        [Finish("partial", "stopped after 30 steps", 1)],
+    ),
+    (
+        "the-agents-error-replaces-the-exit-code",
+        state(phase="running"),
+        Exited(1, AgentReport(status=ResultStatus.FAILED, error="model not found")),
+        state(
+            phase="finished",
+            exit_code=1,
+            report=AgentReport(status=ResultStatus.FAILED, error="model not found"),
+        ),
+        [Kill(), Finish("failed", "model not found", 1)],
+    ),
+    (
+        "an-agent-failure-without-an-error-keeps-the-exit-code",
+        state(phase="running"),
+        Exited(2, AgentReport(status=ResultStatus.FAILED)),
+        state(phase="finished", exit_code=2, report=AgentReport(status=ResultStatus.FAILED)),
+        [Kill(), Finish("failed", "exit code 2", 2)],
+    ),
+    (
+        "a-report-does-not-change-a-success",
+        state(phase="running"),
+        Exited(0, STOPPED_EARLY),
+        state(phase="finished", exit_code=0, report=STOPPED_EARLY),
+        [Kill(), Finish("success", "", 0)],
+    ),
+    (
+        "a-report-does-not-change-a-stop",
+        state(phase="stopping", stop="timeout", stop_detail="timed out after 5 s"),
+        Exited(-15, STOPPED_EARLY),
+        state(
+            phase="finished",
+            stop="timeout",
+            stop_detail="timed out after 5 s",
+            exit_code=-15,
+            report=STOPPED_EARLY,
+        ),
+        [Kill(), Finish("timeout", "timed out after 5 s", -15)],
+    ),
+    # The runner failing while it drives an attempt (a bug) ends it at once.
+    (
+        "crashed-while-running",
+        state(phase="running"),
+        Crashed("boom"),
+        state(phase="finished"),
+        [Finish("failed", "internal error: boom", None)],
+    ),
+    (
+        "crashed-while-finishing",
+        state(has_repo=True, phase="finishing", exit_code=0),
+        Crashed("boom"),
+        state(has_repo=True, phase="finished", exit_code=0),
+        [Finish("failed", "internal error: boom", 0)],
+    ),
 ]
 
 # Events that mean nothing in a phase: late timers, duplicates, a process event after the end.
@@ -247,6 +360,7 @@ IGNORED = [
     ("stop-after-finished", state(phase="finished", exit_code=0), Stop("cancelled")),
     ("exited-after-finished", state(phase="finished", stop="cancelled"), Exited(0)),
     ("committed-after-finished", state(has_repo=True, phase="finished"), Committed("x")),
+    ("crashed-after-finished", state(phase="finished", exit_code=0), Crashed("late")),
 ]
 
 
@@ -321,7 +435,7 @@ RECOVERED = [
         False,
         False,
         None,
-        "",
+        None,
         "",
         state(True),
         [Prepare(fresh=False)],
@@ -332,7 +446,7 @@ RECOVERED = [
         False,
         False,
         None,
-        "",
+        None,
         "",
         state(),
         [Prepare(fresh=False)],
@@ -359,8 +473,8 @@ RECOVERED = [
         state(phase="finished", stop="timeout", stop_detail="timed out after 9 s"),
         [Finish("timeout", "timed out after 9 s", None)],
     ),
-    ("alive-runs-on", False, True, True, None, "", "", state(phase="running"), []),
-    ("alive-with-repo-runs-on", True, True, True, None, "", "", state(True, phase="running"), []),
+    ("alive-runs-on", False, True, True, None, None, "", state(phase="running"), []),
+    ("alive-with-repo-runs-on", True, True, True, None, None, "", state(True, phase="running"), []),
     (
         "alive-and-stopping-is-terminated-again",
         True,
@@ -378,7 +492,7 @@ RECOVERED = [
         True,
         False,
         4,
-        "",
+        None,
         "",
         state(phase="finished", exit_code=4),
         [Kill(), Finish("failed", "exit code 4", 4)],
@@ -389,7 +503,7 @@ RECOVERED = [
         True,
         False,
         0,
-        "",
+        None,
         "",
         state(True, phase="finishing", exit_code=0),
         [Kill(), Commit("success")],
@@ -400,7 +514,7 @@ RECOVERED = [
         True,
         False,
         None,
-        "",
+        None,
         "",
         state(phase="finished"),
         [Kill(), Finish("failed", VANISHED, None)],
@@ -411,7 +525,7 @@ RECOVERED = [
         True,
         False,
         None,
-        "",
+        None,
         "",
         state(True, phase="finishing"),
         [Kill(), Commit("failed")],
@@ -440,7 +554,7 @@ def test_recovered(
     spawned: bool,
     alive: bool,
     exit_code: int | None,
-    stop: str,
+    stop: ResultStatus | None,
     detail: str,
     expected: State,
     actions: list[lc.Action],
@@ -449,14 +563,25 @@ def test_recovered(
 
 
 def test_recovered_running_job_then_ends_normally() -> None:
-    start, _ = recovered("r1.1.a1", True, True, True, None, "", "")
+    start, _ = recovered("r1.1.a1", True, True, True, None, None, "")
     end, actions = walk(start, Exited(0), Committed())
     assert end == state(True, phase="finished", exit_code=0)
     assert actions == [[Kill(), Commit("success")], [Finish("success", "", 0)]]
 
 
+def test_recovered_dead_job_is_judged_by_its_report() -> None:
+    assert recovered("r1.1.a1", False, True, False, 1, None, "", STOPPED_EARLY) == (
+        state(phase="finished", exit_code=1, report=STOPPED_EARLY),
+        [Kill(), Finish("partial", "stopped after 30 steps", 1)],
+    )
+    assert recovered("r1.1.a1", True, True, False, 1, None, "", STOPPED_EARLY) == (
+        state(True, phase="finishing", exit_code=1, report=STOPPED_EARLY),
+        [Kill(), Commit("partial")],
+    )
+
+
 def test_recovered_stopping_job_is_killed_after_the_grace() -> None:
-    start, _ = recovered("r1.1.a1", False, True, True, None, "lost", "")
+    start, _ = recovered("r1.1.a1", False, True, True, None, ResultStatus.LOST, "")
     end, actions = walk(start, GraceOver(), Exited(-9))
     assert end == state(phase="finished", stop="lost", exit_code=-9)
     assert actions == [[Kill()], [Kill(), Finish("lost", "the node daemon stopped", -9)]]
@@ -467,3 +592,19 @@ def test_events_and_actions_are_frozen() -> None:
         Stop("cancelled").reason = "timeout"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         state().phase = "running"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        (1, "exit code 1"),
+        (128, "exit code 128"),
+        (130, "killed by signal SIGINT (exit code 130)"),
+        (143, "killed by signal SIGTERM (exit code 143)"),
+        (-9, "killed by signal SIGKILL"),
+        (-15, "killed by signal SIGTERM"),
+        (255, "exit code 255"),  # 128 + 127: no such signal
+    ],
+)
+def test_describe_exit(code: int, text: str) -> None:
+    assert describe_exit(code) == text

@@ -23,11 +23,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from node_agent.agents.shell import _BATCH_LINES, _MAX_LINE_BYTES, kill_escaped
+from node_agent.convert import job_from_proto, node_jobs, result_to_proto
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
+from node_agent.process import _BATCH_LINES, _MAX_LINE_BYTES, kill_escaped
 from node_agent.runner import Runner
 from node_agent.workspace import Workspace
+from protos.contract import ResultStatus
 from protos.flota.v1 import node_pb2, types_pb2
 from tests.gitenv import GIT_ENV
 
@@ -78,7 +80,7 @@ class Node:
         ]
 
     def entry(self, attempt_id: str) -> Entry:
-        return next(e for e in self.journal.entries() if e.spec.attempt_id == attempt_id)
+        return next(e for e in self.journal.entries() if e.job.attempt_id == attempt_id)
 
     async def until(self, predicate: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -93,12 +95,13 @@ class Node:
         if task is not None:
             await task  # the driver has nothing left to do
         (published,) = self.results(attempt_id)
-        assert published == self.runner.finished[attempt_id]
-        assert self.entry(attempt_id).result == published  # journaled before it was published
+        assert published == result_to_proto(self.runner.finished[attempt_id])
+        journaled = self.entry(attempt_id).result
+        assert journaled is not None and result_to_proto(journaled) == published  # journaled before published
         return published
 
     async def run(self, spec: types_pb2.JobSpec, timeout_s: float = 5.0) -> types_pb2.JobResult:
-        assert self.runner.start(spec) == (True, "")
+        assert self.runner.start(job_from_proto(spec)) == (True, "")
         return await self.result(spec.attempt_id, timeout_s)
 
 
@@ -160,7 +163,7 @@ def test_output_streams_in_order_in_batches(
     spec = new_spec(f"echo first; {WAIT_FOR_GO}; seq 1 2500; echo err >&2")
 
     async def scenario() -> types_pb2.JobResult:
-        assert node.runner.start(spec) == (True, "")
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
         await node.until(lambda: node.lines(spec.attempt_id) == ["first"], "the first line")
         assert spec.attempt_id in node.runner.active  # streamed while the job runs
         (node.workspace.scratch_path(spec.attempt_id) / "go").touch()
@@ -204,7 +207,7 @@ def test_the_journal_holds_output_exit_and_proc(
     assert (d / "output").read_bytes() == b"hello\n"
     assert (d / "exit").read_text() == "0\n"
     entry = node.entry(spec.attempt_id)
-    assert (entry.spec, entry.exit_code, entry.offset, entry.stop) == (spec, 0, 6, "")
+    assert (entry.job, entry.exit_code, entry.offset, entry.stop) == (job_from_proto(spec), 0, 6, None)
     assert entry.pid > 0 and entry.create_time > 0 and before <= entry.spawned_at <= time.time()
     # The journaled process is the command's shell itself (its keeper is its parent).
     command_pid = int((node.workspace.scratch_path(spec.attempt_id) / "pid").read_text())
@@ -246,7 +249,7 @@ def test_job_killed_from_outside(tmp_path: Path, new_spec: Callable[..., types_p
     spec = new_spec("echo $$; sleep 100")
 
     async def scenario() -> types_pb2.JobResult:
-        assert node.runner.start(spec) == (True, "")
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
         await node.until(lambda: node.lines(spec.attempt_id) != [], "the job to start")
         os.killpg(node.entry(spec.attempt_id).pid, signal.SIGKILL)
         return await node.result(spec.attempt_id)
@@ -266,7 +269,7 @@ def test_a_killed_keeper_loses_the_status_only_and_is_replaced(
     spec, after = new_spec(WAIT_FOR_GO + "; exit 3"), new_spec("exit 4")
 
     async def scenario() -> tuple[types_pb2.JobResult, types_pb2.JobResult]:
-        assert node.runner.start(spec) == (True, "")
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
         await node.until(lambda: node.entry(spec.attempt_id).pid > 0, "the job to start")
         job = psutil.Process(node.entry(spec.attempt_id).pid)
         keeper = job.parent()
@@ -276,7 +279,7 @@ def test_a_killed_keeper_loses_the_status_only_and_is_replaced(
         assert job.is_running() and job.status() != psutil.STATUS_ZOMBIE  # the job runs on
         (node.workspace.scratch_path(spec.attempt_id) / "go").touch()
         first = await node.result(spec.attempt_id)
-        assert node.runner.start(after) == (True, "")
+        assert node.runner.start(job_from_proto(after)) == (True, "")
         return first, await node.result(after.attempt_id)
 
     first, second = run(scenario())
@@ -289,9 +292,9 @@ def test_no_free_slot(tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
     first, second = new_spec(WAIT_FOR_GO), new_spec("true")
 
     async def scenario() -> types_pb2.JobResult:
-        assert node.runner.start(first) == (True, "")
-        assert node.runner.start(first) == (True, "already known")
-        assert node.runner.start(second) == (False, "no free slot (1 of 1 busy)")
+        assert node.runner.start(job_from_proto(first)) == (True, "")
+        assert node.runner.start(job_from_proto(first)) == (True, "already known")
+        assert node.runner.start(job_from_proto(second)) == (False, "no free slot (1 of 1 busy)")
         await node.until(lambda: node.entry(first.attempt_id).pid > 0, "the first job to start")
         (node.workspace.scratch_path(first.attempt_id) / "go").touch()
         await node.result(first.attempt_id)
@@ -331,6 +334,26 @@ def test_spawn_failure_is_a_failed_result(tmp_path: Path, new_spec: Callable[...
     assert (result.status, result.exit_code) == ("failed", -1)
     assert re.fullmatch(r"cannot start /bin/\w+ in \S+: embedded null byte", result.error), result.error
     assert node.lines(spec.attempt_id) == []
+    assert node.entry(spec.attempt_id).pid == 0
+
+
+class BuggyScratch(Workspace):
+    """A workspace with a bug: preparing raises what no caller expects."""
+
+    def new_scratch(self, job_key: str) -> Path | None:
+        return None  # off to a helper thread, where the bug is
+
+    def scratch(self, job_key: str) -> Path:
+        raise RuntimeError("a bug")
+
+
+def test_a_bug_in_a_helper_is_a_failed_result_not_a_stuck_job(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    node = Node(tmp_path, workspace=BuggyScratch(tmp_path / "work"))
+    spec = new_spec("echo never")
+    result = run(node.run(spec))
+    assert (result.status, result.error, result.exit_code) == ("failed", "internal error: a bug", -1)
     assert node.entry(spec.attempt_id).pid == 0
 
 
@@ -392,7 +415,7 @@ def test_cancel_kills_the_group_and_a_child_that_left_it(
     )
 
     async def scenario() -> types_pb2.JobResult:
-        assert node.runner.start(spec) == (True, "")
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
         await node.until(
             lambda: {"ready", "escaped"} <= {line.split()[0] for line in node.lines(spec.attempt_id)},
             "the job and its escaped child",
@@ -447,7 +470,7 @@ def test_cancel_during_a_slow_prepare_never_starts(
     workspace.scratch_path(spec.attempt_id).mkdir()  # a leftover: emptied off the event loop
 
     async def scenario() -> types_pb2.JobResult:
-        assert node.runner.start(spec) == (True, "")
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
         await node.until(workspace.entered.is_set, "the prepare to begin")
         assert node.runner.cancel(spec.attempt_id)
         await node.until(lambda: node.entry(spec.attempt_id).stop == "cancelled", "the stop in the journal")
@@ -467,10 +490,10 @@ def test_daemon_stop_reports_jobs_lost(tmp_path: Path, new_spec: Callable[..., t
     spec = new_spec("echo $$; sleep 100")
 
     async def scenario() -> None:
-        assert node.runner.start(spec) == (True, "")
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
         await node.until(lambda: node.lines(spec.attempt_id) != [], "the job to start")
         await node.runner.stop()
-        assert node.runner.start(new_spec("true")) == (False, "the node is stopping")
+        assert node.runner.start(job_from_proto(new_spec("true"))) == (False, "the node is stopping")
 
     run(scenario())
     result = node.runner.finished[spec.attempt_id]
@@ -484,7 +507,7 @@ def test_daemon_stop_reports_jobs_lost(tmp_path: Path, new_spec: Callable[..., t
 async def crash_after(node: Node, spec: types_pb2.JobSpec, condition: Callable[[], bool], what: str) -> None:
     """Start `spec`, wait for `condition`, then return without stopping the runner: the
     asyncio.run around this ends and takes the runner's tasks with it, as a crash would."""
-    assert node.runner.start(spec) == (True, "")
+    assert node.runner.start(job_from_proto(spec)) == (True, "")
     await node.until(condition, what)
 
 
@@ -552,11 +575,11 @@ def test_restart_never_kills_a_process_that_reused_the_pid(
     try:
         journal = Journal(tmp_path / "jobs")
         spec = new_spec("sleep 100")
-        journal.begin(spec)
+        journal.begin(job_from_proto(spec))
         real = psutil.Process(stranger.pid).create_time()
         journal.spawned(spec.attempt_id, stranger.pid, real - 3600.0, time.time() - 5)
         if stop:
-            journal.stopping(spec.attempt_id, stop, "")
+            journal.stopping(spec.attempt_id, ResultStatus(stop), "")
 
         b = Node(tmp_path)
 
@@ -578,7 +601,7 @@ def test_restart_prepares_again_a_job_that_never_spawned(
 ) -> None:
     journal = Journal(tmp_path / "jobs")
     spec = new_spec("ls; echo again")
-    journal.begin(spec)  # the daemon died while git was preparing
+    journal.begin(job_from_proto(spec))  # the daemon died while git was preparing
     leftover = Workspace(tmp_path / "work").scratch(spec.attempt_id)
     (leftover / "half-made").touch()
 
@@ -599,8 +622,8 @@ def test_restart_of_a_job_stopped_before_it_spawned_runs_nothing(
     journal = Journal(tmp_path / "jobs")
     marker = tmp_path / "ran"
     spec = new_spec(f"touch {marker}")
-    journal.begin(spec)
-    journal.stopping(spec.attempt_id, "cancelled", "")
+    journal.begin(job_from_proto(spec))
+    journal.stopping(spec.attempt_id, ResultStatus.CANCELLED, "")
 
     b = Node(tmp_path)
 
@@ -641,7 +664,7 @@ def test_restart_goes_on_with_a_stop_that_was_under_way(
     a = Node(tmp_path)
     spec = new_spec("echo $$; sleep 100")
     run(crash_after(a, spec, lambda: len(a.lines(spec.attempt_id)) == 1, "the job to start"))
-    a.journal.stopping(spec.attempt_id, "cancelled", "")  # journaled, then the daemon died
+    a.journal.stopping(spec.attempt_id, ResultStatus.CANCELLED, "")  # journaled, then the daemon died
     entry = a.entry(spec.attempt_id)
 
     b = Node(tmp_path)
@@ -662,9 +685,9 @@ def test_restart_keeps_results_not_yet_acknowledged(
     spec = new_spec("exit 2")
     first = run(a.run(spec))
     b = Node(tmp_path)
-    assert b.runner.finished == {spec.attempt_id: first}
+    assert {k: result_to_proto(r) for k, r in b.runner.finished.items()} == {spec.attempt_id: first}
     assert b.runner.running == 0
-    assert b.runner.start(spec) == (True, "already known")
+    assert b.runner.start(job_from_proto(spec)) == (True, "already known")
 
 
 # --- with a repository ---------------------------------------------------------------------
@@ -727,7 +750,7 @@ def test_repo_cancel_keeps_the_worktree_and_pushes_the_branch(
     spec = repo_spec(new_spec, remote, "echo half > wip.txt; echo ready; sleep 100")
 
     async def scenario() -> types_pb2.JobResult:
-        assert node.runner.start(spec) == (True, "")
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
         await node.until(lambda: node.lines(spec.attempt_id) == ["ready"], "the job to be ready")
         assert node.runner.cancel(spec.attempt_id)
         return await node.result(spec.attempt_id)
@@ -811,11 +834,11 @@ def test_secrets_reach_the_env_are_redacted_and_never_journaled(
     spec.secrets["API_KEY"] = value
 
     async def scenario() -> types_pb2.JobResult:
-        assert node.runner.start(spec) == (True, "")
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
         # While it runs, neither the journal nor ListJobs holds the value.
-        journaled = node.entry(spec.attempt_id).spec
+        journaled = node.entry(spec.attempt_id).job
         assert dict(journaled.secrets) == {"API_KEY": ""}
-        assert all(dict(j.spec.secrets) in ({}, {"API_KEY": ""}) for j in node.runner.jobs())
+        assert all(dict(j.spec.secrets) in ({}, {"API_KEY": ""}) for j in node_jobs(*node.runner.jobs()))
         return await node.result(spec.attempt_id)
 
     result = run(scenario())
@@ -833,7 +856,7 @@ def test_a_restart_before_the_start_gives_up_a_job_with_secrets(
     spec = new_spec("true")
     spec.secrets["API_KEY"] = ""  # as journaled
     journal = Journal(tmp_path / "jobs")
-    journal.begin(spec)
+    journal.begin(job_from_proto(spec))
     node = Node(tmp_path)
 
     async def scenario() -> types_pb2.JobResult:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from node_agent.workspace import CommitOutcome, Workspace, WorkspaceError
+from node_agent.errors import WorkspaceError
+from node_agent.workspace import CommitOutcome, Workspace
 from tests.gitenv import GIT_ENV
 
 pytestmark = pytest.mark.timeout(120)

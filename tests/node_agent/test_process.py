@@ -1,4 +1,4 @@
-"""node_agent/agents/shell.py and keeper.py against real processes: the keeper, attach,
+"""node_agent/process.py and keeper.py against real processes: the keeper, attach,
 the output tail, kills."""
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
-from node_agent.agents.keeper import boot_time, create_time
-from node_agent.agents.shell import (
+from node_agent.errors import SpawnError
+from node_agent.keeper import boot_time, create_time
+from node_agent.lifecycle import describe_exit
+from node_agent.process import (
     _BATCH_LINES,
     _KEEPER,
     _MAX_LINE_BYTES,
     JobProcess,
-    Keeper,
+    KeeperClient,
     OutputTail,
-    ShellError,
     attach,
-    describe_exit,
     kill_escaped,
     signal_group,
 )
@@ -76,7 +76,7 @@ class Job:
         self.attempt_id = f"t-{uuid.uuid4().hex[:12]}"
         self.env = {**os.environ, "FLOTA_ATTEMPT_ID": self.attempt_id}
         self.loop = asyncio.new_event_loop()
-        self.keeper = Keeper()
+        self.keeper = KeeperClient()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -286,35 +286,19 @@ def test_create_time_is_the_one_psutil_computes() -> None:
     assert create_time(proc.pid, boot_time()) == 0.0
 
 
-@pytest.mark.parametrize(
-    ("code", "text"),
-    [
-        (1, "exit code 1"),
-        (128, "exit code 128"),
-        (130, "killed by signal SIGINT (exit code 130)"),
-        (143, "killed by signal SIGTERM (exit code 143)"),
-        (-9, "killed by signal SIGKILL"),
-        (-15, "killed by signal SIGTERM"),
-        (255, "exit code 255"),  # 128 + 127: no such signal
-    ],
-)
-def test_describe_exit(code: int, text: str) -> None:
-    assert describe_exit(code) == text
-
-
 def test_missing_cwd_is_a_shell_error(job: Job) -> None:
-    with pytest.raises(ShellError, match=r"^cannot start /bin/\w+ in .*/missing: No such file or directory$"):
+    with pytest.raises(SpawnError, match=r"^cannot start /bin/\w+ in .*/missing: No such file or directory$"):
         job.spawn("true", cwd=job.cwd / "missing")
 
 
 def test_nul_in_the_environment_is_a_shell_error(job: Job) -> None:
-    with pytest.raises(ShellError, match="embedded null byte"):
+    with pytest.raises(SpawnError, match="embedded null byte"):
         job.spawn("true", env={**job.env, "BAD": "a\0b"})
     assert job.wait(job.spawn("exit 4")) == 4  # the keeper goes on
 
 
 def test_unwritable_output_is_a_shell_error(job: Job) -> None:
-    with pytest.raises(ShellError, match="cannot start"):
+    with pytest.raises(SpawnError, match="cannot start"):
         job.spawn("true", output=job.cwd / "no" / "output")
 
 

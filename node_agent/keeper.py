@@ -31,6 +31,8 @@ import threading
 import time
 from typing import Any
 
+__all__ = ["Keeper", "boot_time", "create_time", "main", "status_of"]
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _SEND_TIMEOUT_S = 30.0  # a daemon that reads nothing for this long counts as gone
 
@@ -75,6 +77,8 @@ def _watch(pid: int) -> int:
 
 
 class Keeper:
+    """The keeper program: starts jobs, records their status, reaps them."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.sock.settimeout(_SEND_TIMEOUT_S)

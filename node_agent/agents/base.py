@@ -1,0 +1,61 @@
+"""The one small protocol every agent follows, and what its implementations share.
+
+An agent is two things for the runner: the shell command that runs a job (and what it
+adds to the job's environment), and how to read, once the command has ended, what the
+agent said about its run (an :class:`~node_agent.models.AgentReport`). Everything else
+(the keeper, the output, the timeout, the commit) is the same for every agent.
+:mod:`node_agent.agents.launch` holds the registry that maps a job's ``agent`` to one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from node_agent.local_models import LocalModel
+from node_agent.models import AgentReport, Job
+
+__all__ = ["Agent", "Command", "dig", "number"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A shell command line and the variables it adds to the job's environment."""
+
+    line: str
+    env: Mapping[str, str]
+
+
+class Agent(Protocol):
+    """How one kind of agent runs a job and reports on it."""
+
+    def command(self, job: Job, journal_dir: Path, local_models: Sequence[LocalModel]) -> Command:
+        """The command that runs ``job``; ``journal_dir`` is the attempt's own directory."""
+        ...
+
+    def report(self, job: Job, journal_dir: Path, output: Path) -> AgentReport:
+        """What the agent said about its run, read after its process ended; empty if nothing."""
+        ...
+
+
+def dig(data: object, path: str) -> object:
+    """``data["a"]["b"]`` for the dotted path "a.b", or None."""
+    for part in path.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def number(value: object) -> float:
+    """A count or cost from an agent's JSON: a finite non-negative number, else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0.0
+    try:
+        result = float(value)
+    except ValueError:
+        return 0.0
+    return result if math.isfinite(result) and result >= 0 else 0.0

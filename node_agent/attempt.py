@@ -1,0 +1,129 @@
+"""One attempt as the runner holds it, and the pieces of it that are plain data work.
+
+:class:`Attempt` is what the runner keeps per attempt while it drives it (its lifecycle
+state, its process, its output, its helpers); :func:`result_of` writes the result down
+from a lifecycle :class:`~node_agent.lifecycle.Finish` (which says how it ended) and
+the facts the attempt gathered (commit, output, times, the agent's counts), deciding
+nothing; :func:`job_env` is the environment every job gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from node_agent import lifecycle as lc
+from node_agent.models import Job, Result
+from node_agent.process import JobProcess, OutputTail
+from node_agent.workspace import CommitOutcome
+from protos.contract import ResultStatus, redact
+
+__all__ = ["HELD_BATCH", "HELD_BYTES", "Attempt", "job_env", "result_of", "without_secrets"]
+
+# Output held while no coordinator listens, per attempt: at most this much travels in
+# the result (well under the 4 MiB message limit); later lines are only counted.
+HELD_BYTES = 1 << 20
+HELD_BATCH = 1000
+
+
+@dataclass
+class Attempt:
+    job: Job
+    state: lc.State
+    started_at: float  # wall clock, when the node accepted it
+    events: asyncio.Queue[lc.Event] = field(default_factory=asyncio.Queue)
+    cwd: Path | None = None
+    proc: JobProcess | None = None
+    reattach: bool = False  # a process found again after a restart: follow it from the start
+    spawned_at: float = 0.0
+    tail: OutputTail | None = None
+    commit: CommitOutcome | None = None
+    task: asyncio.Task[None] | None = None  # the driver
+    # The driver's own task group: every helper of this attempt (git, the process
+    # watch) runs in it, and ends with it.
+    helpers: asyncio.TaskGroup | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)  # cancelled when the driver ends
+    # Output read while no coordinator listened: sent when one does, or in the result.
+    undelivered: list[str] = field(default_factory=list)
+    undelivered_bytes: int = 0
+    dropped: int = 0  # lines beyond what `undelivered` may hold
+    secrets: Mapping[str, str] = field(default_factory=dict)  # in memory only, never journaled
+
+    @property
+    def id(self) -> str:
+        return self.job.attempt_id
+
+    def hold(self, lines: list[str]) -> None:
+        """Keep lines no coordinator can take now, up to HELD_BYTES; count the rest."""
+        for line in lines:
+            size = len(line) + 1
+            if self.dropped or self.undelivered_bytes + size > HELD_BYTES:
+                self.dropped += 1
+            else:
+                self.undelivered.append(line)
+                self.undelivered_bytes += size
+
+    def later(self, delay: float, event: lc.Event) -> None:
+        """Feed ``event`` to the driver after ``delay`` seconds (unless it has ended)."""
+        loop = asyncio.get_running_loop()
+        self.timers.append(loop.call_later(delay, self.events.put_nowait, event))
+
+
+def result_of(a: Attempt, finish: lc.Finish, node_id: str, now: float, lines_lost: int) -> Result:
+    """The result of an attempt that ``finish`` ended; secrets redacted from what it says."""
+    job, report, commit = a.job, a.state.report, a.commit
+    exit_code = finish.exit_code
+    if exit_code is None:  # it never ran, or its status was lost
+        exit_code = 0 if finish.status is ResultStatus.SUCCESS else -1
+    pushed = commit is not None and commit.pushed
+    return Result(
+        job_id=job.job_id,
+        attempt_id=job.attempt_id,
+        status=finish.status,
+        exit_code=exit_code,
+        error=redact(finish.error, a.secrets),
+        branch=job.branch if pushed else "",
+        base_commit=commit.base_commit if commit else "",
+        head_commit=commit.head_commit if commit else "",
+        files_modified=tuple(commit.files_modified) if commit else (),
+        insertions=commit.insertions if commit else 0,
+        deletions=commit.deletions if commit else 0,
+        started_at=a.started_at,
+        finished_at=now,
+        duration_s=now - a.started_at,
+        log_tail=redact("\n".join(a.tail.tail), a.secrets) if a.tail else "",
+        steps=report.steps,
+        tokens_in=report.tokens_in,
+        tokens_out=report.tokens_out,
+        cost_usd=report.cost_usd,
+        node_id=node_id,
+        model=job.model,
+        # Lines no coordinator has seen travel in the result (bounded); beyond that, a count.
+        log_lines=tuple(a.undelivered),
+        log_lines_lost=lines_lost + a.dropped,
+        check=report.check,
+        answer=redact(report.answer, a.secrets),
+    )
+
+
+def job_env(job: Job, cwd: Path, node_id: str, node_name: str) -> dict[str, str]:
+    """The daemon's environment, the job's variables, and what flota tells every job."""
+    env = dict(os.environ)
+    env.update(job.env)
+    env.update(
+        FLOTA_JOB_ID=job.job_id,
+        FLOTA_RUN_ID=job.run_id,
+        FLOTA_ATTEMPT_ID=job.attempt_id,
+        FLOTA_NODE_ID=node_id,
+        FLOTA_NODE_NAME=node_name,
+        FLOTA_WORKTREE=str(cwd),
+    )
+    return env
+
+
+def without_secrets(job: Job) -> Job:
+    """The job as the journal (and ListJobs) keep it: secret names, never their values."""
+    return replace(job, secrets=dict.fromkeys(job.secrets, ""))
