@@ -101,8 +101,12 @@ def event_from_pb(event: node_pb2.NodeEvent) -> NodeEvent | None:
 
 
 def node_job_from_pb(job: node_pb2.NodeJob) -> NodeJob:
-    finished = job.state == "finished"
-    return NodeJob(job.spec.attempt_id, finished, result_from_pb(job.result) if finished else None)
+    if job.state != "finished":
+        return NodeJob(job.spec.attempt_id)
+    result = job.result
+    return NodeJob(
+        job.spec.attempt_id, Finished(job.spec.attempt_id, result_from_pb(result), tuple(result.log_lines))
+    )
 
 
 def spec_to_pb(

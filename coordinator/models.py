@@ -424,5 +424,4 @@ class NodeJob:
     """One job a node reports in ListJobs."""
 
     attempt_id: str
-    finished: bool
-    result: Result | None = None
+    finished: Finished | None = None  # its result and unsent output, once it has ended

@@ -25,6 +25,7 @@ from coordinator.models import (
     Attempt,
     AttemptStatus,
     Cause,
+    Finished,
     Job,
     JobStatus,
     NodeJob,
@@ -156,7 +157,7 @@ def late(job: Job, attempt: Attempt, result: Result, now: float) -> Decision:
 class Reconnect:
     """What to do after a node reconnects and lists its jobs."""
 
-    results: tuple[tuple[str, Result], ...] = ()  # (attempt id, result) it kept for us
+    results: tuple[Finished, ...] = ()  # results it kept for us, with the output no one saw
     started: tuple[str, ...] = ()  # ours, running there: as if it said "started"
     cancel: tuple[str, ...] = ()  # running there, but given up here or cancelled by the user
     resend: tuple[str, ...] = ()  # ours, never reached it: StartJob again (idempotent)
@@ -169,12 +170,12 @@ def reconnected(
     """`listed`: the node's jobs; `active`: this coordinator's active attempts; `before`:
     the statuses of the node's attempts taken before it was asked (an attempt dispatched
     while the call was out is not forgotten)."""
-    results: list[tuple[str, Result]] = []
+    results: list[Finished] = []
     started: list[str] = []
     cancel: list[str] = []
     for job in listed:
-        if job.finished and job.result is not None:
-            results.append((job.attempt_id, job.result))
+        if job.finished is not None:
+            results.append(job.finished)
         elif job.attempt_id in active:
             started.append(job.attempt_id)
             if active[job.attempt_id][0].cancel_requested:  # a cancel it never heard

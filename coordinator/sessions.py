@@ -177,8 +177,8 @@ class NodeSessions:
             self.rec.spawn(self._reconcile_later(entry))
             return
         plan = outcomes.reconnected(listed, self.rec.attempts, before)
-        for attempt_id, result in plan.results:
-            self._on_result(entry.id, Finished(attempt_id, result))
+        for finished in plan.results:
+            self._on_result(entry.id, finished)
         for attempt_id in plan.started:
             self.on_event(entry.id, Started(attempt_id))
         for attempt_id in plan.cancel:

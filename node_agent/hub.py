@@ -48,14 +48,19 @@ class Hub:
         self._subscribers: set[Subscription] = set()
         self._seq = 0
         self._gap: defaultdict[str, int] = defaultdict(int)  # attempt id -> lines not delivered
+        self.alone = asyncio.Event()  # set while no session listens
+        self.alone.set()
 
     def subscribe(self) -> Subscription:
         sub = Subscription()
         self._subscribers.add(sub)
+        self.alone.clear()
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
+        if not self._subscribers:
+            self.alone.set()
 
     @property
     def listening(self) -> int:

@@ -66,6 +66,15 @@ def verdict(code: grpc.StatusCode) -> Verdict:
     return REGISTER_ERRORS.get(code, Verdict.RETRY)
 
 
+async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 class Registration:
     """The node's registrations with its coordinator over one channel."""
 
@@ -108,11 +117,10 @@ class Registration:
             except TimeoutError:
                 pass
             while self._hub.listening and not self.changed.is_set():
-                # A coordinator holds a session: it knows where we are.
-                try:
-                    await asyncio.wait_for(self.changed.wait(), REGISTER_PERIOD_S)
-                except TimeoutError:
-                    pass
+                # A coordinator holds a session: it knows where we are. When the last
+                # session ends (the coordinator restarted, or removed this node), go
+                # round again at once rather than a period later.
+                await _first_of(self.changed, self._hub.alone, REGISTER_PERIOD_S)
 
     async def goodbye(self) -> None:
         """Tell the coordinator this node leaves, so that no new work is placed here."""

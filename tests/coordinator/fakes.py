@@ -217,8 +217,13 @@ def result_event(job_id: str, attempt_id: str, status: str, **fields: Any) -> Fi
     return Finished(attempt_id, job_result(job_id, attempt_id, status, **fields), lines)
 
 
-def node_job(job_id: str, attempt_id: str, state: str, result: Result | None = None) -> NodeJob:
-    return NodeJob(attempt_id, state == "finished", result)
+def node_job(
+    job_id: str, attempt_id: str, state: str, result: Result | None = None, log_lines: tuple[str, ...] = ()
+) -> NodeJob:
+    if state != "finished":
+        return NodeJob(attempt_id)
+    assert result is not None
+    return NodeJob(attempt_id, Finished(attempt_id, result, log_lines))
 
 
 class Harness:

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.models import Attempt, AttemptStatus, Cause, Job, JobStatus, NodeJob, Result, ResultStatus
+from coordinator.models import (
+    Attempt,
+    AttemptStatus,
+    Cause,
+    Finished,
+    Job,
+    JobStatus,
+    NodeJob,
+    Result,
+    ResultStatus,
+)
 from coordinator.outcomes import (
     MAX_DISPATCH_FAILURES,
     MAX_REFUSALS,
@@ -216,14 +226,14 @@ def test_reconnected_sorts_what_the_node_has_against_what_we_think_it_has() -> N
         for a in (a_done, a_running, a_cancel, a_resend, a_forgot, a_new)
     }
     listed = [
-        NodeJob(a_done.id, True, kept),
-        NodeJob(a_running.id, False),
-        NodeJob(a_cancel.id, False),
-        NodeJob("r9.1.a1", False),  # not ours (any more)
+        NodeJob(a_done.id, Finished(a_done.id, kept, ("out",))),
+        NodeJob(a_running.id),
+        NodeJob(a_cancel.id),
+        NodeJob("r9.1.a1"),  # not ours (any more)
     ]
     before = {a.id: a.status for a in (a_done, a_running, a_cancel, a_resend, a_forgot)}  # a_new came later
     plan = reconnected(listed, jobs, before)
-    assert plan.results == ((a_done.id, kept),)
+    assert plan.results == (Finished(a_done.id, kept, ("out",)),)
     assert plan.started == (a_running.id, a_cancel.id)
     assert plan.cancel == (a_cancel.id, "r9.1.a1")
     assert plan.resend == (a_resend.id,)

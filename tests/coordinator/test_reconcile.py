@@ -344,10 +344,13 @@ def test_reconnect_records_a_result_the_node_kept_and_acks_it(h: Harness) -> Non
         link.on_ack = lambda ids: stored_at_ack.append(h.stored(job).status)
         kept = job_result(job.id, attempt_id, "failed", exit_code=3, error="exit 3")
 
-        await reconnect(h, link, "nA", [node_job(job.id, attempt_id, "finished", kept)])
+        # What it printed while no coordinator listened comes with the result.
+        unsent = ("while", "away")
+        await reconnect(h, link, "nA", [node_job(job.id, attempt_id, "finished", kept, unsent)])
         await until(lambda: link.acks, "ack")
 
         assert link.lists == 1
+        assert [line for _, _, line in h.store.logs(job.id)] == list(unsent)
         assert stored_at_ack == ["failed"]
         assert (job.status, job.attempts[0].status, run.status) == ("failed", "failed", "failed")
         assert job.result is not None and job.result.exit_code == 3
