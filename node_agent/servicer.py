@@ -39,6 +39,7 @@ from protos.limits import (
     MAX_TIMEOUT_S,
     NAME_RE,
     show,
+    valid_api_base,
     valid_id,
     valid_ref,
     valid_url,
@@ -62,9 +63,7 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
             return "prompt too long"
     elif not spec.command.strip():
         return "empty command"
-    if spec.api_base and (
-        not spec.api_base.startswith(("http://", "https://")) or CONTROL_RE.search(spec.api_base)
-    ):
+    if spec.api_base and not valid_api_base(spec.api_base):
         return "invalid api_base"
     if len(spec.check) > MAX_COMMAND or "\0" in spec.check:
         return "check command too long or with a NUL byte"

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from node_agent.errors import WorkspaceError
 from node_agent.git import Git, commit_message, is_local_url, parse_author, parse_numstat
-from protos.limits import COMMIT_RE, CONTROL_RE, ID_RE, valid_id, valid_ref, valid_url
+from protos.limits import COMMIT_RE, CONTROL_RE, ID_RE, REF_RE, valid_id, valid_ref, valid_url
 
 __all__ = ["CommitOutcome", "Workspace"]
 
@@ -62,7 +62,6 @@ _ATTRIBUTES = "# written by flota: repository content must not pick commands to 
 
 # Any ref the workspace may be asked for; the servicer holds a job to the narrower
 # shapes of protos.limits (flota/... branches, refs/... base refs).
-_REF_SHAPE = re.compile(r"^[A-Za-z0-9._/-]{1,255}\Z")
 
 # Checking out a job's worktree is bound by creating files; parallel checkout spreads that
 # over processes. scripts/bench_workspace.py on 2 CPUs: warm prepare of 30,000 files
@@ -448,7 +447,7 @@ def _check_commit(commit: str) -> None:
 
 
 def _check_ref(name: str, kind: str) -> None:
-    if not valid_ref(name, _REF_SHAPE):  # a leading '-' would be parsed as an option
+    if not valid_ref(name, REF_RE):  # a leading '-' would be parsed as an option
         raise WorkspaceError(f"invalid {kind} {name!r}")
 
 

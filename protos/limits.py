@@ -33,6 +33,7 @@ __all__ = [
     "NAME_RE",
     "NODE_ID_RE",
     "PROFILE_RE",
+    "REF_RE",
     "show",
     "valid_api_base",
     "valid_id",
@@ -54,6 +55,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}\Z")  # a litellm model string
 BRANCH_RE = re.compile(r"^flota/[A-Za-z0-9._/-]{1,200}\Z")  # a job's result branch
 BASE_REF_RE = re.compile(r"^refs/[A-Za-z0-9._/-]{1,200}\Z")
+REF_RE = re.compile(r"^[A-Za-z0-9._/-]{1,255}\Z")  # any branch or ref name git is handed
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?\Z")  # a full SHA-1 or SHA-256 id
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
