@@ -14,6 +14,7 @@ journal treats such a file as unreadable).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 
 from google.protobuf.message import DecodeError
 
@@ -96,63 +97,27 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
     return spec
 
 
+# Fields that cross as they are; the others need a type of their own on each side.
+_RESULT_SCALARS = tuple(
+    f.name for f in fields(Result) if f.name not in ("status", "files_modified", "log_lines")
+)
+
+
 def result_to_proto(result: Result) -> types_pb2.JobResult:
     return types_pb2.JobResult(
-        job_id=result.job_id,
-        attempt_id=result.attempt_id,
+        **{name: getattr(result, name) for name in _RESULT_SCALARS},
         status=str(result.status),
-        exit_code=result.exit_code,
-        branch=result.branch,
-        base_commit=result.base_commit,
-        head_commit=result.head_commit,
         files_modified=list(result.files_modified),
-        insertions=result.insertions,
-        deletions=result.deletions,
-        started_at=result.started_at,
-        finished_at=result.finished_at,
-        duration_s=result.duration_s,
-        error=result.error,
-        log_tail=result.log_tail,
-        steps=result.steps,
-        tokens_in=result.tokens_in,
-        tokens_out=result.tokens_out,
-        cost_usd=result.cost_usd,
-        node_id=result.node_id,
-        model=result.model,
-        log_lines_lost=result.log_lines_lost,
         log_lines=list(result.log_lines),
-        check=result.check,
-        answer=result.answer,
     )
 
 
 def result_from_proto(result: types_pb2.JobResult) -> Result:
     return Result(
-        job_id=result.job_id,
-        attempt_id=result.attempt_id,
+        **{name: getattr(result, name) for name in _RESULT_SCALARS},
         status=ResultStatus(result.status),
-        exit_code=result.exit_code,
-        branch=result.branch,
-        base_commit=result.base_commit,
-        head_commit=result.head_commit,
         files_modified=tuple(result.files_modified),
-        insertions=result.insertions,
-        deletions=result.deletions,
-        started_at=result.started_at,
-        finished_at=result.finished_at,
-        duration_s=result.duration_s,
-        error=result.error,
-        log_tail=result.log_tail,
-        steps=result.steps,
-        tokens_in=result.tokens_in,
-        tokens_out=result.tokens_out,
-        cost_usd=result.cost_usd,
-        node_id=result.node_id,
-        model=result.model,
-        log_lines_lost=result.log_lines_lost,
         log_lines=tuple(result.log_lines),
-        check=result.check,
-        answer=result.answer,
     )
 
 
