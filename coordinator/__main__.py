@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--no-mdns", action="store_true")
     start.add_argument("--lost-after", type=float, help="seconds of silence before a node is lost")
     start.add_argument("--unreachable-after", type=float)
+    start.add_argument("--push-timeout", type=float, help="seconds a push of a run's base may take")
     start.add_argument("--json", action="store_true", help="print the ready line as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             mdns=False if args.no_mdns else None,
             lost_after_s=args.lost_after,
             unreachable_after_s=args.unreachable_after,
+            push_timeout_s=args.push_timeout,
         )
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))

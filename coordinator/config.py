@@ -12,7 +12,17 @@ from protos import contract
 from protos.contract import DEFAULT_COORDINATOR_PORT, flota_home
 from protos.limits import NODE_ID_RE
 
-__all__ = ["CoordinatorConfig", "flota_home", "load_config", "parse_hostport"]
+__all__ = [
+    "CoordinatorConfig",
+    "DEFAULT_PUSH_TIMEOUT_S",
+    "MAX_PUSH_TIMEOUT_S",
+    "flota_home",
+    "load_config",
+    "parse_hostport",
+]
+
+DEFAULT_PUSH_TIMEOUT_S = 90.0  # pushing a run's base to the user's remote
+MAX_PUSH_TIMEOUT_S = 110.0  # the CLI waits 120 s for SubmitRun: a longer push would end in its deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +40,7 @@ class CoordinatorConfig:
     lost_after_s: float = 30.0
     default_retries: int = 1
     token_ttl_s: float = 900.0
+    push_timeout_s: float = DEFAULT_PUSH_TIMEOUT_S
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -48,6 +59,7 @@ def load_config(
     mdns: bool | None = None,
     lost_after_s: float | None = None,
     unreachable_after_s: float | None = None,
+    push_timeout_s: float | None = None,
 ) -> CoordinatorConfig:
     home = home or flota_home()
     state = home / "coordinator"
@@ -70,6 +82,11 @@ def load_config(
             if unreachable_after_s is not None
             else float(file.get("unreachable_after_s", 3.0))
         )
+        push_timeout = (
+            push_timeout_s
+            if push_timeout_s is not None
+            else float(file.get("push_timeout_s", DEFAULT_PUSH_TIMEOUT_S))
+        )
         items = list(file.get("nodes", []))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value in {path}: {exc}") from exc
@@ -83,6 +100,8 @@ def load_config(
         static.append((node_id, addr))
     if not 0.5 <= unreachable <= lost:
         raise ConfigError("need 0.5 <= unreachable-after <= lost-after (seconds)")
+    if not 1.0 <= push_timeout <= MAX_PUSH_TIMEOUT_S:
+        raise ConfigError(f"need 1 <= push timeout <= {MAX_PUSH_TIMEOUT_S:g} (seconds), got {push_timeout:g}")
     return CoordinatorConfig(
         state_dir=state,
         admin_dir=home / "admin",
@@ -94,4 +113,5 @@ def load_config(
         static_nodes=tuple(static),
         unreachable_after_s=unreachable,
         lost_after_s=lost,
+        push_timeout_s=push_timeout,
     )

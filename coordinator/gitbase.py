@@ -9,27 +9,114 @@ through a private index so the user's own index is untouched.
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
 import git
 
+from coordinator.config import DEFAULT_PUSH_TIMEOUT_S
 from coordinator.errors import RepoError
 from coordinator.models import Repo
 
 __all__ = ["push_base", "resolve_url"]
 
-PUSH_TIMEOUT_S = 90  # under the CLI's deadline for SubmitRun, so a slow remote gets a real error
+# Never prompt: git asks no terminal, ssh no askpass program; the push also runs without a
+# controlling terminal (its own session) and with stdin closed, so ssh cannot open /dev/tty.
+_NEVER_PROMPT = {"GIT_TERMINAL_PROMPT": "0", "SSH_ASKPASS_REQUIRE": "never"}
+_SHELL = re.compile(r"[;&|<>()`#\n\\]")  # a command with these is a script: nothing may be appended
+_NOISE = ("hint:", "To ", "Warning: Permanently added")  # git's and ssh's chatter, never a reason
+_MAX_REASONS = 3
+_MAX_WHY = 300
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _summary(stderr: str, status: object) -> str:
+    """One line: the last `fatal:`/`error:` line, after the lines just before it that say why
+    (ssh's "Host key verification failed.", a server's "Repository not found.")."""
+    lines = [ln.strip() for ln in stderr.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
+    if not lines:
+        return f"git exited with {status}"
+    verdicts = [i for i, ln in enumerate(lines) if ln.startswith(("fatal:", "error:"))]
+    if not verdicts:
+        return _clip(lines[-1], _MAX_WHY)
+    last = verdicts[-1]
+    verdict = _clip(lines[last], _MAX_WHY // 2)
+    reasons = [
+        _clip(ln.removeprefix("fatal: ").removeprefix("error: ").rstrip("."), _MAX_WHY // 2)
+        for ln in lines[max(0, last - _MAX_REASONS) : last]
+    ]
+    if not reasons:
+        return verdict
+    return _clip(f"{'; '.join(dict.fromkeys(reasons))} ({verdict})", _MAX_WHY)
 
 
 def _why(exc: git.GitCommandError) -> str:
-    """git's own reason: its first `fatal:`/`error:` line, else its last line."""
-    lines = [ln.strip().removeprefix("stderr:").strip(" '") for ln in str(exc.stderr or "").splitlines()]
-    lines = [ln for ln in lines if ln]
-    for line in lines:
-        if line.startswith(("fatal:", "error:")):
-            return line
-    return lines[-1] if lines else f"git exited with {exc.status}"
+    """git's own reason, from GitPython's `stderr: '...'` wrapping of git's error output."""
+    text = str(exc.stderr or "")
+    wrapped = re.fullmatch(r"\s*stderr: '(.*)'\s*", text, re.DOTALL)
+    return _summary(wrapped.group(1) if wrapped else text, exc.status)
+
+
+def _config(repo: git.Repo, key: str) -> str:
+    return str(repo.git.config("--get", key, with_exceptions=False)).strip()
+
+
+def _push_env(repo: git.Repo) -> dict[str, str]:
+    """The coordinator's environment, so git picks the ssh command as it would for the user
+    (GIT_SSH_COMMAND, then core.sshCommand, then GIT_SSH, then ssh), plus never-prompt.
+
+    BatchMode=yes is appended only to a command git runs as plain OpenSSH: a wrapper script
+    or GIT_SSH's program may not take ssh's options, and the missing terminal keeps them quiet.
+    """
+    env = {**os.environ, **_NEVER_PROMPT}
+    command = os.environ.get("GIT_SSH_COMMAND") or _config(repo, "core.sshCommand")
+    if not command and os.environ.get("GIT_SSH"):
+        return env
+    command = command or "ssh"
+    variant = os.environ.get("GIT_SSH_VARIANT") or _config(repo, "ssh.variant")
+    try:
+        program = os.path.basename(shlex.split(command)[0])
+    except (ValueError, IndexError):
+        program = ""
+    if program in ("ssh", "ssh.exe") and not _SHELL.search(command) and variant in ("", "auto", "ssh"):
+        env["GIT_SSH_COMMAND"] = f"{command} -o BatchMode=yes"
+    return env
+
+
+def _push(repo: git.Repo, url: str, refspec: str, timeout_s: float) -> None:
+    proc = subprocess.Popen(
+        [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", "push", url, refspec],
+        cwd=repo.working_dir,
+        env=_push_env(repo),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # no controlling terminal, and one group to kill with its ssh
+    )
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a child that left the group still holds the pipe
+            proc.kill()
+        raise RepoError(
+            f"cannot push the base to {url}: no answer within {timeout_s:g} s "
+            "(push_timeout_s in coordinator.toml, or flota coordinator start --push-timeout S)"
+        ) from None
+    if proc.returncode != 0:
+        raise RepoError(f"cannot push the base to {url}: {_summary(err, proc.returncode)}")
 
 
 def resolve_url(repo: git.Repo, remote: str) -> str:
@@ -73,7 +160,14 @@ def _working_tree_commit(repo: git.Repo, head: str) -> str:
             )
 
 
-def push_base(path: str, remote: str, ref: str, from_working_tree: bool, run_id: str) -> Repo:
+def push_base(
+    path: str,
+    remote: str,
+    ref: str,
+    from_working_tree: bool,
+    run_id: str,
+    timeout_s: float = DEFAULT_PUSH_TIMEOUT_S,
+) -> Repo:
     try:
         repo = git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
@@ -92,15 +186,7 @@ def push_base(path: str, remote: str, ref: str, from_working_tree: bool, run_id:
         if from_working_tree:
             base = _working_tree_commit(repo, base)
         base_ref = f"refs/flota/base/{run_id}"
-        try:
-            repo.git.push(
-                url,
-                f"{base}:{base_ref}",
-                env={"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"},
-                kill_after_timeout=PUSH_TIMEOUT_S,
-            )
-        except git.GitCommandError as exc:
-            raise RepoError(f"cannot push the base to {url}: {_why(exc)}") from exc
+        _push(repo, url, f"{base}:{base_ref}", timeout_s)
         return Repo(url=url, base_ref=base_ref, base_commit=base)
     except git.GitCommandError as exc:  # anything else git refused, e.g. recording the working tree
         raise RepoError(f"git failed in {repo.working_dir}: {_why(exc)}") from exc

@@ -172,7 +172,13 @@ class Service:
         repo = None
         if sub.repo_path:
             repo = await asyncio.to_thread(
-                push_base, sub.repo_path, sub.repo_remote, sub.repo_ref, sub.from_working_tree, run_id
+                push_base,
+                sub.repo_path,
+                sub.repo_remote,
+                sub.repo_ref,
+                sub.from_working_tree,
+                run_id,
+                self.config.push_timeout_s,
             )
         now = self.wall()
         retries = self.config.default_retries if sub.retries < 0 else sub.retries
