@@ -8,6 +8,7 @@ through a private index so the user's own index is untouched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -27,7 +28,9 @@ __all__ = ["push_base", "resolve_url"]
 # Never prompt: git asks no terminal, ssh no askpass program; the push also runs without a
 # controlling terminal (its own session) and with stdin closed, so ssh cannot open /dev/tty.
 _NEVER_PROMPT = {"GIT_TERMINAL_PROMPT": "0", "SSH_ASKPASS_REQUIRE": "never"}
-_SHELL = re.compile(r"[;&|<>()`#\n\\]")  # a command with these is a script: nothing may be appended
+_ENGLISH = {"LANGUAGE": "C", "LC_ALL": "C"}  # as GitPython runs git: the reasons read in one language
+# A command with these is a script (`ssh "$@"`, `a; b`, a comment): nothing may be appended.
+_SHELL = re.compile(r"[;&|<>()`#$\n\\]")
 _NOISE = ("hint:", "To ", "Warning: Permanently added")  # git's and ssh's chatter, never a reason
 _MAX_REASONS = 3
 _MAX_WHY = 300
@@ -76,7 +79,7 @@ def _push_env(repo: git.Repo) -> dict[str, str]:
     BatchMode=yes is appended only to a command git runs as plain OpenSSH: a wrapper script
     or GIT_SSH's program may not take ssh's options, and the missing terminal keeps them quiet.
     """
-    env = {**os.environ, **_NEVER_PROMPT}
+    env = {**os.environ, **_ENGLISH, **_NEVER_PROMPT}
     command = os.environ.get("GIT_SSH_COMMAND") or _config(repo, "core.sshCommand")
     if not command and os.environ.get("GIT_SSH"):
         return env
@@ -106,7 +109,8 @@ def _push(repo: git.Repo, url: str, refspec: str, timeout_s: float) -> None:
     try:
         _, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it ended just now
+            os.killpg(proc.pid, signal.SIGKILL)
         try:
             proc.communicate(timeout=5)
         except subprocess.TimeoutExpired:  # a child that left the group still holds the pipe

@@ -353,11 +353,15 @@ def test_git_ssh_program_is_used_with_nothing_added(
     assert "BatchMode=yes" not in _args(fake)
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [' "$@"', ' "$@" # a comment would swallow anything appended'],  # an option after "$@" is no option
+)
 def test_a_shell_command_gets_nothing_appended(
-    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: str
 ) -> None:
     fake = _fake_ssh(tmp_path)
-    monkeypatch.setenv("GIT_SSH_COMMAND", f'{fake} -4 "$@" # a comment would swallow anything appended')
+    monkeypatch.setenv("GIT_SSH_COMMAND", f"{fake} -4{tail}")
     push_base(str(setup.src), f"ssh://example.invalid{setup.bare}", "", False, "r1")
     assert _args(fake)[0] == "-4"
     assert "BatchMode=yes" not in _args(fake)
