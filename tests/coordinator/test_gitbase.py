@@ -13,6 +13,7 @@ import pytest
 
 from coordinator.errors import RepoError
 from coordinator.gitbase import push_base, resolve_url
+from tests.fleet import Fleet
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -483,6 +484,25 @@ def test_a_remote_that_never_answers_times_out_as_configured(
     assert "no answer within 2 s" in _one_line(info)
     assert "push_timeout_s" in _one_line(info)
     assert 2 <= took < 8
+
+
+def test_the_coordinator_honours_its_push_timeout_flag(
+    setup: Setup, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real coordinator and `flota run --repo`: the refusal comes after the configured 2 s."""
+    import socket
+    import time
+
+    monkeypatch.setenv("GIT_SSH_COMMAND", "ssh -F /dev/null -o UserKnownHostsFile=/dev/null")
+    fleet.start_coordinator("--push-timeout", "2")
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"ssh://git@127.0.0.1:{silent.getsockname()[1]}/repo.git"
+        start = time.monotonic()
+        result = fleet.flota("run", "--repo", str(setup.src), "--remote", url, "echo hi", timeout=60)
+        took = time.monotonic() - start
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot push the base to {url}: no answer within 2 s" in result.stderr
+    assert took < 15
 
 
 @pytest.mark.parametrize(("text", "ok"), [("0.5", False), ("1", True), ("110", True), ("111", False)])
