@@ -120,6 +120,7 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 def _spawn(argv: list[str], log: Path, detach: bool) -> subprocess.Popen[bytes]:
     shim: list[str] = []
+    # Only the main thread spawns daemons: the kernel ties PDEATHSIG to the thread that forked.
     if not detach and sys.platform == "linux":
         shim = ["-I", "-S", "-c", _PDEATHSIG_SHIM, str(os.getpid())]
     with open(log, "ab") as out:
@@ -353,7 +354,10 @@ def _wait_for_jobs(client: Client, jobs: list[pb.Job], timeout: float) -> None:
         if now >= next_line:
             names = ", ".join(sorted(waiting))
             left = deadline - now
-            print(f"waiting for {len(waiting)} running jobs ({names}); {left:.0f}s left", file=sys.stderr)
+            jobs_word = "job" if len(waiting) == 1 else "jobs"
+            print(
+                f"waiting for {len(waiting)} running {jobs_word} ({names}); {left:.0f}s left", file=sys.stderr
+            )
             next_line = now + PROGRESS_EVERY_S
         time.sleep(0.5)
         waiting &= {j.id for j in running_jobs(client)}

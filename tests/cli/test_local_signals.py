@@ -51,6 +51,17 @@ class _Up:
         return psutil.Process(self.proc.pid).children(recursive=True)
 
 
+def _reap(up: _Up, daemons: list[psutil.Process]) -> None:
+    """After a failure, leave nothing running for the next test."""
+    if up.proc.poll() is None:
+        daemons = daemons + up.daemons()
+        up.proc.kill()
+        up.proc.wait(10)
+    for proc in daemons:
+        if _alive(proc):
+            proc.kill()
+
+
 def _start(tmp_path: Path, count: int = 1) -> tuple[Fleet, _Up, list[psutil.Process]]:
     fleet = Fleet(tmp_path / "home")
     up = _Up(fleet, count)
@@ -80,12 +91,21 @@ def test_a_signal_to_up_stops_its_fleet_and_waits_for_it(
     tmp_path: Path, sig: signal.Signals, to_group: bool, code: int
 ) -> None:
     fleet, up, daemons = _start(tmp_path, count=2)
+    try:
+        _signal_up(fleet, up, daemons, sig, to_group, code)
+    finally:
+        _reap(up, daemons)
+
+
+def _signal_up(
+    fleet: Fleet, up: _Up, daemons: list[psutil.Process], sig: signal.Signals, to_group: bool, code: int
+) -> None:
     children = psutil.Process(up.proc.pid).children()
-    if sig == signal.SIGTERM:  # with a job running: its node's keeper and the job must go too
-        run = fleet.json("run", "sleep 300", check=True)
-        wait_until(lambda: fleet.json("status", f"{run['id']}.1")["status"] == "running", 60, "job running")
-        daemons = up.daemons()
-        assert any("sleep 300" in " ".join(p.cmdline()) for p in daemons)
+    # With a job running: its node's keeper and the job must go too.
+    run = fleet.json("run", "sleep 300", check=True)
+    wait_until(lambda: fleet.json("status", f"{run['id']}.1")["status"] == "running", 60, "job running")
+    daemons += [p for p in up.daemons() if p not in daemons]
+    assert any("sleep 300" in " ".join(p.cmdline()) for p in daemons)
     if to_group:
         os.killpg(up.proc.pid, sig)
     else:
@@ -99,10 +119,27 @@ def test_up_killed_outright_still_takes_its_fleet_down(tmp_path: Path) -> None:
     fleet, up, daemons = _start(tmp_path)
     up.proc.kill()  # nothing of `up` runs: the daemons learn it from the kernel
     up.proc.wait(10)
-    wait_until(lambda: not any(_alive(p) for p in daemons), 30.0, "every daemon of the fleet gone")
+    try:
+        wait_until(lambda: not any(_alive(p) for p in daemons), 30.0, "every daemon of the fleet gone")
+    finally:
+        _reap(up, daemons)
     # And the next `up` on the same home starts (nothing left holds its state).
     again = fleet.flota("up", "--local", "1", "--detach", timeout=120)
     try:
         assert again.returncode == 0, again.stderr
     finally:
         fleet.flota("down")
+
+
+def test_a_second_ctrl_c_does_not_cut_the_stop_short(tmp_path: Path) -> None:
+    fleet, up, daemons = _start(tmp_path, count=2)
+    try:
+        children = psutil.Process(up.proc.pid).children()
+        nodes = [p for p in children if "node_agent start" in " ".join(p.cmdline())]
+        os.killpg(up.proc.pid, signal.SIGINT)
+        wait_until(lambda: any(not _alive(p) for p in nodes), 30, "the stop under way")
+        os.killpg(up.proc.pid, signal.SIGINT)  # the impatient user presses Ctrl-C again
+        assert up.proc.wait(60) == 0, "".join(up.stderr)
+        _assert_all_gone(up, daemons, children)
+    finally:
+        _reap(up, daemons)
