@@ -143,3 +143,17 @@ def test_a_second_ctrl_c_does_not_cut_the_stop_short(tmp_path: Path) -> None:
         _assert_all_gone(up, daemons, children)
     finally:
         _reap(up, daemons)
+
+
+def test_a_daemon_that_dies_takes_the_rest_of_the_fleet_down_with_up(tmp_path: Path) -> None:
+    fleet, up, daemons = _start(tmp_path, count=2)
+    try:
+        children = psutil.Process(up.proc.pid).children()
+        coordinator = next(p for p in children if "coordinator start" in " ".join(p.cmdline()))
+        coordinator.kill()
+        assert up.proc.wait(60) == 3, "".join(up.stderr)
+        assert "a daemon of the local fleet exited; stopping the rest" in "".join(up.stderr)
+        _assert_all_gone(up, daemons, children)
+        assert not (fleet.home / "local" / "fleet.json").exists()
+    finally:
+        _reap(up, daemons)
