@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.fleet import Fleet
+from tests.fleet import Fleet, wait_until
 
 
 def _daemons(home: Path) -> list[psutil.Process]:
@@ -84,3 +84,58 @@ def test_local_fleet_survives_a_coordinator_reset_and_keeps_grpc_quiet_to_itself
         assert job_log.strip() == "0"  # the CLI's own gRPC quiet did not reach the job
     finally:
         fleet.flota("down")
+
+
+def _running(fleet: Fleet, command: str) -> dict[str, object]:
+    run = fleet.json("run", command, check=True)
+    job_id = f"{run['id']}.1"
+    wait_until(lambda: fleet.json("status", job_id)["status"] == "running", 60, "job running")
+    return fleet.json("status", job_id)  # type: ignore[no-any-return]
+
+
+def test_down_names_the_running_jobs_it_stops(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "home")
+    assert fleet.flota("up", "--local", "1", "--detach", timeout=120).returncode == 0
+    try:
+        job = _running(fleet, "sleep 300")
+        down = fleet.flota("down")
+        assert down.returncode == 0, down.stderr
+        lines = down.stdout.splitlines()
+        assert f"stopping job {job['id']} {job['name']} (running on node-1)" in lines, down.stdout
+        assert any("new attempt" in line for line in lines) and "stopped 2 daemons" in lines
+    finally:
+        fleet.flota("down")
+    assert _daemons(fleet.home) == []
+
+
+def test_down_wait_waits_only_as_long_as_told(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "home")
+    assert fleet.flota("up", "--local", "1", "--detach", timeout=120).returncode == 0
+    try:
+        job = _running(fleet, "sleep 300")
+        down = fleet.flota("down", "--wait", "--timeout", "1")
+        assert down.returncode == 0, down.stderr
+        assert "waiting for 1 running job (" in down.stderr and "stopping anyway" in down.stderr
+        assert f"stopping job {job['id']} {job['name']} (running on node-1)" in down.stdout.splitlines()
+        assert "stopped 2 daemons" in down.stdout
+    finally:
+        fleet.flota("down")
+    assert _daemons(fleet.home) == []
+
+
+def test_down_wait_lets_a_running_job_finish_first(tmp_path: Path) -> None:
+    fleet = Fleet(tmp_path / "home")
+    assert fleet.flota("up", "--local", "1", "--detach", timeout=120).returncode == 0
+    try:
+        job = _running(fleet, "sleep 3")
+        down = fleet.flota("--json", "down", "--wait")
+        assert down.returncode == 0, down.stderr
+        assert json.loads(down.stdout) == {"stopped": 2, "jobs_stopped": []}
+        assert "waiting for 1 running job (" in down.stderr
+        # The next `up` finds the job done on its first attempt, not re-run as attempt 2.
+        assert fleet.flota("up", "--local", "1", "--detach", timeout=120).returncode == 0
+        done = fleet.json("status", str(job["id"]))
+        assert (done["status"], len(done["attempts"])) == ("success", 1), done
+    finally:
+        fleet.flota("down")
+    assert _daemons(fleet.home) == []
