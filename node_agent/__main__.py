@@ -10,12 +10,14 @@ coordinator was unreachable at the join; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import errno
 import asyncio
 import json
 import logging
 import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from node_agent.config import default_state_dir, load_config
 from node_agent.errors import NodeError
@@ -23,8 +25,37 @@ from node_agent.errors import NodeError
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input as the CLI does: one `flota: ...` line, exit 2
+    (not a usage block; `-h` still prints the full help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"flota: {message} (see {self.prog} -h)\n")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process holds, in one line, before gRPC tries it: gRPC's own
+    refusal comes with a C-core log line and advice about GRPC_VERBOSITY."""
+    if not port:
+        return
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As gRPC binds: SO_REUSEADDR, so a port left in TIME_WAIT counts as free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise _PortInUse(f"cannot listen on {host}:{port}: port already in use") from None
+        # Anything else (an address not on this machine ...) is left to the daemon's own error.
+
+
+class _PortInUse(Exception):
+    """A port the daemon must listen on is held by another process."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flota node")
+    p = _Parser(prog="flota node")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="run the node daemon in the foreground")
     start.add_argument("--state-dir", type=Path)
@@ -132,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             model_servers=args.model_server,
             agent_clis=args.agent_cli,
         )
+        _check_port_free(config.listen_host, config.listen_port)
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))
         )
         return 0
-    except NodeError as exc:
+    except (NodeError, _PortInUse) as exc:
         print(f"flota: {exc}", file=sys.stderr)
         return 3 if getattr(exc, "unreachable", False) else 2
     except OSError as exc:  # e.g. a state directory that cannot be created
