@@ -21,10 +21,12 @@ def coordinator_start(
         str, typer.Option(metavar="HOST:PORT", help="Where the API listens; port 0 picks a free one.")
     ] = "0.0.0.0:7370",
     home: Annotated[
-        str | None, typer.Option(metavar="DIR", help="State directory root (default: $FLOTA_HOME or ~/.flota).")
+        str | None,
+        typer.Option(metavar="DIR", help="State directory root (default: $FLOTA_HOME or ~/.flota)."),
     ] = None,
     join_port: Annotated[
-        int | None, typer.Option(metavar="PORT", help="Port of the enrollment service (default: API port + 1).")
+        int | None,
+        typer.Option(metavar="PORT", help="Port of the enrollment service (default: API port + 1)."),
     ] = None,
     advertise: Annotated[
         str | None, typer.Option(metavar="HOST", help="Host name or address nodes use to reach this machine.")

@@ -25,8 +25,12 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
+
+try:  # typer 0.29+ vendors click: its commands are that click's, not the package's
+    import typer._click as click
+except ImportError:  # pragma: no cover (older typer)
+    import click  # type: ignore[no-redef]
 
 from cli import __version__, doctor, local, runs, version
 from cli.client import CliError
@@ -123,7 +127,7 @@ def _tidy_metavars(command: click.Command) -> None:
         _tidy_metavars(sub)
 
 
-def _command() -> click.Command:
+def _build_command() -> click.Command:
     command = typer.main.get_command(app)
     _tidy_metavars(command)
     return command
@@ -140,7 +144,7 @@ def _json_first(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> Any:
     try:
         args = _json_first(sys.argv[1:] if argv is None else argv)
-        return _command().main(args=args, prog_name="flota", standalone_mode=True)
+        return _build_command().main(args=args, prog_name="flota", standalone_mode=True)
     except CliError as exc:
         print(f"flota: {exc}", file=sys.stderr)
         sys.exit(exc.code)

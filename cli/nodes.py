@@ -41,19 +41,26 @@ def node_start(
     state_dir: Annotated[
         str | None, typer.Option(metavar="DIR", help="Node state directory (default $FLOTA_HOME/node).")
     ] = None,
-    name: Annotated[str | None, typer.Option(metavar="NAME", help="Node name (default: its node.toml).")] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Node name (default: its node.toml).")
+    ] = None,
     network: Annotated[
-        str | None, typer.Option(metavar="PROFILE", help="Declare the network profile (home, vpn, public ...).")
+        str | None,
+        typer.Option(metavar="PROFILE", help="Declare the network profile (home, vpn, public ...)."),
     ] = None,
     network_rule: Annotated[
         list[str] | None,
-        typer.Option(metavar="PROFILE=if:GLOB|subnet:CIDR", help="Pick the profile by interface; repeatable."),
+        typer.Option(
+            metavar="PROFILE=if:GLOB|subnet:CIDR", help="Pick the profile by interface; repeatable."
+        ),
     ] = None,
     label: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="A label; repeatable.")] = None,
     slots: Annotated[int | None, typer.Option(metavar="N", help="Jobs this node runs at once.")] = None,
     allow_remote: Annotated[
         list[str] | None,
-        typer.Option(metavar="GLOB", help="Only fetch from / push to repository URLs matching it; repeatable."),
+        typer.Option(
+            metavar="GLOB", help="Only fetch from / push to repository URLs matching it; repeatable."
+        ),
     ] = None,
     agent_cli: Annotated[
         list[str] | None,
@@ -66,7 +73,8 @@ def node_start(
         ),
     ] = None,
     coordinator: Annotated[
-        str | None, typer.Option(metavar="HOST:PORT", help="The coordinator's API, if it moved since the join.")
+        str | None,
+        typer.Option(metavar="HOST:PORT", help="The coordinator's API, if it moved since the join."),
     ] = None,
     heartbeat: Annotated[float | None, typer.Option(metavar="SECONDS", help="Heartbeat period.")] = None,
     unreachable_after: Annotated[

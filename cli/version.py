@@ -20,7 +20,9 @@ def version(ctx: typer.Context) -> None:
     o = options(ctx)
     nodes = [(n.info.name, n.info.version, n.state) for n in o.client().list_nodes().nodes]
     if o.json:
-        print_json({"cli": __version__, "nodes": [{"name": n, "version": v, "state": s} for n, v, s in nodes]})
+        print_json(
+            {"cli": __version__, "nodes": [{"name": n, "version": v, "state": s} for n, v, s in nodes]}
+        )
         return
     console.print(f"cli          {__version__}")
     console.print("coordinator  reachable (its API does not report a version)")
