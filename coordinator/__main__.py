@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import asyncio
+import errno
 import json
 import logging
 import socket
@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from coordinator.config import load_config
 from coordinator.errors import CoordinatorError
+from protos import statelock
 
 __all__ = ["main"]
 
@@ -29,10 +30,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"flota: {message} (see {self.prog} -h)\n")
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(state_dir: Path, host: str, port: int) -> None:
     """Refuse a port another process holds, in one line, before gRPC tries it: gRPC's own
-    refusal comes with a C-core log line and advice about GRPC_VERBOSITY."""
-    if not port:
+    refusal comes with a C-core log line and advice about GRPC_VERBOSITY. When another
+    daemon holds this state directory, that is the error to report (the daemon does)."""
+    if not port or statelock.holder(state_dir):
         return
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -54,7 +56,7 @@ def _say(as_json: bool, line: str, details: dict[str, object]) -> None:
     print(json.dumps(details) if as_json else line, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="flota coordinator")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="run the coordinator in the foreground")
@@ -66,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--lost-after", type=float, help="seconds of silence before a node is lost")
     start.add_argument("--unreachable-after", type=float)
     start.add_argument("--json", action="store_true", help="print the ready line as JSON")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
     )
@@ -83,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             lost_after_s=args.lost_after,
             unreachable_after_s=args.unreachable_after,
         )
-        _check_port_free(config.listen_host, config.listen_port)
-        _check_port_free(config.listen_host, config.join_port)
+        _check_port_free(config.state_dir, config.listen_host, config.listen_port)
+        _check_port_free(config.state_dir, config.listen_host, config.join_port)
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))
         )

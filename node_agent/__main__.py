@@ -10,8 +10,8 @@ coordinator was unreachable at the join; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import errno
 import asyncio
+import errno
 import json
 import logging
 import socket
@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from node_agent.config import default_state_dir, load_config
 from node_agent.errors import NodeError
+from protos import statelock
 
 __all__ = ["main"]
 
@@ -33,10 +34,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"flota: {message} (see {self.prog} -h)\n")
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(state_dir: Path, host: str, port: int) -> None:
     """Refuse a port another process holds, in one line, before gRPC tries it: gRPC's own
-    refusal comes with a C-core log line and advice about GRPC_VERBOSITY."""
-    if not port:
+    refusal comes with a C-core log line and advice about GRPC_VERBOSITY. When another
+    daemon holds this state directory, that is the error to report (the daemon does)."""
+    if not port or statelock.holder(state_dir):
         return
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             model_servers=args.model_server,
             agent_clis=args.agent_cli,
         )
-        _check_port_free(config.listen_host, config.listen_port)
+        _check_port_free(config.state_dir, config.listen_host, config.listen_port)
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))
         )
