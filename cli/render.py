@@ -75,7 +75,8 @@ class FitTable:
         self.rows: list[list[Text]] = []
 
     def add_row(self, *cells: str | Text) -> None:
-        assert len(cells) == len(self.headers)
+        if len(cells) != len(self.headers):
+            raise ValueError(f"{len(cells)} cells for {len(self.headers)} columns")
         self.rows.append([cell if isinstance(cell, Text) else Text(" ".join(cell.split())) for cell in cells])
 
     def _natural(self, index: int) -> int:

@@ -66,7 +66,10 @@ def test_start_help_lists_every_option_the_daemon_takes(
     from coordinator.__main__ import _parser as coordinator_parser
     from node_agent.__main__ import _parser as node_parser
 
-    for path, parser in ((["node", "start"], node_parser()), (["coordinator", "start"], coordinator_parser())):
+    for path, parser in (
+        (["node", "start"], node_parser()),
+        (["coordinator", "start"], coordinator_parser()),
+    ):
         text = _help([*path, "-h"], capsys, monkeypatch)
         flags = _daemon_flags(parser) - {"--help", "--json"}  # --json is flota's global flag
         assert {"--listen", "--no-mdns"} <= flags
@@ -112,7 +115,9 @@ def test_unknown_flags_are_one_clear_error_exit_2(tmp_path: Path) -> None:
 def test_malformed_addresses_are_refused_before_any_resolver(args: list[str], tmp_path: Path) -> None:
     out = _flota(*args, home=tmp_path)
     assert out.returncode == 2, out
-    assert out.stderr.startswith("flota: malformed ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("flota: malformed ") and len(out.stderr.strip().splitlines()) == 1, (
+        out.stderr
+    )
 
 
 def test_malformed_coordinator_from_the_environment_is_refused(tmp_path: Path) -> None:
@@ -125,7 +130,9 @@ def test_malformed_coordinator_from_the_environment_is_refused(tmp_path: Path) -
 def test_token_ttl_out_of_range_is_refused(ttl: str, tmp_path: Path) -> None:
     out = _flota("token", "create", "--ttl", ttl, home=tmp_path)
     assert out.returncode == 2, out
-    assert out.stderr.strip() == f"flota: --ttl must be between 10 s and 7 days (604800 s), not {float(ttl):g}"
+    assert (
+        out.stderr.strip() == f"flota: --ttl must be between 10 s and 7 days (604800 s), not {float(ttl):g}"
+    )
 
 
 def test_version_flag_needs_no_coordinator(tmp_path: Path) -> None:
@@ -135,6 +142,8 @@ def test_version_flag_needs_no_coordinator(tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stdout.strip() == f"flota {__version__}"
 
 
-def test_shell_completion_is_offered(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shell_completion_is_offered(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = _help(["-h"], capsys, monkeypatch)
     assert "--install-completion" in text and "--show-completion" in text
