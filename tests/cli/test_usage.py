@@ -142,8 +142,10 @@ def test_version_flag_needs_no_coordinator(tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stdout.strip() == f"flota {__version__}"
 
 
-def test_shell_completion_is_offered(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    text = _help(["-h"], capsys, monkeypatch)
-    assert "--install-completion" in text and "--show-completion" in text
+def test_shell_completion_is_offered(tmp_path: Path) -> None:
+    script = _flota("--show-completion", "bash", home=tmp_path)
+    assert script.returncode == 0 and "_FLOTA_COMPLETE" in script.stdout, script
+    # What bash asks when the user types `flota no<TAB>`.
+    asked = {"_FLOTA_COMPLETE": "complete_bash", "COMP_WORDS": "flota no", "COMP_CWORD": "1"}
+    words = Fleet(tmp_path).flota(env=asked, timeout=60).stdout.split()
+    assert words == ["nodes", "node"], words
