@@ -109,7 +109,7 @@ def test_unknown_flags_are_one_clear_error_exit_2(tmp_path: Path) -> None:
         ["node", "start", "--listen", "bad host:7380"],
         ["node", "start", "--coordinator", "-x:1"],
         ["coordinator", "start", "--listen", "1.2.3:x"],
-        ["node", "join", "a..b:7371", "--token", "t"],
+        ["node", "join", "a..b:7371", "--token", "flota1.abcdef01." + "A" * 20 + "." + "0" * 64],
     ],
 )
 def test_malformed_addresses_are_refused_before_any_resolver(args: list[str], tmp_path: Path) -> None:
