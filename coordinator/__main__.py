@@ -43,13 +43,21 @@ def _check_port_free(state_dir: Path, host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise _PortInUse(f"cannot listen on {host}:{port}: port already in use") from None
-        # Anything else (an address not on this machine ...) is left to the daemon's own error.
+        reason = _BIND_ERRORS.get(exc.errno or 0)
+        if reason:
+            raise _CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
+        # Anything else (a name that does not resolve ...) is left to the daemon's own error.
 
 
-class _PortInUse(Exception):
-    """A port the daemon must listen on is held by another process."""
+class _CannotListen(Exception):
+    """The address the daemon must listen on is taken, not on this machine, or not allowed."""
+
+
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "port already in use",
+    errno.EADDRNOTAVAIL: "no such address on this machine",
+    errno.EACCES: "permission denied (ports below 1024 need root)",
+}
 
 
 def _say(as_json: bool, line: str, details: dict[str, object]) -> None:
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))
         )
         return 0
-    except (CoordinatorError, _PortInUse) as exc:
+    except (CoordinatorError, _CannotListen) as exc:
         print(f"flota: {exc}", file=sys.stderr)
         return 3 if getattr(exc, "unreachable", False) else 2
     except OSError as exc:  # e.g. a state directory that cannot be created

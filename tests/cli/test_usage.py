@@ -149,3 +149,16 @@ def test_shell_completion_is_offered(tmp_path: Path) -> None:
     asked = {"_FLOTA_COMPLETE": "complete_bash", "COMP_WORDS": "flota no", "COMP_CWORD": "1"}
     words = Fleet(tmp_path).flota(env=asked, timeout=60).stdout.split()
     assert words == ["nodes", "node"], words
+
+
+def test_an_address_not_on_this_machine_is_one_line(tmp_path: Path) -> None:
+    # 192.0.2.1 is TEST-NET-1: never a local address. gRPC's own refusal would log a C-core line.
+    for args in (
+        ["coordinator", "start", "--no-mdns", "--listen", "192.0.2.1:7399"],
+        ["node", "start", "--no-mdns", "--state-dir", str(tmp_path / "node"), "--listen", "192.0.2.1:7399"],
+    ):
+        out = _flota(*args, home=tmp_path)
+        assert out.returncode == 2, out
+        assert out.stderr == "flota: cannot listen on 192.0.2.1:7399: no such address on this machine\n", (
+            out.stderr
+        )
