@@ -8,6 +8,7 @@ commands live in their own module (Nomad's `command/` layout):
     nodes.py        nodes; node start, drain, remove, join
     coordinator.py  coordinator start
     tokens.py       token create
+    version.py      version
     secrets.py      secret set, list, rm
     doctor.py       doctor
     local.py        up, down
@@ -26,7 +27,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import doctor, local, runs
+try:  # typer 0.29+ vendors click: its commands are that click's, not the package's
+    import typer._click as click
+except ImportError:  # pragma: no cover (older typer)
+    import click  # type: ignore[no-redef]
+
+from cli import __version__, doctor, local, runs, version
 from cli.client import CliError
 from cli.coordinator import coordinator_app
 from cli.nodes import list_nodes, node_app
@@ -40,8 +46,9 @@ app = typer.Typer(
     name="flota",
     help="Turn the machines you own into one fleet: jobs run in parallel, each on its own git branch.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # Inherited by every subcommand's context: `-h` is `--help` everywhere.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 for _name, _command in (
@@ -56,6 +63,7 @@ for _name, _command in (
     ("doctor", doctor.doctor),
     ("up", local.up),
     ("down", local.down),
+    ("version", version.version),
 ):
     app.command(_name)(_command)
 app.add_typer(coordinator_app, name="coordinator")
@@ -64,15 +72,65 @@ app.add_typer(token_app, name="token")
 app.add_typer(secret_app, name="secret")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"flota {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON (shapes in docs/cli.md).")] = False,
     coordinator: Annotated[
-        str | None, typer.Option("--coordinator", help="Coordinator HOST:PORT (or $FLOTA_COORDINATOR).")
+        str | None,
+        typer.Option(
+            "--coordinator", metavar="HOST:PORT", help="The coordinator's API (or $FLOTA_COORDINATOR)."
+        ),
     ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the CLI's version and exit."
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = Options(json_output, coordinator)
+
+
+_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "Path": "PATH"}
+
+
+def _tidy_metavars(command: click.Command) -> None:
+    """typer names each value by its Python type (`<str>`, `<list[str]>`) and gives a flag
+    `<bool>`; a metavar the option sets itself is kept, the others read as click's do
+    (TEXT, INTEGER), a flag shows none, and an argument only its name."""
+    for param in command.params:
+        if param.param_type_name == "argument":
+            # An argument's name is its metavar (RUN, JOB); its type column would repeat `<str>`.
+            param.metavar = param.metavar or (param.name or "").upper()
+            setattr(param, "display_type_rich", lambda ctx: None)  # noqa: B010 (an instance override)
+            continue
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            param.metavar = ""
+        else:
+            bare = getattr(param, "bare_type", lambda: "str")()
+            element = bare.removeprefix("list[").removesuffix("]")
+            param.metavar = _TYPE_NAMES.get(element, element.upper())
+    help_option = command.get_help_option(click.Context(command, help_option_names=["-h", "--help"]))
+    if help_option is not None:
+        help_option.metavar = ""
+    subcommands: dict[str, click.Command] = getattr(command, "commands", {})
+    for sub in subcommands.values():
+        _tidy_metavars(sub)
+
+
+def _build_command() -> click.Command:
+    command = typer.main.get_command(app)
+    _tidy_metavars(command)
+    return command
 
 
 def _json_first(argv: list[str]) -> list[str]:
@@ -85,7 +143,8 @@ def _json_first(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> Any:
     try:
-        return app(args=_json_first(sys.argv[1:] if argv is None else argv), standalone_mode=True)
+        args = _json_first(sys.argv[1:] if argv is None else argv)
+        return _build_command().main(args=args, prog_name="flota", standalone_mode=True)
     except CliError as exc:
         print(f"flota: {exc}", file=sys.stderr)
         sys.exit(exc.code)

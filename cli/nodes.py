@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from cli.daemon import exec_daemon
-from cli.options import json_flag, options
+from cli.options import check_address, json_flag, options
 from cli.render import console, count, nodes_table, print_json, to_dict
 
 __all__ = ["list_nodes", "node_app"]
@@ -32,32 +32,100 @@ def list_nodes(ctx: typer.Context) -> None:
     console.print(nodes_table(reply))
 
 
-@node_app.command("start", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@node_app.command("start")
 def node_start(
     ctx: typer.Context,
-    listen: Annotated[str, typer.Option(help="HOST:PORT; port 0 picks a free one.")] = "0.0.0.0:7380",
-    network: Annotated[
-        str | None, typer.Option(help="Declare the network profile (home, vpn, public ...).")
+    listen: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="Where to listen; port 0 picks a free one.")
+    ] = "0.0.0.0:7380",
+    state_dir: Annotated[
+        str | None, typer.Option(metavar="DIR", help="Node state directory (default $FLOTA_HOME/node).")
     ] = None,
-    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE, repeatable.")] = None,
-    slots: Annotated[int | None, typer.Option(help="Jobs this node runs at once.")] = None,
+    name: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Node name (default: its node.toml).")
+    ] = None,
+    network: Annotated[
+        str | None,
+        typer.Option(metavar="PROFILE", help="Declare the network profile (home, vpn, public ...)."),
+    ] = None,
+    network_rule: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="PROFILE=if:GLOB|subnet:CIDR", help="Pick the profile by interface; repeatable."
+        ),
+    ] = None,
+    label: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="A label; repeatable.")] = None,
+    slots: Annotated[int | None, typer.Option(metavar="N", help="Jobs this node runs at once.")] = None,
+    allow_remote: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GLOB", help="Only fetch from / push to repository URLs matching it; repeatable."
+        ),
+    ] = None,
+    agent_cli: Annotated[
+        list[str] | None,
+        typer.Option(metavar="NAME", help="Also report this agent CLI when it is on PATH; repeatable."),
+    ] = None,
+    model_server: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="URL", help="An OpenAI-compatible server here (http://127.0.0.1:PORT/v1); repeatable."
+        ),
+    ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(metavar="HOST:PORT", help="The coordinator's API, if it moved since the join."),
+    ] = None,
+    heartbeat: Annotated[float | None, typer.Option(metavar="SECONDS", help="Heartbeat period.")] = None,
+    unreachable_after: Annotated[
+        float | None,
+        typer.Option(metavar="SECONDS", help="Silence before the coordinator says unreachable (default 3)."),
+    ] = None,
+    lost_after: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Silence before the coordinator gives this node's jobs up (default 30; a laptop "
+            "that sleeps may want more).",
+        ),
+    ] = None,
+    stop_after_disconnect: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS",
+            help="Cut off this long, stop the jobs and push their work (0: never; default 600).",
+        ),
+    ] = None,
+    no_mdns: Annotated[bool, typer.Option("--no-mdns", help="Do not announce on mDNS.")] = False,
 ) -> None:
-    """Run the node daemon in the foreground.
-
-    More options: --name N, --state-dir D, --network-rule PROFILE=if:GLOB|subnet:CIDR,
-    --coordinator HOST:PORT (if it moved since the join), --heartbeat S, --no-mdns,
-    --unreachable-after S and --lost-after S (how long the coordinator waits for this node;
-    a laptop that sleeps may want more), --stop-after-disconnect S (cut off this long, the
-    node stops its jobs and pushes their work; 0: never; default 600).
-    """
-    args = ["start", "--listen", listen]
-    if network:
-        args += ["--network", network]
-    for item in label or []:
-        args += ["--label", item]
-    if slots is not None:
-        args += ["--slots", str(slots)]
-    exec_daemon("node_agent", [*args, *json_flag(ctx), *ctx.args])
+    """Run the node daemon in the foreground."""
+    args = ["start", "--listen", check_address(listen, "--listen", 7380)]
+    if coordinator is not None:
+        args += ["--coordinator", check_address(coordinator, "--coordinator", 7370)]
+    for flag, value in (
+        ("--state-dir", state_dir),
+        ("--name", name),
+        ("--network", network),
+        ("--slots", slots),
+        ("--heartbeat", heartbeat),
+        ("--unreachable-after", unreachable_after),
+        ("--lost-after", lost_after),
+        ("--stop-after-disconnect", stop_after_disconnect),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    for flag, values in (
+        ("--network-rule", network_rule),
+        ("--label", label),
+        ("--allow-remote", allow_remote),
+        ("--agent-cli", agent_cli),
+        ("--model-server", model_server),
+    ):
+        for item in values or []:
+            args += [flag, item]
+    if no_mdns:
+        args.append("--no-mdns")
+    exec_daemon("node_agent", [*args, *json_flag(ctx)])
 
 
 @node_app.command("drain")
@@ -104,13 +172,13 @@ def node_remove(
 @node_app.command("join")
 def node_join(
     ctx: typer.Context,
-    address: Annotated[str, typer.Argument(help="The coordinator's join address HOST:PORT.")],
-    token: Annotated[str, typer.Option(help="A token from `flota token create`.")],
-    name: Annotated[str | None, typer.Option(help="Node name (default: host name).")] = None,
-    state_dir: Annotated[str | None, typer.Option(help="Node state directory.")] = None,
+    address: Annotated[str, typer.Argument(metavar="HOST:PORT", help="The coordinator's join address.")],
+    token: Annotated[str, typer.Option(metavar="TOKEN", help="A token from `flota token create`.")],
+    name: Annotated[str | None, typer.Option(metavar="NAME", help="Node name (default: host name).")] = None,
+    state_dir: Annotated[str | None, typer.Option(metavar="DIR", help="Node state directory.")] = None,
 ) -> None:
     """Enroll this machine with a coordinator, once: keeps its key and certificate."""
-    args = ["join", address, "--token", token]
+    args = ["join", check_address(address, "join address", 7371), "--token", token]
     if name:
         args += ["--name", name]
     if state_dir:

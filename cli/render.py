@@ -7,10 +7,11 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -19,6 +20,7 @@ from protos.flota.v1 import coordinator_pb2
 __all__ = [
     "compare_rows",
     "compare_table",
+    "FitTable",
     "console",
     "count",
     "jobs_table",
@@ -55,6 +57,65 @@ STATUS_STYLE = {
 }
 
 
+_TEXT_MIN = 6  # a shrunk text column keeps this much: a few letters and the ellipsis
+
+
+class FitTable:
+    """A table that fits the width it is printed at, one line per row.
+
+    Three kinds of column: `whole` ones (ids, branches: what a user copies into the next
+    command) are never cut; `text` ones (a task, an error, an address) shrink first, widest
+    first, ending in an ellipsis; the others (statuses, numbers) keep their width. When even
+    that cannot fit, the columns named in `drop` go, in that order (a wider terminal or
+    --json shows them)."""
+
+    def __init__(self, *headers: str, whole: Iterable[str], text: Iterable[str], drop: Iterable[str] = ()):
+        self.headers = list(headers)
+        self.whole, self.text, self.drop = set(whole), set(text), list(drop)
+        self.rows: list[list[Text]] = []
+
+    def add_row(self, *cells: str | Text) -> None:
+        if len(cells) != len(self.headers):
+            raise ValueError(f"{len(cells)} cells for {len(self.headers)} columns")
+        self.rows.append([cell if isinstance(cell, Text) else Text(" ".join(cell.split())) for cell in cells])
+
+    def _natural(self, index: int) -> int:
+        return max([len(self.headers[index]), *(row[index].cell_len for row in self.rows)])
+
+    def _needs(self, keep: list[int]) -> int:
+        widths = [
+            min(self._natural(i), _TEXT_MIN) if self.headers[i] in self.text else self._natural(i)
+            for i in keep
+        ]
+        return sum(widths) + 2 * (len(keep) - 1)
+
+    def build(self, width: int) -> Table:
+        keep = list(range(len(self.headers)))
+        for header in self.drop:
+            if self._needs(keep) <= width:
+                break
+            keep = [i for i in keep if self.headers[i] != header]
+        t = Table(box=None, pad_edge=False)
+        for i in keep:
+            header = self.headers[i]
+            # Only text columns are wrapable, so only they are narrowed; their cells stay one line.
+            t.add_column(
+                header,
+                no_wrap=header not in self.text,
+                overflow="fold" if header in self.whole else "ellipsis",
+            )
+        for row in self.rows:
+            cells = [row[i].copy() for i in keep]
+            for i, cell in zip(keep, cells, strict=True):
+                if self.headers[i] in self.text:
+                    cell.no_wrap, cell.overflow = True, "ellipsis"
+            t.add_row(*cells)
+        return t
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.build(options.max_width)
+
+
 def to_dict(message: Any) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
@@ -88,22 +149,13 @@ def _ago(ts: float) -> str:
     return _duration(max(time.time() - ts, 0.001)) + " ago"
 
 
-def nodes_table(reply: coordinator_pb2.ListNodesReply) -> Table:
-    t = Table(box=None, pad_edge=False)
-    for col in (
-        "NAME",
-        "ADDRESS",
-        "NETWORK",
-        "LABELS",
-        "CPU",
-        "RAM",
-        "GPU",
-        "LOAD",
-        "SLOTS",
-        "AGENTS",
-        "STATE",
-    ):
-        t.add_column(col)
+def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
+    t = FitTable(
+        "NAME", "ADDRESS", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS", "STATE",
+        whole=("NAME",),
+        text=("ADDRESS", "NETWORK", "LABELS", "GPU", "AGENTS", "STATE"),
+        drop=("LOAD", "AGENTS", "LABELS", "GPU", "RAM"),
+    )  # fmt: skip
     for n in reply.nodes:
         i, f = n.info, n.info.facts
         gpus = ",".join(g.name for g in f.gpus) or "-"
@@ -124,42 +176,44 @@ def nodes_table(reply: coordinator_pb2.ListNodesReply) -> Table:
     return t
 
 
-def runs_table(runs: list[coordinator_pb2.Run]) -> Table:
-    t = Table(box=None, pad_edge=False)
-    for col in ("RUN", "NAME", "STATUS", "CREATED", "DURATION"):
-        t.add_column(col)
+def runs_table(runs: list[coordinator_pb2.Run]) -> FitTable:
+    t = FitTable("RUN", "NAME", "STATUS", "CREATED", "DURATION", whole=("RUN",), text=("NAME",))
     for r in runs:
         end = r.finished_at or time.time()
         t.add_row(r.id, r.name or "-", _status(r.status), _ago(r.created_at), _duration(end - r.created_at))
     return t
 
 
-def jobs_table(run: coordinator_pb2.Run) -> Table:
-    t = Table(box=None, pad_edge=False)
-    for col in ("JOB", "TASK", "NODE", "STATUS", "ATTEMPTS", "NOTE"):
-        t.add_column(col)
+def jobs_table(run: coordinator_pb2.Run) -> FitTable:
+    t = FitTable(
+        "JOB", "TASK", "NODE", "STATUS", "ATTEMPTS", "NOTE", whole=("JOB",), text=("TASK", "NODE", "NOTE")
+    )
     for j in run.jobs:
         note = j.wait_reason if j.status == "queued" else (j.result.error if j.HasField("result") else "")
-        t.add_row(j.id, j.name[:40], j.node_name or "-", _status(j.status), str(len(j.attempts)), note[:60])
+        t.add_row(j.id, j.name, j.node_name or "-", _status(j.status), str(len(j.attempts)), note)
     return t
 
 
-def results_table(run: coordinator_pb2.Run) -> Table:
-    t = Table(box=None, pad_edge=False)
+def results_table(run: coordinator_pb2.Run) -> FitTable:
     agents = any(j.agent not in ("", "shell") for j in run.jobs)
     checks = any(j.check for j in run.jobs)
     cols = ["JOB", "TASK", "NODE", "BRANCH", "STATUS", "DURATION", "FILES"]
     cols += ["MODEL", "STEPS", "TOKENS", "COST"] if agents else ["EXIT"]
     cols += ["CHECK"] if checks else []
-    for col in [*cols, "NOTE"]:
-        t.add_column(col)
+    t = FitTable(
+        *cols,
+        "NOTE",
+        whole=("JOB", "BRANCH"),
+        text=("TASK", "NODE", "FILES", "MODEL", "NOTE"),
+        drop=("TOKENS", "STEPS", "DURATION", "MODEL", "EXIT", "FILES", "COST", "NODE"),
+    )
     for j in run.jobs:
         r = j.result
         files = len(r.files_modified)
         done = j.HasField("result")
-        row: list[Any] = [
+        row: list[str | Text] = [
             j.id,
-            j.name[:30],
+            j.name,
             j.node_name or "-",
             r.branch or "-",
             _status(j.status),
@@ -172,7 +226,7 @@ def results_table(run: coordinator_pb2.Run) -> Table:
             row += [str(r.exit_code) if done and j.status in ("success", "failed") else "-"]
         if checks:
             row += [r.check or "-"]
-        row += [(r.error or j.wait_reason)[:50] if j.status != "success" else ""]
+        row += [(r.error or j.wait_reason) if j.status != "success" else ""]
         t.add_row(*row)
     return t
 
@@ -219,22 +273,13 @@ def compare_rows(run: coordinator_pb2.Run) -> list[dict[str, Any]]:
     return rows
 
 
-def compare_table(rows: list[dict[str, Any]]) -> Table:
-    t = Table(box=None, pad_edge=False)
-    for col in (
-        "#",
-        "MODEL",
-        "AGENT",
-        "NODE",
-        "CHECK",
-        "STATUS",
-        "COST",
-        "DURATION",
-        "DIFF",
-        "STEPS",
-        "BRANCH",
-    ):
-        t.add_column(col)
+def compare_table(rows: list[dict[str, Any]]) -> FitTable:
+    t = FitTable(
+        "#", "MODEL", "AGENT", "NODE", "CHECK", "STATUS", "COST", "DURATION", "DIFF", "STEPS", "BRANCH",
+        whole=("#", "BRANCH"),
+        text=("MODEL", "AGENT", "NODE", "DIFF"),
+        drop=("STEPS", "DURATION", "AGENT", "DIFF", "NODE"),
+    )  # fmt: skip
     for row in rows:
         t.add_row(
             str(row["rank"]),

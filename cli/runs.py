@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from threading import Lock
 from typing import Annotated
 
 import typer
 
-from cli.client import EXIT_FAILED, CliError
+from cli.client import EXIT_FAILED, Client, CliError
 from cli.options import options
 from cli.render import (
     compare_rows,
@@ -207,7 +210,7 @@ def run(
 def status(
     ctx: typer.Context,
     ident: Annotated[
-        str | None, typer.Argument(metavar="[RUN|JOB]", help="A run or job id; none: recent runs.")
+        str | None, typer.Argument(metavar="RUN|JOB", help="A run or job id; none: recent runs.")
     ] = None,
     limit: Annotated[int, typer.Option(help="How many recent runs to list.")] = 20,
 ) -> None:
@@ -266,22 +269,44 @@ def compare(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="R
 
 def logs(
     ctx: typer.Context,
-    job_id: Annotated[str, typer.Argument(metavar="JOB")],
+    ident: Annotated[str, typer.Argument(metavar="JOB|RUN", help="A job, or a run: every job's output.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
 ) -> None:
-    """Print a job's output (all attempts)."""
+    """Print a job's output (all attempts); for a run, every job's, each line prefixed with its job."""
     o = options(ctx)
+    client = o.client()
+    if "." in ident:
+        _print_logs(client, ident, follow, o.json, prefix=False, lock=threading.Lock())
+        return
+    job_ids = [j.id for j in client.get_run(ident).jobs]
+    lock = threading.Lock()
+    if not follow:
+        for job_id in job_ids:
+            _print_logs(client, job_id, False, o.json, prefix=True, lock=lock)
+        return
+    # Followed, the jobs run at once: one stream each (gRPC multiplexes them on one channel),
+    # lines printed whole, in the order they come.
+    with ThreadPoolExecutor(max_workers=max(len(job_ids), 1)) as pool:
+        futures = [pool.submit(_print_logs, client, j, True, o.json, True, lock) for j in job_ids]
+        for future in futures:
+            future.result()
+
+
+def _print_logs(client: Client, job_id: str, follow: bool, as_json: bool, prefix: bool, lock: Lock) -> None:
     attempt = ""
-    for chunk in o.client().stream_logs(job_id, follow):
-        if o.json:
-            for line in chunk.lines:
-                print(json.dumps({"attempt_id": chunk.attempt_id, "line": line}), flush=True)
-            continue
-        if attempt and chunk.attempt_id != attempt:  # a retry: say where the next try starts
-            sys.stderr.write(f"--- {chunk.attempt_id} ---\n")
-        attempt = chunk.attempt_id
-        sys.stdout.write("".join(line + "\n" for line in chunk.lines))
-        sys.stdout.flush()
+    lead = f"{job_id} | " if prefix else ""
+    for chunk in client.stream_logs(job_id, follow):
+        with lock:
+            if as_json:
+                for line in chunk.lines:
+                    item = {"job": job_id} if prefix else {}
+                    print(json.dumps({**item, "attempt_id": chunk.attempt_id, "line": line}), flush=True)
+                continue
+            if attempt and chunk.attempt_id != attempt:  # a retry: say where the next try starts
+                sys.stderr.write(f"{lead}--- {chunk.attempt_id} ---\n")
+            attempt = chunk.attempt_id
+            sys.stdout.write("".join(lead + line + "\n" for line in chunk.lines))
+            sys.stdout.flush()
 
 
 def cancel(ctx: typer.Context, ident: Annotated[str, typer.Argument(metavar="RUN|JOB")]) -> None:

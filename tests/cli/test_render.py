@@ -1,0 +1,85 @@
+"""Tables fit an 80-column terminal: ids and branches whole, long text one line with an
+ellipsis (issue 14, defect 6)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from cli.render import compare_rows, compare_table, jobs_table, nodes_table, results_table
+from protos.flota.v1 import coordinator_pb2, types_pb2
+
+LONG_TASK = "refactor the storage layer so that every query goes through one module and add tests " * 2
+LONG_ERROR = "cannot reach the model server at http://127.0.0.1:9/v1: connection refused, retried twice"
+
+
+def _render(table: Table) -> list[str]:
+    console = Console(width=80, record=True, highlight=False, markup=False)
+    console.print(table)
+    return console.export_text().splitlines()
+
+
+def _run(agent: str = "shell") -> coordinator_pb2.Run:
+    run = coordinator_pb2.Run(id="r1a2b3c", status="failed", repo_url="file:///repo")
+    for index in (1, 2, 10):
+        job = run.jobs.add(
+            id=f"r1a2b3c.{index}",
+            name=LONG_TASK,
+            node_name="alice-laptop-workstation",
+            status="failed",
+            agent=agent,
+            model="openai/gpt-4o-mini" if agent != "shell" else "",
+        )
+        job.result.CopyFrom(
+            types_pb2.JobResult(
+                branch=f"flota/r1a2b3c/{index}-a2",
+                error=LONG_ERROR,
+                duration_s=12.5,
+                files_modified=["a.py", "b.py"],
+                insertions=120,
+                deletions=7,
+                exit_code=1,
+                steps=40,
+                tokens_in=123456,
+                tokens_out=65432,
+                cost_usd=1.2345,
+            )
+        )
+        job.attempts.add()
+    return run
+
+
+def _check(lines: list[str], rows: int, whole: list[str]) -> None:
+    assert len(lines) == rows + 1, "\n".join(lines)  # a header and one line per row: nothing wrapped
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    text = "\n".join(lines)
+    for item in whole:
+        assert item in text, f"{item} cut:\n{text}"
+    assert "…" in text  # the long text was shortened, and says so
+
+
+def test_results_fit_80_columns_with_whole_ids_and_branches() -> None:
+    for agent in ("shell", "llm"):
+        run = _run(agent)
+        whole = [j.id for j in run.jobs] + [j.result.branch for j in run.jobs]
+        _check(_render(results_table(run)), 3, whole)
+
+
+def test_jobs_and_compare_fit_80_columns() -> None:
+    run = _run("llm")
+    _check(_render(jobs_table(run)), 3, [j.id for j in run.jobs])
+    _check(_render(compare_table(compare_rows(run))), 3, [j.result.branch for j in run.jobs])
+
+
+def test_nodes_fit_80_columns() -> None:
+    reply = coordinator_pb2.ListNodesReply()
+    for name in ("alice-laptop", "build-server-2"):
+        node = reply.nodes.add(state="online", address="[fd00:1234:5678:9abc::17]:7380")
+        node.info.name = name
+        node.info.network = "home"
+        node.info.labels.update({"gpu": "rtx4090", "os": "debian", "rack": "top-left-shelf"})
+        node.info.slots = 4
+        node.info.facts.cpu_count = 16
+        node.info.facts.memory_total_mb = 65536
+        node.info.facts.agent_clis.extend(["claude", "aider", "codex", "gemini"])
+    _check(_render(nodes_table(reply)), 2, ["alice-laptop", "build-server-2"])
