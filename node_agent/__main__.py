@@ -11,61 +11,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import json
 import logging
 import socket
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from node_agent.config import default_state_dir, load_config
 from node_agent.errors import NodeError
-from protos import statelock
+from protos.entry import CannotListen, OneLineParser, check_port_free
 
 __all__ = ["main"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad input as the CLI does: one `flota: ...` line, exit 2
-    (not a usage block; `-h` still prints the full help)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"flota: {message} (see {self.prog} -h)\n")
-
-
-def _check_port_free(state_dir: Path, host: str, port: int) -> None:
-    """Refuse a port another process holds, in one line, before gRPC tries it: gRPC's own
-    refusal comes with a C-core log line and advice about GRPC_VERBOSITY. When another
-    daemon holds this state directory, that is the error to report (the daemon does)."""
-    if not port or statelock.holder(state_dir):
-        return
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            # As gRPC binds: SO_REUSEADDR, so a port left in TIME_WAIT counts as free.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        reason = _BIND_ERRORS.get(exc.errno or 0)
-        if reason:
-            raise _CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
-        # Anything else (a name that does not resolve ...) is left to the daemon's own error.
-
-
-class _CannotListen(Exception):
-    """The address the daemon must listen on is taken, not on this machine, or not allowed."""
-
-
-_BIND_ERRORS = {
-    errno.EADDRINUSE: "port already in use",
-    errno.EADDRNOTAVAIL: "no such address on this machine",
-    errno.EACCES: "permission denied (ports below 1024 need root)",
-}
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="flota node")
+    p = OneLineParser(prog="flota node")
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="run the node daemon in the foreground")
     start.add_argument("--state-dir", type=Path)
@@ -173,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             model_servers=args.model_server,
             agent_clis=args.agent_cli,
         )
-        _check_port_free(config.state_dir, config.listen_host, config.listen_port)
+        check_port_free(config.state_dir, config.listen_host, config.listen_port)
         asyncio.run(
             serve(config, ready=lambda line, details: _say(args.json, line, {"event": "ready", **details}))
         )
         return 0
-    except (NodeError, _CannotListen) as exc:
+    except (NodeError, CannotListen) as exc:
         print(f"flota: {exc}", file=sys.stderr)
         return 3 if getattr(exc, "unreachable", False) else 2
     except OSError as exc:  # e.g. a state directory that cannot be created

@@ -1,0 +1,56 @@
+"""What both daemons' entry points share (`python -m coordinator`, `python -m node_agent`):
+an argument parser that fails in one line, and a port check before gRPC binds.
+
+Error handling: `check_port_free` raises CannotListen with one line; argparse errors exit 2
+with one `flota: ...` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import socket
+from pathlib import Path
+from typing import NoReturn
+
+from protos import statelock
+
+__all__ = ["CannotListen", "OneLineParser", "check_port_free"]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad input as the CLI does: one `flota: ...` line, exit 2
+    (not a usage block; `-h` still prints the full help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"flota: {message} (see {self.prog} -h)\n")
+
+
+class CannotListen(Exception):
+    """The address the daemon must listen on is taken, not on this machine, or not allowed."""
+
+
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "port already in use",
+    errno.EADDRNOTAVAIL: "no such address on this machine",
+    errno.EACCES: "permission denied (ports below 1024 need root)",
+}
+
+
+def check_port_free(state_dir: Path, host: str, port: int) -> None:
+    """Refuse a port another process holds, in one line, before gRPC tries it: gRPC's own
+    refusal comes with a C-core log line and advice about GRPC_VERBOSITY. When another
+    daemon holds this state directory, that is the error to report (the daemon does)."""
+    if not port or statelock.holder(state_dir):
+        return
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As gRPC binds: SO_REUSEADDR, so a port left in TIME_WAIT counts as free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = _BIND_ERRORS.get(exc.errno or 0)
+        if reason:
+            raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
+        # Anything else (a name that does not resolve ...) is left to the daemon's own error.
