@@ -38,6 +38,12 @@ def coordinator_start(
         float | None,
         typer.Option(metavar="SECONDS", help="Silence before a node is unreachable (default 3)."),
     ] = None,
+    push_timeout: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS", help="How long pushing a run's base may take (default 90, at most 110)."
+        ),
+    ] = None,
     no_mdns: Annotated[bool, typer.Option("--no-mdns", help="Do not announce on mDNS.")] = False,
 ) -> None:
     """Run the coordinator in the foreground (creates its CA on first start)."""
@@ -48,6 +54,7 @@ def coordinator_start(
         ("--advertise", advertise),
         ("--lost-after", lost_after),
         ("--unreachable-after", unreachable_after),
+        ("--push-timeout", push_timeout),
     ):
         if value is not None:
             args += [flag, str(value)]
