@@ -9,14 +9,15 @@ a busy node refused them, and wait reasons refreshed only when they may have cha
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from coordinator.events import RunHub
-from coordinator.fleet import Fleet, node_view
+from coordinator.fleet import Fleet, NodeEntry, node_view
 from coordinator.models import Job, JobStatus, JobView, NodeState, Snapshot
 from coordinator.scheduler import schedule
 from coordinator.store import Store
 
-__all__ = ["EXPLAIN_S", "Planner"]
+__all__ = ["EXPLAIN_S", "Planner", "unavailable_reason"]
 
 EXPLAIN_S = 0.25  # wait reasons are brought up to date at most this often while jobs are placed
 
@@ -38,6 +39,19 @@ def job_view(job: Job) -> JobView:
         spread=p.spread,
         agent_cli=job.requires,
     )
+
+
+def unavailable_reason(entry: NodeEntry) -> str:
+    """Why a known node that is not schedulable takes no work: a job pinned to it says so."""
+    name = entry.name
+    if entry.state == NodeState.ONLINE:
+        if entry.draining:
+            return f"node {name!r} is draining (flota node drain {name} --undo)"
+        if entry.leaving:
+            return f"node {name!r} is shutting down"
+        return f"node {name!r} has not sent its facts yet"
+    state = "not connected yet" if entry.state == NodeState.UNKNOWN else entry.state.value
+    return f"node {name!r} is {state}" + (" (and draining)" if entry.draining else "")
 
 
 class Planner:
@@ -91,21 +105,32 @@ class Planner:
         # Saying why every other job waits costs a pass over the whole queue: done when a
         # pass places nothing (something else changed), else at most every EXPLAIN_S.
         explain = now >= self._explain_at
-        plan = schedule(snapshot, now, explain)
+        unavailable = self.unavailable() if explain else {}
+        plan = schedule(replace(snapshot, unavailable=unavailable), now, explain)
         if not explain and not plan.placements:
-            explain, plan = True, schedule(snapshot, now)
+            unavailable = self.unavailable()
+            explain, plan = True, schedule(replace(snapshot, unavailable=unavailable), now)
         placements = [(p.job_id, p.node_id) for p in plan.placements]
         if explain:
             self._explain_at = now + EXPLAIN_S
-            self._explain(plan.waiting, bool(online))
+            self._explain(plan.waiting, bool(online), unavailable)
         return placements
 
-    def _explain(self, waiting: Mapping[str, str], any_online: bool) -> None:
+    def unavailable(self) -> dict[str, str]:
+        """Why each known node that is not schedulable takes no work, by id and by name."""
+        found: dict[str, str] = {}
+        for entry in self._fleet:
+            if entry.removed or entry.schedulable:
+                continue
+            found[entry.id] = found[entry.name] = unavailable_reason(entry)
+        return found
+
+    def _explain(self, waiting: Mapping[str, str], any_online: bool, unavailable: Mapping[str, str]) -> None:
         draining = sorted(e.name for e in self._fleet if e.state == NodeState.ONLINE and e.draining)
         for job_id, reason in waiting.items():
-            if draining and not any_online:
-                reason = f"every online node is draining ({', '.join(draining)})"
             job = self._jobs[job_id]
+            if draining and not any_online and job.placement.node not in unavailable:
+                reason = f"every online node is draining ({', '.join(draining)})"
             if job.wait_reason != reason:
                 job.wait_reason = reason
                 job.updated_at = self._wall()
