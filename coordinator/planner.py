@@ -8,7 +8,7 @@ a busy node refused them, and wait reasons refreshed only when they may have cha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from coordinator.events import RunHub
@@ -125,12 +125,38 @@ class Planner:
             found[entry.id] = found[entry.name] = unavailable_reason(entry)
         return found
 
+    def explain_new(self, jobs: Sequence[Job]) -> None:
+        """Set, before `jobs` are stored, why each cannot start now, from one pass over the
+        nodes as they are (the queue ahead of them aside): the submit's reply then says
+        so, e.g. that no current node has the cpus a job asks for. Jobs stay queued: a
+        node may join. A job that would fit keeps its "waiting for a node"."""
+        online = [e for e in self._fleet if e.schedulable]
+        unavailable = self.unavailable()
+        snapshot = Snapshot(
+            tuple(node_view(e) for e in online), tuple(job_view(j) for j in jobs), unavailable
+        )
+        waiting = schedule(snapshot, self._clock()).waiting
+        draining = self._draining()
+        for job in jobs:
+            if job.id in waiting:
+                job.wait_reason = self._reason(job, waiting[job.id], draining, bool(online), unavailable)
+
+    def _draining(self) -> list[str]:
+        return sorted(e.name for e in self._fleet if e.state == NodeState.ONLINE and e.draining)
+
+    @staticmethod
+    def _reason(
+        job: Job, reason: str, draining: list[str], any_online: bool, unavailable: Mapping[str, str]
+    ) -> str:
+        if draining and not any_online and job.placement.node not in unavailable:
+            return f"every online node is draining ({', '.join(draining)})"
+        return reason
+
     def _explain(self, waiting: Mapping[str, str], any_online: bool, unavailable: Mapping[str, str]) -> None:
-        draining = sorted(e.name for e in self._fleet if e.state == NodeState.ONLINE and e.draining)
+        draining = self._draining()
         for job_id, reason in waiting.items():
             job = self._jobs[job_id]
-            if draining and not any_online and job.placement.node not in unavailable:
-                reason = f"every online node is draining ({', '.join(draining)})"
+            reason = self._reason(job, reason, draining, any_online, unavailable)
             if job.wait_reason != reason:
                 job.wait_reason = reason
                 job.updated_at = self._wall()
