@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.errors import InvalidRequest
 from coordinator.models import JobPlacement
 from coordinator.pki import CertificateAuthority
 from coordinator.service import Service
@@ -92,3 +93,19 @@ def test_a_real_submit_says_why_its_jobs_wait(fleet: Fleet) -> None:
     draining = "node 'only' is draining (flota node drain only --undo)"
     assert pinned["wait_reason"] == draining, pinned
     assert fleet.json("status", pinned["id"])["wait_reason"] == draining
+
+
+@pytest.mark.parametrize("ttl", [9.9, -1.0, 7 * 86400 + 1, float("inf"), float("nan")])
+def test_a_token_lifetime_outside_10_seconds_to_7_days_is_refused(
+    h: Harness, ca: CertificateAuthority, ttl: float
+) -> None:
+    with pytest.raises(InvalidRequest, match="token lifetime must be between 10 seconds and 7 days"):
+        Service(h.rec, ca, h.config).create_token(ttl)
+
+
+@pytest.mark.parametrize(("ttl", "lasts"), [(0.0, None), (10.0, 10.0), (7 * 86400, 7 * 86400)])
+def test_a_token_lifetime_of_0_means_the_default(
+    h: Harness, ca: CertificateAuthority, ttl: float, lasts: float | None
+) -> None:
+    _, expires_at = Service(h.rec, ca, h.config).create_token(ttl)
+    assert expires_at - h.clock.time() == (h.config.token_ttl_s if lasts is None else lasts)
