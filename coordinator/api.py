@@ -53,7 +53,8 @@ def code_for(exc: errors.CoordinatorError) -> grpc.StatusCode:
 async def _require(context: Any, role: str) -> None:
     have, _ = peer_role(context)
     if have != role:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this call needs a {role} certificate")
+        needed = f"an {role}" if role[:1] in ("a", "e", "i", "o", "u") else f"a {role}"
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"this call needs {needed} certificate")
 
 
 def _role(role: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:

@@ -167,6 +167,9 @@ class JobView:
 class Snapshot:
     nodes: tuple[NodeView, ...]
     queue: tuple[JobView, ...]
+    # Known nodes left out of `nodes` (draining, offline, ...), by id and by name: why
+    # each takes no work, so a job pinned to one says that, not "no node named".
+    unavailable: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

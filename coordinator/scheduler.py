@@ -4,7 +4,8 @@ Rules (every node in the snapshot is online and schedulable; the caller filters)
 
 1. Jobs go in `JobView.order` order, ties by id; a placement consumes the node's
    slot, cpus, memory, gpus and run count for the rest of the pass.
-2. Static filters ("can never fit"), in order: pin (node id or name), allowed
+2. Static filters ("can never fit"), in order: pin (node id or name; a pin to a node
+   in `Snapshot.unavailable` waits with the reason given there), allowed
    networks, avoided networks, labels, agent CLI, total cpus / memory / gpus.
 3. Dynamic filters ("busy right now"), in order: a free slot on a node that is not
    `exclusive_busy`; free cpus (small epsilon), memory (if asked), gpus; an idle
@@ -26,7 +27,7 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from coordinator.models import JobView, NodeView, Placement, Plan, Snapshot
 
@@ -73,7 +74,7 @@ def _matches(node: NodeView, key: _Key) -> bool:
 def _static_reason(st: _State, key: _Key) -> str:
     labels, pin, networks, avoid, agent = key
     if pin and pin not in st.by_pin:
-        return f"no node named {pin!r}"
+        return st.unavailable.get(pin) or f"no node named {pin!r}"
     nodes = [st.nodes[i] for i in st.by_pin[pin]] if pin else st.nodes
     if not nodes:
         return "no nodes are online"
@@ -101,8 +102,9 @@ def _static_reason(st: _State, key: _Key) -> str:
 class _State:
     """Per-pass counters in plain lists; a node's index is its tie-break rank."""
 
-    def __init__(self, nodes: Sequence[NodeView], runs: set[str]) -> None:
+    def __init__(self, nodes: Sequence[NodeView], runs: set[str], unavailable: Mapping[str, str]) -> None:
         self.nodes = nodes
+        self.unavailable = unavailable
         self.slots = [n.slots for n in nodes]
         self.used = [n.used_slots for n in nodes]
         self.cpu = [n.cpus - n.used_cpus for n in nodes]
@@ -312,7 +314,7 @@ def schedule(snapshot: Snapshot, now: float, explain: bool = True) -> Plan:
     # Sorting once makes a node's index its static tie-break rank (load, name, id).
     nodes = sorted(snapshot.nodes, key=lambda n: (n.load, n.name, n.id))
     queue = sorted(snapshot.queue, key=lambda j: (j.order, j.id))
-    st = _State(nodes, {j.run_id for j in queue})
+    st = _State(nodes, {j.run_id for j in queue}, snapshot.unavailable)
     bases: dict[_Key, _Heap] = {}
     placements: list[Placement] = []
     left_over: list[tuple[JobView, _Key]] = []

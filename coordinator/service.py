@@ -220,6 +220,7 @@ class Service:
                     wait_reason="waiting for a node",
                 )
             )
+        self.rec.planner.explain_new(run.jobs)  # why a job cannot start now, in the reply
         self.rec.submit(run)
         return run
 

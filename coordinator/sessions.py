@@ -43,6 +43,9 @@ class NodeSessions:
     def __init__(self, rec: Reconciler) -> None:
         self.rec = rec
         self._pending_acks: dict[str, list[str]] = {}
+        # Nodes whose link came up (and was reconciled) but whose first heartbeat has not
+        # arrived yet: that heartbeat makes them online, without reconciling again.
+        self._awaiting_facts: set[str] = set()
 
     def enrolled(self, node_id: str, name: str, fingerprint: str) -> None:
         entry = self.rec.fleet.add(node_id, name)
@@ -111,10 +114,14 @@ class NodeSessions:
         if grace != (entry.unreachable_after_s, entry.lost_after_s):
             entry.unreachable_after_s, entry.lost_after_s = grace
             self.rec.store.node_grace(entry.id, *grace)  # a restarted coordinator waits as long
+        fresh = entry.id in self._awaiting_facts
+        self._awaiting_facts.discard(entry.id)
         if entry.state != NodeState.ONLINE and self.rec.dispatch.connected(entry.id):
             was = entry.state
             self.rec.set_state(entry, NodeState.ONLINE)
-            if was == NodeState.LOST:  # its attempts were given up: stop what still runs there
+            # Its attempts were given up: stop what still runs there (a link that just came
+            # up has been reconciled already).
+            if was == NodeState.LOST and not fresh:
                 self.rec.spawn(self._reconcile_node(entry))
         if old is None or old.slots != info.slots or old.network != info.network:
             self.rec.wake()
@@ -156,11 +163,15 @@ class NodeSessions:
         if state == "up":
             entry.goodbye_at, entry.leaving = 0.0, False
             entry.last_seen, entry.last_seen_wall = self.rec.clock(), self.rec.wall()  # it just answered
+            # Not online yet: a node is online once its facts (the first heartbeat) arrived,
+            # else `flota nodes` shows it online with none, or with the last session's.
             if entry.state != NodeState.ONLINE:
-                self.rec.set_state(entry, NodeState.ONLINE)
+                self._awaiting_facts.add(node_id)
             self.rec.store.node_seen(node_id, entry.name, detail, self.rec.wall())
             await self._reconcile_node(entry)
-        elif entry.state == NodeState.ONLINE:
+            return
+        self._awaiting_facts.discard(node_id)
+        if entry.state == NodeState.ONLINE:
             recent = entry.goodbye_at and self.rec.clock() - entry.goodbye_at < GOODBYE_WINDOW_S
             gone = recent and not entry.reservations
             self.rec.set_state(entry, NodeState.OFFLINE if gone else NodeState.UNREACHABLE)

@@ -9,6 +9,7 @@ Error handling: sqlite errors surface as StoreError with one line.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -122,6 +123,10 @@ class Store:
     def __init__(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # SQLite gives the -wal and -shm files it creates the database file's mode, so
+            # the file is 0600 before SQLite first opens it (not only after).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            path.chmod(0o600)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a commit survives a process crash; only an OS crash
@@ -135,7 +140,10 @@ class Store:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
                     if column == "cause":
                         self._fill_causes()
-            path.chmod(0o600)
+            for suffix in ("-wal", "-shm"):  # left 0644 by an older version, and reopened as they are
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    side.chmod(0o600)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the database {path}: {exc}") from exc
 

@@ -1,7 +1,9 @@
 """mDNS announcement of `_flota._tcp.local.`: a hint where this node listens.
 
-Only non-secret TXT keys go out (id, version, port, certificate fingerprint). A stop
-sends a goodbye so browsers drop the node at once.
+Only non-secret TXT keys go out (id, version, port, certificate fingerprint). The instance
+and host names are built from the node id alone: the user's name for the node (often a
+person's, "alice-laptop") would otherwise be broadcast on every network the machine joins.
+A stop sends a goodbye so browsers drop the node at once.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from zeroconf.asyncio import AsyncZeroconf
 
 from protos.contract import SERVICE_TYPE, TXT_FINGERPRINT, TXT_ID, TXT_PORT, TXT_VERSION
 
-__all__ = ["Announcer"]
+__all__ = ["Announcer", "instance_name"]
 
 log = logging.getLogger(__name__)
 
 
+def instance_name(node_id: str) -> str:
+    """The mDNS instance (and host) label for `node_id`: no user-chosen text in it."""
+    return f"flota-{node_id}"[:63]
+
+
 class Announcer:
-    def __init__(self, node_id: str, name: str, version: str, cert_fingerprint: str) -> None:
+    def __init__(self, node_id: str, version: str, cert_fingerprint: str) -> None:
         self.node_id = node_id
-        self.name = name
         self.version = version
         self.fp = cert_fingerprint
         self._zc: AsyncZeroconf | None = None
@@ -35,7 +41,7 @@ class Announcer:
                 ips.append(ipaddress.ip_address(address.strip("[]")).packed)
             except ValueError:
                 pass  # a host name: zeroconf announces our own addresses instead
-        instance = f"{self.name}-{self.node_id[:6]}"[:63]
+        instance = instance_name(self.node_id)
         return ServiceInfo(
             SERVICE_TYPE,
             f"{instance}.{SERVICE_TYPE}",

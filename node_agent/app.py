@@ -238,7 +238,7 @@ class NodeDaemon:
         announcer = None
         if cfg.mdns:
             der = ssl.PEM_cert_to_DER_cert(ident.cert_pem.decode())
-            announcer = Announcer(ident.id, cfg.name, __version__, fingerprint(der))
+            announcer = Announcer(ident.id, __version__, fingerprint(der))
         async with asyncio.TaskGroup() as loops:
             tasks = [
                 loops.create_task(self._register_loop(registration, stop)),

@@ -31,6 +31,7 @@ class Case:
     jobs: list[JobView]
     placed: dict[str, str]  # job id -> node id
     waiting: dict[str, str] = field(default_factory=dict)  # job id -> substring of the reason
+    unavailable: dict[str, str] = field(default_factory=dict)  # Snapshot.unavailable
 
 
 def placed(plan: Plan) -> dict[str, str]:
@@ -130,6 +131,27 @@ CASES: dict[str, Case] = {
         [J("j1", node="gpu-box")],
         {},
         {"j1": "no node named 'gpu-box'"},
+    ),
+    "pin-to-a-draining-node": Case(
+        [N("a")],
+        [J("j1", node="node-1"), J("j2", node="id-1")],
+        {},
+        {"j1": "node 'node-1' is draining", "j2": "node 'node-1' is draining"},
+        {"node-1": "node 'node-1' is draining", "id-1": "node 'node-1' is draining"},
+    ),
+    "pin-unknown-beside-an-unavailable-node": Case(
+        [N("a")],
+        [J("j1", node="gpu-box")],
+        {},
+        {"j1": "no node named 'gpu-box'"},
+        {"node-1": "node 'node-1' is draining"},
+    ),
+    "unavailable-nodes-matter-only-to-pins": Case(
+        [N("a", used_slots=1)],
+        [J("j1")],
+        {},
+        {"j1": "all matching nodes are busy"},
+        {"node-1": "node 'node-1' is draining"},
     ),
     "pin-busy-is-dynamic": Case(
         [N("a", used_slots=1), N("b")],
@@ -269,7 +291,8 @@ CASES: dict[str, Case] = {
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_schedule_table(case: Case) -> None:
-    plan = schedule(Snapshot(nodes=tuple(case.nodes), queue=tuple(case.jobs)), now=0.0)
+    snapshot = Snapshot(nodes=tuple(case.nodes), queue=tuple(case.jobs), unavailable=case.unavailable)
+    plan = schedule(snapshot, now=0.0)
     assert placed(plan) == case.placed
     assert set(plan.waiting) == set(case.waiting)
     for job_id, reason in case.waiting.items():

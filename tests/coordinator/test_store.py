@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 import subprocess
@@ -409,6 +410,42 @@ def test_reopen_fixes_a_loosened_mode(db_path: Path) -> None:
     db_path.chmod(0o644)
     Store(db_path).close()
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+
+
+def _modes(db_path: Path) -> dict[str, int]:
+    files = [db_path, *(db_path.with_name(db_path.name + s) for s in ("-wal", "-shm"))]
+    return {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)  # the usual umask: what a file gets unless the store says otherwise
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_the_wal_and_shm_files_are_private_too(db_path: Path, umask_022: None) -> None:
+    store = Store(db_path)
+    try:
+        store.create_run(Run("r000001", "n", "running", T0, jobs=[make_job("r000001", 1)]))
+        assert _modes(db_path) == {"flota.db": 0o600, "flota.db-wal": 0o600, "flota.db-shm": 0o600}
+    finally:
+        store.close()
+
+
+def test_reopen_fixes_loose_wal_and_shm_files(db_path: Path, umask_022: None) -> None:
+    db_path.parent.mkdir(mode=0o700)
+    older = sqlite3.connect(db_path)  # as an older version left them: 0644, still open
+    try:
+        older.execute("PRAGMA journal_mode=WAL")
+        older.execute("CREATE TABLE t (x)")
+        assert _modes(db_path) == {"flota.db": 0o644, "flota.db-wal": 0o644, "flota.db-shm": 0o644}
+        Store(db_path).close()
+        assert _modes(db_path) == {"flota.db": 0o600, "flota.db-wal": 0o600, "flota.db-shm": 0o600}
+    finally:
+        older.close()
 
 
 def test_unopenable_path_is_a_store_error(tmp_path: Path) -> None:
