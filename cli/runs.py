@@ -179,6 +179,10 @@ def run(
         else:
             queued = count(len(submitted.jobs), "job")
             console.print(f"run {submitted.id}: {queued} queued (see: flota status {submitted.id})")
+            # The coordinator tried each job against the fleet as it is: say which cannot run yet.
+            for job in submitted.jobs:
+                if job.wait_reason and job.wait_reason != "waiting for a node":
+                    console.print(f"  {job.id}: {job.wait_reason}", markup=False, highlight=False)
         return
     from cli.follow import follow_run
 

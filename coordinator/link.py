@@ -169,7 +169,8 @@ class NodeLink:
                 raise NodeCallError("session closed at once")
             self._channel, self._stub, self.address = channel, stub, address
             self.last_error = ""
-            # "up" first: it reconciles the node (once); the heartbeat then only refreshes facts.
+            # "up" first: it reconciles the node (once); the first heartbeat then brings its
+            # facts, and only then is the node online.
             await self._on_state(self.node_id, "up", address)
             self._deliver(first)
             while True:

@@ -87,6 +87,8 @@ def test_a_real_submit_says_why_its_jobs_wait(fleet: Fleet) -> None:
     huge = fleet.json("run", "--cpus", "999", "echo hi")["jobs"][0]
     assert huge["status"] == "queued"
     assert huge["wait_reason"].startswith("no matching node has 999 cpus in total (largest: "), huge
+    said = fleet.flota("run", "--cpus", "999", "echo hi", check=True).stdout.splitlines()
+    assert len(said) == 2 and said[1].endswith(huge["wait_reason"]), said  # `flota run` says it too
 
     fleet.flota("node", "drain", "only", check=True)
     pinned = fleet.json("run", "--on", "only", "echo x")["jobs"][0]
