@@ -10,8 +10,6 @@ import sys
 import typing
 from pathlib import Path
 
-import pytest
-
 from tests.fleet import ROOT
 
 CLI_DIR = ROOT / "cli"
@@ -50,12 +48,8 @@ def _mentions_any(hint: object) -> bool:
     return hint is typing.Any or any(_mentions_any(arg) for arg in typing.get_args(hint))
 
 
-def test_client_methods_are_typed(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Importing cli quiets gRPC for the CLI's own process (GRPC_VERBOSITY=NONE): here that
-    # would leak into every daemon later tests start, so the variable is put back after.
-    monkeypatch.setenv("GRPC_VERBOSITY", "")  # remembers it as it was, for teardown
-    monkeypatch.delenv("GRPC_VERBOSITY")
-    from cli.client import Client
+def test_client_methods_are_typed() -> None:
+    from cli.client import Client  # (tests/conftest.py puts back the GRPC_VERBOSITY it sets)
 
     methods = {
         name: fn for name, fn in inspect.getmembers(Client, inspect.isfunction) if not name.startswith("_")
