@@ -15,6 +15,8 @@ A stream raises it when iterated, since its call starts only then.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +35,8 @@ EXIT_USAGE = 2  # bad input: unknown id, malformed flag, refused request
 EXIT_UNAVAILABLE = 3  # the coordinator cannot be reached
 
 CALL_TIMEOUT_S = 30.0
+QUIET_S = 1.0  # a call that takes longer says what it waits for, on stderr
+NOTE_EVERY_S = 10.0  # without a terminal, how often a long wait says it is still waiting
 GIT_CALL_TIMEOUT_S = 120.0  # SubmitRun pushes the base ref; Cleanup calls every node; a bounded log read
 
 _Request = TypeVar("_Request")
@@ -104,7 +108,11 @@ class Client:
     # --- runs -----------------------------------------------------------------------------
 
     def submit_run(self, request: pb.SubmitRunRequest) -> pb.Run:
-        return self._unary(self._stub.SubmitRun, request, GIT_CALL_TIMEOUT_S)
+        waiting = "waiting for the coordinator to store the run"
+        if request.HasField("repo"):
+            remote = request.repo.remote or "its remote"
+            waiting = f"the coordinator is pushing the run's base to {remote}"
+        return self._unary(self._stub.SubmitRun, request, GIT_CALL_TIMEOUT_S, waiting)
 
     def get_run(self, run_id: str) -> pb.Run:
         return self._unary(self._stub.GetRun, pb.GetRunRequest(run_id=run_id))
@@ -153,9 +161,20 @@ class Client:
         method: grpc.UnaryUnaryMultiCallable[_Request, _Reply],
         request: _Request,
         timeout: float = CALL_TIMEOUT_S,
+        waiting: str = "",
     ) -> _Reply:
+        """`waiting`: what a call that can be slow waits for; said on stderr once it has
+        taken QUIET_S, with the time so far (a spinner on a terminal)."""
         try:
-            return method(request, timeout=timeout, wait_for_ready=False)
+            if not waiting:
+                return method(request, timeout=timeout, wait_for_ready=False)
+            call = method.future(request, timeout=timeout, wait_for_ready=False)
+            try:
+                return call.result(timeout=QUIET_S)
+            except grpc.FutureTimeoutError:
+                return _wait_saying(call, waiting)
+            finally:
+                call.cancel()  # a no-op once it has ended; stops it on Ctrl-C
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
 
@@ -169,3 +188,29 @@ class Client:
             yield from method(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
+
+
+def _wait_saying(call: grpc.Future[_Reply], waiting: str) -> _Reply:
+    """Wait for a slow call, saying so on stderr: a spinner with the seconds on a
+    terminal, otherwise a line now and every NOTE_EVERY_S."""
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False)
+    started = time.monotonic() - QUIET_S
+    if err.is_terminal:
+        with err.status(f"{waiting}...") as status:
+            while True:
+                try:
+                    return call.result(timeout=1.0)
+                except grpc.FutureTimeoutError:
+                    status.update(f"{waiting}... {time.monotonic() - started:.0f} s")
+    print(f"flota: {waiting}...", file=sys.stderr, flush=True)
+    while True:
+        try:
+            return call.result(timeout=NOTE_EVERY_S)
+        except grpc.FutureTimeoutError:
+            print(
+                f"flota: still waiting: {waiting} ({time.monotonic() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )

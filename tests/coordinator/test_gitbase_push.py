@@ -228,7 +228,8 @@ def test_a_remote_that_never_answers_times_out_as_configured(
 def test_the_coordinator_honours_its_push_timeout_flag(
     setup: Setup, fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A real coordinator and `flota run --repo`: the refusal comes after the configured 2 s."""
+    """A real coordinator and `flota run --repo`: the refusal comes after the configured 2 s,
+    and the CLI says what it waits for meanwhile (issue 14, defect 14: not silent)."""
     monkeypatch.setenv("GIT_SSH_COMMAND", "ssh -F /dev/null -o UserKnownHostsFile=/dev/null")
     fleet.start_coordinator("--push-timeout", "2")
     with socket.create_server(("127.0.0.1", 0)) as silent:
@@ -239,6 +240,9 @@ def test_the_coordinator_honours_its_push_timeout_flag(
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"cannot push the base to {url}: no answer within 2 s" in result.stderr
     assert took < 15
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"flota: the coordinator is pushing the run's base to {url}...", lines
+    assert lines[-1].startswith("flota: cannot push the base"), lines
 
 
 @pytest.mark.parametrize(("text", "ok"), [("0.5", False), ("1", True), ("110", True), ("111", False)])
