@@ -25,7 +25,7 @@ def _watch(client: Client, run_id: str, on_job: Callable[[coordinator_pb2.Job], 
             elif kind == "run":
                 return event.run
         run = client.get_run(run_id)
-        if run.status != "running":
+        if run.status not in ("running", "waiting"):
             return run
 
 

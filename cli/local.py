@@ -331,7 +331,7 @@ def running_jobs(client: Client) -> list[pb.Job]:
     """The jobs a stop would cut off, oldest run first (runs come newest first)."""
     jobs: list[pb.Job] = []
     for run in reversed(client.list_runs(limit=1000).runs):
-        if run.status == "running":
+        if run.status in ("running", "waiting"):
             jobs += [j for j in client.get_run(run.id).jobs if j.status in ACTIVE]
     return jobs
 

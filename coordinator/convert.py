@@ -26,6 +26,7 @@ from coordinator.models import (
     Result,
     Run,
     Started,
+    shown_status,
 )
 from protos.flota.v1 import coordinator_pb2, node_pb2, types_pb2
 
@@ -208,7 +209,7 @@ def run_to_pb(run: Run, node_names: dict[str, str], with_jobs: bool = True) -> c
     return coordinator_pb2.Run(
         id=run.id,
         name=run.name,
-        status=run.status,
+        status=shown_status(run),
         created_at=run.created_at,
         finished_at=run.finished_at,
         repo_url=run.repo_url,

@@ -41,6 +41,7 @@ __all__ = [
     "Result",
     "Run",
     "run_status",
+    "shown_status",
     "JOB_FINAL",
     "JobView",
     "NodeView",
@@ -76,6 +77,7 @@ class AttemptStatus(StrEnum):
 
 class RunStatus(StrEnum):
     RUNNING = "running"
+    WAITING = "waiting"  # shown, never stored: running, but none of its jobs has a node now
     SUCCESS = "success"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -388,6 +390,17 @@ def run_status(job_statuses: list[str]) -> RunStatus:
     if all(s in (JobStatus.SUCCESS, JobStatus.CANCELLED) for s in job_statuses):
         return RunStatus.CANCELLED
     return RunStatus.FAILED
+
+
+def shown_status(run: Run) -> RunStatus:
+    """A run's status as users see it: a running run with queued jobs and none placed or
+    running is "waiting" (for a node that can take them, see each job's wait reason)."""
+    if run.status != RunStatus.RUNNING or not run.jobs:
+        return RunStatus(run.status)
+    statuses = {j.status for j in run.jobs}
+    if JobStatus.QUEUED in statuses and not statuses & {JobStatus.DISPATCHING, JobStatus.RUNNING}:
+        return RunStatus.WAITING
+    return RunStatus.RUNNING
 
 
 # --- what nodes say, decoded at the edge (convert.py) -------------------------------------

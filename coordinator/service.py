@@ -252,7 +252,8 @@ class Service:
         return job
 
     def runs(self, limit: int) -> list[Run]:
-        return self.rec.store.list_runs(min(limit, 1000) if limit > 0 else 20)
+        stored = self.rec.store.list_runs(min(limit, 1000) if limit > 0 else 20)
+        return [self.rec.runs.get(r.id, r) for r in stored]  # a live run with its jobs
 
     def job_active(self, job_id: str) -> bool:
         """Whether a job may still log more."""

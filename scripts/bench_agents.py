@@ -67,7 +67,7 @@ def main() -> int:
                     wait_until(lambda: server.request_times, timeout=60, period=0.005, what="first call")
                     first_call.append(server.request_times[0] - started)
                     samples = []
-                    while fleet.json("status", run["id"])["status"] == "running":
+                    while fleet.json("status", run["id"])["status"] in ("running", "waiting"):
                         samples.append(daemon.memory_info().rss / 2**20)
                         time.sleep(0.05)
                     times = server.request_times

@@ -156,7 +156,7 @@ def memory(fleet: Fleet, client: Client, node: subprocess.Popen[bytes]) -> dict[
         keeper_rss_mb = sum(p.memory_info().rss for p in keepers) / 2**20
     finally:
         client.cancel(run.id)
-        ended = lambda: client.get_run(run.id).status != "running"  # noqa: E731
+        ended = lambda: client.get_run(run.id).status not in ("running", "waiting")  # noqa: E731
         wait_until(ended, timeout=30, what="the sleeping jobs to stop")
     return {
         "idle_rss_mb": idle,

@@ -462,7 +462,9 @@ def run(
         deadline = t0 + max(300.0, n_jobs * 0.2)
         while pending and time.monotonic() < deadline:
             listed = client.list_runs(n_runs + 10)
-            pending -= {r.id for r in listed.runs if r.id in pending and r.status != "running"}
+            pending -= {
+                r.id for r in listed.runs if r.id in pending and r.status not in ("running", "waiting")
+            }
             if pending:
                 time.sleep(0.1)
         elapsed = time.monotonic() - t0

@@ -16,7 +16,7 @@ from coordinator.pki import CertificateAuthority
 from coordinator.service import Service
 from coordinator.validate import Submission, Task
 from tests.coordinator.fakes import Harness, idle, until
-from tests.fleet import Fleet
+from tests.fleet import Fleet, wait_until
 
 
 @pytest.fixture
@@ -84,8 +84,17 @@ def test_a_real_submit_says_why_its_jobs_wait(fleet: Fleet) -> None:
     """Defects 7 and 8 through real processes: the reply `flota run` prints carries the reason."""
     fleet.start_coordinator()
     fleet.start_node("only")
-    huge = fleet.json("run", "--cpus", "999", "echo hi")["jobs"][0]
+    submitted = fleet.json("run", "--cpus", "999", "echo hi")
+    huge = submitted["jobs"][0]
     assert huge["status"] == "queued"
+    # ... and the run is shown as waiting, not running: in the reply, its status, the list
+    assert submitted["status"] == "waiting"
+    assert fleet.json("status", submitted["id"])["status"] == "waiting"
+    listed = {r["id"]: r["status"] for r in fleet.json("status")}
+    assert listed[submitted["id"]] == "waiting", listed
+    assert " waiting " in next(
+        line for line in fleet.flota("status").stdout.splitlines() if submitted["id"] in line
+    )
     assert huge["wait_reason"].startswith("no matching node has 999 cpus in total (largest: "), huge
     said = fleet.flota("run", "--cpus", "999", "echo hi", check=True).stdout.splitlines()
     assert len(said) == 2 and said[1].endswith(huge["wait_reason"]), said  # `flota run` says it too
@@ -95,6 +104,10 @@ def test_a_real_submit_says_why_its_jobs_wait(fleet: Fleet) -> None:
     draining = "node 'only' is draining (flota node drain only --undo)"
     assert pinned["wait_reason"] == draining, pinned
     assert fleet.json("status", pinned["id"])["wait_reason"] == draining
+
+    fleet.flota("node", "drain", "only", "--undo", check=True)  # the pinned job runs: its run ends
+    wait_until(lambda: fleet.json("status", pinned["id"])["status"] == "success", what="pinned job ran")
+    assert fleet.json("status", submitted["id"])["status"] == "waiting"  # still: no node fits it
 
 
 @pytest.mark.parametrize("ttl", [9.9, -1.0, 7 * 86400 + 1, float("inf"), float("nan")])

@@ -198,7 +198,7 @@ def test_coordinator_killed_mid_run_every_job_ends_exactly_once(site: Site, tmp_
     coordinator(site)
     poll(lambda: all(node_state(fleet, n, "online") for n in NODES), what="nodes reconnected")
     _, done = poll(
-        lambda: (r := fleet.json("status", run["id"]))["status"] != "running" and r,
+        lambda: (r := fleet.json("status", run["id"]))["status"] not in ("running", "waiting") and r,
         timeout=90,
         what="run end",
     )
