@@ -135,8 +135,14 @@ def _coordinator(state: Path, out: list[Check], now: dt.datetime) -> None:
     _private(where, state, "state directory", out)
     _private(where, state / "ca" / "ca.key", "CA private key", out)
     _certificate(where, state / "ca" / "ca.pem", "CA certificate", out, now)
-    if (state / "flota.db").exists():
-        _private(where, state / "flota.db", "database", out)
+    # SQLite's write-ahead log and shared memory hold recent rows too: as private as the file.
+    for name, what in (
+        ("flota.db", "database"),
+        ("flota.db-wal", "database log"),
+        ("flota.db-shm", "database index"),
+    ):
+        if (state / name).exists():
+            _private(where, state / name, what, out)
     if (state / "secrets").exists():
         _private(where, state / "secrets", "secrets keyring", out)
         for secret in sorted((state / "secrets").iterdir()):

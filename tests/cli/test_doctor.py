@@ -92,3 +92,20 @@ def test_doctor_reports_each_problem_with_its_fix(fleet: Fleet) -> None:
     assert found[("admin", "admin certificate")]["status"] == "fail"
     text = fleet.flota("doctor")
     assert text.returncode == 1 and f"fix: chmod 600 {key}" in text.stdout
+
+
+def test_doctor_checks_the_database_log_and_index_too(fleet: Fleet) -> None:
+    """SQLite's -wal and -shm files hold recent rows: doctor checks them like the database."""
+    fleet.start_coordinator()
+    fleet.flota("run", "echo hi", check=True)  # a write, while the coordinator holds the log open
+    state = fleet.home / "coordinator"
+    wal, shm = state / "flota.db-wal", state / "flota.db-shm"
+    assert wal.exists() and shm.exists()
+    code, found = checks(fleet)
+    assert code == 0
+    assert found[("coordinator", "database log")]["status"] == "ok"
+    assert found[("coordinator", "database index")]["status"] == "ok"
+    os.chmod(wal, 0o644)
+    code, found = checks(fleet)
+    assert code == 1
+    assert found[("coordinator", "database log")]["fix"] == f"chmod 600 {wal}"
