@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from coordinator.errors import ConfigError
 from protos import contract
 from protos.contract import DEFAULT_COORDINATOR_PORT, flota_home
+from protos.entry import read_settings
 from protos.limits import NODE_ID_RE
 
 __all__ = [
@@ -23,6 +22,19 @@ __all__ = [
 
 DEFAULT_PUSH_TIMEOUT_S = 90.0  # pushing a run's base to the user's remote
 MAX_PUSH_TIMEOUT_S = 110.0  # the CLI waits 120 s for SubmitRun: a longer push would end in its deadline
+# The keys coordinator.toml may hold (docs/cli.md); anything else is refused.
+FILE_KEYS = frozenset(
+    {
+        "listen",
+        "join_port",
+        "advertise",
+        "mdns",
+        "unreachable_after_s",
+        "lost_after_s",
+        "nodes",
+        "push_timeout_s",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +75,11 @@ def load_config(
 ) -> CoordinatorConfig:
     home = home or flota_home()
     state = home / "coordinator"
-    file: dict[str, Any] = {}
     path = state / "coordinator.toml"
-    if path.exists():
-        try:
-            file = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        file = read_settings(path, FILE_KEYS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     host, port = parse_hostport(
         listen or str(file.get("listen", f"0.0.0.0:{DEFAULT_COORDINATOR_PORT}")), DEFAULT_COORDINATOR_PORT
     )

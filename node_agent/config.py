@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import socket
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from node_agent.errors import ConfigError
 from node_agent.facts import NetworkRule, check_profile, parse_rule
 from protos.contract import flota_home, parse_hostport
+from protos.entry import read_settings
 from protos.limits import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
 
 __all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen"]
 
 DEFAULT_PORT = 7380
+# The keys node.toml may hold (docs/cli.md, "node.toml"); anything else is refused.
+FILE_KEYS = frozenset(
+    {
+        "name",
+        "listen",
+        "network",
+        "network_rules",
+        "labels",
+        "slots",
+        "heartbeat_s",
+        "mdns",
+        "unreachable_after_s",
+        "lost_after_s",
+        "stop_after_disconnect_s",
+        "allow_remotes",
+        "model_servers",
+        "agent_clis",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +103,11 @@ def load_config(
     model_servers: list[str] | None = None,
     agent_clis: list[str] | None = None,
 ) -> NodeConfig:
-    file: dict[str, Any] = {}
     path = state_dir / "node.toml"
-    if path.exists():
-        try:
-            file = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from exc
+    try:
+        file = read_settings(path, FILE_KEYS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     name = name or file.get("name") or socket.gethostname().split(".")[0] or "node"
     if not NAME_RE.match(name):
         raise ConfigError(f"invalid node name {name!r} (letters, digits, . _ -; at most 63)")

@@ -1,5 +1,6 @@
 """What both daemons' entry points share (`python -m coordinator`, `python -m node_agent`):
-an argument parser that fails in one line, and a port check before gRPC binds.
+an argument parser that fails in one line, a port check before gRPC binds, and the read of
+their TOML settings file.
 
 Error handling: `check_port_free` raises CannotListen with one line; argparse errors exit 2
 with one `flota: ...` line.
@@ -10,12 +11,14 @@ from __future__ import annotations
 import argparse
 import errno
 import socket
+import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from protos import statelock
 
-__all__ = ["CannotListen", "OneLineParser", "check_port_free"]
+__all__ = ["CannotListen", "OneLineParser", "check_port_free", "read_settings"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -24,6 +27,22 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"flota: {message} (see {self.prog} -h)\n")
+
+
+def read_settings(path: Path, known: Iterable[str]) -> dict[str, Any]:
+    """A daemon's settings file: {} when there is none; ValueError (one line naming the
+    file) when it cannot be read or parsed, or holds a key the daemon does not know, so a
+    typo is never silently ignored."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    unknown = sorted(data.keys() - set(known))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r} in {path} (known: {', '.join(sorted(known))})")
+    return data
 
 
 class CannotListen(Exception):

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from coordinator.config import CoordinatorConfig, flota_home, load_config, parse_hostport
+from coordinator.config import FILE_KEYS, CoordinatorConfig, flota_home, load_config, parse_hostport
 from coordinator.errors import ConfigError
+from tests.docs import documented_keys
 
 
 def _write(home: Path, text: str) -> None:
@@ -201,3 +202,13 @@ def test_parse_hostport_rejects_with_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="port 0 picks a free one") as info:
         parse_hostport(text, 7370)
     assert "\n" not in str(info.value)
+
+
+def test_a_key_coordinator_toml_does_not_know_is_refused_by_name(tmp_path: Path) -> None:
+    _write(tmp_path, "push_timeout = 30\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'push_timeout' in .*coordinator.toml"):
+        load_config(tmp_path)
+
+
+def test_docs_list_exactly_the_keys_coordinator_toml_takes() -> None:
+    assert documented_keys("coordinator.toml") == FILE_KEYS

@@ -10,6 +10,7 @@ import pytest
 
 from node_agent.config import (
     DEFAULT_PORT,
+    FILE_KEYS,
     NodeConfig,
     default_state_dir,
     load_config,
@@ -18,6 +19,7 @@ from node_agent.config import (
 )
 from node_agent.errors import ConfigError
 from node_agent.facts import NetworkRule
+from tests.docs import documented_keys
 
 
 def _write(state: Path, text: str) -> None:
@@ -224,3 +226,14 @@ def test_parse_labels_last_one_wins() -> None:
 def test_parse_labels_splits_at_the_first_equals_sign() -> None:
     with pytest.raises(ConfigError, match="invalid label 'url=a=b'"):
         parse_labels(["url=a=b"])  # '=' is not a label value character
+
+
+def test_a_key_node_toml_does_not_know_is_refused_by_name(tmp_path: Path) -> None:
+    _write(tmp_path, "slot = 2\n")  # a typo of slots: never silently ignored
+    with pytest.raises(ConfigError, match=r"unknown setting 'slot' in .*node.toml \(known: .*slots"):
+        load_config(tmp_path, name="n1")
+
+
+def test_docs_list_exactly_the_keys_node_toml_takes() -> None:
+    """docs/cli.md's node.toml table is the list users read: it must be the list the code takes."""
+    assert documented_keys("node.toml") == FILE_KEYS
