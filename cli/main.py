@@ -22,6 +22,7 @@ Exit codes: 0 ok, 1 a run or job did not succeed, 2 bad input or refused request
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Any
 
@@ -34,6 +35,7 @@ except ImportError:  # pragma: no cover (older typer)
 
 from cli import __version__, doctor, local, runs, version
 from cli.client import CliError
+from cli.config import load_defaults
 from cli.coordinator import coordinator_app
 from cli.nodes import list_nodes, node_app
 from cli.options import Options
@@ -81,7 +83,13 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _global(
     ctx: typer.Context,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON (shapes in docs/cli.md).")] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json/--text",
+            help="Print JSON (shapes in docs/cli.md), or text (the default; see output in config.toml).",
+        ),
+    ] = False,
     coordinator: Annotated[
         str | None,
         typer.Option(
@@ -95,6 +103,10 @@ def _global(
         ),
     ] = False,
 ) -> None:
+    if ctx.get_parameter_source("coordinator") == click.core.ParameterSource.DEFAULT_MAP and os.environ.get(
+        "FLOTA_COORDINATOR"
+    ):
+        coordinator = None  # the environment comes before the config file
     ctx.obj = Options(json_output, coordinator)
 
 
@@ -134,17 +146,20 @@ def _build_command() -> click.Command:
 
 
 def _json_first(argv: list[str]) -> list[str]:
-    """`--json` is global; accept it after the command too (`flota status --json`)."""
+    """`--json` (and `--text`) are global; accept them after the command too (`flota status --json`)."""
     end = argv.index("--") if "--" in argv else len(argv)
-    if "--json" not in argv[1:end]:
+    flags = [a for a in argv[1:end] if a in ("--json", "--text")]
+    if not flags:
         return argv
-    return ["--json", *[a for a in argv[:end] if a != "--json"], *argv[end:]]
+    return [flags[-1], *[a for a in argv[:end] if a not in ("--json", "--text")], *argv[end:]]
 
 
 def main(argv: list[str] | None = None) -> Any:
     try:
         args = _json_first(sys.argv[1:] if argv is None else argv)
-        return _build_command().main(args=args, prog_name="flota", standalone_mode=True)
+        command = _build_command()
+        defaults, _ = load_defaults(command)
+        return command.main(args=args, prog_name="flota", standalone_mode=True, default_map=defaults)
     except CliError as exc:
         print(f"flota: {exc}", file=sys.stderr)
         sys.exit(exc.code)

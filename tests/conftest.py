@@ -14,6 +14,14 @@ from tests.fleet import Fleet
 _GRPC_VERBOSITY = os.environ.get("GRPC_VERBOSITY")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_config(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The CLI reads the user's ~/.config/flota/config.toml: tests (and every process they
+    start) see an empty config home instead, unless a test sets its own."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config-home"))
+    os.environ.pop("FLOTA_CONFIG", None)
+
+
 @pytest.fixture(autouse=True)
 def _daemons_keep_grpc_errors() -> Iterator[None]:
     yield
