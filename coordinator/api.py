@@ -255,6 +255,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.CancelReply(cancelled=await self.service.cancel(request.id))
 
     @_role("admin")
+    async def Retry(self, request: coordinator_pb2.RetryRequest, context: Any) -> coordinator_pb2.RetryReply:
+        run, jobs = self.service.retry(request.id, request.failed)
+        return coordinator_pb2.RetryReply(retried=[j.id for j in jobs], run=run_to_pb(run, self._names()))
+
+    @_role("admin")
     async def Cleanup(
         self, request: coordinator_pb2.CleanupRequest, context: Any
     ) -> coordinator_pb2.CleanupReply:

@@ -343,6 +343,9 @@ class Job:
     result: Result | None = None
     attempts: list[Attempt] = field(default_factory=list)
     cancel_requested: bool = False
+    # Attempts numbered up to this one came before the user's last `flota retry`: they do
+    # not count against max_attempts (a retried job has its full budget again).
+    budget_from: int = 0
     resume_from_partial: bool = False  # a retry starts from an earlier attempt's pushed work
     secrets: tuple[str, ...] = ()  # names only; values are looked up at each dispatch
     max_steps: int = 0

@@ -10,12 +10,14 @@ decided) ends through :func:`late`: the first success wins, a later success is k
 "superseded", and the coordinator's own guess gives way to what really happened.
 
 :func:`reconnected` decides what to do with the jobs a node reports after a
-(re)connect. The reconcile loop persists each `Decision` (store first, then memory) and
+(re)connect. :func:`to_retry` and :func:`retried`: a user's `flota retry`, which jobs it
+takes and what it does to each. The reconcile loop persists each `Decision` (store first, then memory) and
 performs its effects; nothing here touches either.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from coordinator.models import (
@@ -41,10 +43,13 @@ __all__ = [
     "Decision",
     "JobChange",
     "Reconnect",
+    "Retried",
     "checked",
     "ended",
     "late",
     "reconnected",
+    "retried",
+    "to_retry",
 ]
 
 MAX_DISPATCH_FAILURES = 5  # StartJob calls that failed before the job gives up
@@ -106,8 +111,9 @@ def ended(job: Job, attempt: Attempt, result: Result, now: float, cause: Cause =
         return late(job, attempt, result, now)
     status = AttemptStatus(result.status)
     end = AttemptEnd(status, result.finished_at or now, result.error, cause)
-    # The counts take this attempt's end into account, as the store will have it.
-    others = [a for a in job.attempts if a is not attempt]
+    # The counts take this attempt's end into account, as the store will have it; the
+    # attempts before the user's last retry are not counted.
+    others = [a for a in job.attempts if a is not attempt and a.number > job.budget_from]
     ran = sum(1 for a in others if a.status in RETRYABLE) + (status in RETRYABLE)
     failures = sum(1 for a in others if a.cause == Cause.DISPATCH) + (cause == Cause.DISPATCH)
     refusals = sum(1 for a in others if a.cause == Cause.REFUSED) + (cause == Cause.REFUSED)
@@ -190,3 +196,62 @@ def reconnected(
             continue
         (resend if status == AttemptStatus.DISPATCHING else forgotten).append(attempt_id)
     return Reconnect(tuple(results), tuple(started), tuple(cancel), tuple(resend), tuple(forgotten))
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """A job a user retried: queued again as it was submitted. Its attempts stay as they
+    are (the next one gets the next number, and so its own branch) and only the attempts
+    after this one count against its budget."""
+
+    status: JobStatus
+    node_id: str
+    wait_reason: str
+    result: Result | None
+    branch: str
+    updated_at: float
+    cancel_requested: bool
+    budget_from: int
+
+
+def _busy(job: Job) -> str:
+    """What a job is still doing, or "" once it has ended with no attempt out."""
+    if job.status not in JOB_FINAL:
+        return str(job.status)
+    out = next((a for a in job.attempts if a.status in ATTEMPT_ACTIVE), None)
+    return f"stopping attempt {out.id}" if out else ""
+
+
+def to_retry(jobs: Sequence[Job], failed_only: bool, run_id: str = "") -> tuple[list[Job], str]:
+    """Which of `jobs` a user's retry takes, or one line saying why none: `jobs` is one
+    job, or every job of the run `run_id`. A job still queued or running (or stopping an
+    attempt) is never retried: named alone, or in a whole run's retry, it refuses the
+    request; with `failed_only` a run's active jobs are left alone (they have no final
+    status yet), like its successes."""
+    busy = [(j, _busy(j)) for j in jobs if _busy(j)]
+    if not run_id:
+        (job,) = jobs
+        if busy:
+            return [], f"job {job.id} is still {busy[0][1]}; wait for it to end, or cancel it first"
+        if failed_only and job.status == JobStatus.SUCCESS:
+            return [], f"nothing to retry: job {job.id} succeeded (without --failed it runs again)"
+        return [job], ""
+    if busy and not failed_only:
+        return [], (
+            f"run {run_id} still has job {busy[0][0].id} {busy[0][1]}; wait for it to end, "
+            "or retry only the jobs that did not succeed (--failed)"
+        )
+    idle = [j for j in jobs if not _busy(j)]
+    chosen = [j for j in idle if not (failed_only and j.status == JobStatus.SUCCESS)]
+    if chosen:
+        return chosen, ""
+    if busy:
+        first, doing = busy[0]
+        return [], f"nothing to retry yet: no job of run {run_id} has failed (job {first.id} is {doing})"
+    return [], f"nothing to retry: every job of run {run_id} succeeded"
+
+
+def retried(job: Job, now: float) -> Retried:
+    """An ended job queued again by the user: no node, no result, no branch until its next
+    attempt ends; a cancel is forgotten, and the retry budget starts over."""
+    return Retried(JobStatus.QUEUED, "", "waiting for a node", None, "", now, False, len(job.attempts))

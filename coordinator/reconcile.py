@@ -42,6 +42,7 @@ from coordinator.models import (
     Result,
     ResultStatus,
     Run,
+    RunStatus,
     run_status,
 )
 from coordinator.planner import Planner
@@ -56,8 +57,8 @@ log = logging.getLogger("flota.coordinator")
 TICK_S = 0.5
 
 
-def _fields(change: outcomes.AttemptEnd | outcomes.JobChange) -> dict[str, Any]:
-    """A change record's fields (outcomes.AttemptEnd, JobChange) by name."""
+def _fields(change: outcomes.AttemptEnd | outcomes.JobChange | outcomes.Retried) -> dict[str, Any]:
+    """A change record's fields (outcomes.AttemptEnd, JobChange, Retried) by name."""
     return {f.name: getattr(change, f.name) for f in fields(change)}
 
 
@@ -409,6 +410,38 @@ class Reconciler:
             cancelled.append(job.id)
         await asyncio.gather(*calls)
         return cancelled
+
+    def current_run(self, run_id: str) -> Run | None:
+        """The run as the loop has it: an active one, or the store's copy of an ended one,
+        whose jobs that still have an attempt out (being stopped) are the ones memory holds."""
+        run = self.runs.get(run_id)
+        if run is not None:
+            return run
+        run = self.store.get_run(run_id)
+        if run is not None:
+            held = {job.id: job for job, _ in self.attempts.values() if job.run_id == run_id}
+            run.jobs = [held.get(j.id, j) for j in run.jobs]
+        return run
+
+    def retry(self, run: Run, jobs: list[Job]) -> None:
+        """Queue ended jobs of `run` again (a user's retry, `outcomes.to_retry` chose them):
+        the jobs and their run, running again, are stored in one transaction, then memory
+        changes; a run that had ended is active again and ends again when its jobs do."""
+        now = self.wall()
+        changes = [(job, _fields(outcomes.retried(job, now))) for job in jobs]
+        self.store.retry(run.id, [replace(job, **c) for job, c in changes])
+        if self.runs.get(run.id) is not run:  # it had ended: `run` is from current_run()
+            self.runs[run.id] = run
+            for job in run.jobs:
+                self.jobs[job.id] = job
+        run.status, run.finished_at = RunStatus.RUNNING, 0.0
+        self._unwritten.discard(run.id)  # an end the store never took is moot now
+        for job, c in changes:
+            _set(job, c)
+            self.planner.forget(job.id)
+            self.hub.job(job, self.fleet.names)
+        log.info("run %s: %d jobs queued again by the user", run.id, len(jobs))
+        self.wake()
 
     async def _cancel_attempt(self, job: Job, attempt: Attempt) -> None:
         if self.dispatch.connected(attempt.node_id):

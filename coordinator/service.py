@@ -1,6 +1,6 @@
 """What the coordinator does for its callers: the API's only dependency.
 
-Submit, cancel, cleanup, drain, remove, tokens, secrets, enrollment and the queries.
+Submit, cancel, retry, cleanup, drain, remove, tokens, secrets, enrollment and the queries.
 Inputs are plain values (validate.py checks and translates requests); outputs are
 models; errors are the coordinator's own tree. Changes to the loop's state go through
 the reconciler, on the same event loop, so they need no locks.
@@ -13,6 +13,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from coordinator import outcomes
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import AlreadyExists, InvalidRequest, NotFound, PkiError, Refused
 from coordinator.fleet import NodeEntry
@@ -268,6 +269,26 @@ class Service:
             raise NotFound(f"no run or job {ident!r} (see: flota status)")
         jobs = run.jobs if run is not None else [self.job(ident)]
         return await rec.cancel(jobs)
+
+    def retry(self, ident: str, failed_only: bool) -> tuple[Run, list[Job]]:
+        """Run a job, or a run's jobs, again (`outcomes.to_retry` says which, or why not);
+        the run and the jobs queued again."""
+        check_id(ident, "run or job id")
+        run_id, dot, _ = ident.partition(".")
+        run = self.rec.current_run(run_id)
+        if dot:
+            job = next((j for j in run.jobs if j.id == ident), None) if run else None
+            if run is None or job is None:
+                raise NotFound(f"no job {ident!r} (see: flota status)")
+            jobs, why = outcomes.to_retry([job], failed_only)
+        else:
+            if run is None:
+                raise NotFound(f"no run {ident!r} (see: flota status)")
+            jobs, why = outcomes.to_retry(run.jobs, failed_only, run.id)
+        if why:
+            raise InvalidRequest(why)
+        self.rec.retry(run, jobs)
+        return run, jobs
 
     async def cleanup(self, run_id: str) -> tuple[int, list[str]]:
         """Worktrees removed on the nodes, and the nodes that could not be reached."""

@@ -92,6 +92,7 @@ _ADDED_COLUMNS = (
     ("nodes", "unreachable_after", "REAL NOT NULL DEFAULT 0"),
     ("nodes", "lost_after", "REAL NOT NULL DEFAULT 0"),
     ("attempts", "cause", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "budget_from", "INTEGER NOT NULL DEFAULT 0"),
 )
 # Before `cause` was a column, who closed an attempt was read from its error's wording:
 # a database from then gets the column filled in once, from those same words.
@@ -333,7 +334,7 @@ class Store:
     def _update_job(db: sqlite3.Connection, job: Job) -> None:
         db.execute(
             "UPDATE jobs SET status = ?, updated_at = ?, wait_reason = ?, node_id = ?, branch = ?, "
-            "result = ?, cancel_requested = ? WHERE id = ?",
+            "result = ?, cancel_requested = ?, budget_from = ? WHERE id = ?",
             (
                 job.status,
                 job.updated_at,
@@ -342,9 +343,17 @@ class Store:
                 job.branch,
                 _result_json(job.result),
                 int(job.cancel_requested),
+                job.budget_from,
                 job.id,
             ),
         )
+
+    def retry(self, run_id: str, jobs: Sequence[Job]) -> None:
+        """Jobs queued again by a user's retry, and their run running again: one transaction."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET status = 'running', finished_at = 0 WHERE id = ?", (run_id,))
+            for job in jobs:
+                self._update_job(db, job)
 
     def finish_run(self, run_id: str, status: str, finished_at: float) -> None:
         with self._tx() as db:
@@ -356,7 +365,7 @@ class Store:
 
     _JOB_COLS = (
         "id, run_id, idx, status, spec, created_at, updated_at, wait_reason, node_id, branch, result, "
-        "cancel_requested"
+        "cancel_requested, budget_from"
     )
     _RUN_COLS = "id, name, status, created_at, finished_at, repo_url, base_commit"
 
@@ -379,6 +388,7 @@ class Store:
             branch=row[9],
             result=_result_from(row[10]),
             cancel_requested=bool(row[11]),
+            budget_from=row[12],
             placement=JobPlacement(**placement),
             repo=Repo(**repo) if repo else None,
             **spec,

@@ -27,6 +27,8 @@ from coordinator.outcomes import (
     ended,
     late,
     reconnected,
+    retried,
+    to_retry,
 )
 
 NOW = 1_700_000_100.0
@@ -135,6 +137,91 @@ def test_an_older_attempt_goes_to_late() -> None:
     first, second = attempt(1, AttemptStatus.LOST, Cause.LOST), attempt(2)
     d = ended(job(first, second), first, result("failed"), NOW)
     assert d.late and d.job is None
+
+
+def test_a_retried_job_has_its_whole_budget_again() -> None:
+    # Two lost attempts used up max_attempts=2; the user retried (budget_from=2): the third,
+    # lost too, is tried again, as a first attempt would be; the fourth is the last.
+    olds = [attempt(1, AttemptStatus.LOST, Cause.LOST), attempt(2, AttemptStatus.LOST, Cause.LOST)]
+    third = attempt(3)
+    j = job(*olds, third, max_attempts=2)
+    j.budget_from = 2
+    d = ended(j, third, result("lost"), NOW, Cause.LOST)
+    assert d.job is not None and d.job.status == JobStatus.QUEUED and d.requeue
+    third.status = AttemptStatus.LOST
+    fourth = attempt(4)
+    j.attempts.append(fourth)
+    d = ended(j, fourth, result("lost"), NOW, Cause.LOST)
+    assert d.job is not None and d.job.status == JobStatus.LOST and not d.requeue
+
+
+# --- a user's retry ---------------------------------------------------------------------------
+
+
+def test_retried_queues_the_job_again_as_it_was_submitted() -> None:
+    first = attempt(1, AttemptStatus.FAILED)
+    j = job(first, status=JobStatus.CANCELLED, cancel=True)
+    j.result, j.branch = result("cancelled", branch="flota/r1/1"), "flota/r1/1"
+    r = retried(j, NOW)
+    assert (r.status, r.node_id, r.result, r.branch, r.updated_at) == (JobStatus.QUEUED, "", None, "", NOW)
+    assert (r.cancel_requested, r.budget_from, r.wait_reason) == (False, 1, "waiting for a node")
+    assert j.attempts == [first] and j.status == JobStatus.CANCELLED  # pure: the job is as it was
+
+
+def _run_job(index: int, status: JobStatus, *attempts: Attempt) -> Job:
+    j = Job(f"r1.{index}", "r1", index, "job", "shell", "true", status, 0.0, 0.0)
+    j.attempts.extend(attempts)
+    return j
+
+
+# (statuses of the run's jobs, one job (its index) or the run, --failed) ->
+# (indexes retried, or the refusal's words)
+S, F, L, C = JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.LOST, JobStatus.CANCELLED
+Q, R = JobStatus.QUEUED, JobStatus.RUNNING
+TO_RETRY = [
+    ((F,), 1, False, [1]),
+    ((S,), 1, False, [1]),  # a success runs again when asked
+    ((S,), 1, True, "nothing to retry: job r1.1 succeeded (without --failed it runs again)"),
+    ((C,), 1, True, [1]),  # cancelled, lost, timeout ...: not a success
+    ((R,), 1, False, "job r1.1 is still running; wait for it to end, or cancel it first"),
+    ((Q,), 1, True, "job r1.1 is still queued; wait for it to end, or cancel it first"),
+    ((S, F, L), None, False, [1, 2, 3]),
+    ((S, F, L), None, True, [2, 3]),
+    (
+        (F, R),
+        None,
+        False,
+        "run r1 still has job r1.2 running; wait for it to end, or retry only the jobs "
+        "that did not succeed (--failed)",
+    ),
+    ((F, R, S), None, True, [1]),  # the running job is left alone
+    ((S, R), None, True, "nothing to retry yet: no job of run r1 has failed (job r1.2 is running)"),
+    ((S, S), None, True, "nothing to retry: every job of run r1 succeeded"),
+]
+
+
+@pytest.mark.parametrize(("statuses", "which", "failed_only", "want"), TO_RETRY)
+def test_which_jobs_a_retry_takes(
+    statuses: tuple[JobStatus, ...], which: int | None, failed_only: bool, want: list[int] | str
+) -> None:
+    jobs = [_run_job(i, s) for i, s in enumerate(statuses, 1)]
+    picked, why = to_retry([jobs[which - 1]] if which else jobs, failed_only, "" if which else "r1")
+    if isinstance(want, str):
+        assert (picked, why) == ([], want)
+    else:
+        assert ([j.index for j in picked], why) == (want, "")
+
+
+def test_a_job_still_stopping_an_attempt_is_not_retried() -> None:
+    # It ended (a late success won), but the retry that lost is still being stopped.
+    out = attempt(2)
+    j = _run_job(1, JobStatus.SUCCESS, attempt(1, AttemptStatus.SUCCESS), out)
+    assert to_retry([j], False) == (
+        [],
+        "job r1.1 is still stopping attempt r1.1.a2; wait for it to end, or cancel it first",
+    )
+    out.status = AttemptStatus.CANCELLED
+    assert to_retry([j], False) == ([j], "")
 
 
 # --- late results ---------------------------------------------------------------------------

@@ -1027,6 +1027,63 @@ class CleanupReply(_message.Message):
 Global___CleanupReply: _TypeAlias = CleanupReply  # noqa: Y015
 
 @_typing.final
+class RetryRequest(_message.Message):
+    """A job, or every job of a run, queued again: a new attempt each, its earlier attempts
+    kept, a fresh attempt budget; the run is running again until they end. Refused while
+    a job named is still queued or running.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """a run or a job"""
+    failed: _builtins.bool
+    """only the jobs whose final status is not success"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        failed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryRequest: _TypeAlias = RetryRequest  # noqa: Y015
+
+@_typing.final
+class RetryReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETRIED_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def retried(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """job ids, queued again"""
+
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """their run, as it is now"""
+
+    def __init__(
+        self,
+        *,
+        retried: _abc.Iterable[_builtins.str] | None = ...,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retried", b"retried", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryReply: _TypeAlias = RetryReply  # noqa: Y015
+
+@_typing.final
 class JoinRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

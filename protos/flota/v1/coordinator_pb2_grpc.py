@@ -89,6 +89,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.FromString,
                 _registered_method=True)
+        self.Retry = channel.unary_unary(
+                '/flota.v1.Coordinator/Retry',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RetryRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RetryReply.FromString,
+                _registered_method=True)
         self.DrainNode = channel.unary_unary(
                 '/flota.v1.Coordinator/DrainNode',
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.DrainNodeRequest.SerializeToString,
@@ -187,6 +192,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retry(self, request, context):
+        """Runs ended jobs again, as new attempts of the same jobs with the same spec.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DrainNode(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -274,6 +286,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Cleanup,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.SerializeToString,
+            ),
+            'Retry': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retry,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RetryRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.RetryReply.SerializeToString,
             ),
             'DrainNode': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainNode,
@@ -598,6 +615,33 @@ class Coordinator:
             '/flota.v1.Coordinator/Cleanup',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.SerializeToString,
             protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flota.v1.Coordinator/Retry',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.RetryRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.RetryReply.FromString,
             options,
             channel_credentials,
             insecure,

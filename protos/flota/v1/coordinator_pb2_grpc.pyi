@@ -51,6 +51,8 @@ class CoordinatorStub:
     StreamLogs: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.StreamLogsRequest, _coordinator_pb2.LogChunk]
     Cancel: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]
     Cleanup: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]
+    Retry: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RetryRequest, _coordinator_pb2.RetryReply]
+    """Runs ended jobs again, as new attempts of the same jobs with the same spec."""
     DrainNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RemoveNodeRequest, _coordinator_pb2.RemoveNodeReply]
     SetSecret: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SetSecretRequest, _coordinator_pb2.SecretsReply]
@@ -74,6 +76,8 @@ class CoordinatorAsyncStub(CoordinatorStub):
     StreamLogs: _aio.UnaryStreamMultiCallable[_coordinator_pb2.StreamLogsRequest, _coordinator_pb2.LogChunk]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]  # type: ignore[assignment]
     Cleanup: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]  # type: ignore[assignment]
+    Retry: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RetryRequest, _coordinator_pb2.RetryReply]  # type: ignore[assignment]
+    """Runs ended jobs again, as new attempts of the same jobs with the same spec."""
     DrainNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]  # type: ignore[assignment]
     RemoveNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RemoveNodeRequest, _coordinator_pb2.RemoveNodeReply]  # type: ignore[assignment]
     SetSecret: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SetSecretRequest, _coordinator_pb2.SecretsReply]  # type: ignore[assignment]
@@ -160,6 +164,14 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.CleanupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.CleanupReply, _abc.Awaitable[_coordinator_pb2.CleanupReply]]: ...
+
+    @_abc_1.abstractmethod
+    def Retry(
+        self,
+        request: _coordinator_pb2.RetryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RetryReply, _abc.Awaitable[_coordinator_pb2.RetryReply]]:
+        """Runs ended jobs again, as new attempts of the same jobs with the same spec."""
 
     @_abc_1.abstractmethod
     def DrainNode(
