@@ -137,6 +137,11 @@ class Client:
         """Cancel a run (RUN id) or one job (RUN.N id)."""
         return self._unary(self._stub.Cancel, pb.CancelRequest(id=ident))
 
+    def retry(self, ident: str, failed_only: bool = False) -> pb.RetryReply:
+        """Run a job (RUN.N) or a run's jobs (RUN) again; `failed_only`: only those that
+        did not succeed."""
+        return self._unary(self._stub.Retry, pb.RetryRequest(id=ident, failed=failed_only))
+
     def cleanup(self, run_id: str) -> pb.CleanupReply:
         return self._unary(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id), GIT_CALL_TIMEOUT_S)
 

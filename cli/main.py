@@ -4,7 +4,8 @@ started by exec'ing their own entry points (`python -m coordinator|node_agent`).
 This module is the app: the global options, `main()`, and the table of nouns. Each noun's
 commands live in their own module (Nomad's `command/` layout):
 
-    runs.py         run, status, results, compare, logs, cancel, cleanup
+    runs.py         run, status, results, compare, logs, cancel, retry, cleanup
+    checkout.py     checkout, diff (a job's branch in the user's repository)
     nodes.py        nodes; node start, drain, remove, join
     coordinator.py  coordinator start
     tokens.py       token create
@@ -33,7 +34,7 @@ try:  # typer 0.29+ vendors click: its commands are that click's, not the packag
 except ImportError:  # pragma: no cover (older typer)
     import click  # type: ignore[no-redef]
 
-from cli import __version__, doctor, local, runs, version
+from cli import __version__, checkout, doctor, local, runs, version
 from cli.client import CliError
 from cli.config import load_defaults
 from cli.coordinator import coordinator_app
@@ -61,6 +62,9 @@ for _name, _command in (
     ("compare", runs.compare),
     ("logs", runs.logs),
     ("cancel", runs.cancel),
+    ("retry", runs.retry),
+    ("checkout", checkout.checkout),
+    ("diff", checkout.diff),
     ("cleanup", runs.cleanup),
     ("doctor", doctor.doctor),
     ("up", local.up),

@@ -1,4 +1,4 @@
-"""`flota run|status|results|compare|logs|cancel|cleanup`: runs, their jobs and their results."""
+"""`flota run|status|results|compare|logs|cancel|retry|cleanup`: runs, their jobs and their results."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from cli.render import (
 )
 from protos.flota.v1 import coordinator_pb2, types_pb2
 
-__all__ = ["cancel", "cleanup", "compare", "logs", "results", "run", "status"]
+__all__ = ["cancel", "cleanup", "compare", "logs", "results", "retry", "run", "status"]
 
 
 def _parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -184,26 +184,28 @@ def run(
                 if job.wait_reason and job.wait_reason != "waiting for a node":
                     console.print(f"  {job.id}: {job.wait_reason}", markup=False, highlight=False)
         return
+    _follow(client, submitted, o.json, "was submitted")
+
+
+def _follow(client: Client, run_msg: coordinator_pb2.Run, as_json: bool, done: str) -> None:
+    """Watch a run until it ends, then print its results; exit 1 unless it succeeded."""
     from cli.follow import follow_run
 
-    if not o.json:
-        console.print(
-            f"run {submitted.id}: {count(len(submitted.jobs), 'job')} (Ctrl-C stops watching, not the run)"
-        )
+    if not as_json:
+        jobs = count(len(run_msg.jobs), "job")
+        console.print(f"run {run_msg.id}: {jobs} (Ctrl-C stops watching, not the run)")
     try:
-        final = follow_run(client, submitted, live=not o.json and console.is_terminal, quiet=o.json)
+        final = follow_run(client, run_msg, live=not as_json and console.is_terminal, quiet=as_json)
     except KeyboardInterrupt:
         print(
-            f"flota: stopped watching; run {submitted.id} goes on (flota status {submitted.id}, "
-            f"flota cancel {submitted.id})",
+            f"flota: stopped watching; run {run_msg.id} goes on (flota status {run_msg.id}, "
+            f"flota cancel {run_msg.id})",
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
     except CliError as exc:
-        raise CliError(
-            f"{exc}; run {submitted.id} was submitted (flota status {submitted.id})", exc.code
-        ) from None
-    if o.json:
+        raise CliError(f"{exc}; run {run_msg.id} {done} (flota status {run_msg.id})", exc.code) from None
+    if as_json:
         print_json(to_dict(final))
     else:
         console.print(results_table(final))
@@ -324,6 +326,27 @@ def cancel(ctx: typer.Context, ident: Annotated[str, typer.Argument(metavar="RUN
             console.print(f"cancelled {count(len(reply.cancelled), 'job')}: {' '.join(reply.cancelled)}")
         else:
             console.print("nothing to cancel: it has already ended")
+
+
+def retry(
+    ctx: typer.Context,
+    ident: Annotated[str, typer.Argument(metavar="JOB|RUN", help="A job, or a run: every job of it.")],
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Only the jobs whose final status is not success.")
+    ] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Show progress, then the results.")] = False,
+) -> None:
+    """Run a job, or a run's jobs, again: new attempts of the same jobs, with the same spec."""
+    o = options(ctx)
+    client = o.client()
+    reply = client.retry(ident, failed)
+    if follow:
+        _follow(client, reply.run, o.json, "is running again")
+    elif o.json:
+        print_json(to_dict(reply))
+    else:
+        jobs = f"{count(len(reply.retried), 'job')}: {' '.join(reply.retried)}"
+        console.print(f"run {reply.run.id}: {jobs} queued again (see: flota status {reply.run.id})")
 
 
 def cleanup(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:

@@ -652,6 +652,7 @@ def _coordinator_seeds(d: Daemons) -> dict[str, list[bytes]]:
         "StreamLogs": [coordinator_pb2.StreamLogsRequest(job_id=d.final_job, follow=True)],
         "Cancel": [coordinator_pb2.CancelRequest(id=d.final_run)],
         "Cleanup": [coordinator_pb2.CleanupRequest(run_id=d.final_run)],
+        "Retry": [coordinator_pb2.RetryRequest(id="r000000.1", failed=True)],  # no such job: nothing runs
         "DrainNode": [coordinator_pb2.DrainNodeRequest(node="ghost", undo=True)],
         "CreateToken": [coordinator_pb2.CreateTokenRequest(ttl_s=60)],
         "ListRuns": [coordinator_pb2.ListRunsRequest(limit=5)],
