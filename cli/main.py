@@ -5,6 +5,7 @@ This module is the app: the global options, `main()`, and the table of nouns. Ea
 commands live in their own module (Nomad's `command/` layout):
 
     runs.py         run, status, results, compare, logs, cancel, cleanup
+    events.py       events
     nodes.py        nodes; node start, drain, remove, join
     coordinator.py  coordinator start
     tokens.py       token create
@@ -33,7 +34,7 @@ try:  # typer 0.29+ vendors click: its commands are that click's, not the packag
 except ImportError:  # pragma: no cover (older typer)
     import click  # type: ignore[no-redef]
 
-from cli import __version__, doctor, local, runs, version
+from cli import __version__, doctor, events, local, runs, version
 from cli.client import CliError
 from cli.config import load_defaults
 from cli.coordinator import coordinator_app
@@ -62,6 +63,7 @@ for _name, _command in (
     ("logs", runs.logs),
     ("cancel", runs.cancel),
     ("cleanup", runs.cleanup),
+    ("events", events.events),
     ("doctor", doctor.doctor),
     ("up", local.up),
     ("down", local.down),
