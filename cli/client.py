@@ -128,6 +128,10 @@ class Client:
         end the stream early (the watcher fell behind): then it ends without the run."""
         return self._stream(self._stub.WatchRun, pb.WatchRunRequest(run_id=run_id), None)
 
+    def stream_events(self, since: int, topics: list[str]) -> Iterator[pb.Event]:
+        """The fleet's events after `since` (0: the current state first); never ends by itself."""
+        return self._stream(self._stub.StreamEvents, pb.StreamEventsRequest(since=since, topics=topics), None)
+
     def stream_logs(self, job_id: str, follow: bool) -> Iterator[pb.LogChunk]:
         """A job's output, every attempt; with `follow`, until the job ends."""
         request = pb.StreamLogsRequest(job_id=job_id, follow=follow)

@@ -6,6 +6,7 @@ commands live in their own module (Nomad's `command/` layout):
 
     runs.py         run, status, results, compare, logs, cancel, retry, cleanup
     checkout.py     checkout, diff (a job's branch in the user's repository)
+    events.py       events
     nodes.py        nodes; node start, drain, remove, join
     coordinator.py  coordinator start
     tokens.py       token create
@@ -34,7 +35,7 @@ try:  # typer 0.29+ vendors click: its commands are that click's, not the packag
 except ImportError:  # pragma: no cover (older typer)
     import click  # type: ignore[no-redef]
 
-from cli import __version__, checkout, doctor, local, runs, version
+from cli import __version__, checkout, doctor, events, local, runs, version
 from cli.client import CliError
 from cli.config import load_defaults
 from cli.coordinator import coordinator_app
@@ -66,6 +67,7 @@ for _name, _command in (
     ("checkout", checkout.checkout),
     ("diff", checkout.diff),
     ("cleanup", runs.cleanup),
+    ("events", events.events),
     ("doctor", doctor.doctor),
     ("up", local.up),
     ("down", local.down),

@@ -19,6 +19,7 @@ import grpc
 from coordinator import errors, validate
 from coordinator.convert import job_to_pb, node_status_to_pb, run_to_pb
 from coordinator.service import NodeStatus, Service
+from coordinator.stream import Topics, parse_topics
 from protos.contract import fingerprint
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
 from protos.peer import peer_role
@@ -26,6 +27,7 @@ from protos.peer import peer_role
 __all__ = ["CODES", "CoordinatorServicer", "EnrollmentServicer"]
 
 T = TypeVar("T")
+SNAPSHOT_RUNS = 100  # the most recent runs in an event stream's snapshot (live ones with their jobs)
 
 LOG_CHUNK_BYTES = 1 << 20
 
@@ -211,6 +213,37 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     return
         finally:
             hub.unwatch(request.run_id, watcher)
+
+    @_stream_role("admin")
+    async def StreamEvents(
+        self, request: coordinator_pb2.StreamEventsRequest, context: Any
+    ) -> AsyncIterator[coordinator_pb2.Event]:
+        topics = parse_topics(list(request.topics))
+        log = self.service.rec.hub.stream
+        reader = log.attach(topics)  # before reading: nothing published from here on slips by
+        try:
+            replayed = log.replay(request.since) if request.since else None
+            for event in replayed if replayed is not None else self._snapshot(topics):
+                if topics.wants(event):
+                    yield event
+            while True:
+                live = await reader.next()
+                if live is None:  # it fell behind: the state as it is now, then on
+                    reader.resume()
+                    for event in self._snapshot(topics):
+                        yield event
+                    continue
+                yield live
+        finally:
+            log.detach(reader)
+
+    def _snapshot(self, topics: Topics) -> list[coordinator_pb2.Event]:
+        names = self._names()
+        nodes = [self._status(s) for s in self.service.nodes()] if topics.wants_kind("node") else []
+        runs = self.service.runs(SNAPSHOT_RUNS) if topics.wants_kind("run", "job") else []
+        jobs = [job_to_pb(j, names) for r in runs for j in r.jobs] if topics.wants_kind("job") else []
+        runs_pb = [run_to_pb(r, names, with_jobs=False) for r in runs]
+        return self.service.rec.hub.stream.snapshot(nodes, runs_pb, jobs, topics)
 
     @_stream_role("admin")
     async def StreamLogs(

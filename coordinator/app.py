@@ -23,6 +23,7 @@ import psutil
 
 from coordinator.api import CoordinatorServicer, EnrollmentServicer
 from coordinator.config import CoordinatorConfig
+from coordinator.convert import node_status_to_pb
 from coordinator.discovery import Discovery
 from coordinator.dispatch import Link
 from coordinator.errors import ConfigError, PkiError
@@ -31,9 +32,10 @@ from coordinator.pki import CertificateAuthority, KeyPair, read_private, write_p
 from coordinator.reconcile import Reconciler
 from coordinator.service import Service
 from coordinator.store import Store
+from coordinator.stream import watch_nodes
 from protos import statelock
 from protos.channels import SERVER_OPTIONS, CallGate
-from protos.flota.v1 import coordinator_pb2_grpc
+from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 __all__ = ["serve", "Coordinator"]
 
@@ -108,6 +110,9 @@ class Coordinator:
         )
         link.start()
         return link
+
+    def _node_statuses(self) -> list[coordinator_pb2.NodeStatus]:
+        return [node_status_to_pb(s.entry, s.address, s.error) for s in self.service.nodes()]
 
     async def run(
         self, stop: asyncio.Event, ready: Callable[[str, dict[str, object]], None] | None = None
@@ -185,6 +190,7 @@ class Coordinator:
             # record a closing link as a failure.
             async with self.rec.background(), asyncio.TaskGroup() as tg:
                 loop_task = tg.create_task(self.rec.run())
+                nodes_task = tg.create_task(watch_nodes(self.rec.hub.stream, self._node_statuses))
                 if discovery:
                     try:
                         await discovery.start()
@@ -194,6 +200,7 @@ class Coordinator:
                 await stop.wait()
                 log.info("stopping")
                 loop_task.cancel()
+                nodes_task.cancel()
         finally:
             await api.stop(grace=1.0)
             await join.stop(grace=0)

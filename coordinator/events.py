@@ -1,13 +1,16 @@
-"""Live updates for watchers of a run (WatchRun) and of a job's log (StreamLogs)."""
+"""Live updates for watchers of a run (WatchRun), of a job's log (StreamLogs), and for the
+fleet's event stream (`stream`, StreamEvents): every change of a run or job passes here."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable
 
 from coordinator.convert import job_to_pb, run_to_pb
 from coordinator.models import Job, Run
+from coordinator.stream import EventLog
 from protos.flota.v1 import coordinator_pb2
 
 __all__ = ["RunHub", "Watcher"]
@@ -26,9 +29,10 @@ class Watcher:
 
 
 class RunHub:
-    def __init__(self) -> None:
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
         self._runs: dict[str, set[Watcher]] = defaultdict(set)
         self._logs: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.stream = EventLog(wall)
 
     def watch(self, run_id: str, logs: bool = False) -> Watcher:
         watcher = Watcher(logs)
@@ -52,8 +56,21 @@ class RunHub:
             watcher.queue.put_nowait(event)
 
     def job(self, job: Job, names: Callable[[], dict[str, str]]) -> None:
-        if job.run_id in self._runs:  # built only for a run someone watches
-            self._put(job.run_id, coordinator_pb2.RunEvent(job=job_to_pb(job, names())))
+        built: list[coordinator_pb2.Job] = []  # built once, only for someone who may read it
+
+        def message() -> coordinator_pb2.Job:
+            if not built:
+                built.append(job_to_pb(job, names()))
+            return built[0]
+
+        if job.run_id in self._runs:
+            self._put(job.run_id, coordinator_pb2.RunEvent(job=message()))
+        self.stream.publish(f"job.{job.status}", lambda: coordinator_pb2.Event(job=message()))
+
+    def run_created(self, run: Run, names: Callable[[], dict[str, str]]) -> None:
+        self.stream.publish("run.created", lambda: coordinator_pb2.Event(run=run_to_pb(run, {}, False)))
+        for job in run.jobs:
+            self.job(job, names)
 
     def log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
         run_id = job_id.partition(".")[0]
@@ -66,6 +83,7 @@ class RunHub:
     def run_ended(self, run: Run, names: Callable[[], dict[str, str]]) -> None:
         if run.id in self._runs:
             self._put(run.id, coordinator_pb2.RunEvent(run=run_to_pb(run, names())))
+        self.stream.publish("run.ended", lambda: coordinator_pb2.Event(run=run_to_pb(run, {}, False)))
         for job in run.jobs:
             for waiter in self._logs.get(job.id, ()):
                 waiter.set()

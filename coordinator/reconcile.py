@@ -98,7 +98,7 @@ class Reconciler:
         self.config = config
         self.clock = clock
         self.wall = wall
-        self.hub = RunHub()
+        self.hub = RunHub(wall)
         self.fleet = Fleet()
         self.dispatch = Dispatcher(make_link)
         self.logs = LogBook(store, self.keyring, self.hub)
@@ -385,6 +385,7 @@ class Reconciler:
         self.runs[run.id] = run
         for job in run.jobs:
             self.jobs[job.id] = job
+        self.hub.run_created(run, self.fleet.names)
         self.wake()
 
     async def cancel(self, jobs: list[Job]) -> list[str]:

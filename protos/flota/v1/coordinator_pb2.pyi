@@ -1136,3 +1136,77 @@ class JoinReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JoinReply: _TypeAlias = JoinReply  # noqa: Y015
+
+@_typing.final
+class StreamEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    TOPICS_FIELD_NUMBER: _builtins.int
+    since: _builtins.int
+    """0: start with the current state"""
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """node | run | job, each optionally narrowed: node:NAME, run:RUN, job:RUN or job:JOB. None: all."""
+
+    def __init__(
+        self,
+        *,
+        since: _builtins.int = ...,
+        topics: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "topics", b"topics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """increases with every event, across coordinator restarts too"""
+    type: _builtins.str
+    """resync | live | node.snapshot | run.snapshot | job.snapshot | node.joined | node.updated |
+    node.facts | node.removed | run.created | run.updated | run.ended | job.<job status>
+    """
+    at: _builtins.float
+    """unix seconds"""
+    @_builtins.property
+    def node(self) -> Global___NodeStatus: ...
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """without its jobs: each job is an event of its own"""
+
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """with its attempts"""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        type: _builtins.str = ...,
+        at: _builtins.float = ...,
+        node: Global___NodeStatus | None = ...,
+        run: Global___Run | None = ...,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "node", b"node", "run", b"run", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "index", b"index", "job", b"job", "node", b"node", "run", b"run", "subject", b"subject", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["node", "run", "job"]  # noqa: Y015
+    _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015

@@ -119,6 +119,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.ListSecretsRequest.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.FromString,
                 _registered_method=True)
+        self.StreamEvents = channel.unary_stream(
+                '/flota.v1.Coordinator/StreamEvents',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.Event.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -229,6 +234,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamEvents(self, request, context):
+        """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
+        From `since` (an index this stream gave) the events after it; otherwise, or when the
+        reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -316,6 +330,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListSecrets,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.ListSecretsRequest.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.SerializeToString,
+            ),
+            'StreamEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEvents,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.StreamEventsRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.Event.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -777,6 +796,33 @@ class Coordinator:
             '/flota.v1.Coordinator/ListSecrets',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.ListSecretsRequest.SerializeToString,
             protos_dot_flota_dot_v1_dot_coordinator__pb2.SecretsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flota.v1.Coordinator/StreamEvents',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.StreamEventsRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,

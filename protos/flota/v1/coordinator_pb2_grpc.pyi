@@ -58,6 +58,11 @@ class CoordinatorStub:
     SetSecret: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SetSecretRequest, _coordinator_pb2.SecretsReply]
     DeleteSecret: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DeleteSecretRequest, _coordinator_pb2.SecretsReply]
     ListSecrets: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ListSecretsRequest, _coordinator_pb2.SecretsReply]
+    StreamEvents: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.StreamEventsRequest, _coordinator_pb2.Event]
+    """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
+    From `since` (an index this stream gave) the events after it; otherwise, or when the
+    reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -83,6 +88,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     SetSecret: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SetSecretRequest, _coordinator_pb2.SecretsReply]  # type: ignore[assignment]
     DeleteSecret: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DeleteSecretRequest, _coordinator_pb2.SecretsReply]  # type: ignore[assignment]
     ListSecrets: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ListSecretsRequest, _coordinator_pb2.SecretsReply]  # type: ignore[assignment]
+    StreamEvents: _aio.UnaryStreamMultiCallable[_coordinator_pb2.StreamEventsRequest, _coordinator_pb2.Event]  # type: ignore[assignment]
+    """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
+    From `since` (an index this stream gave) the events after it; otherwise, or when the
+    reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+    """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -207,6 +217,17 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.ListSecretsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.SecretsReply, _abc.Awaitable[_coordinator_pb2.SecretsReply]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamEvents(
+        self,
+        request: _coordinator_pb2.StreamEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.Event], _abc.AsyncIterator[_coordinator_pb2.Event]]:
+        """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
+        From `since` (an index this stream gave) the events after it; otherwise, or when the
+        reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+        """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -1,0 +1,178 @@
+"""`flota events` and StreamEvents against a real coordinator and node (issue 16: one
+event stream first): the snapshot, live events in order, resuming from an index, topics,
+a coordinator restart."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fleet import Fleet, wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Events:
+    """`flota --json events ARGS` running, its NDJSON lines read as they come."""
+
+    def __init__(self, fleet: Fleet, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [fleet.python, "-m", "cli", "--json", "events", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=fleet.env,
+            cwd=fleet.home,
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def until(self, check: Any, timeout: float = 30.0, what: str = "event") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
+                continue
+            self.seen.append(event)
+            if check(event):
+                return event
+        raise AssertionError(f"no {what} within {timeout}s; saw {[e['type'] for e in self.seen]}")
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        return self.proc.stderr.read() if self.proc.stderr else ""
+
+
+def _of(kind: str, ident: str = "") -> Any:
+    def check(e: dict[str, Any]) -> bool:
+        if e["type"] != kind:
+            return False
+        subject = e.get("job") or e.get("run") or (e.get("node") or {}).get("info") or {}
+        return not ident or subject.get("id") == ident or subject.get("name") == ident
+
+    return check
+
+
+def test_snapshot_then_every_change_in_order(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    wait_until(lambda: fleet.json("nodes")[0]["state"] == "online", what="node online")
+    stream = Events(fleet)
+    try:
+        stream.until(_of("resync"))
+        node = stream.until(_of("node.snapshot", "solo"))
+        assert node["node"]["state"] == "online"
+        live = stream.until(_of("live"))
+        run = fleet.json("run", "echo hello")
+        stream.until(_of("run.created", run["id"]))
+        job_id = run["jobs"][0]["id"]
+        ended = stream.until(_of("run.ended", run["id"]))
+        assert ended["run"]["status"] == "success"
+        after = stream.seen[stream.seen.index(live) + 1 :]
+        statuses = [e["job"]["status"] for e in after if e.get("job", {}).get("id") == job_id]
+        assert statuses[0] == "queued" and statuses[-1] == "success", statuses
+        assert "running" in statuses or "dispatching" in statuses, statuses
+        indexes = [e["index"] for e in after]
+        assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes)
+        assert all(i > live["index"] for i in indexes)
+
+        fleet.flota("node", "drain", "solo", check=True)
+        drained = stream.until(_of("node.updated", "solo"))
+        assert drained["node"]["state"] == "draining"
+    finally:
+        stream.stop()
+
+
+def test_resume_from_an_index_gives_what_was_missed_once(fleet: Fleet) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    first = Events(fleet, "--topic", "job", "--topic", "run")
+    first.until(_of("live"))
+    one = fleet.json("run", "echo one")
+    last = first.until(_of("run.ended", one["id"]))
+    first.stop()  # gone for a while: another run happens meanwhile
+    two = fleet.json("run", "-t", "echo two", "-t", "echo three")
+    wait_until(lambda: fleet.json("status", two["id"])["status"] == "success", what="second run")
+
+    again = Events(fleet, "--since", str(last["index"]), "--topic", "job", "--topic", "run")
+    try:
+        ended = again.until(_of("run.ended", two["id"]))
+        missed = again.seen
+        assert missed[0]["type"] == "run.created" and missed[0]["run"]["id"] == two["id"]
+        assert "resync" not in [e["type"] for e in missed]  # replayed, not resynced
+        assert [e["index"] for e in missed] == sorted({e["index"] for e in missed})
+        assert missed[0]["index"] == last["index"] + 1 or all(e["index"] > last["index"] for e in missed)
+        done = {e["job"]["id"] for e in missed if e["type"] == "job.success"}
+        assert done == {f"{two['id']}.1", f"{two['id']}.2"}
+        assert ended is missed[-1]
+    finally:
+        again.stop()
+
+
+def test_topics_narrow_the_stream(fleet: Fleet) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    mine = fleet.json("run", "--cpus", "999", "echo mine")  # waits: its job is in the snapshot
+    stream = Events(fleet, "--topic", f"job:{mine['id']}")
+    try:
+        snapshot = stream.until(_of("job.snapshot", f"{mine['id']}.1"))
+        assert snapshot["job"]["status"] == "queued"
+        stream.until(_of("live"))
+        fleet.flota("cancel", mine["id"], check=True)
+        mark = stream.until(_of("job.cancelled", f"{mine['id']}.1"))["index"]
+        stream.stop()
+        other = fleet.json("run", "sleep 0.3")
+        mine = fleet.json("run", "sleep 0.3")
+        stream = Events(fleet, "--since", str(mark), "--topic", f"job:{mine['id']}")
+        stream.until(_of("job.success", f"{mine['id']}.1"), what="my job's end")
+        wait_until(lambda: fleet.json("status", other["id"])["status"] == "success", what="other run")
+        time.sleep(0.5)
+        while not stream.lines.empty():
+            stream.seen.append(stream.lines.get())
+        subjects = {(e.get("job") or {}).get("run_id") for e in stream.seen if "job" in e}
+        assert subjects == {mine["id"]}, stream.seen
+        assert not any("node" in e or "run" in e for e in stream.seen)
+    finally:
+        stream.stop()
+    bad = fleet.flota("events", "--topic", "jobs")
+    assert bad.returncode == 2 and bad.stderr.startswith("flota: invalid topic 'jobs'"), bad.stderr
+
+
+def test_a_restarted_coordinator_resyncs_the_reader(fleet: Fleet) -> None:
+    api = fleet.start_coordinator()["api"]
+    fleet.start_node("solo")
+    stream = Events(fleet)
+    try:
+        stream.until(_of("live"))
+        fleet.stop("coordinator")
+        time.sleep(1)  # the reader notices, says so, and tries again
+        fleet.start_coordinator(listen=api)  # same state: the reader reconnects by itself
+        resync = stream.until(_of("resync"), timeout=40)
+        assert resync["index"] > stream.seen[0]["index"]  # indexes grow across restarts
+        stream.until(_of("live"))
+        run = fleet.json("run", "echo after")
+        stream.until(_of("run.ended", run["id"]))
+    finally:
+        err = stream.stop()
+    assert "reconnecting" in err
