@@ -72,6 +72,10 @@ class RunHub:
         for job in run.jobs:
             self.job(job, names)
 
+    def run_updated(self, run: Run) -> None:
+        """A run that had ended is running again (a user's retry)."""
+        self.stream.publish("run.updated", lambda: coordinator_pb2.Event(run=run_to_pb(run, {}, False)))
+
     def log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
         run_id = job_id.partition(".")[0]
         if any(w.logs for w in self._runs.get(run_id, ())):

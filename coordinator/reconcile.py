@@ -437,6 +437,7 @@ class Reconciler:
                 self.jobs[job.id] = job
         run.status, run.finished_at = RunStatus.RUNNING, 0.0
         self._unwritten.discard(run.id)  # an end the store never took is moot now
+        self.hub.run_updated(run)
         for job, c in changes:
             _set(job, c)
             self.planner.forget(job.id)

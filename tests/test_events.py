@@ -176,3 +176,22 @@ def test_a_restarted_coordinator_resyncs_the_reader(fleet: Fleet) -> None:
     finally:
         err = stream.stop()
     assert "reconnecting" in err
+
+
+def test_a_retry_is_in_the_stream(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    marker = tmp_path / "second-time"
+    run = fleet.json("run", f"test -e {marker} || {{ touch {marker}; exit 3; }}")
+    wait_until(lambda: fleet.json("status", run["id"])["status"] == "failed", what="first attempt fails")
+    stream = Events(fleet, "--topic", f"run:{run['id']}", "--topic", f"job:{run['id']}")
+    try:
+        stream.until(_of("live"))
+        fleet.flota("retry", run["id"], check=True)
+        again = stream.until(_of("run.updated", run["id"]))
+        assert again["run"]["status"] in ("running", "waiting")
+        stream.until(_of("job.queued", f"{run['id']}.1"))
+        ended = stream.until(_of("run.ended", run["id"]))
+        assert ended["run"]["status"] == "success"
+    finally:
+        stream.stop()
