@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -28,7 +28,7 @@ from protos.contract import COORDINATOR_SERVER_NAME, flota_home
 from protos.flota.v1 import coordinator_pb2 as pb
 from protos.flota.v1 import coordinator_pb2_grpc
 
-__all__ = ["EXIT_FAILED", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError", "Client", "flota_home"]
+__all__ = ["EXIT_FAILED", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError", "Client", "Stream", "flota_home"]
 
 EXIT_FAILED = 1  # a run or job did not succeed
 EXIT_USAGE = 2  # bad input: unknown id, malformed flag, refused request
@@ -123,16 +123,16 @@ class Client:
     def get_job(self, job_id: str) -> pb.Job:
         return self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
 
-    def watch_run(self, run_id: str) -> Iterator[pb.RunEvent]:
+    def watch_run(self, run_id: str) -> Stream[pb.RunEvent]:
         """The run's jobs, then each change; the last event is the run. The coordinator may
         end the stream early (the watcher fell behind): then it ends without the run."""
         return self._stream(self._stub.WatchRun, pb.WatchRunRequest(run_id=run_id), None)
 
-    def stream_events(self, since: int, topics: list[str]) -> Iterator[pb.Event]:
+    def stream_events(self, since: int, topics: list[str]) -> Stream[pb.Event]:
         """The fleet's events after `since` (0: the current state first); never ends by itself."""
         return self._stream(self._stub.StreamEvents, pb.StreamEventsRequest(since=since, topics=topics), None)
 
-    def stream_logs(self, job_id: str, follow: bool) -> Iterator[pb.LogChunk]:
+    def stream_logs(self, job_id: str, follow: bool) -> Stream[pb.LogChunk]:
         """A job's output, every attempt; with `follow`, until the job ends."""
         request = pb.StreamLogsRequest(job_id=job_id, follow=follow)
         return self._stream(self._stub.StreamLogs, request, None if follow else GIT_CALL_TIMEOUT_S)
@@ -192,11 +192,38 @@ class Client:
         method: grpc.UnaryStreamMultiCallable[_Request, _Reply],
         request: _Request,
         timeout: float | None,
-    ) -> Iterator[_Reply]:
+    ) -> Stream[_Reply]:
+        return Stream(lambda: method(request, timeout=timeout), self.address)
+
+
+class Stream(Iterator[_Reply]):
+    """A server stream: iterate it (errors become CliError, as for a unary call); `cancel()`
+    ends it from another thread (a view that stops following a log)."""
+
+    def __init__(self, start: Callable[[], Any], address: str) -> None:
+        self._start, self._address = start, address
+        self._call: Any = None
+        self._cancelled = False
+
+    def __iter__(self) -> Stream[_Reply]:
+        return self
+
+    def __next__(self) -> _Reply:
+        if self._call is None:
+            if self._cancelled:
+                raise StopIteration
+            self._call = self._start()
         try:
-            yield from method(request, timeout=timeout)
+            return next(self._call)  # type: ignore[no-any-return]
         except grpc.RpcError as exc:
-            raise _translate(exc, self.address) from None
+            if self._cancelled and exc.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise _translate(exc, self._address) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._call is not None:
+            self._call.cancel()
 
 
 def _wait_saying(call: grpc.Future[_Reply], waiting: str) -> _Reply:

@@ -7,6 +7,7 @@ commands live in their own module (Nomad's `command/` layout):
     runs.py         run, status, results, compare, logs, cancel, retry, cleanup
     checkout.py     checkout, diff (a job's branch in the user's repository)
     events.py       events
+    top/            top (the terminal UI)
     nodes.py        nodes; node start, drain, remove, join
     coordinator.py  coordinator start
     tokens.py       token create
@@ -35,7 +36,7 @@ try:  # typer 0.29+ vendors click: its commands are that click's, not the packag
 except ImportError:  # pragma: no cover (older typer)
     import click  # type: ignore[no-redef]
 
-from cli import __version__, checkout, doctor, events, local, runs, version
+from cli import __version__, checkout, doctor, events, local, runs, top, version
 from cli.client import CliError
 from cli.config import load_defaults
 from cli.coordinator import coordinator_app
@@ -68,6 +69,7 @@ for _name, _command in (
     ("diff", checkout.diff),
     ("cleanup", runs.cleanup),
     ("events", events.events),
+    ("top", top.top),
     ("doctor", doctor.doctor),
     ("up", local.up),
     ("down", local.down),
