@@ -151,15 +151,18 @@ def _ago(ts: float) -> str:
 
 def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
     t = FitTable(
-        "NAME", "ADDRESS", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS", "STATE",
+        "NAME", "ADDRESS", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS", "VERSION",
+        "STATE",
         whole=("NAME",),
         text=("ADDRESS", "NETWORK", "LABELS", "GPU", "AGENTS", "STATE"),
-        drop=("LOAD", "AGENTS", "LABELS", "GPU", "RAM"),
+        drop=("LOAD", "AGENTS", "LABELS", "GPU", "RAM", "VERSION"),
     )  # fmt: skip
     for n in reply.nodes:
         i, f = n.info, n.info.facts
         gpus = ",".join(g.name for g in f.gpus) or "-"
         state = _status(n.state) + ("" if n.state == "online" else f" ({_ago(n.last_seen)})")
+        if n.refused:  # its protocol: `flota version` has the whole line
+            state = Text("refused (protocol)", style="red")
         t.add_row(
             i.name,
             n.address or "-",
@@ -171,6 +174,7 @@ def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
             f"{f.load_1m:.2f}" if f.cpu_count else "-",
             f"{i.running}/{i.slots}" if i.slots else "-",
             ",".join(f.agent_clis) or "-",
+            i.version or "-",
             state,
         )
     return t

@@ -20,7 +20,7 @@ from coordinator import errors, validate
 from coordinator.convert import job_to_pb, node_status_to_pb, run_to_pb
 from coordinator.service import NodeStatus, Service
 from coordinator.stream import Topics, parse_topics
-from protos.contract import fingerprint
+from protos.contract import FLOTA_VERSION, OLDEST_PROTOCOL, PROTOCOL, fingerprint
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
 from protos.peer import peer_role
 
@@ -40,6 +40,8 @@ CODES: list[tuple[type[errors.CoordinatorError], grpc.StatusCode]] = [
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.RepoError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.MissingSecret, grpc.StatusCode.FAILED_PRECONDITION),
+    # The node stops on it (node_agent/register.py): only an upgrade on one side helps.
+    (errors.Incompatible, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     # Not UNAVAILABLE: the coordinator answered; the CLI would say it cannot be reached.
     (errors.StoreError, grpc.StatusCode.ABORTED),
@@ -119,14 +121,26 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if peer_ip and addresses:
             port = addresses[0].rpartition(":")[2]
             addresses.append(f"[{peer_ip}]:{port}" if ":" in peer_ip else f"{peer_ip}:{port}")
-        heartbeat_s = self.service.register(node_id, _peer_fingerprint(context), addresses, request.leaving)
+        heartbeat_s = self.service.register(
+            node_id,
+            _peer_fingerprint(context),
+            addresses,
+            request.leaving,
+            request.info.protocol,
+            request.info.version,
+        )
         return coordinator_pb2.RegisterNodeReply(heartbeat_s=heartbeat_s)
 
     @_role("admin")
     async def ListNodes(
         self, request: coordinator_pb2.ListNodesRequest, context: Any
     ) -> coordinator_pb2.ListNodesReply:
-        return coordinator_pb2.ListNodesReply(nodes=[self._status(s) for s in self.service.nodes()])
+        return coordinator_pb2.ListNodesReply(
+            nodes=[self._status(s) for s in self.service.nodes()],
+            coordinator_version=FLOTA_VERSION,
+            protocol=PROTOCOL,
+            oldest_protocol=OLDEST_PROTOCOL,
+        )
 
     @_role("admin")
     async def SetSecret(

@@ -146,7 +146,11 @@ def spec_to_pb(
 
 def node_status_to_pb(entry: NodeEntry, address: str, error: str) -> coordinator_pb2.NodeStatus:
     status = coordinator_pb2.NodeStatus(
-        state=entry.shown_state, address=address, last_seen=entry.last_seen_wall, error=error
+        state=entry.shown_state,
+        address=address,
+        last_seen=entry.last_seen_wall,
+        error=error,
+        refused=entry.refused,
     )
     if entry.info is not None:
         status.info.CopyFrom(node_info_to_pb(entry.info))

@@ -252,6 +252,7 @@ class NodeInfo:
     running: int = 0
     unreachable_after_s: float = 0.0
     lost_after_s: float = 0.0
+    protocol: int = 0  # 0: a node from before protocol numbers (it spoke 1)
 
 
 @dataclass(frozen=True, slots=True)

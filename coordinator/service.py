@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from coordinator import outcomes
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import AlreadyExists, InvalidRequest, NotFound, PkiError, Refused
-from coordinator.fleet import NodeEntry
+from coordinator.errors import AlreadyExists, Incompatible, InvalidRequest, NotFound, PkiError, Refused
+from coordinator.fleet import NodeEntry, protocol_problem
 from coordinator.gitbase import push_base
 from coordinator.models import JOB_FINAL, Job, JobStatus, NodeRecord, NodeState, Run, RunStatus
 from coordinator.pki import CertificateAuthority, make_token, secret_hash, token_matches
@@ -53,11 +53,24 @@ class Service:
 
     # --- nodes ----------------------------------------------------------------------------
 
-    def register(self, node_id: str, cert_fingerprint: str, addresses: list[str], leaving: bool) -> float:
-        """A node says where it listens (or that it is leaving); the heartbeat period back."""
+    def register(
+        self,
+        node_id: str,
+        cert_fingerprint: str,
+        addresses: list[str],
+        leaving: bool,
+        protocol: int = 0,
+        version: str = "",
+    ) -> float:
+        """A node says where it listens (or that it is leaving); the heartbeat period back.
+        A node whose protocol this coordinator does not take is refused (Incompatible)."""
         entry = self.rec.fleet.get(node_id)
         if entry is None or entry.removed or entry.fingerprint != cert_fingerprint:
             raise Refused("this certificate is not the one enrolled")
+        entry.refused = protocol_problem(entry.name, protocol, version)
+        if entry.refused and not leaving:
+            log.warning("%s", entry.refused)
+            raise Incompatible(entry.refused)
         if leaving:
             self.rec.sessions.goodbye(node_id, leaving=True)
         elif not self.rec.sessions.hint(node_id, addresses):

@@ -11,7 +11,7 @@ the coordinator is told goodbye (so no new work comes), the jobs are stopped and
 journaled as lost, mDNS says goodbye and the server stops.
 
 Error handling: a refusal by the coordinator (the node was removed) stops the daemon
-that way and then raises :class:`~node_agent.errors.NodeRemoved` out of :meth:`NodeDaemon.run`.
+that way and then raises :class:`~node_agent.errors.NodeRefused` out of :meth:`NodeDaemon.run`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import grpc
 from node_agent import __version__, convert
 from node_agent.announce import Announcer
 from node_agent.config import NodeConfig
-from node_agent.errors import ConfigError, NodeRemoved
+from node_agent.errors import ConfigError, NodeRefused
 from node_agent.facts import derive_network, interfaces, listen_addresses, probe_gpus, read_facts
 from node_agent.hub import Hub
 from node_agent.identity import Identity, load_identity
@@ -78,7 +78,7 @@ class NodeDaemon:
         self.addresses: list[str] = []
         self.local_models: tuple[LocalModel, ...] = ()
         self.registration: Registration | None = None  # made with the channel, in run()
-        self._refused: NodeRemoved | None = None  # why the coordinator will not have us
+        self._refused: NodeRefused | None = None  # why the coordinator will not have us
 
     def info(self) -> types_pb2.NodeInfo:
         cfg = self.config
@@ -101,7 +101,7 @@ class NodeDaemon:
     async def _register_loop(self, registration: Registration, stop: asyncio.Event) -> None:
         try:
             await registration.run()
-        except NodeRemoved as exc:  # stop as on SIGTERM; run() raises it once all is down
+        except NodeRefused as exc:  # stop as on SIGTERM; run() raises it once all is down
             self._refused = exc
             stop.set()
 

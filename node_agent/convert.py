@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from node_agent.facts import Facts
 from node_agent.local_models import LocalModel
 from node_agent.models import Job, Repo, Resources, Result
-from protos.contract import ResultStatus
+from protos.contract import PROTOCOL, ResultStatus
 from protos.flota.v1 import node_pb2, types_pb2
 
 __all__ = [
@@ -190,6 +190,7 @@ def node_info(
         running=running,
         unreachable_after_s=unreachable_after_s,
         lost_after_s=lost_after_s,
+        protocol=PROTOCOL,
         facts=types_pb2.Facts(
             cpu_count=f.cpu_count,
             load_1m=f.load_1m,

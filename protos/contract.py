@@ -14,6 +14,10 @@ from enum import StrEnum
 from pathlib import Path
 
 __all__ = [
+    "FLOTA_VERSION",
+    "OLDEST_PROTOCOL",
+    "PROTOCOL",
+    "node_protocol",
     "redact",
     "ADMIN_CN_PREFIX",
     "ResultStatus",
@@ -34,6 +38,22 @@ __all__ = [
     "node_server_name",
     "parse_hostport",
 ]
+
+# The release, for every part (pyproject.toml reads it from here).
+FLOTA_VERSION = "0.1.0"
+
+# The wire contract between a coordinator and its nodes. It goes up by one when a release
+# changes what the other side must understand; a coordinator takes nodes that speak
+# OLDEST_PROTOCOL..PROTOCOL (this one and the one before), so a fleet can be upgraded
+# coordinator first, then node by node (docs/cli.md, "Versions").
+PROTOCOL = 2
+OLDEST_PROTOCOL = 1
+
+
+def node_protocol(sent: int) -> int:
+    """What a node speaks: nodes from before protocol numbers (they send 0) spoke 1."""
+    return sent or 1
+
 
 # mDNS: a hint where a node might be, never who it is (see DESIGN.md rule 3).
 SERVICE_TYPE = "_flota._tcp.local."

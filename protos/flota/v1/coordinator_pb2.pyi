@@ -92,6 +92,7 @@ class NodeStatus(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """online | draining | unreachable | lost | offline | unknown"""
     address: _builtins.str
@@ -100,6 +101,8 @@ class NodeStatus(_message.Message):
     """unix seconds"""
     error: _builtins.str
     """last connection error, one line"""
+    refused: _builtins.str
+    """why this coordinator will not take it (its protocol); empty: it may"""
     @_builtins.property
     def info(self) -> _types_pb2.NodeInfo: ...
     def __init__(
@@ -110,10 +113,11 @@ class NodeStatus(_message.Message):
         address: _builtins.str = ...,
         last_seen: _builtins.float = ...,
         error: _builtins.str = ...,
+        refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "info", b"info", "last_seen", b"last_seen", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "info", b"info", "last_seen", b"last_seen", "refused", b"refused", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,16 +128,28 @@ class ListNodesReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODES_FIELD_NUMBER: _builtins.int
+    COORDINATOR_VERSION_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    OLDEST_PROTOCOL_FIELD_NUMBER: _builtins.int
+    coordinator_version: _builtins.str
+    """its flota release"""
+    protocol: _builtins.int
+    """the wire contract it speaks"""
+    oldest_protocol: _builtins.int
+    """the oldest a node may speak to it"""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]: ...
     def __init__(
         self,
         *,
         nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
+        coordinator_version: _builtins.str = ...,
+        protocol: _builtins.int = ...,
+        oldest_protocol: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_version", b"coordinator_version", "nodes", b"nodes", "oldest_protocol", b"oldest_protocol", "protocol", b"protocol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
