@@ -15,6 +15,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from protos.contract import EndReason
 from protos.flota.v1 import coordinator_pb2
 
 __all__ = [
@@ -133,6 +134,22 @@ def _status(text: str) -> Text:
     return Text(text, style=STATUS_STYLE.get(text, ""))
 
 
+# Why a job ended partial or failed, shown beside its status ("partial (max steps)").
+_REASON = {
+    EndReason.MAX_STEPS: "max steps",
+    EndReason.BUDGET: "budget",
+    EndReason.TIME_LIMIT: "time limit",
+    EndReason.CUT_OFF: "cut off",
+    EndReason.MODEL_UNREACHABLE: "model unreachable",
+}
+
+
+def _job_status(j: coordinator_pb2.Job) -> Text:
+    """A job's status, with the reason it ended so when it is partial or failed."""
+    reason = _REASON.get(EndReason.read(j.result.reason)) if j.status in ("partial", "failed") else None
+    return _status(j.status) + (f" ({reason})" if reason else "")
+
+
 def _duration(seconds: float) -> str:
     if seconds <= 0:
         return "-"
@@ -194,7 +211,7 @@ def jobs_table(run: coordinator_pb2.Run) -> FitTable:
     )
     for j in run.jobs:
         note = j.wait_reason if j.status == "queued" else (j.result.error if j.HasField("result") else "")
-        t.add_row(j.id, j.name, j.node_name or "-", _status(j.status), str(len(j.attempts)), note)
+        t.add_row(j.id, j.name, j.node_name or "-", _job_status(j), str(len(j.attempts)), note)
     return t
 
 
@@ -220,7 +237,7 @@ def results_table(run: coordinator_pb2.Run) -> FitTable:
             j.name,
             j.node_name or "-",
             r.branch or "-",
-            _status(j.status),
+            _job_status(j),
             _duration(r.duration_s),
             (f"{files} (+{r.insertions}/-{r.deletions})" if files else "0") if run.repo_url else "-",
         ]

@@ -102,7 +102,8 @@ def run(
     retries: Annotated[
         int,
         typer.Option(
-            help="Extra attempts when a node is lost or stops a task cut off (default 1; -1: the default)."
+            help="Extra attempts when a node is lost, stops a task cut off, or its own model server is "
+            "down; never for an agent's own limits (default 1; -1: the default)."
         ),
     ] = -1,
     resume_from_partial: Annotated[

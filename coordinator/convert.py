@@ -13,6 +13,7 @@ from dataclasses import fields
 from coordinator.fleet import NodeEntry
 from coordinator.models import (
     Attempt,
+    EndReason,
     Facts,
     Finished,
     Gpu,
@@ -52,6 +53,7 @@ _INFO_SCALARS = tuple(f.name for f in fields(NodeInfo) if f.name not in ("labels
 def result_from_pb(msg: types_pb2.JobResult) -> Result:
     values = {name: getattr(msg, name) for name in _RESULT_FIELDS}
     values["files_modified"] = tuple(msg.files_modified)
+    values["reason"] = EndReason.read(msg.reason)
     return Result(**values)
 
 

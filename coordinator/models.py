@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 __all__ = [
     "ATTEMPT_ACTIVE",
     "AttemptStatus",
     "Cause",
+    "EndReason",
     "Facts",
     "Finished",
     "Gpu",
@@ -32,7 +33,6 @@ __all__ = [
     "ResultStatus",
     "RunStatus",
     "Started",
-    "RETRYABLE",
     "Attempt",
     "Job",
     "JobPlacement",
@@ -187,9 +187,6 @@ class Plan:
     waiting: Mapping[str, str] = field(default_factory=dict)
 
 
-# Final attempt statuses after which the job is tried again, while its retries last.
-RETRYABLE = frozenset({AttemptStatus.LOST, AttemptStatus.PARTIAL})
-
 # Attempt statuses while the attempt holds a slot on its node.
 ATTEMPT_ACTIVE = frozenset({AttemptStatus.DISPATCHING, AttemptStatus.RUNNING})
 
@@ -281,6 +278,7 @@ class Result:
     log_lines_lost: int = 0
     check: str = ""  # passed | failed | "" (no check)
     answer: str = ""  # an agent's final answer
+    reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say
 
 
 @dataclass(frozen=True, slots=True)

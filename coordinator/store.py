@@ -22,6 +22,7 @@ from coordinator.models import (
     Attempt,
     AttemptStatus,
     Cause,
+    EndReason,
     Job,
     JobPlacement,
     JobStatus,
@@ -117,6 +118,7 @@ def _result_from(text: str | None) -> Result | None:
     data = json.loads(text)
     data["files_modified"] = tuple(data.get("files_modified", ()))
     data["status"] = ResultStatus(data["status"])
+    data["reason"] = EndReason.read(data.get("reason", ""))  # absent before results had one
     return Result(**data)
 
 

@@ -74,6 +74,7 @@ class NodeDaemon:
             lambda: config.slots,
             kill_grace_s=config.kill_grace_s,
             local_models=lambda: self.local_models,
+            recheck_models=self._probe_models,
         )
         self.addresses: list[str] = []
         self.local_models: tuple[LocalModel, ...] = ()
@@ -131,14 +132,18 @@ class NodeDaemon:
                     await self._announce(announcer.update, addresses)
 
     async def _models_loop(self) -> None:
-        """Which models the local servers serve: at start, then every MODELS_PERIOD_S."""
+        """Which models the local servers serve: at start, then every MODELS_PERIOD_S (and
+        whenever a job could not reach its model server: the runner asks)."""
         while True:
-            models = await asyncio.to_thread(probe_local_models, self.config.model_servers)
-            if models != self.local_models:
-                log.info("local models: %s", ", ".join(m.model for m in models) or "none")
-                self.local_models = models
-                self.hub.publish(heartbeat=self.info())
+            await self._probe_models()
             await asyncio.sleep(MODELS_PERIOD_S)
+
+    async def _probe_models(self) -> None:
+        models = await asyncio.to_thread(probe_local_models, self.config.model_servers)
+        if models != self.local_models:
+            log.info("local models: %s", ", ".join(m.model for m in models) or "none")
+            self.local_models = models
+            self.hub.publish(heartbeat=self.info())
 
     async def _disconnect_loop(self) -> None:
         """Cut off from every coordinator for stop_after_disconnect_s: stop the jobs and

@@ -21,6 +21,7 @@ __all__ = [
     "redact",
     "ADMIN_CN_PREFIX",
     "ResultStatus",
+    "EndReason",
     "COORDINATOR_CN",
     "COORDINATOR_SERVER_NAME",
     "DEFAULT_COORDINATOR_PORT",
@@ -73,6 +74,27 @@ class ResultStatus(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     LOST = "lost"  # the node (or its daemon) went away with the attempt
+
+
+class EndReason(StrEnum):
+    """Why an attempt ended as it did, where its status alone does not say (the wire's
+    `JobResult.reason`): what the coordinator's retry rules read, never the error's wording.
+    The node sets it; an unknown word from a newer node reads as NONE."""
+
+    NONE = ""
+    MAX_STEPS = "max_steps"  # partial: the agent used up its --max-steps
+    BUDGET = "budget"  # partial: the agent's next model call would pass its budget
+    TIME_LIMIT = "time_limit"  # partial: the agent's own time limit ran out
+    CUT_OFF = "cut_off"  # partial: the node stopped it, cut off from the coordinator too long
+    MODEL_UNREACHABLE = "model_unreachable"  # failed: the model server could not be reached
+
+    @classmethod
+    def read(cls, word: str) -> EndReason:
+        """The reason `word` names; NONE for a word this version does not know."""
+        try:
+            return cls(word)
+        except ValueError:
+            return cls.NONE
 
 
 DEFAULT_COORDINATOR_PORT = 7370  # the enrollment port is the next one unless configured

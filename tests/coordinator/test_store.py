@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.models import Attempt, Job, JobPlacement, NodeRecord, Repo, Result, Run
+from coordinator.models import Attempt, EndReason, Job, JobPlacement, NodeRecord, Repo, Result, Run
 from coordinator.store import Store, StoreError
 
 T0 = 1_700_000_000.0
@@ -184,6 +184,29 @@ def test_save_job(store: Store) -> None:
     store.save_job(job)
     assert store.get_job(job.id) == job
     assert store.get_job(run.jobs[0].id) == run.jobs[0]  # the other job is untouched
+
+
+def test_why_a_result_ended_is_kept_and_older_results_have_no_reason(db_path: Path) -> None:
+    store = Store(db_path)
+    run = make_run("r1", n_jobs=2)
+    store.create_run(run)
+    for job, reason in zip(run.jobs, (EndReason.MAX_STEPS, EndReason.NONE), strict=True):
+        job.status, job.updated_at = "partial", T0 + 5
+        job.result = Result(status="partial", error="max steps reached (2)", reason=reason)  # type: ignore[arg-type]
+        store.save_job(job)
+    store.close()
+    # A result saved before results had a reason: its JSON has no such key.
+    db = sqlite3.connect(db_path)
+    with db:
+        db.execute("UPDATE jobs SET result = json_remove(result, '$.reason') WHERE id = 'r1.1'")
+    db.close()
+    again = Store(db_path)
+    try:
+        first, second = again.get_job("r1.0"), again.get_job("r1.1")
+        assert first is not None and first.result is not None and first.result.reason is EndReason.MAX_STEPS
+        assert second is not None and second.result is not None and second.result.reason is EndReason.NONE
+    finally:
+        again.close()
 
 
 def test_create_run_is_one_transaction(store: Store) -> None:

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -47,14 +47,29 @@ class Node:
     """One daemon's runner with its hub (subscribed, as a coordinator session would be)."""
 
     def __init__(
-        self, root: Path, *, workspace: Workspace | None = None, grace: float = 0.3, slots: int = 8
+        self,
+        root: Path,
+        *,
+        workspace: Workspace | None = None,
+        grace: float = 0.3,
+        slots: int = 8,
+        recheck_models: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.journal = Journal(root / "jobs")
         self.workspace = workspace or Workspace(root / "work")
         self.hub = Hub()
         self.sub = self.hub.subscribe()
         self.events: list[node_pb2.NodeEvent] = []
-        self.runner = Runner("n1", "node-1", self.workspace, self.journal, self.hub, lambda: slots, grace)
+        self.runner = Runner(
+            "n1",
+            "node-1",
+            self.workspace,
+            self.journal,
+            self.hub,
+            lambda: slots,
+            grace,
+            recheck_models=recheck_models,
+        )
 
     def _drain(self) -> None:
         while not self.sub.queue.empty():
@@ -866,3 +881,31 @@ def test_a_restart_before_the_start_gives_up_a_job_with_secrets(
     result = run(scenario())
     assert result.status == "lost"
     assert "secrets are never kept on disk" in result.error
+
+
+def test_a_job_that_cannot_reach_its_model_server_has_the_node_look_at_its_servers_first(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    # The real llm agent against a port that refuses: the node looks at its local model
+    # servers again (here: a heartbeat saying so) before the result goes out, so the
+    # coordinator no longer sends the retry to a node whose own server is gone.
+    spec = new_spec("", model="openai/fake", prompt="hi", api_base="http://127.0.0.1:9/v1")
+    spec.agent = "llm"
+    published_before: list[list[str]] = []
+
+    async def main() -> types_pb2.JobResult:
+        async def recheck() -> None:
+            node._drain()
+            published_before.append([str(e.WhichOneof("kind")) for e in node.events])
+            node.hub.publish(heartbeat=types_pb2.NodeInfo(name="node-1"))
+
+        node = Node(tmp_path, recheck_models=recheck)
+        result = await node.run(spec, timeout_s=40)
+        kinds = [str(e.WhichOneof("kind")) for e in node.events if e.WhichOneof("kind") != "log"]
+        assert kinds == ["started", "heartbeat", "result"]
+        return result
+
+    result = run(main())
+    assert (result.status, result.reason) == ("failed", "model_unreachable")
+    assert result.error == "cannot reach the model server at http://127.0.0.1:9/v1: connection refused"
+    assert len(published_before) == 1 and "result" not in published_before[0]
