@@ -358,6 +358,8 @@ class Service:
         forget = [item for item in out.runs if not item.kept]
         for done, item in enumerate(forget, 1):
             item.forgotten = self.rec.store.delete_run(item.run.id)
+            if item.forgotten:
+                self.rec.hub.run_removed(item.run)
             report("forgetting the runs", done, len(forget))
         return out
 

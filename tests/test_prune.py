@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fleet import Fleet, git, make_repo, wait_until
+from tests.test_events import Events
 
 
 def _run(fleet: Fleet, *args: str) -> dict[str, Any]:
@@ -250,7 +251,8 @@ def test_on_a_terminal_prune_asks_first(fleet: Fleet, tmp_path: Path) -> None:
 
 def test_prune_shows_progress_while_it_works(fleet: Fleet, tmp_path: Path) -> None:
     """The progress line comes while the work is under way, not with the reply: here the
-    remote holds the deletion (a pre-receive hook waits for a file) while we read stderr."""
+    remote holds the deletion (a pre-receive hook waits for a file) while we read stderr.
+    The event stream then says the run was removed."""
     fleet.start_coordinator()
     fleet.start_node("solo")
     work, remote = make_repo(tmp_path / "repo")
@@ -262,6 +264,8 @@ def test_prune_shows_progress_while_it_works(fleet: Fleet, tmp_path: Path) -> No
     hook.chmod(0o755)
     _older_than(old, 1.5)
 
+    events = Events(fleet, "--topic", f"run:{rid}")
+    events.until(lambda e: e["type"] == "live", what="the stream's snapshot")
     proc = subprocess.Popen(
         [fleet.python, "-m", "cli", "--json", "prune", "--older-than", "1s", "--yes"],
         stdin=subprocess.DEVNULL,
@@ -291,3 +295,6 @@ def test_prune_shows_progress_while_it_works(fleet: Fleet, tmp_path: Path) -> No
     assert f"removing 2 refs from {remote}: 2/2" in err.splitlines()
     assert json.loads(out)["runs"][0]["forgotten"] is True
     assert _refs(remote, rid) == []
+    # Whoever follows the fleet's events (flota events, flota top) hears it is gone.
+    assert events.until(lambda e: e["type"] == "run.removed", what="run.removed")["run"]["id"] == rid
+    events.stop()
