@@ -5,7 +5,9 @@ the address from --coordinator, then $FLOTA_COORDINATOR, then `$FLOTA_HOME/admin
 
 `Client` has one typed method per RPC the CLI makes, so mypy checks each request and reply
 at this boundary. Every unary call has a deadline (`CALL_TIMEOUT_S`; longer for the calls
-that do git work); following a stream has none (keepalive catches a dead link).
+that do git work); following a stream has none (keepalive catches a dead link), and
+neither have cleanup and prune, whose every node and git call has a deadline of its own
+and whose progress arrives as it is made.
 
 Error handling: a failed call raises `CliError` with one line and an exit code: the
 coordinator unreachable or too slow is EXIT_UNAVAILABLE, a refused request EXIT_USAGE.
@@ -37,7 +39,7 @@ EXIT_UNAVAILABLE = 3  # the coordinator cannot be reached
 CALL_TIMEOUT_S = 30.0
 QUIET_S = 1.0  # a call that takes longer says what it waits for, on stderr
 NOTE_EVERY_S = 10.0  # without a terminal, how often a long wait says it is still waiting
-GIT_CALL_TIMEOUT_S = 120.0  # SubmitRun pushes the base ref; Cleanup calls every node; a bounded log read
+GIT_CALL_TIMEOUT_S = 120.0  # SubmitRun pushes the base ref; a bounded log read
 
 _Request = TypeVar("_Request")
 _Reply = TypeVar("_Reply")
@@ -62,6 +64,10 @@ def _read(path: Path) -> bytes:
         ) from None
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _no_reply(method: str, address: str) -> CliError:
+    return CliError(f"the coordinator at {address} ended {method} without its reply", EXIT_UNAVAILABLE)
 
 
 def _translate(exc: grpc.RpcError, address: str) -> CliError:
@@ -146,8 +152,24 @@ class Client:
         did not succeed."""
         return self._unary(self._stub.Retry, pb.RetryRequest(id=ident, failed=failed_only))
 
-    def cleanup(self, run_id: str) -> pb.CleanupReply:
-        return self._unary(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id), GIT_CALL_TIMEOUT_S)
+    def cleanup(self, run_id: str, progress: Callable[[pb.Progress], None]) -> pb.CleanupReply:
+        """Each step the coordinator reports goes to `progress`; then the reply."""
+        events = self._stream(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id), None)
+        for event in events:
+            if event.HasField("progress"):
+                progress(event.progress)
+            elif event.HasField("done"):
+                return event.done
+        raise _no_reply("Cleanup", self.address)
+
+    def prune(self, request: pb.PruneRequest, progress: Callable[[pb.Progress], None]) -> pb.PruneReply:
+        """As `cleanup`: progress as it comes, then the reply."""
+        for event in self._stream(self._stub.Prune, request, None):
+            if event.HasField("progress"):
+                progress(event.progress)
+            elif event.HasField("done"):
+                return event.done
+        raise _no_reply("Prune", self.address)
 
     # --- secrets --------------------------------------------------------------------------
 

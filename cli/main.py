@@ -4,7 +4,7 @@ started by exec'ing their own entry points (`python -m coordinator|node_agent`).
 This module is the app: the global options, `main()`, and the table of nouns. Each noun's
 commands live in their own module (Nomad's `command/` layout):
 
-    runs.py         run, status, results, compare, logs, cancel, retry, cleanup
+    runs.py         run, status, results, compare, logs, cancel, retry, cleanup, prune
     checkout.py     checkout, diff (a job's branch in the user's repository)
     events.py       events
     top/            top (the terminal UI)
@@ -68,6 +68,7 @@ for _name, _command in (
     ("checkout", checkout.checkout),
     ("diff", checkout.diff),
     ("cleanup", runs.cleanup),
+    ("prune", runs.prune),
     ("events", events.events),
     ("top", top.top),
     ("doctor", doctor.doctor),

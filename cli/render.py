@@ -22,11 +22,13 @@ __all__ = [
     "compare_rows",
     "compare_table",
     "FitTable",
+    "ProgressLines",
     "console",
     "count",
     "jobs_table",
     "nodes_table",
     "print_json",
+    "prune_lines",
     "results_table",
     "runs_table",
     "to_dict",
@@ -164,6 +166,50 @@ def _ago(ts: float) -> str:
     if ts <= 0:
         return "never"
     return _duration(max(time.time() - ts, 0.001)) + " ago"
+
+
+class ProgressLines:
+    """A long call's progress on stderr (stdout stays the result's): `what: done/total`,
+    the first and last line of each step and at most one a second in between."""
+
+    def __init__(self, period_s: float = 1.0) -> None:
+        self.period_s = period_s
+        self._shown: dict[str, float] = {}
+
+    def __call__(self, step: coordinator_pb2.Progress) -> None:
+        now = time.monotonic()
+        last = self._shown.get(step.what)
+        if last is None or step.done >= step.total or now - last >= self.period_s:
+            self._shown[step.what] = now
+            sys.stderr.write(f"{step.what}: {step.done}/{step.total}\n")
+            sys.stderr.flush()
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def prune_lines(reply: coordinator_pb2.PruneReply, age: str) -> list[str]:
+    """What a prune takes (a dry run's reply): the runs, then per remote its refs, then the nodes."""
+    jobs = sum(r.jobs for r in reply.runs)
+    lines = [f"{count(len(reply.runs), 'run')} ({count(jobs, 'job')}) ended more than {age} ago:"]
+    for r in reply.runs:
+        name = f"  {r.name}" if r.name else ""
+        lines.append(
+            f"  {r.id}  {r.status:<9}  {count(r.jobs, 'job'):<8}  ended {_when(r.finished_at)}{name}"
+        )
+    for remote in reply.remotes:
+        if remote.error:
+            lines.append(f"{remote.url}: {remote.error}; its runs are kept")
+            continue
+        branches = sum(ref.startswith("refs/heads/") for ref in remote.refs)
+        plural = "" if branches == 1 else "es"
+        others = count(len(remote.refs) - branches, "other ref")
+        lines.append(f"{remote.url}: {branches} branch{plural} (flota/RUN/...), {others} (refs/flota/...)")
+    nodes = sorted({n for r in reply.runs for n in r.nodes})
+    if nodes:
+        lines.append(f"nodes {', '.join(nodes)}: the runs' worktrees, and their refs in the mirrors")
+    return lines
 
 
 def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:

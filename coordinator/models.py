@@ -29,6 +29,9 @@ __all__ = [
     "NodeInfo",
     "NodeJob",
     "NodeState",
+    "PrunedRun",
+    "Pruning",
+    "RemoteRefs",
     "Reservation",
     "ResultStatus",
     "RunStatus",
@@ -381,6 +384,38 @@ class NodeRecord:
     draining: bool = False
     unreachable_after_s: float = 0.0  # what the node asked for; 0: the coordinator's default
     lost_after_s: float = 0.0
+
+
+@dataclass(slots=True)
+class PrunedRun:
+    """A run `flota prune` takes (or would take): the nodes that ran it, its refs on its remote."""
+
+    run: Run
+    nodes: list[str]  # node ids
+    refs: list[str] = field(default_factory=list)
+    forgotten: bool = False  # its rows are deleted
+    kept: str = ""  # why not
+
+
+@dataclass(slots=True)
+class RemoteRefs:
+    url: str
+    refs: list[str] = field(default_factory=list)
+    removed: int = 0
+    error: str = ""  # the remote could not be listed or updated
+
+
+@dataclass(slots=True)
+class Pruning:
+    """What a prune found (a dry run) or did."""
+
+    dry_run: bool
+    older_than_s: float
+    runs: list[PrunedRun] = field(default_factory=list)
+    remotes: list[RemoteRefs] = field(default_factory=list)
+    worktrees_removed: int = 0
+    node_refs_removed: int = 0
+    nodes_unreachable: list[str] = field(default_factory=list)  # node ids
 
 
 def run_status(job_statuses: list[str]) -> RunStatus:

@@ -444,6 +444,29 @@ class Store:
     def run_exists(self, run_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM runs WHERE id = ?", (run_id,)))
 
+    def ended_runs(self, before: float) -> list[Run]:
+        """Runs that ended at or before `before` (unix seconds), with their jobs, oldest first."""
+        rows = self._query(
+            f"SELECT {self._RUN_COLS} FROM runs WHERE status != 'running' AND finished_at > 0 "
+            "AND finished_at <= ? ORDER BY finished_at, id",
+            (before,),
+        )
+        return [self._run(r, with_jobs=True) for r in rows]
+
+    def delete_run(self, run_id: str) -> bool:
+        """Forget an ended run: its logs, attempts, jobs and row, in one transaction. False
+        (and nothing deleted) if it is not there or still running."""
+        jobs = "SELECT id FROM jobs WHERE run_id = ?"
+        with self._tx() as db:
+            ended = db.execute("SELECT 1 FROM runs WHERE id = ? AND status != 'running'", (run_id,))
+            if ended.fetchone() is None:
+                return False
+            db.execute(f"DELETE FROM logs WHERE job_id IN ({jobs})", (run_id,))
+            db.execute(f"DELETE FROM attempts WHERE job_id IN ({jobs})", (run_id,))
+            db.execute("DELETE FROM jobs WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            return True
+
     # --- logs ---------------------------------------------------------------------------
 
     def append_logs(self, job_id: str, attempt_id: str, lines: Sequence[str]) -> None:

@@ -166,9 +166,15 @@ class Runner:
         running = [a.job for a in self.active.values()] + [e.job for e in self._recovered]
         return running, list(self.finished.values())
 
-    def cleanup(self, run_id: str) -> int:
-        busy = {a.id for a in self.active.values() if a.job.run_id == run_id}
-        return self.workspace.remove_run(run_id, keep=busy)
+    def cleanup(self, run_id: str, refs: bool = False) -> tuple[int, int]:
+        """Remove the worktrees of a run or job (``run_id`` may be RUN.N) but those of its
+        running attempts; with ``refs``, the run's refs too, refused while one runs.
+        Return (worktrees removed, refs removed)."""
+        busy = sorted(a for a in self.active if a.startswith(f"{run_id}."))
+        if refs and busy:
+            raise WorkspaceError(f"run {run_id} still runs here ({', '.join(busy)}); its refs are kept")
+        removed = self.workspace.remove_run(run_id, keep=busy)
+        return removed, self.workspace.remove_run_refs(run_id) if refs else 0
 
     async def stop(self) -> None:
         """Stop every running attempt and journal its result as lost (not cancelled: the

@@ -215,8 +215,10 @@ def test_cleanup_removes_worktrees_and_keeps_branches(fleet: Fleet, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     worktrees = fleet.home / "nodes" / "solo" / "work" / "worktrees"
     assert len([p for p in worktrees.iterdir() if p.name.startswith(run["id"])]) == 2
-    reply = fleet.json("cleanup", run["id"])
-    assert reply["worktrees_removed"] == 2
+    result = fleet.flota("--json", "cleanup", run["id"])
+    reply = json.loads(result.stdout)  # stdout is the reply alone; progress went to stderr
+    assert result.returncode == 0 and reply["worktrees_removed"] == 2
+    assert f"removing worktrees of {run['id']} on solo: 2/2" in result.stderr.splitlines(), result.stderr
     assert not [p for p in worktrees.iterdir() if p.name.startswith(run["id"])]
     branches = git("branch", "--list", f"flota/{run['id']}/*", cwd=remote).split()
     assert branches == [f"flota/{run['id']}/1", f"flota/{run['id']}/2"]
@@ -236,6 +238,9 @@ def test_cleanup_removes_worktrees_and_keeps_branches(fleet: Fleet, tmp_path: Pa
         (["logs", "r000000.1"], "no job"),
         (["cancel", "r000000"], "no run or job"),
         (["cleanup", "r000000"], "no run"),
+        (["prune", "--older-than", "30x", "--yes"], "invalid --older-than '30x'"),
+        (["prune", "--older-than", "0s", "--yes"], "invalid --older-than"),
+        (["prune", "--older-than", "30d"], "no terminal to ask on"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(fleet: Fleet, args: list[str], message: str) -> None:

@@ -42,7 +42,12 @@ class FleetState:
                 self.nodes[event.node.info.id] = event.node
             return {"nodes"}
         if kind == "run":
-            self.runs[event.run.id] = event.run
+            if event.type == "run.removed":  # pruned: its jobs go with it
+                self.runs.pop(event.run.id, None)
+                for job_id in [j for j, job in self.jobs.items() if job.run_id == event.run.id]:
+                    del self.jobs[job_id]
+            else:
+                self.runs[event.run.id] = event.run
             return {"jobs"}
         if kind == "job":
             self.jobs[event.job.id] = event.job

@@ -46,3 +46,13 @@ def test_rows_show_what_a_user_reads_first() -> None:
     assert node_row(lost, now=112.0)[:4] == ("laptop", "unreachable 12s", "-", "1/2")
     waiting = pb.Job(id="r1.1", status="queued", name="build", wait_reason="no node has 9 GPUs")
     assert job_row(waiting) == ("r1.1", "queued", "-", "-", "-", "build (no node has 9 GPUs)")
+
+
+def test_a_pruned_run_leaves_with_its_jobs() -> None:
+    s = FleetState()
+    s.apply(pb.Event(type="run.ended", run=pb.Run(id="r1", status="success")))
+    s.apply(pb.Event(type="run.ended", run=pb.Run(id="r2", status="success")))
+    for job_id in ("r1.1", "r1.2", "r2.1"):
+        s.apply(pb.Event(type="job.success", job=pb.Job(id=job_id, run_id=job_id[:2], status="success")))
+    assert s.apply(pb.Event(type="run.removed", run=pb.Run(id="r1"))) == {"jobs"}
+    assert list(s.runs) == ["r2"] and list(s.jobs) == ["r2.1"]

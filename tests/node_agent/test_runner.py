@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from node_agent.convert import job_from_proto, node_jobs, result_to_proto
+from node_agent.errors import WorkspaceError
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
 from node_agent.process import _BATCH_LINES, _MAX_LINE_BYTES, kill_escaped
@@ -778,6 +779,36 @@ def test_repo_cancel_keeps_the_worktree_and_pushes_the_branch(
     assert "status: cancelled" in git("log", "-1", "--format=%B", spec.branch, cwd=bare)
     worktree = node.workspace.worktree_path(spec.attempt_id)
     assert (worktree / "wip.txt").read_text() == "half\n"
+
+
+def test_cleanup_spares_a_running_attempt_and_its_refs(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec], remote: tuple[Path, str]
+) -> None:
+    """Cleanup by run or by job (RUN.N, as the coordinator asks one job at a time) keeps a
+    running attempt's worktree; deleting the run's refs is refused while it runs."""
+    node = Node(tmp_path)
+    spec = repo_spec(new_spec, remote, "echo ready; sleep 100")
+    worktree = node.workspace.worktree_path(spec.attempt_id)
+    mirror = node.workspace.mirror_path(remote[0].as_posix())
+
+    async def scenario() -> types_pb2.JobResult:
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
+        await node.until(lambda: node.lines(spec.attempt_id) == ["ready"], "the job to be ready")
+        assert node.runner.cleanup(spec.job_id) == (0, 0)
+        assert node.runner.cleanup(spec.run_id) == (0, 0)
+        assert worktree.is_dir()
+        with pytest.raises(WorkspaceError, match="still runs here"):
+            node.runner.cleanup(spec.run_id, refs=True)
+        assert node.runner.cancel(spec.attempt_id)
+        return await node.result(spec.attempt_id)
+
+    assert run(scenario()).status == "cancelled"
+    refs = git("--git-dir", str(mirror), "for-each-ref", "--format=%(refname)", cwd=mirror).split()
+    assert f"refs/heads/{spec.branch}" in refs and BASE_REF in refs
+    assert node.runner.cleanup(spec.run_id, refs=True) == (1, 1)  # its worktree and its branch
+    assert not worktree.exists()
+    left = git("--git-dir", str(mirror), "for-each-ref", "--format=%(refname)", cwd=mirror).split()
+    assert left == [BASE_REF]  # the base ref is another run's here (tests share BASE_REF)
 
 
 def test_repo_push_failure_is_a_failed_result(
