@@ -114,7 +114,7 @@ class Client:
     # --- runs -----------------------------------------------------------------------------
 
     def submit_run(self, request: pb.SubmitRunRequest) -> pb.Run:
-        waiting = "waiting for the coordinator to store the run"
+        waiting = ""  # a run with a repository waits for a push, which can take a while
         if request.HasField("repo"):
             remote = request.repo.remote or "its remote"
             waiting = f"the coordinator is pushing the run's base to {remote}"

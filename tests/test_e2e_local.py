@@ -97,7 +97,7 @@ def test_from_working_tree_carries_uncommitted_changes(fleet: Fleet, tmp_path: P
     assert git("status", "--porcelain", cwd=work) == " M a.txt\n?? new.txt\n"
 
 
-def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet) -> None:
+def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet, tmp_path: Path) -> None:
     fleet.start_coordinator()
     fleet.start_node("home-box", "--network", "home", "--label", "role=build", "--slots", "3")
     fleet.start_node("vpn-box", "--network", "vpn", "--label", "role=research", "--slots", "3")
@@ -112,7 +112,8 @@ def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet) -> None:
     assert {j["node_name"] for j in run["jobs"]} == {"home-box"}
 
     # Exclusive: while it runs, nothing else is placed on its node.
-    excl = fleet.json("run", "--on", "vpn-box", "--exclusive", "sleep 2")
+    gate = tmp_path / "exclusive-may-end"  # it runs until the test has looked (no race with a sleep)
+    excl = fleet.json("run", "--on", "vpn-box", "--exclusive", f"while [ ! -e {gate} ]; do sleep 0.05; done")
     wait_until(
         lambda: fleet.json("status", excl["id"])["jobs"][0]["status"] == "running",
         what="exclusive job running",
@@ -122,6 +123,7 @@ def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet) -> None:
     job = fleet.json("status", other["jobs"][0]["id"])
     assert job["status"] == "queued"
     assert "exclusive" in job["wait_reason"], job["wait_reason"]
+    gate.touch()
     wait_until(
         lambda: fleet.json("status", other["id"])["status"] == "success", what="queued job to run after"
     )
@@ -165,7 +167,7 @@ def test_timeout_and_cancel_kill_the_whole_process_group(fleet: Fleet) -> None:
     wait_until(lambda: not ours(), timeout=10, what="job processes to be gone")
 
 
-def test_lost_node_mid_job_is_retried_on_another(fleet: Fleet) -> None:
+def test_lost_node_mid_job_is_retried_on_another(fleet: Fleet, tmp_path: Path) -> None:
     fleet.start_coordinator("--lost-after", "2", "--unreachable-after", "1")
     fleet.start_node("doomed")
     run = fleet.json("run", "--on", "doomed", "sleep 30")
@@ -191,13 +193,15 @@ def test_lost_node_mid_job_is_retried_on_another(fleet: Fleet) -> None:
 
     # Unpinned, with the default retry: the job moves to a surviving node and succeeds.
     fleet.start_node("spare-3")
-    run = fleet.json("run", "sleep 2; echo done")
+    gate = tmp_path / "may-end"  # the first attempt cannot end before its node is killed
+    run = fleet.json("run", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo done")
     job_id = run["jobs"][0]["id"]
     first = wait_until(
         lambda: (j := fleet.json("status", job_id))["status"] == "running" and j, what="running"
     )
     victim = first["node_name"]
     fleet.stop(victim, signal.SIGKILL)
+    gate.touch()
     final = wait_until(
         lambda: (j := fleet.json("status", job_id))["status"] == "success" and j, timeout=30, what="retry"
     )

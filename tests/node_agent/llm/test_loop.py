@@ -112,7 +112,7 @@ def test_timeout_cuts_a_slow_model_call(box: tuple[Path, Path]) -> None:
     assert out.code == 3, out.stdout + out.stderr
     assert out.report["status"] == "partial" and out.report["error"] == "timeout after 7 s"
     assert out.report["reason"] == "time_limit"
-    assert elapsed < 12 and 6.5 < out.report["duration_s"] < 10
+    assert elapsed < 25 and 6.5 < out.report["duration_s"] < 10  # cut at 7 s, long before the 30 s reply
 
 
 @needs_litellm
