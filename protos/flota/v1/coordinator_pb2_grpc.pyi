@@ -63,6 +63,12 @@ class CoordinatorStub:
     From `since` (an index this stream gave) the events after it; otherwise, or when the
     reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
     """
+    DialHome: _grpc.StreamStreamMultiCallable[_coordinator_pb2.HomeFrame, _coordinator_pb2.CoordinatorFrame]
+    """A node behind NAT (or started with --dial-home) opens its session itself: the
+    coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
+    name); the node sends its events (as Node.Session's stream) and each call's reply.
+    Node certificates only; the node is the one its certificate names.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -92,6 +98,12 @@ class CoordinatorAsyncStub(CoordinatorStub):
     """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
     From `since` (an index this stream gave) the events after it; otherwise, or when the
     reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+    """
+    DialHome: _aio.StreamStreamMultiCallable[_coordinator_pb2.HomeFrame, _coordinator_pb2.CoordinatorFrame]  # type: ignore[assignment]
+    """A node behind NAT (or started with --dial-home) opens its session itself: the
+    coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
+    name); the node sends its events (as Node.Session's stream) and each call's reply.
+    Node certificates only; the node is the one its certificate names.
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -227,6 +239,18 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
         From `since` (an index this stream gave) the events after it; otherwise, or when the
         reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+        """
+
+    @_abc_1.abstractmethod
+    def DialHome(
+        self,
+        request_iterator: _MaybeAsyncIterator[_coordinator_pb2.HomeFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.CoordinatorFrame], _abc.AsyncIterator[_coordinator_pb2.CoordinatorFrame]]:
+        """A node behind NAT (or started with --dial-home) opens its session itself: the
+        coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
+        name); the node sends its events (as Node.Session's stream) and each call's reply.
+        Node certificates only; the node is the one its certificate names.
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
