@@ -97,6 +97,13 @@ def node_start(
         ),
     ] = None,
     no_mdns: Annotated[bool, typer.Option("--no-mdns", help="Do not announce on mDNS.")] = False,
+    dial_home: Annotated[
+        bool,
+        typer.Option(
+            "--dial-home",
+            help="Open the link to the coordinator from here (behind NAT); announce no address to dial.",
+        ),
+    ] = False,
 ) -> None:
     """Run the node daemon in the foreground."""
     args = ["start", "--listen", check_address(listen, "--listen", 7380)]
@@ -125,6 +132,8 @@ def node_start(
             args += [flag, item]
     if no_mdns:
         args.append("--no-mdns")
+    if dial_home:
+        args.append("--dial-home")
     exec_daemon("node_agent", [*args, *json_flag(ctx)])
 
 

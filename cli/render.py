@@ -214,11 +214,11 @@ def prune_lines(reply: coordinator_pb2.PruneReply, age: str) -> list[str]:
 
 def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
     t = FitTable(
-        "NAME", "ADDRESS", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS", "VERSION",
-        "STATE",
+        "NAME", "ADDRESS", "LINK", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS",
+        "VERSION", "STATE",
         whole=("NAME",),
         text=("ADDRESS", "NETWORK", "LABELS", "GPU", "AGENTS", "STATE"),
-        drop=("LOAD", "AGENTS", "LABELS", "GPU", "RAM", "VERSION"),
+        drop=("LOAD", "AGENTS", "LABELS", "GPU", "RAM", "VERSION", "LINK"),
     )  # fmt: skip
     for n in reply.nodes:
         i, f = n.info, n.info.facts
@@ -229,6 +229,7 @@ def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
         t.add_row(
             i.name,
             n.address or "-",
+            n.link or "-",  # dialed (by the coordinator) or home (the node dialed it)
             i.network or "-",
             ",".join(f"{k}={v}" for k, v in sorted(i.labels.items())) or "-",
             str(f.cpu_count or "-"),

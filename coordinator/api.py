@@ -102,7 +102,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.join_address = join_address
 
     def _status(self, status: NodeStatus) -> coordinator_pb2.NodeStatus:
-        return node_status_to_pb(status.entry, status.address, status.error)
+        return node_status_to_pb(status.entry, status.address, status.error, status.link)
 
     def _names(self) -> dict[str, str]:
         return self.service.rec.fleet.names()
@@ -130,6 +130,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             request.info.version,
         )
         return coordinator_pb2.RegisterNodeReply(heartbeat_s=heartbeat_s)
+
+    async def DialHome(
+        self, request_iterator: AsyncIterator[coordinator_pb2.HomeFrame], context: Any
+    ) -> AsyncIterator[coordinator_pb2.CoordinatorFrame]:
+        """A node's own link (coordinator/home.py): only a node, as the node its
+        certificate names; the stream lasts as long as the link."""
+        role, node_id = peer_role(context)
+        if role != "node":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this call needs a node certificate")
+        try:
+            home = await self.service.dial_home(node_id, _peer_fingerprint(context), _peer_address(context))
+        except errors.CoordinatorError as exc:
+            await context.abort(code_for(exc), str(exc))
+        frames = home.serve(request_iterator)
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            await frames.aclose()
 
     @_role("admin")
     async def ListNodes(
@@ -356,6 +375,12 @@ def _peer_fingerprint(context: Any) -> str:
     if len(pems) != 1:
         return ""
     return fingerprint(ssl.PEM_cert_to_DER_cert(pems[0].decode()))
+
+
+def _peer_address(context: Any) -> str:
+    """'ipv4:10.0.0.2:5555' -> '10.0.0.2:5555'; 'ipv6:[::1]:5555' -> '[::1]:5555'."""
+    kind, _, rest = context.peer().partition(":")
+    return rest if kind in ("ipv4", "ipv6") else ""
 
 
 def _peer_ip(peer: str) -> str:

@@ -112,7 +112,7 @@ class Coordinator:
         return link
 
     def _node_statuses(self) -> list[coordinator_pb2.NodeStatus]:
-        return [node_status_to_pb(s.entry, s.address, s.error) for s in self.service.nodes()]
+        return [node_status_to_pb(s.entry, s.address, s.error, s.link) for s in self.service.nodes()]
 
     async def run(
         self, stop: asyncio.Event, ready: Callable[[str, dict[str, object]], None] | None = None

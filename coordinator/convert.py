@@ -148,13 +148,16 @@ def spec_to_pb(
     return spec
 
 
-def node_status_to_pb(entry: NodeEntry, address: str, error: str) -> coordinator_pb2.NodeStatus:
+def node_status_to_pb(
+    entry: NodeEntry, address: str, error: str, link: str = ""
+) -> coordinator_pb2.NodeStatus:
     status = coordinator_pb2.NodeStatus(
         state=entry.shown_state,
         address=address,
         last_seen=entry.last_seen_wall,
         error=error,
         refused=entry.refused,
+        link=link,
     )
     if entry.info is not None:
         status.info.CopyFrom(node_info_to_pb(entry.info))

@@ -4,6 +4,11 @@ The reconcile loop asks for a node call here and gets a plain answer back; it ne
 holds a link or sees a gRPC error. Links are made by an injected factory (tests pass
 fakes that record the calls).
 
+A node has one dialed link (link.NodeLink) and, while it holds one, a home link it
+opened itself (home.HomeLink, a node behind NAT). Calls go over the home link while it is
+up; the dialed link is held meanwhile (it does not dial), so the two never both carry
+the node's session, and it dials again once the home link ends.
+
 Error handling: a failed StartJob is read through START_ERRORS, one entry per gRPC code
 with the reason for it. Every other call is advisory (cancel, ack, cleanup, list): its
 failure is logged and settled by the next reconnect, never fatal.
@@ -58,6 +63,10 @@ class Link(Protocol):
 
     def hint(self, addresses: list[str], source: str = "register") -> None: ...
 
+    async def hold(self, held: bool) -> None:
+        """Stop dialing (ending a session the link holds) while `held`; dial again after."""
+        ...
+
     async def start_job(self, spec: types_pb2.JobSpec) -> node_pb2.StartJobReply: ...
 
     async def cancel_job(self, attempt_id: str, reason: str) -> bool: ...
@@ -84,34 +93,74 @@ class StartOutcome:
 class Dispatcher:
     def __init__(self, make_link: LinkFactory) -> None:
         self._make_link = make_link
-        self._links: dict[str, Link] = {}
+        self._links: dict[str, Link] = {}  # dialed by us
+        self._homes: dict[str, Link] = {}  # opened by the node (home.HomeLink)
+        self._home_errors: dict[str, str] = {}  # why a node's last home link ended
 
     def link(self, node_id: str) -> Link:
-        """The node's link, made (and started) on first use."""
+        """The node's dialed link, made (and started) on first use."""
         link = self._links.get(node_id)
         if link is None:
             link = self._links[node_id] = self._make_link(node_id)
         return link
 
+    def _current(self, node_id: str) -> Link | None:
+        """The link calls go over: the home link while it is up, else the dialed one."""
+        home = self._homes.get(node_id)
+        if home is not None and home.connected:
+            return home
+        return self._links.get(node_id)
+
     def connected(self, node_id: str) -> bool:
-        link = self._links.get(node_id)
+        link = self._current(node_id)
         return link is not None and link.connected
 
+    def way(self, node_id: str) -> str:
+        """Which way the node's link goes: "home" (the node dialed us), "dialed", or ""."""
+        link = self._current(node_id)
+        if link is None or not link.connected:
+            return ""
+        return "home" if link is self._homes.get(node_id) else "dialed"
+
     def has_link(self, node_id: str) -> bool:
-        return node_id in self._links
+        return node_id in self._links or node_id in self._homes
 
     def address(self, node_id: str) -> str:
-        link = self._links.get(node_id)
+        link = self._current(node_id)
         return link.address if link else ""
 
     def last_error(self, node_id: str) -> str:
-        link = self._links.get(node_id)
-        return link.last_error if link else ""
+        link = self._current(node_id)
+        return (link.last_error if link else "") or self._home_errors.get(node_id, "")
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._links))
+        return iter(list(dict.fromkeys([*self._links, *self._homes])))
+
+    async def attach_home(self, node_id: str, home: Link) -> None:
+        """The node opened a link itself: it replaces an earlier one (a node that dialed
+        again before we saw its old stream die), and the dialed link holds off."""
+        old = self._homes.get(node_id)
+        self._homes[node_id] = home
+        self._home_errors.pop(node_id, None)
+        if old is not None:
+            await old.close()
+        await self.link(node_id).hold(True)
+
+    async def detach_home(self, node_id: str, home: Link) -> None:
+        """The node's home link ended: dial it again (where it said it listens)."""
+        if self._homes.get(node_id) is not home:
+            return  # replaced already, or dropped
+        del self._homes[node_id]
+        self._home_errors[node_id] = home.last_error
+        dialed = self._links.get(node_id)
+        if dialed is not None:
+            await dialed.hold(False)
 
     async def drop(self, node_id: str) -> None:
+        self._home_errors.pop(node_id, None)
+        home = self._homes.pop(node_id, None)
+        if home is not None:
+            await home.close()
         link = self._links.pop(node_id, None)
         if link is not None:
             await link.close()
@@ -121,7 +170,7 @@ class Dispatcher:
             await self.drop(node_id)
 
     async def start(self, node_id: str, spec: types_pb2.JobSpec) -> StartOutcome:
-        link = self._links.get(node_id)
+        link = self._current(node_id)
         if link is None:
             return StartOutcome(False, Cause.DISPATCH, "dispatch failed: no link to the node")
         try:
@@ -139,7 +188,7 @@ class Dispatcher:
 
     async def cancel(self, node_id: str, attempt_id: str, reason: str) -> bool:
         """Whether the node was told and knew the attempt."""
-        link = self._links.get(node_id)
+        link = self._current(node_id)
         if link is None or not link.connected:
             return False
         try:
@@ -149,10 +198,10 @@ class Dispatcher:
 
     async def list_jobs(self, node_id: str) -> list[NodeJob]:
         """Raises NodeCallError: the caller tries again later."""
-        return await self.link(node_id).list_jobs()
+        return await (self._current(node_id) or self.link(node_id)).list_jobs()
 
     async def ack(self, node_id: str, attempt_ids: list[str]) -> None:
-        link = self._links.get(node_id)
+        link = self._current(node_id)
         if link is None or not link.connected:
             return
         try:
@@ -163,7 +212,7 @@ class Dispatcher:
     async def cleanup(self, node_id: str, run_id: str, refs: bool = False) -> tuple[int, int]:
         """(worktrees, refs) removed on the node; NodeCallError when it cannot be reached
         or refused (the caller says which nodes were not cleaned)."""
-        link = self._links.get(node_id)
+        link = self._current(node_id)
         if link is None or not link.connected:
             raise NodeCallError("the node is not connected", "UNAVAILABLE")
         try:

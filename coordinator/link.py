@@ -31,6 +31,7 @@ log = logging.getLogger("flota.coordinator.link")
 CONNECT_TIMEOUT_S = 2.0
 SOURCE_ORDER = ("register", "mdns", "static", "store")
 CALL_TIMEOUT_S = 5.0
+CLEANUP_TIMEOUT_S = 60.0  # a run's worktrees may take a while to remove
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class NodeLink:
         self._stub: node_pb2_grpc.NodeStub | None = None
         self._hinted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._held = False
 
     def hint(self, addresses: list[str], source: str = "register") -> None:
         """Where the node says (or mDNS, or config says) it listens now. Each source's
@@ -81,16 +83,30 @@ class NodeLink:
             self._hinted.set()
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self._held:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"link-{self.node_id}")
 
-    async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
+    async def hold(self, held: bool) -> None:
+        """While the node holds a link it opened itself (home.py), do not dial it: end the
+        session this link holds ("down" first), and dial again once released."""
+        self._held = held
+        if held:
+            await self._stop()
+        else:
+            self.start()
+
+    async def _stop(self) -> None:
+        task, self._task = self._task, None
+        if task:
+            task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
+
+    async def close(self) -> None:
+        self._held = True
+        await self._stop()
         if self._channel:
             await self._channel.close()
 
@@ -240,6 +256,6 @@ class NodeLink:
     async def cleanup(self, run_id: str, refs: bool = False) -> tuple[int, int]:
         """(worktrees, refs) removed; `run_id` may be a job's id (without refs)."""
         request = node_pb2.NodeCleanupRequest(run_id=run_id, refs=refs)
-        reply = await self._call("Cleanup", request, timeout=60)
+        reply = await self._call("Cleanup", request, timeout=CLEANUP_TIMEOUT_S)
         assert isinstance(reply, node_pb2.NodeCleanupReply)
         return reply.removed, reply.refs_removed

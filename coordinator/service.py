@@ -29,6 +29,7 @@ from coordinator.errors import (
 )
 from coordinator.fleet import NodeEntry, protocol_problem
 from coordinator.gitbase import delete_refs, list_run_refs, push_base
+from coordinator.home import HomeLink
 from coordinator.models import (
     JOB_FINAL,
     Job,
@@ -61,6 +62,7 @@ class NodeStatus:
     entry: NodeEntry
     address: str
     error: str  # why the link is down, while it is
+    link: str = ""  # which way the link goes: "dialed", "home" (the node dialed us), "" (none up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,27 @@ class Service:
             raise Refused("this node is not enrolled (or was removed)")
         return self.config.heartbeat_s
 
+    async def dial_home(self, node_id: str, cert_fingerprint: str, peer: str) -> HomeLink:
+        """A node opens its link itself (it is behind NAT, or was told to): the link, its
+        events going to the same sessions as a dialed node's. Refused as RegisterNode is."""
+        entry = self.rec.fleet.get(node_id)
+        if entry is None or entry.removed or entry.fingerprint != cert_fingerprint:
+            raise Refused("this certificate is not the one enrolled (or the node was removed)")
+        if entry.refused:
+            raise Incompatible(entry.refused)
+        sessions = self.rec.sessions
+        home = HomeLink(
+            node_id,
+            peer,
+            sessions.on_event,
+            sessions.on_link_state,
+            self.config.heartbeat_s,
+            on_end=self.rec.dispatch.detach_home,
+        )
+        await self.rec.dispatch.attach_home(node_id, home)
+        log.info("node %s dialed home from %s", entry.name, peer or "?")
+        return home
+
     def node(self, name_or_id: str) -> NodeEntry:
         if not (NAME_RE.match(name_or_id) or NODE_ID_RE.match(name_or_id)):
             raise InvalidRequest(f"invalid node name or id {show(name_or_id)}")
@@ -118,7 +141,10 @@ class Service:
     def status(self, entry: NodeEntry) -> NodeStatus:
         d = self.rec.dispatch
         return NodeStatus(
-            entry, d.address(entry.id), d.last_error(entry.id) if entry.state != NodeState.ONLINE else ""
+            entry,
+            d.address(entry.id),
+            d.last_error(entry.id) if entry.state != NodeState.ONLINE else "",
+            d.way(entry.id),
         )
 
     def nodes(self) -> list[NodeStatus]:

@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="cut off from the coordinator this long, stop jobs and push their work (0: never; 600)",
     )
+    start.add_argument(
+        "--dial-home",
+        action="store_true",
+        help="open the link to the coordinator from here (behind NAT); no address is announced",
+    )
     start.add_argument("--coordinator", help="the coordinator's API HOST:PORT, if it moved since the join")
     start.add_argument("--json", action="store_true", help="print the ready line as JSON")
     join = sub.add_parser("join", help="enroll this node with a coordinator")
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             allow_remotes=args.allow_remote,
             model_servers=args.model_server,
             agent_clis=args.agent_cli,
+            dial_home=True if args.dial_home else None,
         )
         check_port_free(config.state_dir, config.listen_host, config.listen_port)
         asyncio.run(

@@ -1,7 +1,9 @@
 """The node daemon's composition root: one asyncio program that serves, announces and registers.
 
 Start order: identity -> the jobs a previous daemon left -> gRPC server -> registration
-with the coordinator (:mod:`node_agent.register`) -> mDNS.
+with the coordinator (:mod:`node_agent.register`) -> mDNS. The dial-home link
+(:mod:`node_agent.home`) runs beside them; it ends last, after the goodbye, as the
+server does.
 
 Tasks: two task groups, owned here. The outer one holds every attempt's driver (the
 runner's); the inner one the daemon's loops (register, watch, models, disconnect) and
@@ -31,13 +33,14 @@ from node_agent.announce import Announcer
 from node_agent.config import NodeConfig
 from node_agent.errors import ConfigError, NodeRefused
 from node_agent.facts import derive_network, interfaces, listen_addresses, probe_gpus, read_facts
+from node_agent.home import DialHome
 from node_agent.hub import Hub
 from node_agent.identity import Identity, load_identity
 from node_agent.journal import Journal
 from node_agent.local_models import LocalModel, probe_local_models
 from node_agent.register import Registration
 from node_agent.runner import Runner
-from node_agent.servicer import NodeServicer
+from node_agent.servicer import NodeCalls, NodeServicer
 from node_agent.workspace import Workspace
 from protos import statelock
 from protos.channels import SERVER_OPTIONS, CallGate, client_options
@@ -78,6 +81,7 @@ class NodeDaemon:
         )
         self.addresses: list[str] = []
         self.local_models: tuple[LocalModel, ...] = ()
+        self.calls = NodeCalls(self.runner, self.hub, self.info, config.heartbeat_s)
         self.registration: Registration | None = None  # made with the channel, in run()
         self._refused: NodeRefused | None = None  # why the coordinator will not have us
 
@@ -91,7 +95,7 @@ class NodeDaemon:
             network_source=self.network_source,
             labels=cfg.labels,
             slots=cfg.slots,
-            addresses=self.addresses,
+            addresses=[] if cfg.dial_home else self.addresses,  # nothing to dial: we dial home
             running=self.runner.running,
             unreachable_after_s=cfg.unreachable_after_s,
             lost_after_s=cfg.lost_after_s,
@@ -103,6 +107,13 @@ class NodeDaemon:
         try:
             await registration.run()
         except NodeRefused as exc:  # stop as on SIGTERM; run() raises it once all is down
+            self._refused = exc
+            stop.set()
+
+    async def _home_loop(self, home: DialHome, stop: asyncio.Event) -> None:
+        try:
+            await home.run()
+        except NodeRefused as exc:
             self._refused = exc
             stop.set()
 
@@ -181,9 +192,7 @@ class NodeDaemon:
         cfg, ident = self.config, self.identity
         gate = CallGate({"coordinator": None}, refusal="only the coordinator may call a node")
         server = grpc.aio.server(options=SERVER_OPTIONS, maximum_concurrent_rpcs=64, interceptors=[gate])
-        node_pb2_grpc.add_NodeServicer_to_server(
-            NodeServicer(self.runner, self.hub, self.info, cfg.heartbeat_s), server
-        )
+        node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(self.calls), server)
         creds = grpc.ssl_server_credentials(
             [(ident.key_pem, ident.cert_pem)], root_certificates=ident.ca_pem, require_client_auth=True
         )
@@ -240,8 +249,22 @@ class NodeDaemon:
             options=client_options(COORDINATOR_SERVER_NAME),
         )
         registration = self.registration = Registration(channel, self.info, self.hub, ident.coordinator)
+        home = DialHome(channel, self.calls, self.hub, registration, ident.coordinator, always=cfg.dial_home)
+        home_task = asyncio.create_task(self._home_loop(home, stop))
+        try:
+            await self._loops(registration, stop)
+        finally:
+            # The home link carries the goodbye's aftermath (the stopped jobs' results), as
+            # the server does for a dialed session: it ends just before the server.
+            home_task.cancel()
+            await asyncio.gather(home_task, return_exceptions=True)
+            await channel.close()
+            await server.stop(grace=1.0)
+
+    async def _loops(self, registration: Registration, stop: asyncio.Event) -> None:
+        cfg, ident = self.config, self.identity
         announcer = None
-        if cfg.mdns:
+        if cfg.mdns and not cfg.dial_home:  # mDNS tells the coordinator where to dial us
             der = ssl.PEM_cert_to_DER_cert(ident.cert_pem.decode())
             announcer = Announcer(ident.id, __version__, fingerprint(der))
         async with asyncio.TaskGroup() as loops:
@@ -267,8 +290,6 @@ class NodeDaemon:
                 await announcer.stop()
             except Exception as exc:  # a goodbye that cannot be sent must not block the stop
                 log.warning("mDNS goodbye failed: %s", exc)
-        await channel.close()
-        await server.stop(grace=1.0)
 
 
 async def serve(config: NodeConfig, ready: Callable[[str, dict[str, object]], None] | None = None) -> None:

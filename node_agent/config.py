@@ -32,6 +32,7 @@ FILE_KEYS = frozenset(
         "allow_remotes",
         "model_servers",
         "agent_clis",
+        "dial_home",
     }
 )
 
@@ -62,6 +63,9 @@ class NodeConfig:
     model_servers: tuple[str, ...] = ()
     # Agent CLIs to report besides the known ones (for templates in flota.yaml), if on PATH.
     agent_clis: tuple[str, ...] = ()
+    # Open the link to the coordinator ourselves (node_agent/home.py), announcing no
+    # address to dial; without it the node still does once the coordinator cannot dial it.
+    dial_home: bool = False
 
 
 def default_state_dir() -> Path:
@@ -102,6 +106,7 @@ def load_config(
     allow_remotes: list[str] | None = None,
     model_servers: list[str] | None = None,
     agent_clis: list[str] | None = None,
+    dial_home: bool | None = None,
 ) -> NodeConfig:
     path = state_dir / "node.toml"
     try:
@@ -144,6 +149,9 @@ def load_config(
     for cli in clis:
         if not NAME_RE.match(cli):
             raise ConfigError(f"invalid agent CLI name {cli!r}")
+    home = dial_home if dial_home is not None else file.get("dial_home", False)
+    if not isinstance(home, bool):
+        raise ConfigError(f"invalid value in {path}: dial_home must be true or false")
     merged = parse_labels([f"{k}={v}" for k, v in from_file.items()])
     merged.update(parse_labels(labels or []))
     if not 1 <= slots <= 256:
@@ -173,4 +181,5 @@ def load_config(
         allow_remotes=tuple(remotes),
         model_servers=tuple(servers),
         agent_clis=tuple(clis),
+        dial_home=home,
     )

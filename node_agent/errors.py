@@ -8,6 +8,7 @@
     ├── NodeRefused         the coordinator will not have this node: the daemon stops (exit 2)
     │   ├── NodeRemoved     its certificate was revoked (flota node remove)
     │   └── Incompatible    it speaks a protocol the coordinator does not take
+    ├── CallRefused         a coordinator's call the node will not run  (its gRPC code, to the caller)
     ├── WorkspaceError      a git, mirror or worktree step failed       (reported per job)
     └── SpawnError          a job's command could not be started        (reported per job)
 
@@ -19,6 +20,7 @@ far: the runner turns them into a failed result with that line as its error.
 from __future__ import annotations
 
 __all__ = [
+    "CallRefused",
     "ConfigError",
     "EnrollError",
     "Incompatible",
@@ -59,6 +61,15 @@ class NodeRemoved(NodeRefused):
 
 class Incompatible(NodeRefused):
     """The coordinator does not take this node's protocol; its message names both versions."""
+
+
+class CallRefused(NodeError):
+    """A call's request the node will not act on; `code` is the gRPC status code's name
+    the caller gets (INVALID_ARGUMENT, FAILED_PRECONDITION), with this line."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class WorkspaceError(NodeError):

@@ -20,11 +20,11 @@ from enum import StrEnum
 
 import grpc
 
-from node_agent.errors import Incompatible, NodeRemoved
+from node_agent.errors import Incompatible, NodeRefused, NodeRemoved
 from node_agent.hub import Hub
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
-__all__ = ["REGISTER_ERRORS", "REGISTER_PERIOD_S", "Registration", "Verdict", "verdict"]
+__all__ = ["REGISTER_ERRORS", "REGISTER_PERIOD_S", "Registration", "Verdict", "refusal", "verdict"]
 
 log = logging.getLogger("flota.node")
 
@@ -70,6 +70,16 @@ def verdict(code: grpc.StatusCode) -> Verdict:
     return REGISTER_ERRORS.get(code, Verdict.RETRY)
 
 
+def refusal(exc: grpc.aio.AioRpcError) -> NodeRefused | None:
+    """What a fatal error of a call to the coordinator (RegisterNode, DialHome) means for
+    this node, or None when it is retried."""
+    if verdict(exc.code()) is not Verdict.FATAL:
+        return None
+    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        return Incompatible(exc.details() or "the coordinator refused this node")
+    return NodeRemoved()
+
+
 async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
     waits = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
     try:
@@ -106,16 +116,15 @@ class Registration:
                 self.registered.set()
                 delay = REGISTER_PERIOD_S
             except grpc.aio.AioRpcError as exc:
-                if verdict(exc.code()) is Verdict.FATAL:
+                refused = refusal(exc)
+                if refused is not None:
                     log.error(
                         "coordinator %s refused this node (%s: %s)",
                         self._coordinator,
                         exc.code().name,
                         exc.details(),
                     )
-                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                        raise Incompatible(exc.details() or "the coordinator refused this node") from exc
-                    raise NodeRemoved() from exc
+                    raise refused from exc
                 log.warning("cannot register with coordinator %s: %s", self._coordinator, exc.details())
                 delay = min(max(delay * 2, 0.5), 5.0)
             try:

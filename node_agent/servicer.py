@@ -7,20 +7,24 @@ runs; never a traceback. Error lines quote at most 200 characters of a value: gR
 clients refuse status trailers over 8 KiB. The rules are those of :mod:`protos.limits`,
 which the coordinator's API applies too.
 
-The servicer is an edge: it validates the wire message, then hands the runner a model
-(:mod:`node_agent.convert`).
+The work of each call lives in :class:`NodeCalls`, without gRPC: the Node gRPC service
+(:class:`NodeServicer`, the coordinator dials us) and the dial-home client
+(:mod:`node_agent.home`, we dial the coordinator) both run it, so a job, a cancel or a
+session behave the same whichever way the link goes. It validates the wire message, then
+hands the runner a model (:mod:`node_agent.convert`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from node_agent import convert
-from node_agent.errors import WorkspaceError
+from node_agent.errors import CallRefused, WorkspaceError
 from node_agent.hub import Hub
 from node_agent.runner import Runner
 from protos.flota.v1 import node_pb2, node_pb2_grpc, types_pb2
@@ -46,7 +50,7 @@ from protos.limits import (
 )
 from protos.peer import peer_role
 
-__all__ = ["NodeServicer", "validate_spec"]
+__all__ = ["NodeCalls", "NodeServicer", "validate_spec"]
 
 
 def validate_spec(spec: types_pb2.JobSpec) -> str:
@@ -105,7 +109,10 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
     return ""
 
 
-class NodeServicer(node_pb2_grpc.NodeServicer):
+class NodeCalls:
+    """What each Node call does, over whichever link it came: plain methods that raise
+    CallRefused (with its gRPC code) for a request the node will not run."""
+
     def __init__(
         self, runner: Runner, hub: Hub, info: Callable[[], types_pb2.NodeInfo], heartbeat_s: float
     ) -> None:
@@ -113,17 +120,20 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         self.hub = hub
         self.info = info
         self.heartbeat_s = heartbeat_s
+        # Method name (as in node.proto) -> (request type, the work): for calls by name.
+        self.methods: dict[str, tuple[type[Message], Callable[[Any], Awaitable[Message]]]] = {
+            "StartJob": (types_pb2.JobSpec, self.start_job),
+            "CancelJob": (node_pb2.CancelJobRequest, self.cancel_job),
+            "ListJobs": (node_pb2.ListJobsRequest, self.list_jobs),
+            "AckResults": (node_pb2.AckResultsRequest, self.ack_results),
+            "Cleanup": (node_pb2.NodeCleanupRequest, self.cleanup),
+        }
 
-    async def _only_coordinator(self, context: Any) -> None:
-        role, _ = peer_role(context)
-        if role != "coordinator":
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the coordinator may call a node")
-
-    async def Session(
-        self, request: node_pb2.SessionRequest, context: Any
-    ) -> AsyncIterator[node_pb2.NodeEvent]:
-        await self._only_coordinator(context)
-        period = request.heartbeat_s if 0.1 <= request.heartbeat_s <= 60 else self.heartbeat_s
+    async def session(self, heartbeat_s: float) -> AsyncGenerator[node_pb2.NodeEvent, None]:
+        """A heartbeat at once and every period, and every event of the hub between. The
+        caller sends each on before asking for the next: only then is it taken (the
+        hub's log backlog counts what waits)."""
+        period = heartbeat_s if 0.1 <= heartbeat_s <= 60 else self.heartbeat_s
         sub = self.hub.subscribe()
         try:
             yield self.hub.event(heartbeat=self.info())
@@ -139,49 +149,105 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
                     event = await asyncio.wait_for(sub.queue.get(), timeout)
                 except TimeoutError:
                     continue
-                yield event  # returns once gRPC flow control lets it go
+                yield event  # returns once the link let it go
                 sub.taken(event)
         finally:
             self.hub.unsubscribe(sub)
 
-    async def StartJob(self, request: types_pb2.JobSpec, context: Any) -> node_pb2.StartJobReply:
-        await self._only_coordinator(context)
+    async def call(self, method: str, request: bytes) -> bytes:
+        """A call by name, its request and reply as bytes (the dial-home stream's)."""
+        known = self.methods.get(method)
+        if known is None:
+            raise CallRefused(f"unknown method {show(method)}", "UNIMPLEMENTED")
+        kind, work = known
+        message = kind()
+        try:
+            message.ParseFromString(request)
+        except DecodeError:
+            raise CallRefused("malformed request") from None
+        return (await work(message)).SerializeToString()
+
+    async def start_job(self, request: types_pb2.JobSpec) -> node_pb2.StartJobReply:
         problem = validate_spec(request)
         if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            raise CallRefused(problem)
         accepted, reason = self.runner.start(convert.job_from_proto(request))
         return node_pb2.StartJobReply(accepted=accepted, reason=reason)
 
-    async def CancelJob(self, request: node_pb2.CancelJobRequest, context: Any) -> node_pb2.CancelJobReply:
-        await self._only_coordinator(context)
+    async def cancel_job(self, request: node_pb2.CancelJobRequest) -> node_pb2.CancelJobReply:
         if not valid_id(request.attempt_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"invalid attempt id {show(request.attempt_id)}"
-            )
+            raise CallRefused(f"invalid attempt id {show(request.attempt_id)}")
         return node_pb2.CancelJobReply(found=self.runner.cancel(request.attempt_id))
 
-    async def ListJobs(self, request: node_pb2.ListJobsRequest, context: Any) -> node_pb2.ListJobsReply:
-        await self._only_coordinator(context)
+    async def list_jobs(self, request: node_pb2.ListJobsRequest) -> node_pb2.ListJobsReply:
         return node_pb2.ListJobsReply(jobs=convert.node_jobs(*self.runner.jobs()))
 
-    async def AckResults(self, request: node_pb2.AckResultsRequest, context: Any) -> node_pb2.AckResultsReply:
-        await self._only_coordinator(context)
+    async def ack_results(self, request: node_pb2.AckResultsRequest) -> node_pb2.AckResultsReply:
         bad = next((a for a in request.attempt_ids if not valid_id(a)), None)
         if bad is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid attempt id {show(bad)}")
+            raise CallRefused(f"invalid attempt id {show(bad)}")
         self.runner.ack(list(request.attempt_ids))
         return node_pb2.AckResultsReply()
 
-    async def Cleanup(self, request: node_pb2.NodeCleanupRequest, context: Any) -> node_pb2.NodeCleanupReply:
-        await self._only_coordinator(context)
+    async def cleanup(self, request: node_pb2.NodeCleanupRequest) -> node_pb2.NodeCleanupReply:
         if not valid_id(request.run_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {show(request.run_id)}")
+            raise CallRefused(f"invalid run id {show(request.run_id)}")
         if request.refs and "." in request.run_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "refs are deleted for a whole run only")
+            raise CallRefused("refs are deleted for a whole run only")
         if len(request.run_id) >= 100:  # no job key (at most 100 characters) starts with "<it>."
             return node_pb2.NodeCleanupReply(removed=0)
         try:
             removed, refs = await asyncio.to_thread(self.runner.cleanup, request.run_id, request.refs)
         except (WorkspaceError, OSError) as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot clean up: {exc}")
+            raise CallRefused(f"cannot clean up: {exc}", "FAILED_PRECONDITION") from exc
         return node_pb2.NodeCleanupReply(removed=removed, refs_removed=refs)
+
+
+class NodeServicer(node_pb2_grpc.NodeServicer):
+    """The Node gRPC service: the caller checked, then the call's work."""
+
+    def __init__(self, calls: NodeCalls) -> None:
+        self.calls = calls
+
+    async def _only_coordinator(self, context: Any) -> None:
+        role, _ = peer_role(context)
+        if role != "coordinator":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "only the coordinator may call a node")
+
+    async def _run(self, work: Callable[[Any], Awaitable[Any]], request: Any, context: Any) -> Any:
+        await self._only_coordinator(context)
+        try:
+            return await work(request)
+        except CallRefused as exc:
+            await context.abort(grpc.StatusCode[exc.code], str(exc))
+
+    async def Session(
+        self, request: node_pb2.SessionRequest, context: Any
+    ) -> AsyncIterator[node_pb2.NodeEvent]:
+        await self._only_coordinator(context)
+        events = self.calls.session(request.heartbeat_s)
+        try:
+            async for event in events:
+                yield event  # returns once gRPC flow control lets it go
+        finally:
+            await events.aclose()
+
+    async def StartJob(self, request: types_pb2.JobSpec, context: Any) -> node_pb2.StartJobReply:
+        reply: node_pb2.StartJobReply = await self._run(self.calls.start_job, request, context)
+        return reply
+
+    async def CancelJob(self, request: node_pb2.CancelJobRequest, context: Any) -> node_pb2.CancelJobReply:
+        reply: node_pb2.CancelJobReply = await self._run(self.calls.cancel_job, request, context)
+        return reply
+
+    async def ListJobs(self, request: node_pb2.ListJobsRequest, context: Any) -> node_pb2.ListJobsReply:
+        reply: node_pb2.ListJobsReply = await self._run(self.calls.list_jobs, request, context)
+        return reply
+
+    async def AckResults(self, request: node_pb2.AckResultsRequest, context: Any) -> node_pb2.AckResultsReply:
+        reply: node_pb2.AckResultsReply = await self._run(self.calls.ack_results, request, context)
+        return reply
+
+    async def Cleanup(self, request: node_pb2.NodeCleanupRequest, context: Any) -> node_pb2.NodeCleanupReply:
+        reply: node_pb2.NodeCleanupReply = await self._run(self.calls.cleanup, request, context)
+        return reply

@@ -134,8 +134,18 @@ class CallGate(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler  # none of our services has a client-streaming call
+        if handler is None:
+            return handler
+        if handler.request_streaming:
+            if not handler.response_streaming:
+                return handler  # none of our services has a client-streaming call
+            # A bidirectional stream (DialHome): its handler starts at the headers already,
+            # and the caller's messages come when they come; admitted and counted the same.
+            return grpc.stream_stream_rpc_method_handler(
+                self._both_ways(handler.stream_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         # The same call as a request-streaming one: its behavior starts at the headers.
         if handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
@@ -178,6 +188,21 @@ class CallGate(grpc.aio.ServerInterceptor):
                 self._release(key)
 
         return streaming
+
+    def _both_ways(self, behavior: Any) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        async def both_ways(requests: Any, context: Any) -> AsyncIterator[Any]:
+            key = await self._admit(context)
+            try:
+                responses = behavior(requests, context)
+                try:
+                    async for response in responses:
+                        yield response
+                finally:
+                    await responses.aclose()
+            finally:
+                self._release(key)
+
+        return both_ways
 
     async def _admit(self, context: Any) -> tuple[str, str]:
         role, name = peer_role(context)

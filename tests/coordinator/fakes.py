@@ -87,6 +87,7 @@ class FakeLink:
         self.address = address
         self.last_error = ""
         self.hints: list[tuple[list[str], str]] = []
+        self.holds: list[bool] = []
         self.starts: list[types_pb2.JobSpec] = []
         self.start_replies: list[node_pb2.StartJobReply | Exception] = []
         self.start_gate: asyncio.Event | None = None
@@ -104,6 +105,9 @@ class FakeLink:
 
     def hint(self, addresses: list[str], source: str = "register") -> None:
         self.hints.append((list(addresses), source))
+
+    async def hold(self, held: bool) -> None:
+        self.holds.append(held)
 
     async def start_job(self, spec: types_pb2.JobSpec) -> node_pb2.StartJobReply:
         copy = types_pb2.JobSpec()

@@ -13,6 +13,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from protos.flota.v1 import node_pb2 as _node_pb2
 from protos.flota.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -93,6 +94,7 @@ class NodeStatus(_message.Message):
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """online | draining | unreachable | lost | offline | unknown"""
     address: _builtins.str
@@ -103,6 +105,8 @@ class NodeStatus(_message.Message):
     """last connection error, one line"""
     refused: _builtins.str
     """why this coordinator will not take it (its protocol); empty: it may"""
+    link: _builtins.str
+    """which way its link goes: dialed (by the coordinator) | home (by the node) | "" (none up)"""
     @_builtins.property
     def info(self) -> _types_pb2.NodeInfo: ...
     def __init__(
@@ -114,10 +118,11 @@ class NodeStatus(_message.Message):
         last_seen: _builtins.float = ...,
         error: _builtins.str = ...,
         refused: _builtins.str = ...,
+        link: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "info", b"info", "last_seen", b"last_seen", "refused", b"refused", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "info", b"info", "last_seen", b"last_seen", "link", b"link", "refused", b"refused", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1466,3 +1471,124 @@ class PruneEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___PruneEvent: _TypeAlias = PruneEvent  # noqa: Y015
+
+@_typing.final
+class HomeFrame(_message.Message):
+    """DialHome: what the node sends."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _node_pb2.NodeEvent:
+        """as on Node.Session"""
+
+    @_builtins.property
+    def reply(self) -> Global___CallReply: ...
+    def __init__(
+        self,
+        *,
+        event: _node_pb2.NodeEvent | None = ...,
+        reply: Global___CallReply | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "kind", b"kind", "reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "kind", b"kind", "reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "reply"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___HomeFrame: _TypeAlias = HomeFrame  # noqa: Y015
+
+@_typing.final
+class CoordinatorFrame(_message.Message):
+    """DialHome: what the coordinator sends."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPEN_FIELD_NUMBER: _builtins.int
+    CALL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def open(self) -> _node_pb2.SessionRequest:
+        """first, once: start the events"""
+
+    @_builtins.property
+    def call(self) -> Global___Call: ...
+    def __init__(
+        self,
+        *,
+        open: _node_pb2.SessionRequest | None = ...,
+        call: Global___Call | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "kind", b"kind", "open", b"open"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "kind", b"kind", "open", b"open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "call"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___CoordinatorFrame: _TypeAlias = CoordinatorFrame  # noqa: Y015
+
+@_typing.final
+class Call(_message.Message):
+    """A Node call carried on DialHome: `method` is its name in the Node service
+    (StartJob, CancelJob, ListJobs, AckResults, Cleanup); `request` its request message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    method: _builtins.str
+    request: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        method: _builtins.str = ...,
+        request: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "method", b"method", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Call: _TypeAlias = Call  # noqa: Y015
+
+@_typing.final
+class CallReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """the Call's"""
+    reply: _builtins.bytes
+    """the method's reply message, when code is empty"""
+    code: _builtins.str
+    """"": ok; else a gRPC status code name (INVALID_ARGUMENT ...)"""
+    details: _builtins.str
+    """one line, with a code"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        reply: _builtins.bytes = ...,
+        code: _builtins.str = ...,
+        details: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "id", b"id", "reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallReply: _TypeAlias = CallReply  # noqa: Y015

@@ -129,6 +129,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneRequest.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneEvent.FromString,
                 _registered_method=True)
+        self.DialHome = channel.stream_stream(
+                '/flota.v1.Coordinator/DialHome',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.HomeFrame.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CoordinatorFrame.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -258,6 +263,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DialHome(self, request_iterator, context):
+        """A node behind NAT (or started with --dial-home) opens its session itself: the
+        coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
+        name); the node sends its events (as Node.Session's stream) and each call's reply.
+        Node certificates only; the node is the one its certificate names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -355,6 +370,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Prune,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneRequest.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneEvent.SerializeToString,
+            ),
+            'DialHome': grpc.stream_stream_rpc_method_handler(
+                    servicer.DialHome,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.HomeFrame.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CoordinatorFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -870,6 +890,33 @@ class Coordinator:
             '/flota.v1.Coordinator/Prune',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneRequest.SerializeToString,
             protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DialHome(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/flota.v1.Coordinator/DialHome',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.HomeFrame.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.CoordinatorFrame.FromString,
             options,
             channel_credentials,
             insecure,

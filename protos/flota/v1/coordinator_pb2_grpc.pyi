@@ -69,6 +69,12 @@ class CoordinatorStub:
     the nodes, their branches and refs on their remotes, then their rows (a run whose
     remote or node could not be reached is kept, to try again). Progress, then the reply.
     """
+    DialHome: _grpc.StreamStreamMultiCallable[_coordinator_pb2.HomeFrame, _coordinator_pb2.CoordinatorFrame]
+    """A node behind NAT (or started with --dial-home) opens its session itself: the
+    coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
+    name); the node sends its events (as Node.Session's stream) and each call's reply.
+    Node certificates only; the node is the one its certificate names.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -104,6 +110,12 @@ class CoordinatorAsyncStub(CoordinatorStub):
     """Removes the runs that ended more than older_than_s ago: their worktrees and refs on
     the nodes, their branches and refs on their remotes, then their rows (a run whose
     remote or node could not be reached is kept, to try again). Progress, then the reply.
+    """
+    DialHome: _aio.StreamStreamMultiCallable[_coordinator_pb2.HomeFrame, _coordinator_pb2.CoordinatorFrame]  # type: ignore[assignment]
+    """A node behind NAT (or started with --dial-home) opens its session itself: the
+    coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
+    name); the node sends its events (as Node.Session's stream) and each call's reply.
+    Node certificates only; the node is the one its certificate names.
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -251,6 +263,18 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         """Removes the runs that ended more than older_than_s ago: their worktrees and refs on
         the nodes, their branches and refs on their remotes, then their rows (a run whose
         remote or node could not be reached is kept, to try again). Progress, then the reply.
+        """
+
+    @_abc_1.abstractmethod
+    def DialHome(
+        self,
+        request_iterator: _MaybeAsyncIterator[_coordinator_pb2.HomeFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.CoordinatorFrame], _abc.AsyncIterator[_coordinator_pb2.CoordinatorFrame]]:
+        """A node behind NAT (or started with --dial-home) opens its session itself: the
+        coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
+        name); the node sends its events (as Node.Session's stream) and each call's reply.
+        Node certificates only; the node is the one its certificate names.
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
