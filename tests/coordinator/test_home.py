@@ -159,7 +159,7 @@ def test_calls_over_the_home_link_reach_the_real_node_and_answer(tmp_path: Path)
                 "the cancelled job's result",
             )
             assert stopped[0].result.status == "cancelled"
-            assert await link.cleanup("r000001") == (0, 0)  # (worktrees, refs): none for an unknown run
+            assert await link.cleanup("r000001") == (2, 0)  # (worktrees, refs): both jobs' scratch dirs
 
             # The coordinator hangs up (dispatch.drop, as `flota node remove` does): "down",
             # the node's stream ends, and calls fail UNAVAILABLE.
