@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -43,7 +45,8 @@ TOKEN_RE = re.compile(rb"flota1\.[0-9a-f]{8}\.[A-Za-z0-9_-]{16,64}\.[0-9a-f]{64}
 WARM = """
 import subprocess
 from cli.install import preflight, wheelhouse
-probe = subprocess.run(["sh", "-s"], input=preflight.probe_script("/usr/bin/python3"), capture_output=True, text=True)
+script = preflight.probe_script("/usr/bin/python3")
+probe = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True)
 facts = preflight.parse(probe.stdout)
 print(wheelhouse.build(facts, facts.python, (), False).size)
 """
@@ -202,8 +205,8 @@ def test_add_runs_a_job_is_idempotent_and_uninstall_leaves_the_host_as_before(
     assert watch.saw_join, "the scan never saw the join run: it proves nothing"
     assert watch.found == [], watch.found
     assert _files_with_token(site.box.home) == []
-    assert re.search(r"^node box \(\w+\) is online: flota 0\.1\.0 on \S+, service none; wheelhouse \d+\.\d MB$",
-                     added.stdout.strip()), added.stdout  # fmt: skip
+    summary = r"^node box \(\w+\) is online: flota 0\.1\.0 on \S+, service none; wheelhouse \d+\.\d MB$"
+    assert re.search(summary, added.stdout.strip()), added.stdout
     assert "wheelhouse: " in added.stderr
 
     node = _node(site, "box")
@@ -240,3 +243,161 @@ def test_add_runs_a_job_is_idempotent_and_uninstall_leaves_the_host_as_before(
     assert site.files() == before
     _no_processes(site)
     assert _node(site, "box") is None
+
+
+def _flota_on_a_terminal(site: Site, args: list[str], answer: str) -> tuple[int, str, str]:
+    """Run the CLI with a terminal on stdin and stderr; answer its question; (rc, out, terminal)."""
+    leader, follower = pty.openpty()
+    env = {**site.fleet.env, "HOME": str(site.dev_home), "XDG_CACHE_HOME": str(site.cache)}
+    proc = subprocess.Popen(
+        [*site.fleet.cli_prefix, site.fleet.python, "-m", "cli", *args],
+        stdin=follower, stdout=subprocess.PIPE, stderr=follower, env=env, cwd=site.fleet.home,
+    )  # fmt: skip
+    os.close(follower)
+    seen, asked = b"", 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal closed: the process ended
+                break
+            seen += chunk
+            if seen.count(b"[y/N]") > asked:
+                asked += 1
+                os.write(leader, answer.encode() + b"\n")
+        elif proc.poll() is not None:
+            break
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    rc = proc.wait(30)
+    os.close(leader)
+    return rc, out, seen.decode(errors="replace")
+
+
+def test_an_unknown_key_asked_on_a_terminal_then_keep_state_keeps_only_the_state_dir(site: Site) -> None:
+    before = site.files()
+    args = [
+        "node",
+        "add",
+        site.box.target,
+        "--identity",
+        str(site.box.key),
+        "--service",
+        "none",
+        "--name",
+        "box",
+    ]
+    rc, out, terminal = _flota_on_a_terminal(site, args, "y")
+    assert rc == 0, terminal
+    assert terminal.count("[y/N]") == 1, terminal
+    assert (
+        f"The host key of {site.box.address} is not known: ssh-ed25519 {site.box.fingerprint()}" in terminal
+    )
+    known = (site.dev_home / ".ssh" / "known_hosts").read_text()
+    assert known == site.box.known_hosts_line(), "the accepted key is remembered, as ssh does"
+    assert _node(site, "box") is not None
+    state = site.box.home / ".local/share/flota/node"
+    key = (state / "identity" / "node.key").read_bytes()
+
+    gone = site.flota("node", "uninstall", "box", "--keep-state")
+    assert gone.returncode == 0, gone.stderr
+    added = sorted(set(site.files()) - set(before))
+    kept = [".local", ".local/share", ".local/share/flota"]
+    assert [p.split()[0] for p in added][:3] == kept, added
+    assert all(p.split()[0].startswith(".local/share/flota/node") for p in added[3:]), added
+    assert set(before) <= set(site.files())
+    assert (state / "identity" / "node.key").read_bytes() == key
+    assert _node(site, "box") is None
+    _no_processes(site)
+
+    # The kept state is used again by the next add (the same node id, a new certificate).
+    again = site.add("--name", "box")
+    assert again.returncode == 0, again.stderr
+    node = _node(site, "box")
+    assert node is not None and node["info"]["id"] == (state / "identity" / "id").read_text().strip()
+    assert site.flota("node", "uninstall", "box").returncode == 0
+    # That add found ~/.local/share in place (the kept state's parents), so those stay.
+    assert site.files() == sorted(before + added[:2])
+
+
+def test_a_dry_run_prints_every_change_and_makes_none(site: Site) -> None:
+    before = site.files()
+    fp = site.box.fingerprint()
+    dry = site.add("--name", "box", "--fingerprint", fp, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[0].startswith(f"would install flota 0.1.0 on {site.box.target} as node box; wheelhouse ")
+    root = f"{site.box.home}/.local/share/flota"
+    for change in (
+        f"create {root}",
+        "over SFTP",
+        "create a venv",
+        "--no-index",
+        f"point {root}/current",
+        "join the fleet as box",
+        "node.toml",
+        "start the node daemon detached",
+        "install.json",
+    ):
+        assert any(change in line for line in lines[1:]), (change, lines)  # fmt: skip
+    assert site.files() == before
+    assert not (site.dev_home / ".ssh" / "known_hosts").exists()
+    assert site.fleet.nodes() == {}
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unknown-key", "changed-key", "wrong-user", "wrong-key", "unreachable", "no-python", "name-taken",
+     "no-systemd-user"],
+)  # fmt: skip
+def test_refusals_name_the_fix_and_change_nothing(site: Site, case: str) -> None:
+    box = site.box
+    site.trust()
+    target, extra = box.target, ["--identity", str(box.key), "--service", "none"]
+    if case == "unknown-key":
+        (site.dev_home / ".ssh" / "known_hosts").write_text("")
+        fp = box.fingerprint()
+        want = (
+            f"the host key of {box.address} is not known (ssh-ed25519 {fp}): check it on the host "
+            f"(ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then pass --fingerprint {fp}"
+        )
+    elif case == "changed-key":
+        old = box.fingerprint()
+        box.restart_with_new_key()
+        want = (
+            f"the host key of {box.address} has CHANGED: {site.dev_home}/.ssh/known_hosts has {old}, "
+            f"the host shows {box.fingerprint()}; refusing."
+        )
+    elif case in ("wrong-user", "wrong-key"):
+        if case == "wrong-user":
+            target = f"nobody@{box.address}"
+        else:
+            extra = ["--identity", str(box.other_key), "--service", "none"]
+        want = f"{target} refused our keys: pass --identity KEY"
+    elif case == "unreachable":
+        target = f"{box.user}@{site.lab.hosts['empty'].address()}"
+        want = f"cannot reach {site.lab.hosts['empty'].address()}:22 over ssh (connection refused)"
+        (site.dev_home / ".ssh" / "known_hosts").write_text("")
+    elif case == "no-python":
+        extra += ["--python", "/nonexistent"]
+        want = f"--python /nonexistent: no such program on {box.target}"
+    elif case == "name-taken":
+        site.fleet.start_node(
+            "taken", listen="0.0.0.0:0", prefix=site.ws.command([]), state=site.ws.dir / "taken"
+        )
+        extra += ["--name", "taken"]
+        want = "a node named taken is already in the fleet (id "
+    else:
+        extra = ["--identity", str(box.key)]  # the default service: systemd (user)
+        want = f"{box.user} on {box.target} has no systemd user instance ("
+    fleet_before = site.fleet.nodes().keys()
+    before = site.files()
+    res = site.flota("node", "add", target, *extra)
+    assert res.returncode in (2, 3), res
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"flota: {want}"), last
+    assert "Traceback" not in res.stderr
+    assert site.files() == before
+    assert site.fleet.nodes().keys() == fleet_before
+    _no_processes(site)
