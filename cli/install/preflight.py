@@ -315,10 +315,10 @@ def _install_problems(facts: Facts, wish: Wish) -> list[str]:
             f"{wish.host} has flota installed as node {node_id}, which the fleet does not know "
             f"(removed?): flota node uninstall {wish.host}, then add it again"
         ]
-    if (facts.manifest or {}).get("service", {}).get("kind") != wish.service:
+    asked = (facts.manifest or {}).get("service", {}).get("asked")
+    if asked != wish.service:
         return [
-            f"flota is installed on {wish.host} with --service "
-            f"{(facts.manifest or {}).get('service', {}).get('kind')}: uninstall it first to change that"
+            f"flota is installed on {wish.host} with --service {asked}: uninstall it first to change that"
         ]
     return []
 

@@ -92,7 +92,8 @@ def systemd_unit(layout: Layout, system: bool) -> str:
         lines += ["Wants=network-online.target", "After=network-online.target"]
     lines += ["", "[Service]", "Type=simple"]
     if system:
-        lines += [f"User={layout.user}", f"WorkingDirectory={_unit_arg(layout.home)}"]
+        # WorkingDirectory= takes the path as it is (no quotes), specifiers aside.
+        lines += [f"User={layout.user}", f"WorkingDirectory={layout.home.replace('%', '%%')}"]
     lines += [
         f"ExecStart={exec_start}",
         "Environment=PYTHONUNBUFFERED=1",

@@ -71,11 +71,21 @@ class SshHost:
         workdir.mkdir(parents=True, exist_ok=True)
         self.user = "flssh" + secrets.token_hex(3)
         self.home = Path(tempfile.mkdtemp(prefix="flota-lab-home-"))
-        subprocess.run(
-            ["useradd", "-M", "-d", str(self.home), "-s", "/bin/sh", "-p", "*", "-c", f"{_COMMENT}{os.getpid()}",
-             self.user],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        comment = f"{_COMMENT}{os.getpid()}"
+        useradd = [
+            "useradd",
+            "-M",
+            "-d",
+            str(self.home),
+            "-s",
+            "/bin/sh",
+            "-p",
+            "*",
+            "-c",
+            comment,
+            self.user,
+        ]
+        subprocess.run(useradd, check=True, capture_output=True)
         info = pwd.getpwnam(self.user)
         os.chown(self.home, info.pw_uid, info.pw_gid)
         self.uid = info.pw_uid
