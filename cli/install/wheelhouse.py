@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def requirements(extras: tuple[str, ...], online: bool) -> list[str]:
     what was tested here), else as flota requires them. `online`: only pip itself."""
     names = [n for n in NODE_PACKAGES] + [n for e in extras for n in EXTRAS[e]]
     wanted = {}
-    for spec in importlib.metadata.requires("flota") or []:
+    project = tomllib.loads((source_root() / "pyproject.toml").read_text())["project"]
+    for spec in project.get("dependencies", []):
         name = re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].strip().lower()
         wanted[name] = spec.split(";")[0].strip()
     reqs = ["pip"]
