@@ -148,13 +148,13 @@ def _wait_online(client: Client, remote: Remote, layout: Layout, node_id: str, w
         for n in client.list_nodes().nodes:
             if n.info.id == node_id and n.state == "online":
                 return
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             tail = remote.run(f"tail -n 1 {shlex.quote(layout.log)} 2>/dev/null").out.strip()
             raise CliError(
                 f"the node did not come online within {wait_s:.0f} s"
                 + (f" (its log ends: {tail[-200:]})" if tail else "")
             )
-        time.sleep(0.5)
+        time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
 
 
 def _toml(name: str, a: AddArgs) -> str:

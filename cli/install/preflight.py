@@ -60,7 +60,12 @@ echo "git=$(git --version 2>/dev/null)"
 echo "disk_kb=$(df -Pk "$HOME" 2>/dev/null | awk 'NR==2 {print $4}')"
 if [ -e "$root" ]; then echo "root_entries=$(ls -A "$root" | tr '\n' ' ')"; fi
 if [ -f "$root/__MANIFEST__" ]; then echo "manifest=$(cat "$root/__MANIFEST__")"; fi
-if [ -f "$root/node.pid" ] && kill -0 "$(cat "$root/node.pid")" 2>/dev/null; then echo "daemon=running"; fi
+pid=$(cat "$root/node.pid" 2>/dev/null)
+if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  if [ -r "/proc/$pid/cmdline" ]; then  # a zombie, or a pid used again, is no daemon
+    if tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q node_agent; then echo "daemon=running"; fi
+  else echo "daemon=running"; fi
+fi
 if command -v systemctl >/dev/null 2>&1; then
   if err=$(systemctl --user show-environment 2>&1 >/dev/null); then echo "systemd_user=yes"
   else echo "systemd_user=no $(echo "$err" | head -n 1)"; fi

@@ -151,7 +151,8 @@ class SshHost:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
-                    if os.stat(f"/proc/{entry}").st_uid == self.uid:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if os.stat(f"/proc/{entry}").st_uid == self.uid and stat[stat.rfind(")") + 2] != "Z":
                         cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
                         found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
                 except OSError:

@@ -18,6 +18,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -237,6 +238,16 @@ def test_add_runs_a_job_is_idempotent_and_uninstall_leaves_the_host_as_before(
     assert "already installed" in again.stdout and "nothing changed" in again.stdout
     assert json.loads((root / "install.json").read_text()) == manifest
 
+    # A daemon that died is started again by the next add; the rest is as it was.
+    os.kill(int((root / "node.pid").read_text()), signal.SIGKILL)
+    revived = site.flota("--json", "node", "add", site.box.target, "--identity", str(site.box.key),
+                         "--service", "none", "--name", "box")  # fmt: skip
+    assert revived.returncode == 0, revived.stderr
+    summary = json.loads(revived.stdout)
+    assert summary["state"] == "already installed" and summary["id"] == manifest["node"]["id"]
+    assert summary["changes"] == ["start the node daemon again (it was not running)"]
+    assert _node(site, "box")["state"] == "online"  # type: ignore[index]
+
     gone = site.flota("node", "uninstall", "box")
     assert gone.returncode == 0, gone.stderr
     assert "uninstalled node box" in gone.stdout and "removed from the fleet" in gone.stdout
@@ -400,4 +411,21 @@ def test_refusals_name_the_fix_and_change_nothing(site: Site, case: str) -> None
     assert "Traceback" not in res.stderr
     assert site.files() == before
     assert site.fleet.nodes().keys() == fleet_before
+    _no_processes(site)
+
+
+def test_a_failed_add_undoes_every_step(site: Site) -> None:
+    """A node the coordinator cannot dial (it listens on its loopback only) never comes
+    online: add fails at its last step and undoes everything: the daemon stopped, the files
+    gone, the node out of the fleet."""
+    site.trust()
+    before = site.files()
+    res = site.add("--name", "box", "--listen", "127.0.0.1:7390", "--wait", "3")
+    assert res.returncode == 2, res
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("flota: the node did not come online within 3 s (its log ends: "), last
+    assert last.endswith(f"(undone: {site.box.target} is as it was)"), last
+    assert "flota: undoing what was done" in res.stderr
+    assert site.files() == before
+    assert site.fleet.nodes() == {}
     _no_processes(site)
