@@ -356,6 +356,30 @@ def test_a_dry_run_prints_every_change_and_makes_none(site: Site) -> None:
     assert not (site.dev_home / ".ssh" / "known_hosts").exists()
     assert site.fleet.nodes() == {}
 
+    # ~/.ssh/config names the host, user and key; the host key is pinned by fingerprint.
+    (site.dev_home / ".ssh").mkdir(mode=0o700)
+    (site.dev_home / ".ssh" / "config").write_text(
+        f"Host box\n  HostName {site.box.address}\n  User {site.box.user}\n  IdentityFile {site.box.key}\n"
+    )
+    aliased = site.flota("node", "add", "box", "--fingerprint", fp, "--service", "none", "--dry-run")
+    assert aliased.returncode == 0, aliased.stderr
+    assert aliased.stdout.startswith(f"would install flota 0.1.0 on {site.box.target} as node box; ")
+
+    nothing = site.flota("node", "uninstall", "box", "--fingerprint", fp)
+    assert nothing.returncode == 2
+    assert nothing.stderr == "flota: no node named box was installed from this machine " + (
+        f"({site.fleet.home}/installs): pass its USER@HOST instead\n"
+    )
+    nothing = site.flota(
+        "node", "uninstall", site.box.target, "--identity", str(site.box.key), "--fingerprint", fp
+    )
+    assert nothing.returncode == 2
+    assert nothing.stderr == (
+        f"flota: {site.box.target} has no flota installed by flota node add (no install.json): "
+        "nothing to do\n"
+    )
+    assert site.files() == before
+
 
 @pytest.mark.parametrize(
     "case",
