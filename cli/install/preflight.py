@@ -309,6 +309,11 @@ def _install_problems(facts: Facts, wish: Wish) -> list[str]:
             ]
         return []  # only a node state dir kept by `uninstall --keep-state`: it is reused
     version, build, node_id = mine
+    if not (facts.manifest or {}).get("complete"):
+        return [
+            f"an unfinished install of flota is on {wish.host} (an add that was interrupted): "
+            f"flota node uninstall {wish.host}, then add it again"
+        ]
     if (version, build) != (wish.version, wish.build):
         return [
             f"flota {version} ({build[:8]}) is installed on {wish.host} as node "

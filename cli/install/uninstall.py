@@ -7,6 +7,7 @@ host's manifest (cli/install/manifest.py), and remove the node from the fleet.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from cli.client import Client, CliError
 from cli.install.manifest import delete_record, load_record
 from cli.install.preflight import MANIFEST, STATE, install_root
-from cli.install.service import Layout, stop_commands
+from cli.install.service import Layout, service_file, stop_commands
 from cli.install.ssh import Remote, SshOptions, connect
 
 __all__ = ["changes", "undo", "uninstall"]
@@ -22,9 +23,24 @@ __all__ = ["changes", "undo", "uninstall"]
 Say = Callable[[str], None]
 
 
-def _layout(m: dict[str, Any]) -> Layout:
-    home = str(m.get("home", ""))
+def _layout(m: dict[str, Any], home: str | None = None) -> Layout:
+    """The install's paths; a manifest that names other places than add would have used
+    (another home, a service file elsewhere) is refused: uninstall deletes what it names."""
     root = str(m.get("root", ""))
+    if home is not None and m.get("home") != home:
+        raise CliError(
+            f"the install manifest is for the home {m.get('home')!r}, not {home}: remove it by hand"
+        )
+    home = str(m.get("home", ""))
+    if not re.fullmatch(r"[A-Za-z0-9._][A-Za-z0-9._-]*", str(m.get("user", ""))):
+        raise CliError(f"the install manifest names the user {m.get('user')!r}: remove it by hand")
+    svc = m.get("service") or {}
+    if svc.get("file") and svc["file"] != service_file(
+        str(svc.get("kind")), Layout(home, str(m.get("user")), "", root)
+    ):
+        raise CliError(
+            f"the install manifest names {svc['file']!r} as its service file; refusing to delete it"
+        )
     if not home or root != install_root(home):
         raise CliError(
             f"the install manifest names {root!r} as flota's directory, not {install_root(home)}; "
@@ -93,6 +109,13 @@ def undo(remote: Remote, m: dict[str, Any], keep_state: bool, say: Say) -> None:
 
 def read_manifest(remote: Remote) -> dict[str, Any] | None:
     home = remote.run('printf %s "$HOME"').out.strip()
+    m = _read(remote, home)
+    if m is not None:
+        _layout(m, home)  # it names this home and add's own paths
+    return m
+
+
+def _read(remote: Remote, home: str) -> dict[str, Any] | None:
     data = remote.read(f"{install_root(home)}/{MANIFEST}")
     if data is None:
         return None

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from cli.client import CliError
 from cli.install import preflight
 from cli.install.preflight import Facts, Python, Wish, parse, problems, service_kind
 from cli.install.service import LABEL, Layout, launchd_plist, service_file, systemd_unit
 from cli.install.ssh import parse_target
+from cli.install.uninstall import changes
 from cli.install.wheelhouse import LLM_PACKAGES, NODE_PACKAGES, platform_tags
 from tests.fleet import ROOT
 
@@ -197,14 +199,18 @@ def test_the_probe_runs_here_and_changes_nothing(tmp_path: Path) -> None:
         # A state dir kept by uninstall --keep-state: reused.
         (Facts(**{**LINUX.__dict__, "root_entries": ("node",)}), WISH, []),
         (Facts(**{**LINUX.__dict__, "root_entries": ("install.json",),
-                  "manifest": {"version": "0.0.9", "build": "a" * 16, "node": NODE}}),
+                  "manifest": {"version": "0.0.9", "build": "a" * 16, "node": NODE, "complete": True}}),
          Wish(**{**WISH.__dict__, "fleet": {"laptop": "abc"}}),
          ["flota 0.0.9 (aaaaaaaa) is installed on a@laptop as node laptop; installing 0.1.0 (bbbbbbbb) is an "
           "upgrade: flota node upgrade NAME (or flota node uninstall first)"]),
         (Facts(**{**LINUX.__dict__, "root_entries": ("install.json",),
-                  "manifest": {"version": "0.1.0", "build": "b" * 16, "node": NODE,
+                  "manifest": {"version": "0.1.0", "build": "b" * 16, "node": NODE, "complete": True,
                                "service": {"asked": "systemd"}}}),
          Wish(**{**WISH.__dict__, "fleet": {"laptop": "abc"}}), []),  # installed: add is idempotent
+        (Facts(**{**LINUX.__dict__, "root_entries": ("install.json",),
+                  "manifest": {"version": "0.1.0", "build": "b" * 16, "node": NODE}}), WISH,
+         ["an unfinished install of flota is on a@laptop (an add that was interrupted): flota node "
+          "uninstall a@laptop, then add it again"]),
     ],
 )  # fmt: skip
 def test_preflight_problems(facts: Facts, wish: Wish, want: list[str]) -> None:
@@ -254,3 +260,26 @@ def test_the_node_daemon_needs_only_the_node_packages() -> None:
                     if top in dists:
                         assert {norm(d) for d in dists[top]} & allowed, f"{path} imports {top} ({dists[top]})"
     assert LLM_PACKAGES == ("litellm",)
+
+
+def test_uninstall_deletes_only_what_add_would_have_made() -> None:
+    """The manifest is on the host, writable by its user: one that names another service
+    file, another directory or an odd user name is refused, not followed."""
+    unit = "/etc/systemd/system/flota-node-a.service"
+    root = "/home/a/.local/share/flota"
+    service = {"kind": "system-systemd", "file": unit, "linger": False}
+    good = {"home": "/home/a", "user": "a", "root": root, "created": ["/home/a/.local"], "service": service}
+    assert changes(good, False) == [
+        "stop and disable the system-systemd service (/etc/systemd/system/flota-node-a.service)",
+        "remove /etc/systemd/system/flota-node-a.service",
+        "remove /home/a/.local/share/flota",
+        "remove /home/a/.local if empty (add made it)",
+    ]
+    for bad, why in (
+        ({"service": {"kind": "system-systemd", "file": "/etc/passwd"}}, "as its service file"),
+        ({"root": "/home/a"}, "as flota's directory"),
+        ({"user": "../../x"}, "names the user"),
+    ):
+        with pytest.raises(CliError) as err:
+            changes({**good, **bad}, False)
+        assert why in str(err.value)
