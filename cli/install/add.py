@@ -18,13 +18,13 @@ import json
 import shlex
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import paramiko
 
+from cli import __version__
 from cli.client import Client, CliError
 from cli.install import wheelhouse
 from cli.install.manifest import FORMAT, delete_record, encode, save_record
@@ -64,11 +64,6 @@ def _refuse(found: list[str]) -> None:
         raise CliError(found[-1])
 
 
-def _project_version() -> str:
-    data = tomllib.loads((wheelhouse.source_root() / "pyproject.toml").read_text())
-    return str(data["project"]["version"])
-
-
 def add(client: Client, a: AddArgs, say: Say) -> dict[str, Any]:
     fleet = {n.info.name: n.info.id for n in client.list_nodes().nodes}
     remote = connect(a.target, a.ssh)
@@ -86,7 +81,7 @@ def _add(client: Client, remote: Remote, a: AddArgs, fleet: dict[str, str], say:
     build_id = wheelhouse.source_hash(wheelhouse.source_root())
     kind = service_kind(facts, a.service)
     name = a.name or facts.hostname.split(".")[0]
-    wish = Wish(str(remote.target), name, kind, _project_version(), build_id, a.python, 0, fleet)
+    wish = Wish(str(remote.target), name, kind, __version__, build_id, a.python, 0, fleet)
     _refuse(problems(facts, wish))
     py = facts.python
     assert py is not None  # problems() said so otherwise

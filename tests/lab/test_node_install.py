@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from cli import __version__
 from tests.fleet import ROOT, Fleet, git
 from tests.lab.netlab import Host, Lab
 from tests.lab.sshhost import SshHost, listing, remove_stale_users
@@ -206,7 +207,8 @@ def test_add_runs_a_job_is_idempotent_and_uninstall_leaves_the_host_as_before(
     assert watch.saw_join, "the scan never saw the join run: it proves nothing"
     assert watch.found == [], watch.found
     assert _files_with_token(site.box.home) == []
-    summary = r"^node box \(\w+\) is online: flota 0\.1\.0 on \S+, service none; wheelhouse \d+\.\d MB$"
+    version = re.escape(__version__)
+    summary = rf"^node box \(\w+\) is online: flota {version} on \S+, service none; wheelhouse \d+\.\d MB$"
     assert re.search(summary, added.stdout.strip()), added.stdout
     assert "wheelhouse: " in added.stderr
 
@@ -215,7 +217,7 @@ def test_add_runs_a_job_is_idempotent_and_uninstall_leaves_the_host_as_before(
     assert node["info"]["network"] == "home" and node["info"]["slots"] == 2
     assert node["info"]["labels"] == {"lab": "yes"}
     root = site.box.home / ".local/share/flota"
-    assert os.readlink(root / "current") == "versions/0.1.0"
+    assert os.readlink(root / "current") == f"versions/{__version__}"
     venv_python = str(root / "current/bin/python")
     no_llm = subprocess.run([venv_python, "-c", "import litellm"], capture_output=True)
     assert no_llm.returncode != 0, "the node's venv must not have litellm without --with llm"
@@ -338,7 +340,9 @@ def test_a_dry_run_prints_every_change_and_makes_none(site: Site) -> None:
     dry = site.add("--name", "box", "--fingerprint", fp, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert lines[0].startswith(f"would install flota 0.1.0 on {site.box.target} as node box; wheelhouse ")
+    assert lines[0].startswith(
+        f"would install flota {__version__} on {site.box.target} as node box; wheelhouse "
+    )
     root = f"{site.box.home}/.local/share/flota"
     for change in (
         f"create {root}",
@@ -363,7 +367,7 @@ def test_a_dry_run_prints_every_change_and_makes_none(site: Site) -> None:
     )
     aliased = site.flota("node", "add", "box", "--fingerprint", fp, "--service", "none", "--dry-run")
     assert aliased.returncode == 0, aliased.stderr
-    assert aliased.stdout.startswith(f"would install flota 0.1.0 on {site.box.target} as node box; ")
+    assert aliased.stdout.startswith(f"would install flota {__version__} on {site.box.target} as node box; ")
 
     nothing = site.flota("node", "uninstall", "box", "--fingerprint", fp)
     assert nothing.returncode == 2
