@@ -240,14 +240,28 @@ def test_the_node_daemon_needs_only_the_node_packages() -> None:
     def norm(name: str) -> str:
         return re.split(r"[<>=!~;\[ ]", name, maxsplit=1)[0].strip().lower().replace("_", "-")
 
+    def closure(names: tuple[str, ...]) -> set[str]:
+        """The packages and everything they require (what pip installs for them)."""
+        seen: set[str] = set()
+        todo = [norm(n) for n in names]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            try:
+                reqs = importlib.metadata.requires(name) or []
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            todo += [norm(r) for r in reqs if "extra ==" not in r]
+        return seen
+
     dists = importlib.metadata.packages_distributions()
-    shipped = {norm(n) for n in NODE_PACKAGES}
-    for name in NODE_PACKAGES:
-        shipped |= {norm(r) for r in importlib.metadata.requires(name) or [] if "extra ==" not in r}
+    shipped = closure(NODE_PACKAGES)
     for package, allowed in (
         ("node_agent", shipped),
         ("protos", shipped),
-        ("node_agent/agents/llm", {"litellm"}),
+        ("node_agent/agents/llm", shipped | closure(LLM_PACKAGES)),
     ):
         for path in (ROOT / package).rglob("*.py"):
             if package != "node_agent/agents/llm" and "agents/llm" in path.as_posix():

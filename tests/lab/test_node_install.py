@@ -216,6 +216,7 @@ def test_add_runs_a_job_is_idempotent_and_uninstall_leaves_the_host_as_before(
     assert node is not None and node["state"] == "online", node
     assert node["info"]["network"] == "home" and node["info"]["slots"] == 2
     assert node["info"]["labels"] == {"lab": "yes"}
+    assert node["info"]["version"] == __version__  # `flota nodes` shows it
     root = site.box.home / ".local/share/flota"
     assert os.readlink(root / "current") == f"versions/{__version__}"
     venv_python = str(root / "current/bin/python")
