@@ -1,7 +1,7 @@
-"""`flota nodes` and `flota node start|drain|remove|join`: the machines of the fleet.
+"""`flota nodes` and `flota node start|drain|remove|join|add|uninstall`: the machines of the fleet.
 
-`node start` and `node join` exec the node daemon's own entry point; the others are calls
-to the coordinator.
+`node start` and `node join` exec the node daemon's own entry point; `node add` and
+`node uninstall` (cli/install/) work over SSH; the others are calls to the coordinator.
 """
 
 from __future__ import annotations
@@ -10,13 +10,17 @@ from typing import Annotated
 
 import typer
 
+from cli.client import CliError
 from cli.daemon import exec_daemon
+from cli.install.commands import node_add, node_uninstall
 from cli.options import check_address, json_flag, options
 from cli.render import console, count, nodes_table, print_json, to_dict
 
 __all__ = ["list_nodes", "node_app"]
 
-node_app = typer.Typer(help="Join, run and drain node daemons.", no_args_is_help=True)
+node_app = typer.Typer(help="Install, join, run and drain node daemons.", no_args_is_help=True)
+node_app.command("add")(node_add)
+node_app.command("uninstall")(node_uninstall)
 
 
 def list_nodes(ctx: typer.Context) -> None:
@@ -182,12 +186,21 @@ def node_remove(
 def node_join(
     ctx: typer.Context,
     address: Annotated[str, typer.Argument(metavar="HOST:PORT", help="The coordinator's join address.")],
-    token: Annotated[str, typer.Option(metavar="TOKEN", help="A token from `flota token create`.")],
+    token: Annotated[
+        str | None, typer.Option(metavar="TOKEN", help="A token from `flota token create`.")
+    ] = None,
+    token_stdin: Annotated[
+        bool,
+        typer.Option("--token-stdin", help="Read the token from standard input (kept out of ps)."),
+    ] = False,
     name: Annotated[str | None, typer.Option(metavar="NAME", help="Node name (default: host name).")] = None,
     state_dir: Annotated[str | None, typer.Option(metavar="DIR", help="Node state directory.")] = None,
 ) -> None:
     """Enroll this machine with a coordinator, once: keeps its key and certificate."""
-    args = ["join", check_address(address, "join address", 7371), "--token", token]
+    if (token is None) == (not token_stdin):
+        raise CliError("node join needs one of --token TOKEN or --token-stdin")
+    args = ["join", check_address(address, "join address", 7371)]
+    args += ["--token-stdin"] if token_stdin else ["--token", str(token)]
     if name:
         args += ["--name", name]
     if state_dir:

@@ -49,7 +49,8 @@ class NodeSessions:
 
     def enrolled(self, node_id: str, name: str, fingerprint: str) -> None:
         entry = self.rec.fleet.add(node_id, name)
-        entry.name, entry.fingerprint = name, fingerprint
+        # A removed node may join again (a new token): it is a node again, as the store says.
+        entry.name, entry.fingerprint, entry.removed = name, fingerprint, False
 
     def hint(
         self, node_id: str, addresses: list[str], source: str = "register", fingerprint: str = ""

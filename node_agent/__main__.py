@@ -77,7 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--json", action="store_true", help="print the ready line as JSON")
     join = sub.add_parser("join", help="enroll this node with a coordinator")
     join.add_argument("address", help="the coordinator's join address HOST:PORT")
-    join.add_argument("--token", required=True)
+    token = join.add_mutually_exclusive_group(required=True)
+    token.add_argument("--token")
+    token.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="read the token from standard input (its first line), so it is in no command line",
+    )
     join.add_argument("--name")
     join.add_argument("--state-dir", type=Path)
     join.add_argument("--json", action="store_true")
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             from node_agent.enroll import join
 
             name = args.name or socket.gethostname().split(".")[0]
-            node_id = join(state_dir, args.address, args.token, name)
+            token = sys.stdin.readline().strip() if args.token_stdin else args.token
+            node_id = join(state_dir, args.address, token, name)
             cfg_path = state_dir / "node.toml"
             if args.name and not cfg_path.exists():
                 cfg_path.write_text(f'name = "{args.name}"\n')

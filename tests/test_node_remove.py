@@ -117,3 +117,16 @@ def test_a_removed_nodes_daemon_stops_with_one_line_and_exit_2(fleet: Fleet, tmp
     assert sum("removed from the fleet" in line for line in lines) == 1, text
     assert "Traceback" not in text
     assert not running(tag)  # stopped as on a normal stop, not left behind
+
+
+def test_a_removed_node_that_joins_again_with_its_own_state_comes_back_online(fleet: Fleet) -> None:
+    """As its stop line says: a new token, the same state directory (the same node id: what
+    `flota node uninstall --keep-state` then `node add` does) and it is a node again, without
+    a coordinator restart."""
+    fleet.start_coordinator()
+    fleet.start_node("back")
+    node_id = fleet.nodes()["back"]["info"]["id"]
+    fleet.json("node", "remove", "back")
+    assert fleet.procs["back"].wait(90) == 2
+    fleet.start_node("back")  # joins again (a new token) with the same state directory
+    assert fleet.nodes()["back"]["info"]["id"] == node_id
