@@ -7,6 +7,7 @@ commands live in their own module (Nomad's `command/` layout):
     runs.py         run, status, results, compare, logs, cancel, retry, cleanup
     checkout.py     checkout, diff (a job's branch in the user's repository)
     events.py       events
+    dashboard/      dashboard (the web page; a package of its own)
     nodes.py        nodes; node start, drain, remove, join
     coordinator.py  coordinator start
     tokens.py       token create
@@ -39,6 +40,7 @@ from cli import __version__, checkout, doctor, events, local, runs, version
 from cli.client import CliError
 from cli.config import load_defaults
 from cli.coordinator import coordinator_app
+from cli.dashboard import dashboard
 from cli.nodes import list_nodes, node_app
 from cli.options import Options
 from cli.secrets import secret_app
@@ -68,6 +70,7 @@ for _name, _command in (
     ("diff", checkout.diff),
     ("cleanup", runs.cleanup),
     ("events", events.events),
+    ("dashboard", dashboard),
     ("doctor", doctor.doctor),
     ("up", local.up),
     ("down", local.down),
