@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
-from cli.client import CALL_TIMEOUT_S, GIT_CALL_TIMEOUT_S, admin_credentials, translate
+from cli.client import CALL_TIMEOUT_S, GIT_CALL_TIMEOUT_S, CliError, admin_credentials, translate
 from protos.channels import client_options
 from protos.contract import COORDINATOR_SERVER_NAME
 from protos.flota.v1 import coordinator_pb2 as pb
@@ -30,13 +30,29 @@ class Coordinator:
     """Made inside the running event loop; `close` when done."""
 
     def __init__(self, address: str | None) -> None:
+        self._given = address
         self.address, creds = admin_credentials(address)
+        self._open(creds)
+
+    def _open(self, creds: grpc.ChannelCredentials) -> None:
         self._channel = grpc.aio.secure_channel(
             self.address, creds, options=client_options(COORDINATOR_SERVER_NAME)
         )
         self._stub: coordinator_pb2_grpc.CoordinatorAsyncStub = coordinator_pb2_grpc.CoordinatorStub(
             self._channel
         )
+
+    async def refresh(self) -> None:
+        """Before a reconnect: a local coordinator may have come back on another port (the
+        address it wrote is read again, as `flota events` does; a given one is kept)."""
+        try:
+            address, creds = admin_credentials(self._given)
+        except CliError:
+            return  # its files are being rewritten: try again at the next reconnect
+        if address != self.address:
+            old, self.address = self._channel, address
+            self._open(creds)
+            await old.close()
 
     async def close(self) -> None:
         await self._channel.close()

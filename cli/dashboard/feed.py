@@ -160,6 +160,7 @@ class Feed:
             self._say_upstream(False, error)
             await asyncio.sleep(RECONNECT_S[min(waits, len(RECONNECT_S) - 1)])
             waits += 1
+            await self._coordinator.refresh()
 
     def take(self, event: pb.Event) -> None:
         if event.type == "resync":

@@ -102,7 +102,7 @@ export function runView(root, runId) {
   );
   const problem = h("p", { class: "error" });
   problem.hidden = true;
-  root.replaceChildren(h("h1", {}, "Run ", h("span", { class: "id" }, runId)), problem, head, ranking, t.el);
+  root.replaceChildren(h("h1", {}, "Run ", h("span", { class: "id" }, runId)), problem, head, ranking, h("h2", {}, "Jobs"), t.el);
   let fetched = -1;
   let compare = [];
   let finals = -1;
