@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,24 @@ from cli.dashboard.feed import Feed, Subscriber
 from protos.flota.v1 import coordinator_pb2 as pb
 from protos.flota.v1 import types_pb2
 from tests.fleet import Fleet, git, make_repo
+
+
+def _run(main: Callable[[], Awaitable[None]]) -> None:
+    """asyncio.run on a thread of its own: Playwright's sync API (the browser tests of
+    this package) keeps an event loop running on the main thread."""
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(main())  # type: ignore[arg-type]
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def test_a_page_that_falls_behind_gets_a_snapshot_not_a_backlog() -> None:
@@ -32,7 +52,7 @@ def test_a_page_that_falls_behind_gets_a_snapshot_not_a_backlog() -> None:
         page.offer("g")
         assert await page.take(0.01) == ["g"]
 
-    asyncio.run(main())
+    _run(main)
 
 
 def _node(name: str, state: str) -> pb.NodeStatus:
@@ -68,7 +88,7 @@ def test_the_feed_swaps_in_a_snapshot_at_live_and_passes_events_on(
         assert kinds == ["resync", "run.snapshot", "job.snapshot", "live", "upstream"]
         await coordinator.close()
 
-    asyncio.run(main())
+    _run(main)
 
 
 def test_a_jobs_diff_lists_each_file_as_git_does(tmp_path: Path) -> None:
@@ -111,4 +131,4 @@ def test_a_jobs_diff_lists_each_file_as_git_does(tmp_path: Path) -> None:
         finally:
             diffs.close()
 
-    asyncio.run(main())
+    _run(main)
