@@ -2,7 +2,10 @@
 
 import os
 
-__version__ = "0.1.0"
+from protos.contract import FLOTA_VERSION
+
+__all__ = ["__version__"]
+__version__ = FLOTA_VERSION  # the one version of every part
 
 # gRPC's own log lines are for daemons' logs, not for a user's terminal (errors reach the
 # user as one `flota:` line). A value the user set is kept, and not passed to daemons we

@@ -27,7 +27,7 @@ from cli.options import options
 from cli.render import console, print_json
 from protos.flota.v1 import coordinator_pb2
 
-__all__ = ["JobBranch", "checkout", "diff", "git_reason", "job_branch"]
+__all__ = ["JobBranch", "checkout", "diff", "diff_text", "git_reason", "job_branch"]
 
 _ACTIVE = ("queued", "dispatching", "running")
 _MAX_FILES = 10  # files named in a one-line reason
@@ -213,6 +213,29 @@ def checkout(
     console.print(f"{where} at {now[:12]}{said}")
 
 
+def _commits_here(client: Client, job_id: str, repo: str | None) -> tuple[JobBranch, str]:
+    """The job's result, and the repository (at `repo` or around the current directory)
+    that now holds both its commits (fetched when missing)."""
+    r = _result(client, job_id)
+    if not (r.base and r.head):
+        raise CliError(f"job {r.job_id} has no recorded commits to compare")
+    top = _repository(repo or ".")
+    missing = [c for c in (r.base, r.head) if not _ok(top, "cat-file", "-e", f"{c}^{{commit}}")]
+    if missing:
+        _fetch(top, r)
+        if not _ok(top, "cat-file", "-e", f"{r.head}^{{commit}}"):
+            raise CliError(
+                f"the remote's {r.branch} no longer holds the job's result {r.head[:12]} (it was moved)"
+            )
+    return r, top
+
+
+def diff_text(client: Client, job_id: str, repo: str | None = None) -> str:
+    """A job's change as `git diff --stat` then the patch, uncoloured (for a view to show)."""
+    r, top = _commits_here(client, job_id, repo)
+    return _git(top, "diff", "--no-color", "--stat", "--patch", r.base, r.head)
+
+
 def diff(
     ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(metavar="JOB")],
@@ -224,17 +247,7 @@ def diff(
 ) -> None:
     """A job's change against its base: `git diff BASE HEAD`, through your pager."""
     o = options(ctx)
-    r = _result(o.client(), job_id)
-    if not (r.base and r.head):
-        raise CliError(f"job {r.job_id} has no recorded commits to compare")
-    top = _repository(repo or ".")
-    missing = [c for c in (r.base, r.head) if not _ok(top, "cat-file", "-e", f"{c}^{{commit}}")]
-    if missing:
-        _fetch(top, r)
-        if not _ok(top, "cat-file", "-e", f"{r.head}^{{commit}}"):
-            raise CliError(
-                f"the remote's {r.branch} no longer holds the job's result {r.head[:12]} (it was moved)"
-            )
+    r, top = _commits_here(o.client(), job_id, repo)
     args = ["diff", *(["--stat"] if stat else []), r.base, r.head]
     if o.json:
         text = _git(top, "diff", "--no-color", *args[1:])  # captured: no pager

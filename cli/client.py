@@ -5,7 +5,9 @@ the address from --coordinator, then $FLOTA_COORDINATOR, then `$FLOTA_HOME/admin
 
 `Client` has one typed method per RPC the CLI makes, so mypy checks each request and reply
 at this boundary. Every unary call has a deadline (`CALL_TIMEOUT_S`; longer for the calls
-that do git work); following a stream has none (keepalive catches a dead link).
+that do git work); following a stream has none (keepalive catches a dead link), and
+neither have cleanup and prune, whose every node and git call has a deadline of its own
+and whose progress arrives as it is made.
 
 Error handling: a failed call raises `CliError` with one line and an exit code: the
 coordinator unreachable or too slow is EXIT_UNAVAILABLE, a refused request EXIT_USAGE.
@@ -17,9 +19,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -34,6 +36,7 @@ __all__ = [
     "EXIT_USAGE",
     "CliError",
     "Client",
+    "Stream",
     "admin_credentials",
     "flota_home",
     "translate",
@@ -46,7 +49,7 @@ EXIT_UNAVAILABLE = 3  # the coordinator cannot be reached
 CALL_TIMEOUT_S = 30.0
 QUIET_S = 1.0  # a call that takes longer says what it waits for, on stderr
 NOTE_EVERY_S = 10.0  # without a terminal, how often a long wait says it is still waiting
-GIT_CALL_TIMEOUT_S = 120.0  # SubmitRun pushes the base ref; Cleanup calls every node; a bounded log read
+GIT_CALL_TIMEOUT_S = 120.0  # SubmitRun pushes the base ref; a bounded log read
 
 _Request = TypeVar("_Request")
 _Reply = TypeVar("_Reply")
@@ -71,6 +74,10 @@ def _read(path: Path) -> bytes:
         ) from None
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _no_reply(method: str, address: str) -> CliError:
+    return CliError(f"the coordinator at {address} ended {method} without its reply", EXIT_UNAVAILABLE)
 
 
 def admin_credentials(address: str | None = None) -> tuple[str, grpc.ChannelCredentials]:
@@ -125,7 +132,7 @@ class Client:
     # --- runs -----------------------------------------------------------------------------
 
     def submit_run(self, request: pb.SubmitRunRequest) -> pb.Run:
-        waiting = "waiting for the coordinator to store the run"
+        waiting = ""  # a run with a repository waits for a push, which can take a while
         if request.HasField("repo"):
             remote = request.repo.remote or "its remote"
             waiting = f"the coordinator is pushing the run's base to {remote}"
@@ -140,16 +147,16 @@ class Client:
     def get_job(self, job_id: str) -> pb.Job:
         return self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
 
-    def watch_run(self, run_id: str) -> Iterator[pb.RunEvent]:
+    def watch_run(self, run_id: str) -> Stream[pb.RunEvent]:
         """The run's jobs, then each change; the last event is the run. The coordinator may
         end the stream early (the watcher fell behind): then it ends without the run."""
         return self._stream(self._stub.WatchRun, pb.WatchRunRequest(run_id=run_id), None)
 
-    def stream_events(self, since: int, topics: list[str]) -> Iterator[pb.Event]:
+    def stream_events(self, since: int, topics: list[str]) -> Stream[pb.Event]:
         """The fleet's events after `since` (0: the current state first); never ends by itself."""
         return self._stream(self._stub.StreamEvents, pb.StreamEventsRequest(since=since, topics=topics), None)
 
-    def stream_logs(self, job_id: str, follow: bool) -> Iterator[pb.LogChunk]:
+    def stream_logs(self, job_id: str, follow: bool) -> Stream[pb.LogChunk]:
         """A job's output, every attempt; with `follow`, until the job ends."""
         request = pb.StreamLogsRequest(job_id=job_id, follow=follow)
         return self._stream(self._stub.StreamLogs, request, None if follow else GIT_CALL_TIMEOUT_S)
@@ -163,8 +170,24 @@ class Client:
         did not succeed."""
         return self._unary(self._stub.Retry, pb.RetryRequest(id=ident, failed=failed_only))
 
-    def cleanup(self, run_id: str) -> pb.CleanupReply:
-        return self._unary(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id), GIT_CALL_TIMEOUT_S)
+    def cleanup(self, run_id: str, progress: Callable[[pb.Progress], None]) -> pb.CleanupReply:
+        """Each step the coordinator reports goes to `progress`; then the reply."""
+        events = self._stream(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id), None)
+        for event in events:
+            if event.HasField("progress"):
+                progress(event.progress)
+            elif event.HasField("done"):
+                return event.done
+        raise _no_reply("Cleanup", self.address)
+
+    def prune(self, request: pb.PruneRequest, progress: Callable[[pb.Progress], None]) -> pb.PruneReply:
+        """As `cleanup`: progress as it comes, then the reply."""
+        for event in self._stream(self._stub.Prune, request, None):
+            if event.HasField("progress"):
+                progress(event.progress)
+            elif event.HasField("done"):
+                return event.done
+        raise _no_reply("Prune", self.address)
 
     # --- secrets --------------------------------------------------------------------------
 
@@ -209,11 +232,38 @@ class Client:
         method: grpc.UnaryStreamMultiCallable[_Request, _Reply],
         request: _Request,
         timeout: float | None,
-    ) -> Iterator[_Reply]:
+    ) -> Stream[_Reply]:
+        return Stream(lambda: method(request, timeout=timeout), self.address)
+
+
+class Stream(Iterator[_Reply]):
+    """A server stream: iterate it (errors become CliError, as for a unary call); `cancel()`
+    ends it from another thread (a view that stops following a log)."""
+
+    def __init__(self, start: Callable[[], Any], address: str) -> None:
+        self._start, self._address = start, address
+        self._call: Any = None
+        self._cancelled = False
+
+    def __iter__(self) -> Stream[_Reply]:
+        return self
+
+    def __next__(self) -> _Reply:
+        if self._call is None:
+            if self._cancelled:
+                raise StopIteration
+            self._call = self._start()
         try:
-            yield from method(request, timeout=timeout)
+            return next(self._call)  # type: ignore[no-any-return]
         except grpc.RpcError as exc:
-            raise translate(exc, self.address) from None
+            if self._cancelled and exc.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise translate(exc, self._address) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        if self._call is not None:
+            self._call.cancel()
 
 
 def _wait_saying(call: grpc.Future[_Reply], waiting: str) -> _Reply:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated
 
 import typer
 
-from cli.client import EXIT_UNAVAILABLE, CliError
+from cli.client import EXIT_UNAVAILABLE, Client, CliError, Stream
 from cli.options import options
 from cli.render import to_dict
 from protos.flota.v1 import coordinator_pb2 as pb
 
-__all__ = ["describe", "events"]
+__all__ = ["Follower", "describe", "events"]
 
 RECONNECT_S = (0.5, 1.0, 2.0, 5.0)  # waits between reconnects, the last one repeated
 GIVE_UP_S = 60.0  # a coordinator gone this long ends the command (exit 3)
@@ -60,28 +62,64 @@ def events(
 ) -> None:
     """Follow everything that happens in the fleet: nodes, runs, jobs (NDJSON with --json)."""
     o = options(ctx)
-    last, waits, gone_since = since, 0, 0.0
-    while True:
-        client = o.client()  # anew each time: a local coordinator may come back on another port
-        try:
-            for event in client.stream_events(last, topic or []):
-                waits, gone_since = 0, 0.0
-                _print(event, o.json)
-                last = event.index
-                if snapshot and event.type == "live":
+
+    def retrying(error: CliError, wait: float) -> None:
+        print(f"flota: {error}; reconnecting in {wait:g} s", file=sys.stderr, flush=True)
+
+    for event in Follower(o.client, since, topic or [], retrying):
+        _print(event, o.json)
+        if snapshot and event.type == "live":
+            return
+
+
+class Follower:
+    """The event stream, followed across coordinator restarts: iterate it for events;
+    `cancel()` (from any thread) ends the iteration. A coordinator that cannot be reached
+    is tried again from the last index given (`on_retry` hears of each wait) until it has
+    been gone GIVE_UP_S; then the CliError is raised."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Client],
+        since: int = 0,
+        topics: list[str] | None = None,
+        on_retry: Callable[[CliError, float], None] | None = None,
+    ) -> None:
+        self._connect, self.last, self._topics = connect, since, topics or []
+        self._on_retry = on_retry
+        self._stream: Stream[pb.Event] | None = None
+        self._stopped = threading.Event()
+
+    def __iter__(self) -> Iterator[pb.Event]:
+        waits, gone_since = 0, 0.0
+        while not self._stopped.is_set():
+            client = self._connect()  # anew each time: a local coordinator may come back on another port
+            try:
+                self._stream = client.stream_events(self.last, self._topics)
+                if self._stopped.is_set():
                     return
-        except CliError as exc:
-            if exc.code != EXIT_UNAVAILABLE:
-                raise
-            gone_since = gone_since or time.monotonic()
-            if time.monotonic() - gone_since > GIVE_UP_S:
-                raise
-            wait = RECONNECT_S[min(waits, len(RECONNECT_S) - 1)]
-            print(f"flota: {exc}; reconnecting in {wait:g} s", file=sys.stderr, flush=True)
-            time.sleep(wait)
-            waits += 1
-        finally:
-            client.close()
+                for event in self._stream:
+                    waits, gone_since = 0, 0.0
+                    self.last = event.index
+                    yield event
+            except CliError as exc:
+                if exc.code != EXIT_UNAVAILABLE or self._stopped.is_set():
+                    raise
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since > GIVE_UP_S:
+                    raise
+                wait = RECONNECT_S[min(waits, len(RECONNECT_S) - 1)]
+                if self._on_retry is not None:
+                    self._on_retry(exc, wait)
+                self._stopped.wait(wait)
+                waits += 1
+            finally:
+                client.close()
+
+    def cancel(self) -> None:
+        self._stopped.set()
+        if self._stream is not None:
+            self._stream.cancel()
 
 
 def _print(event: pb.Event, as_json: bool) -> None:

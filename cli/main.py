@@ -4,10 +4,11 @@ started by exec'ing their own entry points (`python -m coordinator|node_agent`).
 This module is the app: the global options, `main()`, and the table of nouns. Each noun's
 commands live in their own module (Nomad's `command/` layout):
 
-    runs.py         run, status, results, compare, logs, cancel, retry, cleanup
+    runs.py         run, status, results, compare, logs, cancel, retry, cleanup, prune
     checkout.py     checkout, diff (a job's branch in the user's repository)
     events.py       events
     dashboard/      dashboard (the web page; a package of its own)
+    top/            top (the terminal UI)
     nodes.py        nodes; node start, drain, remove, join
     coordinator.py  coordinator start
     tokens.py       token create
@@ -36,7 +37,7 @@ try:  # typer 0.29+ vendors click: its commands are that click's, not the packag
 except ImportError:  # pragma: no cover (older typer)
     import click  # type: ignore[no-redef]
 
-from cli import __version__, checkout, doctor, events, local, runs, version
+from cli import __version__, checkout, doctor, events, local, runs, top, version
 from cli.client import CliError
 from cli.config import load_defaults
 from cli.coordinator import coordinator_app
@@ -69,8 +70,10 @@ for _name, _command in (
     ("checkout", checkout.checkout),
     ("diff", checkout.diff),
     ("cleanup", runs.cleanup),
+    ("prune", runs.prune),
     ("events", events.events),
     ("dashboard", dashboard),
+    ("top", top.top),
     ("doctor", doctor.doctor),
     ("up", local.up),
     ("down", local.down),

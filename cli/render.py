@@ -15,17 +15,20 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from protos.contract import EndReason
 from protos.flota.v1 import coordinator_pb2
 
 __all__ = [
     "compare_rows",
     "compare_table",
     "FitTable",
+    "ProgressLines",
     "console",
     "count",
     "jobs_table",
     "nodes_table",
     "print_json",
+    "prune_lines",
     "results_table",
     "runs_table",
     "to_dict",
@@ -133,6 +136,22 @@ def _status(text: str) -> Text:
     return Text(text, style=STATUS_STYLE.get(text, ""))
 
 
+# Why a job ended partial or failed, shown beside its status ("partial (max steps)").
+_REASON = {
+    EndReason.MAX_STEPS: "max steps",
+    EndReason.BUDGET: "budget",
+    EndReason.TIME_LIMIT: "time limit",
+    EndReason.CUT_OFF: "cut off",
+    EndReason.MODEL_UNREACHABLE: "model unreachable",
+}
+
+
+def _job_status(j: coordinator_pb2.Job) -> Text:
+    """A job's status, with the reason it ended so when it is partial or failed."""
+    reason = _REASON.get(EndReason.read(j.result.reason)) if j.status in ("partial", "failed") else None
+    return _status(j.status) + (f" ({reason})" if reason else "")
+
+
 def _duration(seconds: float) -> str:
     if seconds <= 0:
         return "-"
@@ -149,17 +168,64 @@ def _ago(ts: float) -> str:
     return _duration(max(time.time() - ts, 0.001)) + " ago"
 
 
+class ProgressLines:
+    """A long call's progress on stderr (stdout stays the result's): `what: done/total`,
+    the first and last line of each step and at most one a second in between."""
+
+    def __init__(self, period_s: float = 1.0) -> None:
+        self.period_s = period_s
+        self._shown: dict[str, float] = {}
+
+    def __call__(self, step: coordinator_pb2.Progress) -> None:
+        now = time.monotonic()
+        last = self._shown.get(step.what)
+        if last is None or step.done >= step.total or now - last >= self.period_s:
+            self._shown[step.what] = now
+            sys.stderr.write(f"{step.what}: {step.done}/{step.total}\n")
+            sys.stderr.flush()
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def prune_lines(reply: coordinator_pb2.PruneReply, age: str) -> list[str]:
+    """What a prune takes (a dry run's reply): the runs, then per remote its refs, then the nodes."""
+    jobs = sum(r.jobs for r in reply.runs)
+    lines = [f"{count(len(reply.runs), 'run')} ({count(jobs, 'job')}) ended more than {age} ago:"]
+    for r in reply.runs:
+        name = f"  {r.name}" if r.name else ""
+        lines.append(
+            f"  {r.id}  {r.status:<9}  {count(r.jobs, 'job'):<8}  ended {_when(r.finished_at)}{name}"
+        )
+    for remote in reply.remotes:
+        if remote.error:
+            lines.append(f"{remote.url}: {remote.error}; its runs are kept")
+            continue
+        branches = sum(ref.startswith("refs/heads/") for ref in remote.refs)
+        plural = "" if branches == 1 else "es"
+        others = count(len(remote.refs) - branches, "other ref")
+        lines.append(f"{remote.url}: {branches} branch{plural} (flota/RUN/...), {others} (refs/flota/...)")
+    nodes = sorted({n for r in reply.runs for n in r.nodes})
+    if nodes:
+        lines.append(f"nodes {', '.join(nodes)}: the runs' worktrees, and their refs in the mirrors")
+    return lines
+
+
 def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
     t = FitTable(
-        "NAME", "ADDRESS", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS", "STATE",
+        "NAME", "ADDRESS", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS", "VERSION",
+        "STATE",
         whole=("NAME",),
         text=("ADDRESS", "NETWORK", "LABELS", "GPU", "AGENTS", "STATE"),
-        drop=("LOAD", "AGENTS", "LABELS", "GPU", "RAM"),
+        drop=("LOAD", "AGENTS", "LABELS", "GPU", "RAM", "VERSION"),
     )  # fmt: skip
     for n in reply.nodes:
         i, f = n.info, n.info.facts
         gpus = ",".join(g.name for g in f.gpus) or "-"
         state = _status(n.state) + ("" if n.state == "online" else f" ({_ago(n.last_seen)})")
+        if n.refused:  # its protocol: `flota version` has the whole line
+            state = Text("refused (protocol)", style="red")
         t.add_row(
             i.name,
             n.address or "-",
@@ -171,6 +237,7 @@ def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
             f"{f.load_1m:.2f}" if f.cpu_count else "-",
             f"{i.running}/{i.slots}" if i.slots else "-",
             ",".join(f.agent_clis) or "-",
+            i.version or "-",
             state,
         )
     return t
@@ -190,7 +257,7 @@ def jobs_table(run: coordinator_pb2.Run) -> FitTable:
     )
     for j in run.jobs:
         note = j.wait_reason if j.status == "queued" else (j.result.error if j.HasField("result") else "")
-        t.add_row(j.id, j.name, j.node_name or "-", _status(j.status), str(len(j.attempts)), note)
+        t.add_row(j.id, j.name, j.node_name or "-", _job_status(j), str(len(j.attempts)), note)
     return t
 
 
@@ -216,7 +283,7 @@ def results_table(run: coordinator_pb2.Run) -> FitTable:
             j.name,
             j.node_name or "-",
             r.branch or "-",
-            _status(j.status),
+            _job_status(j),
             _duration(r.duration_s),
             (f"{files} (+{r.insertions}/-{r.deletions})" if files else "0") if run.repo_url else "-",
         ]

@@ -1,9 +1,10 @@
-"""`flota run|status|results|compare|logs|cancel|retry|cleanup`: runs, their jobs and their results."""
+"""`flota run|status|results|compare|logs|cancel|retry|cleanup|prune`: runs, their jobs and their results."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,19 +17,21 @@ import typer
 from cli.client import EXIT_FAILED, Client, CliError
 from cli.options import options
 from cli.render import (
+    ProgressLines,
     compare_rows,
     compare_table,
     console,
     count,
     jobs_table,
     print_json,
+    prune_lines,
     results_table,
     runs_table,
     to_dict,
 )
 from protos.flota.v1 import coordinator_pb2, types_pb2
 
-__all__ = ["cancel", "cleanup", "compare", "logs", "results", "retry", "run", "status"]
+__all__ = ["cancel", "cleanup", "compare", "logs", "prune", "results", "retry", "run", "status"]
 
 
 def _parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -102,7 +105,8 @@ def run(
     retries: Annotated[
         int,
         typer.Option(
-            help="Extra attempts when a node is lost or stops a task cut off (default 1; -1: the default)."
+            help="Extra attempts when a node is lost, stops a task cut off, or its own model server is "
+            "down; never for an agent's own limits (default 1; -1: the default)."
         ),
     ] = -1,
     resume_from_partial: Annotated[
@@ -352,11 +356,82 @@ def retry(
 def cleanup(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
     """Remove a run's worktrees on the nodes. Result branches are kept."""
     o = options(ctx)
-    reply = o.client().cleanup(run_id)
+    reply = o.client().cleanup(run_id, ProgressLines())
     if o.json:
         print_json(to_dict(reply))
-        return
-    console.print(f"removed {count(reply.worktrees_removed, 'worktree')}; branches kept")
+    else:
+        console.print(f"removed {count(reply.worktrees_removed, 'worktree')}; branches kept")
     if reply.nodes_unreachable:
-        console.print(f"unreachable, not cleaned: {', '.join(reply.nodes_unreachable)}")
+        if not o.json:
+            console.print(f"unreachable, not cleaned: {', '.join(reply.nodes_unreachable)}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age(text: str) -> float:
+    """`90s`, `45m`, `12h`, `30d`, `2w` -> seconds."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    seconds = float(found.group(1)) * _UNITS[found.group(2)] if found else 0.0
+    if not 0 < seconds < 1e10:
+        raise CliError(f"invalid --older-than {text!r} (a number and a unit: 90s, 45m, 12h, 30d, 2w)")
+    return seconds
+
+
+def prune(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", metavar="AGE", help="Runs that ended at least AGE ago: 90s, 45m, 12h, 30d, 2w."
+        ),
+    ],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask; needed without a terminal.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")
+    ] = False,
+) -> None:
+    """Forget old runs: their branches and refs on the remote and on the nodes, then their records."""
+    o = options(ctx)
+    seconds = _age(older_than)
+    if not (yes or dry_run or sys.stdin.isatty()):
+        raise CliError(
+            "prune removes branches and asks first, but there is no terminal to ask on; "
+            "pass --yes (or --dry-run to list only); nothing was removed"
+        )
+    client, show = o.client(), ProgressLines()
+    plan = client.prune(coordinator_pb2.PruneRequest(older_than_s=seconds, dry_run=True), show)
+    listing = sys.stderr if o.json and not dry_run else sys.stdout
+    if not plan.runs:
+        if o.json:
+            print_json(to_dict(plan))
+        else:
+            print(f"nothing to prune: no run ended more than {older_than} ago")
+        return
+    if o.json and dry_run:
+        print_json(to_dict(plan))
+        return
+    print("\n".join(prune_lines(plan, older_than)), file=listing)
+    if dry_run:
+        print("(a dry run: nothing was removed)")
+        return
+    if not yes and not typer.confirm("remove all of this?", err=True):
+        print("flota: not confirmed; nothing was removed", file=sys.stderr)
+        raise typer.Exit(EXIT_FAILED)
+    request = coordinator_pb2.PruneRequest(older_than_s=seconds, run_ids=[r.id for r in plan.runs])
+    reply = client.prune(request, show)
+    kept = [r for r in reply.runs if not r.forgotten]
+    if o.json:
+        print_json(to_dict(reply))
+    else:
+        refs = count(sum(r.removed for r in reply.remotes), "ref")
+        on_nodes = f"{count(reply.worktrees_removed, 'worktree')} and {count(reply.node_refs_removed, 'ref')}"
+        print(
+            f"removed {count(len(reply.runs) - len(kept), 'run')}, "
+            f"{refs} from the remotes, {on_nodes} on the nodes"
+        )
+        for r in kept:
+            print(f"kept {r.id}: {r.kept} (flota prune again to finish it)")
+    if kept:
         raise typer.Exit(EXIT_FAILED)

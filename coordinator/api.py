@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import grpc
 
 from coordinator import errors, validate
-from coordinator.convert import job_to_pb, node_status_to_pb, run_to_pb
-from coordinator.service import NodeStatus, Service
+from coordinator.convert import job_to_pb, node_status_to_pb, pruning_to_pb, run_to_pb
+from coordinator.service import NodeStatus, Report, Service
 from coordinator.stream import Topics, parse_topics
-from protos.contract import fingerprint
+from protos.contract import FLOTA_VERSION, OLDEST_PROTOCOL, PROTOCOL, fingerprint
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
 from protos.peer import peer_role
 
@@ -40,6 +40,8 @@ CODES: list[tuple[type[errors.CoordinatorError], grpc.StatusCode]] = [
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.RepoError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.MissingSecret, grpc.StatusCode.FAILED_PRECONDITION),
+    # The node stops on it (node_agent/register.py): only an upgrade on one side helps.
+    (errors.Incompatible, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     # Not UNAVAILABLE: the coordinator answered; the CLI would say it cannot be reached.
     (errors.StoreError, grpc.StatusCode.ABORTED),
@@ -119,14 +121,26 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if peer_ip and addresses:
             port = addresses[0].rpartition(":")[2]
             addresses.append(f"[{peer_ip}]:{port}" if ":" in peer_ip else f"{peer_ip}:{port}")
-        heartbeat_s = self.service.register(node_id, _peer_fingerprint(context), addresses, request.leaving)
+        heartbeat_s = self.service.register(
+            node_id,
+            _peer_fingerprint(context),
+            addresses,
+            request.leaving,
+            request.info.protocol,
+            request.info.version,
+        )
         return coordinator_pb2.RegisterNodeReply(heartbeat_s=heartbeat_s)
 
     @_role("admin")
     async def ListNodes(
         self, request: coordinator_pb2.ListNodesRequest, context: Any
     ) -> coordinator_pb2.ListNodesReply:
-        return coordinator_pb2.ListNodesReply(nodes=[self._status(s) for s in self.service.nodes()])
+        return coordinator_pb2.ListNodesReply(
+            nodes=[self._status(s) for s in self.service.nodes()],
+            coordinator_version=FLOTA_VERSION,
+            protocol=PROTOCOL,
+            oldest_protocol=OLDEST_PROTOCOL,
+        )
 
     @_role("admin")
     async def SetSecret(
@@ -292,12 +306,49 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         run, jobs = self.service.retry(request.id, request.failed)
         return coordinator_pb2.RetryReply(retried=[j.id for j in jobs], run=run_to_pb(run, self._names()))
 
-    @_role("admin")
+    @_stream_role("admin")
     async def Cleanup(
         self, request: coordinator_pb2.CleanupRequest, context: Any
-    ) -> coordinator_pb2.CleanupReply:
-        removed, unreachable = await self.service.cleanup(request.run_id)
-        return coordinator_pb2.CleanupReply(worktrees_removed=removed, nodes_unreachable=unreachable)
+    ) -> AsyncIterator[coordinator_pb2.CleanupEvent]:
+        async for step, done in _with_progress(lambda report: self.service.cleanup(request.run_id, report)):
+            if step is not None:
+                yield coordinator_pb2.CleanupEvent(progress=step)
+            elif done is not None:
+                removed, unreachable = done
+                reply = coordinator_pb2.CleanupReply(worktrees_removed=removed, nodes_unreachable=unreachable)
+                yield coordinator_pb2.CleanupEvent(done=reply)
+
+    @_stream_role("admin")
+    async def Prune(
+        self, request: coordinator_pb2.PruneRequest, context: Any
+    ) -> AsyncIterator[coordinator_pb2.PruneEvent]:
+        asked = validate.prune(request)
+        work = functools.partial(self.service.prune, asked.older_than_s, asked.dry_run, asked.run_ids)
+        async for step, done in _with_progress(lambda report: work(report=report)):
+            if step is not None:
+                yield coordinator_pb2.PruneEvent(progress=step)
+            elif done is not None:
+                yield coordinator_pb2.PruneEvent(done=pruning_to_pb(done, self._names()))
+
+
+async def _with_progress(
+    work: Callable[[Report], Awaitable[T]],
+) -> AsyncIterator[tuple[coordinator_pb2.Progress | None, T | None]]:
+    """Run `work`, yielding (progress, None) for each step it reports, then (None, result).
+    Its errors are raised here; a caller that goes away cancels it."""
+    steps: asyncio.Queue[coordinator_pb2.Progress | None] = asyncio.Queue()
+
+    def report(what: str, done: int, total: int) -> None:
+        steps.put_nowait(coordinator_pb2.Progress(what=what, done=done, total=total))
+
+    task = asyncio.ensure_future(work(report))
+    task.add_done_callback(lambda _: steps.put_nowait(None))
+    try:
+        while (step := await steps.get()) is not None:
+            yield step, None
+        yield None, task.result()
+    finally:
+        task.cancel()
 
 
 def _peer_fingerprint(context: Any) -> str:

@@ -13,6 +13,7 @@ from dataclasses import fields
 from coordinator.fleet import NodeEntry
 from coordinator.models import (
     Attempt,
+    EndReason,
     Facts,
     Finished,
     Gpu,
@@ -23,6 +24,7 @@ from coordinator.models import (
     NodeEvent,
     NodeInfo,
     NodeJob,
+    Pruning,
     Result,
     Run,
     Started,
@@ -38,6 +40,7 @@ __all__ = [
     "node_info_to_pb",
     "node_job_from_pb",
     "node_status_to_pb",
+    "pruning_to_pb",
     "result_from_pb",
     "result_to_pb",
     "run_to_pb",
@@ -52,6 +55,7 @@ _INFO_SCALARS = tuple(f.name for f in fields(NodeInfo) if f.name not in ("labels
 def result_from_pb(msg: types_pb2.JobResult) -> Result:
     values = {name: getattr(msg, name) for name in _RESULT_FIELDS}
     values["files_modified"] = tuple(msg.files_modified)
+    values["reason"] = EndReason.read(msg.reason)
     return Result(**values)
 
 
@@ -146,7 +150,11 @@ def spec_to_pb(
 
 def node_status_to_pb(entry: NodeEntry, address: str, error: str) -> coordinator_pb2.NodeStatus:
     status = coordinator_pb2.NodeStatus(
-        state=entry.shown_state, address=address, last_seen=entry.last_seen_wall, error=error
+        state=entry.shown_state,
+        address=address,
+        last_seen=entry.last_seen_wall,
+        error=error,
+        refused=entry.refused,
     )
     if entry.info is not None:
         status.info.CopyFrom(node_info_to_pb(entry.info))
@@ -216,4 +224,36 @@ def run_to_pb(run: Run, node_names: dict[str, str], with_jobs: bool = True) -> c
         repo_url=run.repo_url,
         base_commit=run.base_commit,
         jobs=[job_to_pb(j, node_names) for j in run.jobs] if with_jobs else [],
+    )
+
+
+def pruning_to_pb(out: Pruning, node_names: dict[str, str]) -> coordinator_pb2.PruneReply:
+    def names(ids: list[str]) -> list[str]:
+        return [node_names.get(node_id, node_id) for node_id in ids]
+
+    return coordinator_pb2.PruneReply(
+        dry_run=out.dry_run,
+        older_than_s=out.older_than_s,
+        runs=[
+            coordinator_pb2.PrunedRun(
+                id=item.run.id,
+                name=item.run.name,
+                status=item.run.status,
+                finished_at=item.run.finished_at,
+                jobs=len(item.run.jobs),
+                repo_url=item.run.repo_url,
+                nodes=names(item.nodes),
+                refs=len(item.refs),
+                forgotten=item.forgotten,
+                kept=item.kept,
+            )
+            for item in out.runs
+        ],
+        remotes=[
+            coordinator_pb2.RemoteRefs(url=r.url, refs=r.refs, removed=r.removed, error=r.error)
+            for r in out.remotes
+        ],
+        worktrees_removed=out.worktrees_removed,
+        node_refs_removed=out.node_refs_removed,
+        nodes_unreachable=names(out.nodes_unreachable),
     )

@@ -66,7 +66,7 @@ class Link(Protocol):
 
     async def ack(self, attempt_ids: list[str]) -> None: ...
 
-    async def cleanup(self, run_id: str) -> int: ...
+    async def cleanup(self, run_id: str, refs: bool = False) -> tuple[int, int]: ...
 
     async def close(self) -> None: ...
 
@@ -160,13 +160,14 @@ class Dispatcher:
         except NodeCallError:
             pass  # the node keeps them; they are acked after the next reconnect
 
-    async def cleanup(self, node_id: str, run_id: str) -> int | None:
-        """Worktrees removed, or None when the node cannot be reached."""
+    async def cleanup(self, node_id: str, run_id: str, refs: bool = False) -> tuple[int, int]:
+        """(worktrees, refs) removed on the node; NodeCallError when it cannot be reached
+        or refused (the caller says which nodes were not cleaned)."""
         link = self._links.get(node_id)
         if link is None or not link.connected:
-            return None
+            raise NodeCallError("the node is not connected", "UNAVAILABLE")
         try:
-            return await link.cleanup(run_id)
+            return await link.cleanup(run_id, refs)
         except NodeCallError as exc:
             log.warning("cleanup on %s failed: %s", node_id, exc)
-            return None
+            raise

@@ -8,6 +8,7 @@ CoordinatorError         something the coordinator cannot do (one line for the u
 ├── AlreadyExists        a node id or name is taken                       -> ALREADY_EXISTS
 ├── RepoError            the repository or its remote cannot be used     -> FAILED_PRECONDITION
 ├── MissingSecret        a job's secret is no longer set                 -> FAILED_PRECONDITION
+├── Incompatible         a node speaks a protocol outside the window     -> FAILED_PRECONDITION
 ├── PkiError             a key, certificate or CSR is unusable           -> INVALID_ARGUMENT
 ├── StoreError           the database could not be read or written       -> ABORTED
 └── NodeCallError        a call to a node failed (its gRPC code kept)    -> UNAVAILABLE
@@ -24,6 +25,7 @@ __all__ = [
     "Refused",
     "ConfigError",
     "CoordinatorError",
+    "Incompatible",
     "InvalidRequest",
     "MissingSecret",
     "NodeCallError",
@@ -64,6 +66,10 @@ class RepoError(CoordinatorError):
 
 class MissingSecret(CoordinatorError):
     """A job's secret is no longer set on the coordinator."""
+
+
+class Incompatible(CoordinatorError):
+    """A node speaks a wire protocol this coordinator does not take (too old or too new)."""
 
 
 class PkiError(CoordinatorError):

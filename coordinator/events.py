@@ -76,6 +76,10 @@ class RunHub:
         """A run that had ended is running again (a user's retry)."""
         self.stream.publish("run.updated", lambda: coordinator_pb2.Event(run=run_to_pb(run, {}, False)))
 
+    def run_removed(self, run: Run) -> None:
+        """An ended run was forgotten (`flota prune`): its jobs with it."""
+        self.stream.publish("run.removed", lambda: coordinator_pb2.Event(run=run_to_pb(run, {}, False)))
+
     def log(self, job_id: str, attempt_id: str, lines: list[str]) -> None:
         run_id = job_id.partition(".")[0]
         if any(w.logs for w in self._runs.get(run_id, ())):

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from coordinator.models import Job, NodeInfo, NodeState, NodeView, Reservation
+from protos.contract import FLOTA_VERSION, OLDEST_PROTOCOL, PROTOCOL, node_protocol
 
-__all__ = ["GOODBYE_WINDOW_S", "Fleet", "NodeEntry", "liveness", "node_view"]
+__all__ = ["GOODBYE_WINDOW_S", "Fleet", "NodeEntry", "liveness", "node_view", "protocol_problem"]
 
 GOODBYE_WINDOW_S = 10.0
 
@@ -35,6 +36,7 @@ class NodeEntry:
     leaving: bool = False  # said so itself over mTLS: no new work until it reconnects
     fingerprint: str = ""  # of the certificate issued at enrollment
     removed: bool = False
+    refused: str = ""  # why this coordinator will not take it (its protocol); "": it may
     draining: bool = False  # `flota node drain`: no new jobs, running ones finish
     # How long this node may be silent (it asked, e.g. a laptop that sleeps); 0: defaults.
     unreachable_after_s: float = 0.0
@@ -151,3 +153,18 @@ class Fleet:
         entry = self._entries.get(node_id)
         if entry is not None:
             entry.reservations.pop(attempt_id, None)
+
+
+def protocol_problem(name: str, sent: int, version: str) -> str:
+    """Why this coordinator will not take a node that speaks `sent` (its NodeInfo.protocol);
+    "" when it may. One line, naming both versions and what to upgrade."""
+    speaks = node_protocol(sent)
+    if OLDEST_PROTOCOL <= speaks <= PROTOCOL:
+        return ""
+    said = (
+        f"node {name} (flota {version or 'unknown'}) speaks protocol {speaks}; this coordinator "
+        f"(flota {FLOTA_VERSION}) takes protocols {OLDEST_PROTOCOL} to {PROTOCOL}"
+    )
+    if speaks < OLDEST_PROTOCOL:
+        return f"{said}: upgrade the node (flota node upgrade {name})"
+    return f"{said}: upgrade the coordinator to flota {version or 'that version'} or later"

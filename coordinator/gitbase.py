@@ -1,9 +1,11 @@
-"""Make a run's base commit reachable on the remote the nodes fetch from.
+"""Make a run's base commit reachable on the remote the nodes fetch from, and remove a
+run's refs from it again (`flota prune`).
 
 The base is pushed as `refs/flota/base/<run>`, so nodes fetch one known ref and never
-need unadvertised-object fetches. `--from-working-tree` first records the working tree
-(tracked changes and untracked files, minus ignored ones) as a commit on top of HEAD,
-through a private index so the user's own index is untouched.
+need unadvertised-object fetches; the jobs push `flota/<run>/...` branches.
+`--from-working-tree` first records the working tree (tracked changes and untracked
+files, minus ignored ones) as a commit on top of HEAD, through a private index so the
+user's own index is untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shlex
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import git
@@ -23,7 +26,7 @@ from coordinator.config import DEFAULT_PUSH_TIMEOUT_S
 from coordinator.errors import RepoError
 from coordinator.models import Repo
 
-__all__ = ["push_base", "resolve_url"]
+__all__ = ["delete_refs", "list_run_refs", "push_base", "resolve_url", "run_of_ref"]
 
 # Never prompt: git asks no terminal, ssh no askpass program; the push also runs without a
 # controlling terminal (its own session) and with stdin closed, so ssh cannot open /dev/tty.
@@ -94,20 +97,22 @@ def _push_env(repo: git.Repo) -> dict[str, str]:
     return env
 
 
-def _push(repo: git.Repo, url: str, refspec: str, timeout_s: float) -> None:
+def _git(repo: git.Repo, args: list[str], timeout_s: float, what: str) -> str:
+    """Run `git ARGS` talking to a remote (push, ls-remote) in `repo`; its stdout, or
+    RepoError("<what>: <git's reason>")."""
     proc = subprocess.Popen(
-        [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", "push", url, refspec],
+        [git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args],
         cwd=repo.working_dir,
         env=_push_env(repo),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         errors="replace",
         start_new_session=True,  # no controlling terminal, and one group to kill with its ssh
     )
     try:
-        _, err = proc.communicate(timeout=timeout_s)
+        out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):  # it ended just now
             os.killpg(proc.pid, signal.SIGKILL)
@@ -116,11 +121,64 @@ def _push(repo: git.Repo, url: str, refspec: str, timeout_s: float) -> None:
         except subprocess.TimeoutExpired:  # a child that left the group still holds the pipe
             proc.kill()
         raise RepoError(
-            f"cannot push the base to {url}: no answer within {timeout_s:g} s "
+            f"{what}: no answer within {timeout_s:g} s "
             "(push_timeout_s in coordinator.toml, or flota coordinator start --push-timeout S)"
         ) from None
     if proc.returncode != 0:
-        raise RepoError(f"cannot push the base to {url}: {_summary(err, proc.returncode)}")
+        raise RepoError(f"{what}: {_summary(err, proc.returncode)}")
+    return out
+
+
+def _push(repo: git.Repo, url: str, refspec: str, timeout_s: float) -> None:
+    _git(repo, ["push", url, refspec], timeout_s, f"cannot push the base to {url}")
+
+
+def run_of_ref(ref: str) -> str:
+    """The run a ref belongs to (`refs/heads/flota/<run>/...`, `refs/flota/<kind>/<run>...`), or ""."""
+    parts = ref.split("/")
+    if parts[:3] == ["refs", "heads", "flota"] and len(parts) >= 5:
+        return parts[3]
+    if parts[:2] == ["refs", "flota"] and len(parts) >= 4:
+        return parts[3]
+    return ""
+
+
+@contextlib.contextmanager
+def _no_repo() -> Iterator[git.Repo]:
+    """An empty repository to run git in: prune has no user repository at hand, and `git
+    push` needs one. The user's own git and ssh settings (~/.gitconfig, ~/.ssh) still apply."""
+    with tempfile.TemporaryDirectory(prefix="flota-prune-") as tmp:
+        repo = git.Repo.init(tmp, bare=True)
+        try:
+            yield repo
+        finally:
+            repo.close()
+
+
+def list_run_refs(url: str, timeout_s: float = DEFAULT_PUSH_TIMEOUT_S) -> dict[str, list[str]]:
+    """The flota refs on the remote `url`, by run: {run id: [refs]} (RepoError if it cannot be read)."""
+    with _no_repo() as repo:
+        out = _git(
+            repo, ["ls-remote", url, "refs/heads/flota/*", "refs/flota/*"], timeout_s, f"cannot list {url}"
+        )
+    found: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        ref = line.partition("\t")[2].strip()
+        run_id = run_of_ref(ref)
+        if run_id and not ref.endswith("^{}"):
+            found.setdefault(run_id, []).append(ref)
+    return found
+
+
+def delete_refs(url: str, refs: list[str], timeout_s: float = DEFAULT_PUSH_TIMEOUT_S) -> None:
+    """Delete `refs` on the remote `url`, in one push (RepoError if any could not be)."""
+    with _no_repo() as repo:
+        _git(
+            repo,
+            ["push", "--no-verify", url, *(f":{ref}" for ref in refs)],
+            timeout_s,
+            f"cannot delete refs on {url}",
+        )
 
 
 def resolve_url(repo: git.Repo, remote: str) -> str:

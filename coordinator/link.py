@@ -237,7 +237,9 @@ class NodeLink:
     async def ack(self, attempt_ids: list[str]) -> None:
         await self._call("AckResults", node_pb2.AckResultsRequest(attempt_ids=attempt_ids))
 
-    async def cleanup(self, run_id: str) -> int:
-        reply = await self._call("Cleanup", node_pb2.NodeCleanupRequest(run_id=run_id), timeout=60)
+    async def cleanup(self, run_id: str, refs: bool = False) -> tuple[int, int]:
+        """(worktrees, refs) removed; `run_id` may be a job's id (without refs)."""
+        request = node_pb2.NodeCleanupRequest(run_id=run_id, refs=refs)
+        reply = await self._call("Cleanup", request, timeout=60)
         assert isinstance(reply, node_pb2.NodeCleanupReply)
-        return reply.removed
+        return reply.removed, reply.refs_removed

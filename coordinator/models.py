@@ -11,12 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 __all__ = [
     "ATTEMPT_ACTIVE",
     "AttemptStatus",
     "Cause",
+    "EndReason",
     "Facts",
     "Finished",
     "Gpu",
@@ -28,11 +29,13 @@ __all__ = [
     "NodeInfo",
     "NodeJob",
     "NodeState",
+    "PrunedRun",
+    "Pruning",
+    "RemoteRefs",
     "Reservation",
     "ResultStatus",
     "RunStatus",
     "Started",
-    "RETRYABLE",
     "Attempt",
     "Job",
     "JobPlacement",
@@ -187,9 +190,6 @@ class Plan:
     waiting: Mapping[str, str] = field(default_factory=dict)
 
 
-# Final attempt statuses after which the job is tried again, while its retries last.
-RETRYABLE = frozenset({AttemptStatus.LOST, AttemptStatus.PARTIAL})
-
 # Attempt statuses while the attempt holds a slot on its node.
 ATTEMPT_ACTIVE = frozenset({AttemptStatus.DISPATCHING, AttemptStatus.RUNNING})
 
@@ -252,6 +252,7 @@ class NodeInfo:
     running: int = 0
     unreachable_after_s: float = 0.0
     lost_after_s: float = 0.0
+    protocol: int = 0  # 0: a node from before protocol numbers (it spoke 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +281,7 @@ class Result:
     log_lines_lost: int = 0
     check: str = ""  # passed | failed | "" (no check)
     answer: str = ""  # an agent's final answer
+    reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +384,38 @@ class NodeRecord:
     draining: bool = False
     unreachable_after_s: float = 0.0  # what the node asked for; 0: the coordinator's default
     lost_after_s: float = 0.0
+
+
+@dataclass(slots=True)
+class PrunedRun:
+    """A run `flota prune` takes (or would take): the nodes that ran it, its refs on its remote."""
+
+    run: Run
+    nodes: list[str]  # node ids
+    refs: list[str] = field(default_factory=list)
+    forgotten: bool = False  # its rows are deleted
+    kept: str = ""  # why not
+
+
+@dataclass(slots=True)
+class RemoteRefs:
+    url: str
+    refs: list[str] = field(default_factory=list)
+    removed: int = 0
+    error: str = ""  # the remote could not be listed or updated
+
+
+@dataclass(slots=True)
+class Pruning:
+    """What a prune found (a dry run) or did."""
+
+    dry_run: bool
+    older_than_s: float
+    runs: list[PrunedRun] = field(default_factory=list)
+    remotes: list[RemoteRefs] = field(default_factory=list)
+    worktrees_removed: int = 0
+    node_refs_removed: int = 0
+    nodes_unreachable: list[str] = field(default_factory=list)  # node ids
 
 
 def run_status(job_statuses: list[str]) -> RunStatus:

@@ -3,7 +3,14 @@
 Every way an attempt ends goes through :func:`ended`: the node's own result, and the
 verdicts the coordinator reaches itself (the node was lost or removed, its StartJob
 failed, the node refused it, a cancel could not reach it). The attempt's `Cause` says
-which, so the retry rules count kinds of failure, never the wording of an error.
+which, and the result's `EndReason` why the node ended it so, so the retry rules count
+kinds of failure, never the wording of an error.
+
+Retries (:func:`retryable`) are for what another attempt can fix: a lost node, a node that
+stopped the job cut off (its work pushed, a retry may resume it), and a model server that
+was the node's own. An agent's own limit (steps, budget, its time) is final: a retry
+would spend it all again. A model server named by the job's api base is the same URL
+for every node, so a failure to reach it is final too.
 
 An attempt that no longer drives its job (an older one, or one whose job is already
 decided) ends through :func:`late`: the first success wins, a later success is kept as
@@ -23,10 +30,10 @@ from dataclasses import dataclass, replace
 from coordinator.models import (
     ATTEMPT_ACTIVE,
     JOB_FINAL,
-    RETRYABLE,
     Attempt,
     AttemptStatus,
     Cause,
+    EndReason,
     Finished,
     Job,
     JobStatus,
@@ -36,6 +43,7 @@ from coordinator.models import (
 )
 
 __all__ = [
+    "AGENT_LIMITS",
     "MAX_DISPATCH_FAILURES",
     "MAX_REFUSALS",
     "SUPERSEDED_ERROR",
@@ -47,8 +55,10 @@ __all__ = [
     "checked",
     "ended",
     "late",
+    "own_model_server",
     "reconnected",
     "retried",
+    "retryable",
     "to_retry",
 ]
 
@@ -56,6 +66,10 @@ MAX_DISPATCH_FAILURES = 5  # StartJob calls that failed before the job gives up
 MAX_REFUSALS = 50  # "busy"/"stopping" refusals before a job gives up on being placed
 SUPERSEDED_ERROR = "another attempt of this job succeeded first; its branch is kept"
 _FINAL_RESULTS = frozenset(s.value for s in ResultStatus)
+# The agent stopped at a limit the user set: another attempt would spend as much again.
+AGENT_LIMITS = frozenset({EndReason.MAX_STEPS, EndReason.BUDGET, EndReason.TIME_LIMIT})
+# Attempts that ran (or were lost running): they use up the job's attempts.
+_RAN = frozenset({Cause.NODE, Cause.LOST})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +114,25 @@ def checked(result: Result) -> Result:
     return replace(result, status=ResultStatus.FAILED, error=f"node reported status {result.status!r}")
 
 
+def own_model_server(job: Job) -> bool:
+    """The job's model server is the node's own, found there: no api base was given and
+    the job went to a node serving its model (the scheduler sends it only to such nodes),
+    so another node has a server of its own."""
+    return not job.api_base and job.requires.startswith("model:")
+
+
+def retryable(job: Job, status: AttemptStatus, reason: EndReason) -> bool:
+    """Whether an attempt that ended with `status` for `reason` is worth another attempt
+    (while the job's attempts last)."""
+    if status == AttemptStatus.LOST:  # the node went away with it
+        return True
+    if status == AttemptStatus.PARTIAL:  # cut off (or an older node that does not say why)
+        return reason not in AGENT_LIMITS
+    if status == AttemptStatus.FAILED and reason == EndReason.MODEL_UNREACHABLE:
+        return own_model_server(job)
+    return False
+
+
 def _drives(job: Job, attempt: Attempt) -> bool:
     return job.status not in JOB_FINAL and bool(job.attempts) and job.attempts[-1] is attempt
 
@@ -114,10 +147,10 @@ def ended(job: Job, attempt: Attempt, result: Result, now: float, cause: Cause =
     # The counts take this attempt's end into account, as the store will have it; the
     # attempts before the user's last retry are not counted.
     others = [a for a in job.attempts if a is not attempt and a.number > job.budget_from]
-    ran = sum(1 for a in others if a.status in RETRYABLE) + (status in RETRYABLE)
+    ran = sum(1 for a in others if a.cause in _RAN) + (cause in _RAN)
     failures = sum(1 for a in others if a.cause == Cause.DISPATCH) + (cause == Cause.DISPATCH)
     refusals = sum(1 for a in others if a.cause == Cause.REFUSED) + (cause == Cause.REFUSED)
-    again = (status in RETRYABLE and ran < job.max_attempts) or (
+    again = (retryable(job, status, result.reason) and ran < job.max_attempts) or (
         cause in (Cause.DISPATCH, Cause.REFUSED)
         and failures < MAX_DISPATCH_FAILURES
         and refusals < MAX_REFUSALS

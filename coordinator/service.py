@@ -1,6 +1,7 @@
 """What the coordinator does for its callers: the API's only dependency.
 
-Submit, cancel, retry, cleanup, drain, remove, tokens, secrets, enrollment and the queries.
+Submit, cancel, retry, cleanup, prune, drain, remove, tokens, secrets, enrollment and the queries.
+The long calls (cleanup, prune) say how far they are through a `Report` callback.
 Inputs are plain values (validate.py checks and translates requests); outputs are
 models; errors are the coordinator's own tree. Changes to the loop's state go through
 the reconciler, on the same event loop, so they need no locks.
@@ -11,23 +12,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from coordinator import outcomes
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import AlreadyExists, InvalidRequest, NotFound, PkiError, Refused
-from coordinator.fleet import NodeEntry
-from coordinator.gitbase import push_base
-from coordinator.models import JOB_FINAL, Job, JobStatus, NodeRecord, NodeState, Run, RunStatus
+from coordinator.errors import (
+    AlreadyExists,
+    Incompatible,
+    InvalidRequest,
+    NodeCallError,
+    NotFound,
+    PkiError,
+    Refused,
+    RepoError,
+)
+from coordinator.fleet import NodeEntry, protocol_problem
+from coordinator.gitbase import delete_refs, list_run_refs, push_base
+from coordinator.models import (
+    JOB_FINAL,
+    Job,
+    JobStatus,
+    NodeRecord,
+    NodeState,
+    PrunedRun,
+    Pruning,
+    RemoteRefs,
+    Run,
+    RunStatus,
+)
 from coordinator.pki import CertificateAuthority, make_token, secret_hash, token_matches
 from coordinator.reconcile import Reconciler, new_run_id
 from coordinator.validate import Submission, Task, check_id
 from protos.contract import JoinToken, TokenError, fingerprint
 from protos.limits import NAME_RE, NODE_ID_RE, show
 
-__all__ = ["Joined", "NodeStatus", "Service"]
+__all__ = ["REFS_PER_PUSH", "Joined", "NodeStatus", "Report", "Service"]
 
 log = logging.getLogger("flota.coordinator.api")
+
+# A step of a long call, for its caller to show: (what, done, total).
+Report = Callable[[str, int, int], None]
+REFS_PER_PUSH = 100  # remote refs deleted per push: progress between pushes, few connections
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +70,10 @@ class Joined:
     node_id: str
 
 
+def _quiet(what: str, done: int, total: int) -> None:
+    pass
+
+
 class Service:
     def __init__(self, rec: Reconciler, ca: CertificateAuthority, config: CoordinatorConfig) -> None:
         self.rec = rec
@@ -53,11 +83,24 @@ class Service:
 
     # --- nodes ----------------------------------------------------------------------------
 
-    def register(self, node_id: str, cert_fingerprint: str, addresses: list[str], leaving: bool) -> float:
-        """A node says where it listens (or that it is leaving); the heartbeat period back."""
+    def register(
+        self,
+        node_id: str,
+        cert_fingerprint: str,
+        addresses: list[str],
+        leaving: bool,
+        protocol: int = 0,
+        version: str = "",
+    ) -> float:
+        """A node says where it listens (or that it is leaving); the heartbeat period back.
+        A node whose protocol this coordinator does not take is refused (Incompatible)."""
         entry = self.rec.fleet.get(node_id)
         if entry is None or entry.removed or entry.fingerprint != cert_fingerprint:
             raise Refused("this certificate is not the one enrolled")
+        entry.refused = protocol_problem(entry.name, protocol, version)
+        if entry.refused and not leaving:
+            log.warning("%s", entry.refused)
+            raise Incompatible(entry.refused)
         if leaving:
             self.rec.sessions.goodbye(node_id, leaving=True)
         elif not self.rec.sessions.hint(node_id, addresses):
@@ -290,20 +333,119 @@ class Service:
         self.rec.retry(run, jobs)
         return run, jobs
 
-    async def cleanup(self, run_id: str) -> tuple[int, list[str]]:
+    async def cleanup(self, run_id: str, report: Report = _quiet) -> tuple[int, list[str]]:
         """Worktrees removed on the nodes, and the nodes that could not be reached."""
         run = self.run(run_id)
         if run.status == RunStatus.RUNNING:
             raise InvalidRequest(f"run {run.id} is still running; cancel it or wait for it to end")
-        removed, unreachable = 0, []
-        for node_id in sorted({a.node_id for j in run.jobs for a in j.attempts}):
-            entry = self.rec.fleet.get(node_id)
-            done = await self.rec.dispatch.cleanup(node_id, run.id)
-            if done is None:  # one node's failure must not hide the others' work
-                unreachable.append(entry.name if entry else node_id)
-            else:
-                removed += done
-        return removed, unreachable
+        removed, _, failed = await self._clean_nodes(run, False, report)
+        return removed, [self._name(node_id) for node_id in failed]
+
+    async def prune(
+        self, older_than_s: float, dry_run: bool, run_ids: Collection[str], report: Report = _quiet
+    ) -> Pruning:
+        """The runs that ended `older_than_s` ago or more (only `run_ids` among them, when
+        given): their refs on their remotes, then their worktrees and mirror refs on the
+        nodes, then their rows. A run is forgotten only once every place that held its refs
+        confirmed; otherwise it is kept, with the reason, for a later prune to finish."""
+        cutoff = self.wall() - older_than_s
+        ended = self.rec.store.ended_runs(cutoff)
+        runs = [r for r in ended if r.id not in self.rec.runs and (not run_ids or r.id in run_ids)]
+        out = Pruning(dry_run, older_than_s, [PrunedRun(r, _nodes_of(r)) for r in runs])
+        await self._list_refs(out, report)
+        if dry_run:
+            return out
+        for remote in out.remotes:
+            left = await self._delete_refs(remote, report)
+            for item in out.runs:
+                if item.run.repo_url == remote.url and left.intersection(item.refs):
+                    item.kept = remote.error
+        for item in out.runs:
+            if item.kept:
+                continue
+            worktrees, refs, failed = await self._clean_nodes(item.run, True, report)
+            out.worktrees_removed += worktrees
+            out.node_refs_removed += refs
+            failed = {n: why for n, why in failed.items() if not self._removed(n)}  # a removed node: not ours
+            out.nodes_unreachable += [n for n in failed if n not in out.nodes_unreachable]
+            item.kept = "; ".join(f"node {self._name(n)}: {why}" for n, why in failed.items())
+        forget = [item for item in out.runs if not item.kept]
+        for done, item in enumerate(forget, 1):
+            item.forgotten = self.rec.store.delete_run(item.run.id)
+            if item.forgotten:
+                self.rec.hub.run_removed(item.run)
+            report("forgetting the runs", done, len(forget))
+        return out
+
+    async def _list_refs(self, out: Pruning, report: Report) -> None:
+        """Each remote's refs of the runs; a remote that cannot be listed keeps its runs."""
+        urls = sorted({item.run.repo_url for item in out.runs if item.run.repo_url})
+        what = "listing the runs' refs on their remotes"
+        for done, url in enumerate(urls):
+            report(what, done, len(urls))
+            remote = RemoteRefs(url)
+            out.remotes.append(remote)
+            try:
+                found = await asyncio.to_thread(list_run_refs, url, self.config.push_timeout_s)
+            except RepoError as exc:
+                remote.error, found = str(exc), {}
+            for item in out.runs:
+                if item.run.repo_url == url:
+                    item.refs, item.kept = found.get(item.run.id, []), remote.error
+                    remote.refs += item.refs
+        if urls:
+            report(what, len(urls), len(urls))
+
+    async def _delete_refs(self, remote: RemoteRefs, report: Report) -> set[str]:
+        """Delete the remote's refs in pushes of REFS_PER_PUSH, so that progress shows; the
+        refs left after a failed push (`error` says why)."""
+        left = [] if remote.error else list(remote.refs)
+        what = f"removing {len(left)} refs from {remote.url}"
+        while left:
+            report(what, remote.removed, len(remote.refs))
+            batch = left[:REFS_PER_PUSH]
+            try:
+                await asyncio.to_thread(delete_refs, remote.url, batch, self.config.push_timeout_s)
+            except RepoError as exc:
+                remote.error = str(exc)
+                return set(left)
+            del left[: len(batch)]
+            remote.removed += len(batch)
+            if not left:
+                report(what, remote.removed, len(remote.refs))
+        return set()
+
+    async def _clean_nodes(self, run: Run, refs: bool, report: Report) -> tuple[int, int, dict[str, str]]:
+        """Remove a run's worktrees on each node that ran it, one job per call so that
+        progress shows (and no call outlasts its deadline); with `refs`, then the run's refs
+        in the node's mirrors. (worktrees, refs removed, {node id: why it was not cleaned})."""
+        worktrees = ref_count = 0
+        failed: dict[str, str] = {}
+        for node_id in _nodes_of(run):
+            steps = [(j.id, False) for j in run.jobs if any(a.node_id == node_id for a in j.attempts)]
+            steps += [(run.id, True)] if refs else []
+            what = f"removing worktrees{' and refs' if refs else ''} of {run.id} on {self._name(node_id)}"
+            report(what, 0, len(steps))
+            try:
+                for done, (ident, with_refs) in enumerate(steps, 1):
+                    removed, deleted = await self.rec.dispatch.cleanup(node_id, ident, with_refs)
+                    worktrees, ref_count = worktrees + removed, ref_count + deleted
+                    report(what, done, len(steps))
+            except NodeCallError as exc:  # one node's failure must not hide the others' work
+                failed[node_id] = str(exc)
+        return worktrees, ref_count, failed
+
+    def _name(self, node_id: str) -> str:
+        entry = self.rec.fleet.get(node_id)
+        return entry.name if entry else node_id
+
+    def _removed(self, node_id: str) -> bool:
+        entry = self.rec.fleet.get(node_id)
+        return entry is None or entry.removed
+
+
+def _nodes_of(run: Run) -> list[str]:
+    return sorted({a.node_id for j in run.jobs for a in j.attempts})
 
 
 def _csr_node_id(csr_pem: bytes) -> str | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from coordinator import outcomes
 from coordinator.errors import NodeCallError
-from coordinator.fleet import GOODBYE_WINDOW_S, NodeEntry
+from coordinator.fleet import GOODBYE_WINDOW_S, NodeEntry, protocol_problem
 from coordinator.models import (
     Attempt,
     AttemptStatus,
@@ -105,6 +105,15 @@ class NodeSessions:
 
     def _on_heartbeat(self, entry: NodeEntry, beat: Heartbeat) -> None:
         old, info = entry.info, beat.info
+        problem = protocol_problem(entry.name, info.protocol, info.version)
+        if problem:  # a node this coordinator cannot speak with: never online, never given work
+            if entry.refused != problem:
+                log.warning("%s", problem)
+                # Hang up: the node, alone, registers again and hears why (it then stops).
+                self.rec.spawn(self.rec.dispatch.drop(entry.id))
+            entry.refused = problem
+            return
+        entry.refused = ""
         entry.info = info
         if info.name != entry.name and (old is None or old.name != info.name):
             log.warning("node %s calls itself %r; it keeps its enrolled name", entry.name, info.name)

@@ -22,6 +22,7 @@ from coordinator.models import (
     Attempt,
     AttemptStatus,
     Cause,
+    EndReason,
     Job,
     JobPlacement,
     JobStatus,
@@ -117,6 +118,7 @@ def _result_from(text: str | None) -> Result | None:
     data = json.loads(text)
     data["files_modified"] = tuple(data.get("files_modified", ()))
     data["status"] = ResultStatus(data["status"])
+    data["reason"] = EndReason.read(data.get("reason", ""))  # absent before results had one
     return Result(**data)
 
 
@@ -441,6 +443,29 @@ class Store:
 
     def run_exists(self, run_id: str) -> bool:
         return bool(self._query("SELECT 1 FROM runs WHERE id = ?", (run_id,)))
+
+    def ended_runs(self, before: float) -> list[Run]:
+        """Runs that ended at or before `before` (unix seconds), with their jobs, oldest first."""
+        rows = self._query(
+            f"SELECT {self._RUN_COLS} FROM runs WHERE status != 'running' AND finished_at > 0 "
+            "AND finished_at <= ? ORDER BY finished_at, id",
+            (before,),
+        )
+        return [self._run(r, with_jobs=True) for r in rows]
+
+    def delete_run(self, run_id: str) -> bool:
+        """Forget an ended run: its logs, attempts, jobs and row, in one transaction. False
+        (and nothing deleted) if it is not there or still running."""
+        jobs = "SELECT id FROM jobs WHERE run_id = ?"
+        with self._tx() as db:
+            ended = db.execute("SELECT 1 FROM runs WHERE id = ? AND status != 'running'", (run_id,))
+            if ended.fetchone() is None:
+                return False
+            db.execute(f"DELETE FROM logs WHERE job_id IN ({jobs})", (run_id,))
+            db.execute(f"DELETE FROM attempts WHERE job_id IN ({jobs})", (run_id,))
+            db.execute("DELETE FROM jobs WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            return True
 
     # --- logs ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ protos/limits.py, shared with the node, which checks its JobSpec with the same o
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,10 +33,21 @@ from protos.limits import (
     valid_text,
 )
 
-__all__ = ["MAX_TASKS", "REPORT_KEYS", "Submission", "Task", "address_ok", "check_id", "submission"]
+__all__ = [
+    "MAX_TASKS",
+    "REPORT_KEYS",
+    "Prune",
+    "Submission",
+    "Task",
+    "address_ok",
+    "check_id",
+    "prune",
+    "submission",
+]
 
 MAX_TASKS = 1000
 MAX_SECRETS = 64
+MAX_PRUNE_IDS = 100_000
 REPORT_KEYS = frozenset({"cost_usd", "steps", "tokens_in", "tokens_out"})
 _PATH_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}\Z")
 
@@ -77,6 +89,22 @@ def check_id(value: str, what: str) -> str:
     if not valid_id(value):
         raise InvalidRequest(f"invalid {what} {show(value)}")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Prune:
+    older_than_s: float
+    dry_run: bool
+    run_ids: frozenset[str]
+
+
+def prune(request: coordinator_pb2.PruneRequest) -> Prune:
+    age = request.older_than_s
+    if not (age > 0 and math.isfinite(age)):  # 0 would take every ended run, NaN none
+        raise InvalidRequest(f"older_than_s must be a positive number of seconds, not {age!r}")
+    if len(request.run_ids) > MAX_PRUNE_IDS:
+        raise InvalidRequest(f"at most {MAX_PRUNE_IDS} run ids per prune")
+    return Prune(age, request.dry_run, frozenset(check_id(r, "run id") for r in request.run_ids))
 
 
 def _repo(r: coordinator_pb2.RepoRequest) -> None:

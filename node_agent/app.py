@@ -11,7 +11,7 @@ the coordinator is told goodbye (so no new work comes), the jobs are stopped and
 journaled as lost, mDNS says goodbye and the server stops.
 
 Error handling: a refusal by the coordinator (the node was removed) stops the daemon
-that way and then raises :class:`~node_agent.errors.NodeRemoved` out of :meth:`NodeDaemon.run`.
+that way and then raises :class:`~node_agent.errors.NodeRefused` out of :meth:`NodeDaemon.run`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import grpc
 from node_agent import __version__, convert
 from node_agent.announce import Announcer
 from node_agent.config import NodeConfig
-from node_agent.errors import ConfigError, NodeRemoved
+from node_agent.errors import ConfigError, NodeRefused
 from node_agent.facts import derive_network, interfaces, listen_addresses, probe_gpus, read_facts
 from node_agent.hub import Hub
 from node_agent.identity import Identity, load_identity
@@ -74,11 +74,12 @@ class NodeDaemon:
             lambda: config.slots,
             kill_grace_s=config.kill_grace_s,
             local_models=lambda: self.local_models,
+            recheck_models=self._probe_models,
         )
         self.addresses: list[str] = []
         self.local_models: tuple[LocalModel, ...] = ()
         self.registration: Registration | None = None  # made with the channel, in run()
-        self._refused: NodeRemoved | None = None  # why the coordinator will not have us
+        self._refused: NodeRefused | None = None  # why the coordinator will not have us
 
     def info(self) -> types_pb2.NodeInfo:
         cfg = self.config
@@ -101,7 +102,7 @@ class NodeDaemon:
     async def _register_loop(self, registration: Registration, stop: asyncio.Event) -> None:
         try:
             await registration.run()
-        except NodeRemoved as exc:  # stop as on SIGTERM; run() raises it once all is down
+        except NodeRefused as exc:  # stop as on SIGTERM; run() raises it once all is down
             self._refused = exc
             stop.set()
 
@@ -131,14 +132,18 @@ class NodeDaemon:
                     await self._announce(announcer.update, addresses)
 
     async def _models_loop(self) -> None:
-        """Which models the local servers serve: at start, then every MODELS_PERIOD_S."""
+        """Which models the local servers serve: at start, then every MODELS_PERIOD_S (and
+        whenever a job could not reach its model server: the runner asks)."""
         while True:
-            models = await asyncio.to_thread(probe_local_models, self.config.model_servers)
-            if models != self.local_models:
-                log.info("local models: %s", ", ".join(m.model for m in models) or "none")
-                self.local_models = models
-                self.hub.publish(heartbeat=self.info())
+            await self._probe_models()
             await asyncio.sleep(MODELS_PERIOD_S)
+
+    async def _probe_models(self) -> None:
+        models = await asyncio.to_thread(probe_local_models, self.config.model_servers)
+        if models != self.local_models:
+            log.info("local models: %s", ", ".join(m.model for m in models) or "none")
+            self.local_models = models
+            self.hub.publish(heartbeat=self.info())
 
     async def _disconnect_loop(self) -> None:
         """Cut off from every coordinator for stop_after_disconnect_s: stop the jobs and

@@ -83,6 +83,7 @@ def result_of(a: Attempt, finish: lc.Finish, node_id: str, now: float, lines_los
         job_id=job.job_id,
         attempt_id=job.attempt_id,
         status=finish.status,
+        reason=finish.reason,
         exit_code=exit_code,
         error=redact(finish.error, a.secrets),
         branch=job.branch if pushed else "",

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from node_agent.facts import Facts
 from node_agent.local_models import LocalModel
 from node_agent.models import Job, Repo, Resources, Result
-from protos.contract import ResultStatus
+from protos.contract import PROTOCOL, EndReason, ResultStatus
 from protos.flota.v1 import node_pb2, types_pb2
 
 __all__ = [
@@ -99,7 +99,7 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
 
 # Fields that cross as they are; the others need a type of their own on each side.
 _RESULT_SCALARS = tuple(
-    f.name for f in fields(Result) if f.name not in ("status", "files_modified", "log_lines")
+    f.name for f in fields(Result) if f.name not in ("status", "reason", "files_modified", "log_lines")
 )
 
 
@@ -107,6 +107,7 @@ def result_to_proto(result: Result) -> types_pb2.JobResult:
     return types_pb2.JobResult(
         **{name: getattr(result, name) for name in _RESULT_SCALARS},
         status=str(result.status),
+        reason=str(result.reason),
         files_modified=list(result.files_modified),
         log_lines=list(result.log_lines),
     )
@@ -116,6 +117,7 @@ def result_from_proto(result: types_pb2.JobResult) -> Result:
     return Result(
         **{name: getattr(result, name) for name in _RESULT_SCALARS},
         status=ResultStatus(result.status),
+        reason=EndReason.read(result.reason),
         files_modified=tuple(result.files_modified),
         log_lines=tuple(result.log_lines),
     )
@@ -190,6 +192,7 @@ def node_info(
         running=running,
         unreachable_after_s=unreachable_after_s,
         lost_after_s=lost_after_s,
+        protocol=PROTOCOL,
         facts=types_pb2.Facts(
             cpu_count=f.cpu_count,
             load_1m=f.load_1m,

@@ -5,8 +5,9 @@
     NodeError               something the node cannot do; one line for the user
     ├── ConfigError         bad flag, config file or state directory   (exit 2)
     ├── EnrollError         joining a coordinator failed                (exit 2, or 3: unreachable)
-    ├── NodeRemoved         the coordinator refused this node's certificate (flota node remove)
-    │                       at registration: the daemon stops           (exit 2)
+    ├── NodeRefused         the coordinator will not have this node: the daemon stops (exit 2)
+    │   ├── NodeRemoved     its certificate was revoked (flota node remove)
+    │   └── Incompatible    it speaks a protocol the coordinator does not take
     ├── WorkspaceError      a git, mirror or worktree step failed       (reported per job)
     └── SpawnError          a job's command could not be started        (reported per job)
 
@@ -17,7 +18,16 @@ far: the runner turns them into a failed result with that line as its error.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EnrollError", "NodeError", "NodeRemoved", "SpawnError", "WorkspaceError"]
+__all__ = [
+    "ConfigError",
+    "EnrollError",
+    "Incompatible",
+    "NodeError",
+    "NodeRefused",
+    "NodeRemoved",
+    "SpawnError",
+    "WorkspaceError",
+]
 
 
 class NodeError(Exception):
@@ -36,11 +46,19 @@ class EnrollError(NodeError):
         self.unreachable = unreachable  # the CLI exits 3 for these, as for any unreachable coordinator
 
 
-class NodeRemoved(NodeError):
+class NodeRefused(NodeError):
+    """The coordinator will not have this node: no retry can change that."""
+
+
+class NodeRemoved(NodeRefused):
     """The coordinator no longer knows this node's certificate: it was removed from the fleet."""
 
     def __init__(self) -> None:
         super().__init__("this node was removed from the fleet; join again with a new token")
+
+
+class Incompatible(NodeRefused):
+    """The coordinator does not take this node's protocol; its message names both versions."""
 
 
 class WorkspaceError(NodeError):

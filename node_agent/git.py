@@ -160,6 +160,19 @@ class Git:
             what=what,
         )
 
+    def delete_refs(self, mirror: Path, prefixes: Sequence[str], *, what: str) -> int:
+        """Delete the refs of the bare ``mirror`` under ``prefixes`` (each matched up to a
+        ``/``, as for-each-ref does), their reflogs with them; return how many."""
+        git_dir = ["--git-dir", str(mirror)]
+        listed = self.output(
+            [*git_dir, "for-each-ref", "--format=%(refname)", *prefixes], cwd=mirror, what=what
+        )
+        refs = listed.split()
+        if refs:
+            commands = "".join(f"delete {ref}\n" for ref in refs)
+            self.output([*git_dir, "update-ref", "--stdin"], cwd=mirror, what=what, input=commands)
+        return len(refs)
+
     def push(self, mirror: Path, url: str, head: str, branch: str, env: Mapping[str, str]) -> None:
         """Push ``head`` to ``refs/heads/<branch>`` of ``url``; raises WorkspaceError."""
         # A local remote runs receive-pack, and so its hooks, as us: disable them there.

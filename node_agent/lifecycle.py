@@ -19,11 +19,14 @@ first reason wins. Whatever the reason, what the job wrote is committed and push
 when it has a repository: a branch is never thrown away.
 
 This module is the only author of an attempt's outcome: the :class:`Finish` action
-carries the final status, error line and exit code, and the runner records them as
-they are. What the agent said about its own run arrives with :class:`Exited` (its
-report, read by the runner once the process has ended): an agent that stopped on its
-steps or budget turns a failed exit into ``partial``, and an agent's own error line
-replaces a bare "exit code N". A bug in the runner itself arrives as :class:`Crashed`
+carries the final status, error line, exit code and reason (an ``EndReason``, the typed
+word the coordinator's retry rules read), and the runner records them as they are. What
+the agent said about its own run arrives with :class:`Exited` (its report, read by the
+runner once the process has ended): an agent that stopped on its steps or budget turns a
+failed exit into ``partial`` with the agent's reason (max_steps, budget ...: its own limit,
+final), an agent's own error line replaces a bare "exit code N", and a model server it
+could not reach is reason model_unreachable. A stop for being cut off is ``partial`` with
+reason cut_off (a retry can go on from it). A bug in the runner itself arrives as :class:`Crashed`
 and ends the attempt as failed at once.
 
 A restarted daemon rebuilds the state from its journal with :func:`recovered`.
@@ -37,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from node_agent.models import AgentReport
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 __all__ = [
     "Commit",
@@ -70,6 +73,7 @@ STOP_ERROR = {
     ResultStatus.CANCELLED: "cancelled",
     ResultStatus.LOST: "the node daemon stopped",
 }
+STOP_END_REASON = {ResultStatus.PARTIAL: EndReason.CUT_OFF}  # the status alone says the rest
 VANISHED = "the job's process vanished without an exit status"
 AGENT_STOPPED = "the agent stopped before it finished"
 
@@ -182,6 +186,7 @@ class Finish:
     status: ResultStatus
     error: str  # one line, "" on success
     exit_code: int | None  # None: it never ran, or its status was lost
+    reason: EndReason = EndReason.NONE
 
 
 Action = Prepare | Spawn | Terminate | Kill | Commit | Finish
@@ -198,39 +203,43 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def _outcome(state: State) -> tuple[ResultStatus, str]:
-    """(status, error) of an attempt whose process has ended or never started."""
+_Outcome = tuple[ResultStatus, str, EndReason]  # status, error, reason
+
+
+def _outcome(state: State) -> _Outcome:
+    """(status, error, reason) of an attempt whose process has ended or never started."""
     if state.stop:
-        return state.stop, state.stop_detail or STOP_ERROR.get(state.stop, state.stop)
+        detail = state.stop_detail or STOP_ERROR.get(state.stop, state.stop)
+        return state.stop, detail, STOP_END_REASON.get(state.stop, EndReason.NONE)
     code = state.exit_code
     if code == 0:
-        return ResultStatus.SUCCESS, ""
+        return ResultStatus.SUCCESS, "", EndReason.NONE
     if code is None:
-        return ResultStatus.FAILED, VANISHED
-    return ResultStatus.FAILED, describe_exit(code)
+        return ResultStatus.FAILED, VANISHED, EndReason.NONE
+    return ResultStatus.FAILED, describe_exit(code), EndReason.NONE
 
 
-def _judged(state: State, status: ResultStatus, error: str) -> tuple[ResultStatus, str]:
+def _judged(state: State, status: ResultStatus, error: str, reason: EndReason) -> _Outcome:
     """The agent's word on a failure: it knows why it stopped better than its exit code."""
     report = state.report
     if status == ResultStatus.FAILED and report.status == ResultStatus.PARTIAL:  # its steps or budget
-        return ResultStatus.PARTIAL, report.error or AGENT_STOPPED
+        return ResultStatus.PARTIAL, report.error or AGENT_STOPPED, report.reason
     if status == ResultStatus.FAILED and report.status == ResultStatus.FAILED and report.error:
-        return status, report.error
-    return status, error
+        return status, report.error, report.reason
+    return status, error, reason
 
 
-def _finish(state: State, status: ResultStatus, error: str) -> tuple[State, list[Action]]:
-    status, error = _judged(state, status, error)
-    return replace(state, phase=Phase.FINISHED), [Finish(status, error, state.exit_code)]
+def _finish(state: State, status: ResultStatus, error: str, reason: EndReason) -> tuple[State, list[Action]]:
+    status, error, reason = _judged(state, status, error, reason)
+    return replace(state, phase=Phase.FINISHED), [Finish(status, error, state.exit_code, reason)]
 
 
 def _ended(state: State) -> tuple[State, list[Action]]:
     """The process is gone: commit what it made, or finish at once without a repo."""
-    status, error = _outcome(state)
+    outcome = _outcome(state)
     if state.has_repo:
-        return replace(state, phase=Phase.FINISHING), [Kill(), Commit(_judged(state, status, error)[0])]
-    new, actions = _finish(state, status, error)
+        return replace(state, phase=Phase.FINISHING), [Kill(), Commit(_judged(state, *outcome)[0])]
+    new, actions = _finish(state, *outcome)
     return new, [Kill(), *actions]
 
 
@@ -239,7 +248,7 @@ def step(state: State, event: Event) -> tuple[State, list[Action]]:
     if phase == Phase.FINISHED:
         return state, []
     if isinstance(event, Crashed):
-        return _finish(state, ResultStatus.FAILED, f"internal error: {event.error}")
+        return _finish(state, ResultStatus.FAILED, f"internal error: {event.error}", EndReason.NONE)
     if isinstance(event, Stop):
         if state.stop or phase == Phase.FINISHING:
             return state, []  # the first reason wins; a commit in progress finishes
@@ -252,16 +261,16 @@ def step(state: State, event: Event) -> tuple[State, list[Action]]:
             return _finish(state, *_outcome(state))
         return replace(state, phase=Phase.RUNNING), [Spawn()]
     if isinstance(event, PrepareFailed) and phase == Phase.PREPARING:
-        return _finish(state, ResultStatus.FAILED, event.error)
+        return _finish(state, ResultStatus.FAILED, event.error, EndReason.NONE)
     if isinstance(event, SpawnFailed) and phase in (Phase.RUNNING, Phase.STOPPING):
-        return _finish(state, ResultStatus.FAILED, event.error)
+        return _finish(state, ResultStatus.FAILED, event.error, EndReason.NONE)
     if isinstance(event, Exited) and phase in (Phase.RUNNING, Phase.STOPPING):
         return _ended(replace(state, exit_code=event.code, report=event.report))
     if isinstance(event, GraceOver) and phase == Phase.STOPPING:
         return state, [Kill()]
     if isinstance(event, Committed) and phase == Phase.FINISHING:
         if event.error:  # no branch on the remote: the attempt failed, whatever the job did
-            return _finish(state, ResultStatus.FAILED, event.error)
+            return _finish(state, ResultStatus.FAILED, event.error, EndReason.NONE)
         return _finish(state, *_outcome(state))
     return state, []  # late or duplicate events change nothing
 

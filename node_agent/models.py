@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 __all__ = ["AgentReport", "Job", "Repo", "Resources", "Result"]
 
@@ -65,6 +65,7 @@ class AgentReport:
 
     status: ResultStatus | None = None  # the agent's own verdict (llm: success | partial | failed)
     error: str = ""
+    reason: EndReason = EndReason.NONE  # why it stopped short (llm: max_steps, budget, ...)
     steps: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
@@ -102,3 +103,4 @@ class Result:
     log_lines: tuple[str, ...] = ()  # output no coordinator received while the job ran
     check: str = ""
     answer: str = ""
+    reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say

@@ -5,7 +5,8 @@ then while no coordinator session is open (it may have restarted elsewhere). Whi
 errors end it is one table, :data:`REGISTER_ERRORS`, one comment per entry (as the
 Buildkite agent keeps its RPC errors).
 
-Error handling: a fatal refusal raises :class:`~node_agent.errors.NodeRemoved` out of
+Error handling: a fatal refusal raises :class:`~node_agent.errors.NodeRefused` (removed, or
+a protocol the coordinator does not take) out of
 :meth:`Registration.run` (the daemon then stops as on SIGTERM, and exits 2); every
 other error is logged and retried with backoff.
 """
@@ -19,7 +20,7 @@ from enum import StrEnum
 
 import grpc
 
-from node_agent.errors import NodeRemoved
+from node_agent.errors import Incompatible, NodeRemoved
 from node_agent.hub import Hub
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc, types_pb2
 
@@ -40,6 +41,9 @@ REGISTER_ERRORS: Mapping[grpc.StatusCode, Verdict] = {
     # The coordinator no longer knows this certificate (`flota node remove` revoked it,
     # or it was never enrolled there): only a new join can change that.
     grpc.StatusCode.PERMISSION_DENIED: Verdict.FATAL,
+    # The coordinator does not take this node's protocol (too old or too new for it): an
+    # upgrade of one side is the only fix, and its line says which (flota node upgrade).
+    grpc.StatusCode.FAILED_PRECONDITION: Verdict.FATAL,
     # The coordinator is down or restarting, or the network is cut: it comes back.
     grpc.StatusCode.UNAVAILABLE: Verdict.RETRY,
     # A slow coordinator or a lossy link: the next try may pass.
@@ -89,7 +93,7 @@ class Registration:
         self.changed = asyncio.Event()  # addresses or profile changed: register again
 
     async def run(self) -> None:
-        """Register, and again on change or while no session is open; raises NodeRemoved."""
+        """Register, and again on change or while no session is open; raises NodeRefused."""
         delay = 0.2
         while True:
             # Cleared before the snapshot is read: a change after this point sets it again.
@@ -109,6 +113,8 @@ class Registration:
                         exc.code().name,
                         exc.details(),
                     )
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        raise Incompatible(exc.details() or "the coordinator refused this node") from exc
                     raise NodeRemoved() from exc
                 log.warning("cannot register with coordinator %s: %s", self._coordinator, exc.details())
                 delay = min(max(delay * 2, 0.5), 5.0)

@@ -15,6 +15,10 @@ Jobs outlive the daemon: their processes run in their own sessions with output t
 file (see node_agent.process). A restarted daemon reads its journal, finds each job
 again, and goes on from where the journal says it was. Every failure becomes a result
 with a one-line error, never an exception out of the runner.
+
+A job that could not reach its model server has the node look at its local servers
+again (``recheck_models``) before its result goes out: if the server was this node's
+own, the node stops offering its models first, so a retry goes to another node.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,7 @@ from node_agent.local_models import LocalModel
 from node_agent.models import Job, Result
 from node_agent.process import KeeperClient, OutputTail, attach, kill_escaped, signal_group
 from node_agent.workspace import Workspace
-from protos.contract import ResultStatus, redact
+from protos.contract import EndReason, ResultStatus, redact
 
 __all__ = ["Runner"]
 
@@ -57,6 +61,7 @@ class Runner:
         slots: Callable[[], int],
         kill_grace_s: float = 5.0,
         local_models: Callable[[], Sequence[LocalModel]] = tuple,
+        recheck_models: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.node_id = node_id
         self.node_name = node_name
@@ -66,6 +71,7 @@ class Runner:
         self._slots = slots
         self.kill_grace_s = kill_grace_s
         self._local_models = local_models
+        self._recheck_models = recheck_models
         self.keeper = KeeperClient()  # the parent of this daemon's job processes
         self.active: dict[str, Attempt] = {}
         self.finished: dict[str, Result] = {}  # attempt id -> result not yet acked
@@ -160,9 +166,15 @@ class Runner:
         running = [a.job for a in self.active.values()] + [e.job for e in self._recovered]
         return running, list(self.finished.values())
 
-    def cleanup(self, run_id: str) -> int:
-        busy = {a.id for a in self.active.values() if a.job.run_id == run_id}
-        return self.workspace.remove_run(run_id, keep=busy)
+    def cleanup(self, run_id: str, refs: bool = False) -> tuple[int, int]:
+        """Remove the worktrees of a run or job (``run_id`` may be RUN.N) but those of its
+        running attempts; with ``refs``, the run's refs too, refused while one runs.
+        Return (worktrees removed, refs removed)."""
+        busy = sorted(a for a in self.active if a.startswith(f"{run_id}."))
+        if refs and busy:
+            raise WorkspaceError(f"run {run_id} still runs here ({', '.join(busy)}); its refs are kept")
+        removed = self.workspace.remove_run(run_id, keep=busy)
+        return removed, self.workspace.remove_run_refs(run_id) if refs else 0
 
     async def stop(self) -> None:
         """Stop every running attempt and journal its result as lost (not cancelled: the
@@ -404,4 +416,6 @@ class Runner:
         self._journal(self.journal.finish, result)
         self.finished[a.id] = result
         self.active.pop(a.id, None)
+        if result.reason == EndReason.MODEL_UNREACHABLE and self._recheck_models is not None:
+            await self._recheck_models()  # its facts (a heartbeat) go out before its result
         self.hub.result(result)

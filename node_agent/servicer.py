@@ -176,10 +176,12 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
         await self._only_coordinator(context)
         if not valid_id(request.run_id):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid run id {show(request.run_id)}")
+        if request.refs and "." in request.run_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "refs are deleted for a whole run only")
         if len(request.run_id) >= 100:  # no job key (at most 100 characters) starts with "<it>."
             return node_pb2.NodeCleanupReply(removed=0)
         try:
-            removed = await asyncio.to_thread(self.runner.cleanup, request.run_id)
+            removed, refs = await asyncio.to_thread(self.runner.cleanup, request.run_id, request.refs)
         except (WorkspaceError, OSError) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot clean up: {exc}")
-        return node_pb2.NodeCleanupReply(removed=removed)
+        return node_pb2.NodeCleanupReply(removed=removed, refs_removed=refs)

@@ -95,8 +95,9 @@ class Workspace:
     - ``scratch(job_key) -> Path``: a fresh empty directory for a job without a repository.
     - ``remove(job_key) -> bool``, ``remove_worktrees(prefix, keep=()) -> int`` and
       ``remove_run(run_id, keep=()) -> int``: delete jobs' worktrees and scratch
-      directories. Branches are never deleted, neither in the mirror nor on the remote:
-      a job's result is its branch.
+      directories. Branches stay, in the mirror and on the remote: a job's result is its
+      branch. Only ``remove_run_refs(run_id) -> int`` (``flota prune``) deletes a run's
+      refs from the mirrors; the remote's are the coordinator's to delete.
     """
 
     def __init__(
@@ -416,6 +417,17 @@ class Workspace:
     def remove_run(self, run_id: str, keep: Collection[str] = ()) -> int:
         """Remove the jobs of run ``run_id`` (keys ``<run_id>.<job>...``), except those in ``keep``."""
         return self.remove_worktrees(f"{run_id}.", keep)
+
+    def remove_run_refs(self, run_id: str) -> int:
+        """Delete a run's branches, base and resume refs from every mirror (prune); how many."""
+        if not valid_id(run_id) or "." in run_id:  # one whole ref component
+            raise WorkspaceError(f"invalid run id {run_id!r}")
+        prefixes = [f"refs/{kind}/{run_id}" for kind in ("heads/flota", "flota/base", "flota/resume/flota")]
+        removed = 0
+        for mirror in sorted(self.mirrors.glob("*.git")):
+            with _mirror_lock(mirror):
+                removed += self.git.delete_refs(mirror, prefixes, what=f"cannot delete the refs of {run_id}")
+        return removed
 
     # ----- git ---------------------------------------------------------------------
 

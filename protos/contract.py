@@ -14,9 +14,14 @@ from enum import StrEnum
 from pathlib import Path
 
 __all__ = [
+    "FLOTA_VERSION",
+    "OLDEST_PROTOCOL",
+    "PROTOCOL",
+    "node_protocol",
     "redact",
     "ADMIN_CN_PREFIX",
     "ResultStatus",
+    "EndReason",
     "COORDINATOR_CN",
     "COORDINATOR_SERVER_NAME",
     "DEFAULT_COORDINATOR_PORT",
@@ -34,6 +39,22 @@ __all__ = [
     "node_server_name",
     "parse_hostport",
 ]
+
+# The release, for every part (pyproject.toml reads it from here).
+FLOTA_VERSION = "0.1.0"
+
+# The wire contract between a coordinator and its nodes. It goes up by one when a release
+# changes what the other side must understand; a coordinator takes nodes that speak
+# OLDEST_PROTOCOL..PROTOCOL (this one and the one before), so a fleet can be upgraded
+# coordinator first, then node by node (docs/cli.md, "Versions").
+PROTOCOL = 2
+OLDEST_PROTOCOL = 1
+
+
+def node_protocol(sent: int) -> int:
+    """What a node speaks: nodes from before protocol numbers (they send 0) spoke 1."""
+    return sent or 1
+
 
 # mDNS: a hint where a node might be, never who it is (see DESIGN.md rule 3).
 SERVICE_TYPE = "_flota._tcp.local."
@@ -53,6 +74,27 @@ class ResultStatus(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     LOST = "lost"  # the node (or its daemon) went away with the attempt
+
+
+class EndReason(StrEnum):
+    """Why an attempt ended as it did, where its status alone does not say (the wire's
+    `JobResult.reason`): what the coordinator's retry rules read, never the error's wording.
+    The node sets it; an unknown word from a newer node reads as NONE."""
+
+    NONE = ""
+    MAX_STEPS = "max_steps"  # partial: the agent used up its --max-steps
+    BUDGET = "budget"  # partial: the agent's next model call would pass its budget
+    TIME_LIMIT = "time_limit"  # partial: the agent's own time limit ran out
+    CUT_OFF = "cut_off"  # partial: the node stopped it, cut off from the coordinator too long
+    MODEL_UNREACHABLE = "model_unreachable"  # failed: the model server could not be reached
+
+    @classmethod
+    def read(cls, word: str) -> EndReason:
+        """The reason `word` names; NONE for a word this version does not know."""
+        try:
+            return cls(word)
+        except ValueError:
+            return cls.NONE
 
 
 DEFAULT_COORDINATOR_PORT = 7370  # the enrollment port is the next one unless configured

@@ -91,12 +91,17 @@ class Fleet:
         return self.logs[key].read_text(errors="replace")
 
     def start_coordinator(
-        self, *args: str, listen: str = "127.0.0.1:0", prefix: Sequence[str] = (), mdns: bool = False
+        self,
+        *args: str,
+        listen: str = "127.0.0.1:0",
+        prefix: Sequence[str] = (),
+        mdns: bool = False,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         state = self.home / "coordinator" / "coordinator.json"
         state.unlink(missing_ok=True)
         argv = ["-m", "coordinator", "start", "--listen", listen, "--join-port", "0"]
-        proc = self.spawn("coordinator", [*argv, *([] if mdns else ["--no-mdns"]), *args], prefix)
+        proc = self.spawn("coordinator", [*argv, *([] if mdns else ["--no-mdns"]), *args], prefix, env)
 
         def ready() -> dict[str, Any] | None:
             assert proc.poll() is None, f"coordinator exited: {self.log('coordinator')}"

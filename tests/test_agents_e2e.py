@@ -221,3 +221,75 @@ def test_a_local_model_job_goes_to_the_node_that_serves_it(fleet: Fleet, tmp_pat
         lambda: fleet.json("status", local)["wait_reason"] == "no node serves model ollama/qwen2.5-coder",
         what="wait reason",
     )
+
+
+def test_an_agents_own_limit_is_final_and_a_dead_model_server_is_one_clear_line(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Issue 14, defects 16 and 10 on a 2-node fleet with retries left: a job that uses up
+    its --max-steps ends partial once, on one node (no second run spending the steps
+    again); a model server that refuses connections is no step limit but a failure that
+    says so, and a retry elsewhere cannot help: the same URL for every node."""
+    work, _ = make_repo(tmp_path / "repo")
+    fleet.start_coordinator()
+    fleet.start_node("a")
+    fleet.start_node("b")
+    with FakeOpenAI([], default=call("list_files")) as server:
+        code, run = follow(
+            fleet,
+            "--agent", "llm", "--model", "openai/fake", "--api-base", server.base_url,
+            "--repo", str(work), "--max-steps", "2", "--retries", "1", "look around",
+        )  # fmt: skip
+        calls = len(server.requests)
+    assert code == 1, run
+    (job,) = run["jobs"]
+    assert (job["status"], len(job["attempts"]), calls) == ("partial", 1, 2), job
+    r = job["result"]
+    assert (r["reason"], r["error"], r["steps"]) == ("max_steps", "max steps reached (2)", 2)
+    assert r["branch"]  # its work so far is pushed, as for any partial
+    assert "partial (max steps)" in fleet.flota("results", run["id"]).stdout
+
+    dead = "http://127.0.0.1:9/v1"  # the discard port: refused on loopback
+    code, run = follow(
+        fleet,
+        "--agent", "llm", "--model", "openai/fake", "--api-base", dead,
+        "--max-steps", "2", "--retries", "1", "say hi",
+    )  # fmt: skip
+    assert code == 1, run
+    (job,) = run["jobs"]
+    line = f"cannot reach the model server at {dead}: connection refused"
+    assert (job["status"], len(job["attempts"])) == ("failed", 1), job
+    r = job["result"]
+    assert (r["reason"], r["error"], r["steps"], r["tokens_in"]) == ("model_unreachable", line, 0, "0")
+    assert "failed (model unreachable)" in fleet.flota("results", run["id"]).stdout
+
+
+def test_a_nodes_own_model_server_that_is_down_sends_the_retry_elsewhere(fleet: Fleet) -> None:
+    """No --api-base, a model the nodes serve themselves: when node a's server is gone, a
+    stops offering the model before it reports the failure, and the retry runs on b."""
+    down = FakeOpenAI().start()
+    gone = down.base_url
+    script = [call("write_file", path="b.txt", content="b\n"), call("finish", summary="ok")]
+    with FakeOpenAI(script) as up:
+        fleet.start_coordinator()
+        fleet.start_node("a", "--model-server", gone)
+        wait_until(lambda: fleet.nodes()["a"]["info"]["facts"].get("local_models"), what="a's model")
+        down.close()  # a offers its model until it looks again (every 10 s, or when told)
+        job_id = fleet.json("run", "--agent", "llm", "--model", "openai/fake", "--retries", "1", "hi")[
+            "jobs"
+        ][0]["id"]
+        wait_until(lambda: fleet.json("status", job_id)["attempts"], what="the first attempt")
+        fleet.start_node("b", "--model-server", up.base_url)
+        job = wait_until(
+            lambda: (
+                (j := fleet.json("status", job_id))["status"] not in ("queued", "dispatching", "running")
+                and j
+            ),
+            timeout=90,
+            what="the job's end",
+        )
+        assert len(up.requests) == 2
+    first, second = job["attempts"]
+    assert (first["node_name"], first["status"]) == ("a", "failed")
+    assert first["error"] == f"cannot reach the model server at {gone}: connection refused"
+    assert (second["node_name"], second["status"], job["status"]) == ("b", "success", "success"), job

@@ -97,7 +97,7 @@ def test_from_working_tree_carries_uncommitted_changes(fleet: Fleet, tmp_path: P
     assert git("status", "--porcelain", cwd=work) == " M a.txt\n?? new.txt\n"
 
 
-def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet) -> None:
+def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet, tmp_path: Path) -> None:
     fleet.start_coordinator()
     fleet.start_node("home-box", "--network", "home", "--label", "role=build", "--slots", "3")
     fleet.start_node("vpn-box", "--network", "vpn", "--label", "role=research", "--slots", "3")
@@ -112,7 +112,8 @@ def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet) -> None:
     assert {j["node_name"] for j in run["jobs"]} == {"home-box"}
 
     # Exclusive: while it runs, nothing else is placed on its node.
-    excl = fleet.json("run", "--on", "vpn-box", "--exclusive", "sleep 2")
+    gate = tmp_path / "exclusive-may-end"  # it runs until the test has looked (no race with a sleep)
+    excl = fleet.json("run", "--on", "vpn-box", "--exclusive", f"while [ ! -e {gate} ]; do sleep 0.05; done")
     wait_until(
         lambda: fleet.json("status", excl["id"])["jobs"][0]["status"] == "running",
         what="exclusive job running",
@@ -122,6 +123,7 @@ def test_placement_by_network_labels_pin_and_exclusive(fleet: Fleet) -> None:
     job = fleet.json("status", other["jobs"][0]["id"])
     assert job["status"] == "queued"
     assert "exclusive" in job["wait_reason"], job["wait_reason"]
+    gate.touch()
     wait_until(
         lambda: fleet.json("status", other["id"])["status"] == "success", what="queued job to run after"
     )
@@ -165,7 +167,7 @@ def test_timeout_and_cancel_kill_the_whole_process_group(fleet: Fleet) -> None:
     wait_until(lambda: not ours(), timeout=10, what="job processes to be gone")
 
 
-def test_lost_node_mid_job_is_retried_on_another(fleet: Fleet) -> None:
+def test_lost_node_mid_job_is_retried_on_another(fleet: Fleet, tmp_path: Path) -> None:
     fleet.start_coordinator("--lost-after", "2", "--unreachable-after", "1")
     fleet.start_node("doomed")
     run = fleet.json("run", "--on", "doomed", "sleep 30")
@@ -191,13 +193,15 @@ def test_lost_node_mid_job_is_retried_on_another(fleet: Fleet) -> None:
 
     # Unpinned, with the default retry: the job moves to a surviving node and succeeds.
     fleet.start_node("spare-3")
-    run = fleet.json("run", "sleep 2; echo done")
+    gate = tmp_path / "may-end"  # the first attempt cannot end before its node is killed
+    run = fleet.json("run", f"while [ ! -e {gate} ]; do sleep 0.05; done; echo done")
     job_id = run["jobs"][0]["id"]
     first = wait_until(
         lambda: (j := fleet.json("status", job_id))["status"] == "running" and j, what="running"
     )
     victim = first["node_name"]
     fleet.stop(victim, signal.SIGKILL)
+    gate.touch()
     final = wait_until(
         lambda: (j := fleet.json("status", job_id))["status"] == "success" and j, timeout=30, what="retry"
     )
@@ -215,8 +219,10 @@ def test_cleanup_removes_worktrees_and_keeps_branches(fleet: Fleet, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     worktrees = fleet.home / "nodes" / "solo" / "work" / "worktrees"
     assert len([p for p in worktrees.iterdir() if p.name.startswith(run["id"])]) == 2
-    reply = fleet.json("cleanup", run["id"])
-    assert reply["worktrees_removed"] == 2
+    result = fleet.flota("--json", "cleanup", run["id"])
+    reply = json.loads(result.stdout)  # stdout is the reply alone; progress went to stderr
+    assert result.returncode == 0 and reply["worktrees_removed"] == 2
+    assert f"removing worktrees of {run['id']} on solo: 2/2" in result.stderr.splitlines(), result.stderr
     assert not [p for p in worktrees.iterdir() if p.name.startswith(run["id"])]
     branches = git("branch", "--list", f"flota/{run['id']}/*", cwd=remote).split()
     assert branches == [f"flota/{run['id']}/1", f"flota/{run['id']}/2"]
@@ -236,6 +242,9 @@ def test_cleanup_removes_worktrees_and_keeps_branches(fleet: Fleet, tmp_path: Pa
         (["logs", "r000000.1"], "no job"),
         (["cancel", "r000000"], "no run or job"),
         (["cleanup", "r000000"], "no run"),
+        (["prune", "--older-than", "30x", "--yes"], "invalid --older-than '30x'"),
+        (["prune", "--older-than", "0s", "--yes"], "invalid --older-than"),
+        (["prune", "--older-than", "30d"], "no terminal to ask on"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(fleet: Fleet, args: list[str], message: str) -> None:

@@ -446,7 +446,7 @@ class Daemons:
     def coordinator(
         self, method: str, request: Message, channel: grpc.Channel | None = None
     ) -> tuple[grpc.StatusCode, str, bytes]:
-        stream = method in ("WatchRun", "StreamLogs", "StreamEvents")
+        stream = COORDINATOR_METHODS[method][1]
         return self.invoke(
             channel or self.admin, f"/flota.v1.Coordinator/{method}", request.SerializeToString(), stream
         )
@@ -711,6 +711,8 @@ def test_coordinator_rejects_bodies_that_do_not_decode(daemons: Daemons, finding
             body = safe
         if method == "RemoveNode" and getattr(request, "node", "") in ours:
             return
+        if method == "Prune" and request is not None:  # messages merge: the last dry_run wins
+            body += coordinator_pb2.PruneRequest(dry_run=True).SerializeToString()
         role_ok = as_admin != (method == "RegisterNode")
         channel = d.admin if as_admin else d.as_node
         got, details, reply = d.invoke(channel, f"/flota.v1.Coordinator/{method}", body, stream)
@@ -1137,7 +1139,7 @@ def test_id_lookups_refuse_malformed_ids(daemons: Daemons, findings: Findings) -
 
 
 def test_small_admin_calls_refuse_hostile_values(daemons: Daemons, findings: Findings) -> None:
-    """CreateToken, DrainNode, RemoveNode, ListRuns, secrets."""
+    """CreateToken, DrainNode, RemoveNode, ListRuns, secrets, Prune (dry runs)."""
     d = daemons
     known = {"ghost", d.ghost_id}
 
@@ -1177,8 +1179,19 @@ def test_small_admin_calls_refuse_hostile_values(daemons: Daemons, findings: Fin
             want = {OK} if ok else {OK, NOT_FOUND} if ENV_KEY_RE.match(name) else {INVALID}
             d.check(findings, "DeleteSecret", label, got, details, want, show(req2))
 
+    def prune(age: float, run_id: str) -> None:
+        # A dry run only: the daemons' runs stay for the other tests.
+        req = coordinator_pb2.PruneRequest(older_than_s=age, dry_run=True, run_ids=[run_id] if run_id else [])
+        got, details, _ = d.coordinator("Prune", req)
+        ok = age > 0 and math.isfinite(age) and (not run_id or well_formed_id(run_id))
+        label = f"older_than_s={fkind(age)} run_id={kind(run_id) if run_id else 'none'}"
+        d.check(findings, "Prune", label, got, details, {OK} if ok else {INVALID}, show(req))
+
     for ttl in FLOATS:
         token(ttl)
+        prune(ttl, "")
+    for value in [d.final_run, *BAD_IDS, *GOOD_IDS]:
+        prune(1.0, value)
     for value in [*known, "nosuchnode", d.alpha_id[::-1], *BAD_NODE_NAMES, *BAD_IDS]:
         node_call("DrainNode", value, True)
         if value not in known:
@@ -1198,7 +1211,7 @@ def test_small_admin_calls_refuse_hostile_values(daemons: Daemons, findings: Fin
 
     @fuzzing(200)
     @given(
-        which=st.sampled_from(["token", "drain", "remove", "secret"]),
+        which=st.sampled_from(["token", "drain", "remove", "secret", "prune"]),
         ttl=st.one_of(st.sampled_from(FLOATS), st.floats()),
         name=text_values([*known, *BAD_NODE_NAMES, *GOOD_ENV_KEYS, *BAD_ENV_KEYS], 20),
         value=text_values(),
@@ -1207,6 +1220,8 @@ def test_small_admin_calls_refuse_hostile_values(daemons: Daemons, findings: Fin
     def fuzz(which: str, ttl: float, name: str, value: str, undo: bool) -> None:
         if which == "token":
             token(ttl)
+        elif which == "prune":
+            prune(ttl, value[:120])
         elif which == "secret":
             secret(name, value)
         elif which == "remove":

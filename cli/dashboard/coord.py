@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
-from cli.client import CALL_TIMEOUT_S, GIT_CALL_TIMEOUT_S, CliError, admin_credentials, translate
+from cli.client import CALL_TIMEOUT_S, EXIT_UNAVAILABLE, CliError, admin_credentials, translate
 from protos.channels import client_options
 from protos.contract import COORDINATOR_SERVER_NAME
 from protos.flota.v1 import coordinator_pb2 as pb
@@ -81,7 +81,11 @@ class Coordinator:
         return await self._unary(self._stub.Retry, pb.RetryRequest(id=ident, failed=failed_only))
 
     async def cleanup(self, run_id: str) -> pb.CleanupReply:
-        return await self._unary(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id), GIT_CALL_TIMEOUT_S)
+        """The reply, once the coordinator has called every node (its progress is not shown)."""
+        async for event in self._stream(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id)):
+            if event.HasField("done"):
+                return event.done
+        raise CliError(f"the coordinator at {self.address} ended Cleanup without its reply", EXIT_UNAVAILABLE)
 
     async def drain_node(self, node: str, undo: bool) -> pb.NodeStatus:
         return await self._unary(self._stub.DrainNode, pb.DrainNodeRequest(node=node, undo=undo))

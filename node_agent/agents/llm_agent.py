@@ -17,7 +17,7 @@ from pathlib import Path
 from node_agent.agents.base import Command, number
 from node_agent.local_models import LocalModel
 from node_agent.models import AgentReport, Job
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 __all__ = ["REPORT_FILE", "LlmAgent"]
 
@@ -60,6 +60,7 @@ class LlmAgent:
         return AgentReport(
             status=ResultStatus(status) if status in _VERDICTS else None,
             error=str(error)[:500] if error else "",
+            reason=EndReason.read(str(data.get("reason") or "")),
             steps=int(number(data.get("steps"))),
             tokens_in=int(number(data.get("tokens_in"))),
             tokens_out=int(number(data.get("tokens_out"))),

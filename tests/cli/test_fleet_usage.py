@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from cli import __version__
+from protos.contract import OLDEST_PROTOCOL, PROTOCOL
 from tests.fleet import Fleet, wait_until
 
 
@@ -70,11 +71,17 @@ def test_logs_of_a_run_print_every_job_prefixed_and_version_lists_the_nodes(flee
         assert fleet.flota("logs", ids[1], check=True).stdout == "three\n"
 
         version = fleet.flota("version", check=True).stdout
-        assert f"cli          {__version__}" in version and f"node n1  {__version__} (online)" in version
+        assert f"cli          {__version__} (protocol {PROTOCOL})" in version
+        assert f"node n1  {__version__} (protocol {PROTOCOL}, online)" in version
+        assert f"coordinator  {__version__} (protocol {PROTOCOL}; takes nodes speaking" in version
         data = fleet.json("version", check=True)
         assert data == {
             "cli": __version__,
-            "nodes": [{"name": "n1", "version": __version__, "state": "online"}],
+            "protocol": PROTOCOL,
+            "coordinator": {"version": __version__, "protocol": PROTOCOL, "oldest_protocol": OLDEST_PROTOCOL},
+            "nodes": [
+                {"name": "n1", "version": __version__, "protocol": PROTOCOL, "state": "online", "refused": ""}
+            ],
         }
     finally:
         node.terminate()

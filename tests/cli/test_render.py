@@ -83,3 +83,17 @@ def test_nodes_fit_80_columns() -> None:
         node.info.facts.memory_total_mb = 65536
         node.info.facts.agent_clis.extend(["claude", "aider", "codex", "gemini"])
     _check(_render(nodes_table(reply)), 2, ["alice-laptop", "build-server-2"])
+
+
+def test_a_status_says_why_a_job_stopped_short() -> None:
+    run = coordinator_pb2.Run(id="r1", status="failed")
+    for index, (status, reason) in enumerate(
+        [("partial", "max_steps"), ("failed", "model_unreachable"), ("partial", "cut_off"), ("failed", "")], 1
+    ):
+        job = run.jobs.add(id=f"r1.{index}", name="task", status=status, agent="llm")
+        job.result.CopyFrom(types_pb2.JobResult(status=status, reason=reason))
+    for table in (results_table(run), jobs_table(run)):
+        text = "\n".join(_render(table))
+        assert "partial (max steps)" in text and "failed (model unreachable)" in text
+        assert "partial (cut off)" in text
+        assert text.count("failed (") == 1  # a plain failure has no reason to show

@@ -137,9 +137,9 @@ class FakeLink:
             self.on_ack(list(attempt_ids))
         self.acks.append(list(attempt_ids))
 
-    async def cleanup(self, run_id: str) -> int:
+    async def cleanup(self, run_id: str, refs: bool = False) -> tuple[int, int]:
         self.cleanups.append(run_id)
-        return 0
+        return 0, 0
 
     async def close(self) -> None:
         self.connected = False

@@ -9,6 +9,8 @@ import pytest
 
 from coordinator.config import FILE_KEYS, CoordinatorConfig, flota_home, load_config, parse_hostport
 from coordinator.errors import ConfigError
+from coordinator.fleet import protocol_problem
+from protos.contract import OLDEST_PROTOCOL, PROTOCOL
 from tests.docs import documented_keys
 
 
@@ -212,3 +214,15 @@ def test_a_key_coordinator_toml_does_not_know_is_refused_by_name(tmp_path: Path)
 
 def test_docs_list_exactly_the_keys_coordinator_toml_takes() -> None:
     assert documented_keys("coordinator.toml") == FILE_KEYS
+
+
+@pytest.mark.parametrize(
+    ("sent", "taken"),
+    [(0, OLDEST_PROTOCOL == 1), (OLDEST_PROTOCOL, True), (PROTOCOL, True), (PROTOCOL + 1, False)],
+)
+def test_the_protocol_window(sent: int, taken: bool) -> None:
+    problem = protocol_problem("laptop", sent, "9.9.9")
+    assert (problem == "") is taken
+    if not taken:
+        assert problem.startswith("node laptop (flota 9.9.9) speaks protocol")
+        assert ("upgrade the coordinator" in problem) is (sent > PROTOCOL)

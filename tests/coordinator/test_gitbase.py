@@ -11,7 +11,7 @@ import git
 import pytest
 
 from coordinator.errors import RepoError
-from coordinator.gitbase import push_base, resolve_url
+from coordinator.gitbase import delete_refs, list_run_refs, push_base, resolve_url, run_of_ref
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -289,3 +289,54 @@ def test_from_working_tree_without_changes_is_head(setup: Setup, dirt: str) -> N
     assert repo.base_commit == setup.head()
     assert setup.remote_ref("refs/flota/base/r1") == setup.head()
     assert _user_state(setup) == before
+
+
+# --- a run's refs on the remote (flota prune) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ref", "run_id"),
+    [
+        ("refs/heads/flota/r1a2b3c/1", "r1a2b3c"),
+        ("refs/heads/flota/r1a2b3c/2-a3", "r1a2b3c"),
+        ("refs/flota/base/r1a2b3c", "r1a2b3c"),
+        ("refs/heads/flota/r1a2b3c", ""),  # a branch flota/<x> is not a job's
+        ("refs/heads/main", ""),
+        ("refs/flota/base", ""),
+        ("refs/tags/flota/r1a2b3c/1", ""),
+    ],
+)
+def test_run_of_ref(ref: str, run_id: str) -> None:
+    assert run_of_ref(ref) == run_id
+
+
+def test_list_and_delete_a_runs_refs(setup: Setup) -> None:
+    head = setup.head()
+    refs = [
+        "refs/heads/flota/r1/1",
+        "refs/heads/flota/r1/2-a2",
+        "refs/flota/base/r1",
+        "refs/heads/flota/r12/1",
+    ]
+    for ref in [*refs, "refs/heads/main", "refs/tags/flota/r1/1"]:
+        sh("push", "-q", str(setup.bare), f"{head}:{ref}", cwd=setup.src)
+    url = str(setup.bare)
+    found = list_run_refs(url)
+    assert {k: sorted(v) for k, v in found.items()} == {
+        "r1": ["refs/flota/base/r1", "refs/heads/flota/r1/1", "refs/heads/flota/r1/2-a2"],
+        "r12": ["refs/heads/flota/r12/1"],
+    }
+    delete_refs(url, found["r1"])
+    assert list_run_refs(url) == {"r12": ["refs/heads/flota/r12/1"]}
+    assert setup.remote_ref("refs/heads/main") == head and setup.remote_ref("refs/tags/flota/r1/1") == head
+    assert sh("cat-file", "-t", head, cwd=setup.bare).strip() == "commit"
+
+
+def test_an_unreadable_remote_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.git"
+    with pytest.raises(RepoError, match="cannot list") as info:
+        list_run_refs(str(missing))
+    assert str(missing) in _one_line(info)
+    with pytest.raises(RepoError, match="cannot delete refs on") as info:
+        delete_refs(str(missing), ["refs/heads/flota/r1/1"])
+    _one_line(info)

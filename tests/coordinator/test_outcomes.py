@@ -12,6 +12,7 @@ from coordinator.models import (
     Attempt,
     AttemptStatus,
     Cause,
+    EndReason,
     Finished,
     Job,
     JobStatus,
@@ -28,6 +29,7 @@ from coordinator.outcomes import (
     late,
     reconnected,
     retried,
+    retryable,
     to_retry,
 )
 
@@ -118,6 +120,54 @@ def test_an_attempt_that_drives_its_job_ends(
     else:
         assert d.job.result is not None and d.job.result.status == after
         assert d.job.branch == "flota/r1/1" and d.job.node_id == last.node_id
+
+
+# Why the node ended it (result.reason), and where the model server is ->
+# (job status after, requeued). Only what another attempt can fix is retried.
+OWN = "model:ollama/qwen2.5-coder"  # no api base: the node's own server (the scheduler's "requires")
+REASONS = [
+    # the agent's own limits are final: another attempt would spend them all again
+    ("partial", EndReason.MAX_STEPS, "", "", 2, JobStatus.PARTIAL, False),
+    ("partial", EndReason.BUDGET, "", "", 3, JobStatus.PARTIAL, False),
+    ("partial", EndReason.TIME_LIMIT, "", "", 2, JobStatus.PARTIAL, False),
+    # cut off: its work is pushed, a retry elsewhere may finish it
+    ("partial", EndReason.CUT_OFF, "", "", 2, JobStatus.QUEUED, True),
+    ("partial", EndReason.NONE, "", "", 2, JobStatus.QUEUED, True),  # an older node that does not say
+    # a model server named by --api-base is the same URL for every node, loopback or not
+    ("failed", EndReason.MODEL_UNREACHABLE, "http://127.0.0.1:9/v1", "", 2, JobStatus.FAILED, False),
+    ("failed", EndReason.MODEL_UNREACHABLE, "http://10.0.0.5:8000/v1", "", 2, JobStatus.FAILED, False),
+    ("failed", EndReason.MODEL_UNREACHABLE, "", "", 2, JobStatus.FAILED, False),  # a provider's API
+    # the node's own server: another node that serves the model has its own
+    ("failed", EndReason.MODEL_UNREACHABLE, "", OWN, 2, JobStatus.QUEUED, True),
+    ("failed", EndReason.MODEL_UNREACHABLE, "", OWN, 1, JobStatus.FAILED, False),  # while attempts last
+    ("failed", EndReason.NONE, "", OWN, 2, JobStatus.FAILED, False),
+    ("timeout", EndReason.NONE, "", "", 2, JobStatus.TIMEOUT, False),
+]
+
+
+@pytest.mark.parametrize(("status", "reason", "api_base", "requires", "tries", "after", "requeued"), REASONS)
+def test_only_what_another_attempt_can_fix_is_retried(
+    status: str, reason: EndReason, api_base: str, requires: str, tries: int, after: JobStatus, requeued: bool
+) -> None:
+    a = attempt(1)
+    j = job(a, max_attempts=tries)
+    j.api_base, j.requires = api_base, requires
+    r = Result(status=ResultStatus(status), error="why", reason=reason, finished_at=NOW - 1)
+    d = ended(j, a, r, NOW)
+    assert d.job is not None and (d.job.status, d.requeue) == (after, requeued)
+    assert retryable(j, AttemptStatus(status), reason) is requeued or tries == 1
+    if not requeued:  # the job keeps why it ended, for `flota results`
+        assert d.job.result is not None and d.job.result.reason == reason
+
+
+def test_a_retry_after_an_unreachable_server_uses_up_an_attempt() -> None:
+    first = attempt(1, AttemptStatus.FAILED)  # the node's own server was down there
+    second = attempt(2)
+    j = job(first, second, max_attempts=2)
+    j.requires = OWN
+    r = Result(status=ResultStatus.FAILED, error="down here too", reason=EndReason.MODEL_UNREACHABLE)
+    d = ended(j, second, r, NOW)
+    assert d.job is not None and (d.job.status, d.requeue) == (JobStatus.FAILED, False)
 
 
 def test_a_retryable_status_counts_every_attempt_that_ran() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.models import Attempt, Job, JobPlacement, NodeRecord, Repo, Result, Run
+from coordinator.models import Attempt, EndReason, Job, JobPlacement, NodeRecord, Repo, Result, Run
 from coordinator.store import Store, StoreError
 
 T0 = 1_700_000_000.0
@@ -186,6 +186,29 @@ def test_save_job(store: Store) -> None:
     assert store.get_job(run.jobs[0].id) == run.jobs[0]  # the other job is untouched
 
 
+def test_why_a_result_ended_is_kept_and_older_results_have_no_reason(db_path: Path) -> None:
+    store = Store(db_path)
+    run = make_run("r1", n_jobs=2)
+    store.create_run(run)
+    for job, reason in zip(run.jobs, (EndReason.MAX_STEPS, EndReason.NONE), strict=True):
+        job.status, job.updated_at = "partial", T0 + 5
+        job.result = Result(status="partial", error="max steps reached (2)", reason=reason)  # type: ignore[arg-type]
+        store.save_job(job)
+    store.close()
+    # A result saved before results had a reason: its JSON has no such key.
+    db = sqlite3.connect(db_path)
+    with db:
+        db.execute("UPDATE jobs SET result = json_remove(result, '$.reason') WHERE id = 'r1.1'")
+    db.close()
+    again = Store(db_path)
+    try:
+        first, second = again.get_job("r1.0"), again.get_job("r1.1")
+        assert first is not None and first.result is not None and first.result.reason is EndReason.MAX_STEPS
+        assert second is not None and second.result is not None and second.result.reason is EndReason.NONE
+    finally:
+        again.close()
+
+
 def test_create_run_is_one_transaction(store: Store) -> None:
     run = make_run("r1", n_jobs=2)
     run.jobs[1].id = run.jobs[0].id  # the second insert fails
@@ -253,6 +276,44 @@ def test_list_runs_newest_first(store: Store, limit: int, expected: list[str]) -
     runs = store.list_runs(limit)
     assert [r.id for r in runs] == expected
     assert all(r.jobs == [] for r in runs)  # a listing does not load jobs
+
+
+def test_ended_runs_are_the_finished_ones_up_to_the_cutoff_oldest_first(store: Store) -> None:
+    for rid in ("r1", "r2", "r3", "r4"):
+        store.create_run(make_run(rid))
+    store.finish_run("r2", "success", T0 + 50)
+    store.finish_run("r1", "failed", T0 + 10)
+    store.finish_run("r3", "cancelled", T0 + 100)  # r4 still runs
+    assert [r.id for r in store.ended_runs(T0 + 50)] == ["r1", "r2"]
+    assert all(len(r.jobs) == 2 for r in store.ended_runs(T0 + 50))  # with their jobs
+    assert [r.id for r in store.ended_runs(T0 + 49.9)] == ["r1"]
+    assert [r.id for r in store.ended_runs(T0 + 1e6)] == ["r1", "r2", "r3"]  # never r4
+    assert store.ended_runs(T0) == []
+
+
+def test_delete_run_takes_its_jobs_attempts_and_logs_and_nothing_else(store: Store) -> None:
+    for rid in ("r1", "r2"):
+        run = make_run(rid)
+        store.create_run(run)
+        for job in run.jobs:
+            store.add_attempt(job, Attempt(f"{job.id}.a1", job.id, 1, "n1", "success", f"flota/{job.id}", T0))
+            store.append_logs(job.id, f"{job.id}.a1", [f"{job.id} says hi"])
+        store.finish_run(rid, "success", T0 + 1)
+    assert store.delete_run("r1")
+    assert store.get_run("r1") is None and store.get_job("r1.0") is None
+    assert store.logs("r1.0") == [] and store.logs("r1.1") == []
+    assert store._query("SELECT COUNT(*) FROM attempts WHERE job_id LIKE 'r1.%'") == [(0,)]
+    kept = store.get_run("r2")
+    assert kept is not None and [len(j.attempts) for j in kept.jobs] == [1, 1]
+    assert store.logs("r2.1")[0][2] == "r2.1 says hi"
+
+
+def test_delete_run_never_takes_a_running_run(store: Store) -> None:
+    store.create_run(make_run("r1"))
+    store.append_logs("r1.0", "r1.0.a1", ["still going"])
+    assert not store.delete_run("r1") and not store.delete_run("r9")
+    run = store.get_run("r1")
+    assert run is not None and len(run.jobs) == 2 and store.logs("r1.0")
 
 
 # --- tokens ---------------------------------------------------------------------------------

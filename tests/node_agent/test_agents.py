@@ -13,7 +13,7 @@ from node_agent.agents.llm_agent import LlmAgent
 from node_agent.agents.shell import CliAgent, ShellAgent
 from node_agent.local_models import LocalModel
 from node_agent.models import AgentReport, Job
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 
 def job(**kw: object) -> Job:
@@ -52,11 +52,20 @@ def test_llm_report(tmp_path: Path) -> None:
         "steps": 5,
         "cost_usd": 0.1,
         "answer": "a",
+        "reason": "max_steps",
     }
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert read_report(spec, tmp_path, tmp_path / "output") == AgentReport(
-        status=ResultStatus.PARTIAL, error="stopped after 5 steps", steps=5, cost_usd=0.1, answer="a"
+        status=ResultStatus.PARTIAL,
+        error="stopped after 5 steps",
+        steps=5,
+        cost_usd=0.1,
+        answer="a",
+        reason=EndReason.MAX_STEPS,
     )
+    # A reason this version does not know says nothing (a newer agent's word).
+    (tmp_path / "report.json").write_text(json.dumps({**report, "reason": "sunspots"}))
+    assert read_report(spec, tmp_path, tmp_path / "output").reason == EndReason.NONE
     (tmp_path / "report.json").write_text(json.dumps({"status": "exploded", "steps": -3}))
     assert read_report(spec, tmp_path, tmp_path / "output") == AgentReport()
 

@@ -6,7 +6,7 @@ import pytest
 
 from node_agent import convert
 from node_agent.models import Job, Repo, Result
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 from protos.flota.v1 import types_pb2
 
 
@@ -69,9 +69,11 @@ def test_a_result_round_trips() -> None:
         cost_usd=0.25,
         check="failed",
         answer="done",
+        reason="max_steps",
     )
     result = convert.result_from_proto(wire)
     assert result.status is ResultStatus.PARTIAL and result.files_modified == ("a", "b")
+    assert result.reason is EndReason.MAX_STEPS
     assert convert.result_to_proto(result) == wire
     assert convert.result_from_bytes(convert.result_to_bytes(result)) == result
 

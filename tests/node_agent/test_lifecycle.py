@@ -31,10 +31,18 @@ from node_agent.lifecycle import (
     step,
 )
 from node_agent.models import AgentReport
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 VANISHED = "the job's process vanished without an exit status"
-STOPPED_EARLY = AgentReport(status=ResultStatus.PARTIAL, error="stopped after 30 steps", steps=30)
+STOPPED_EARLY = AgentReport(
+    status=ResultStatus.PARTIAL, error="stopped after 30 steps", steps=30, reason=EndReason.MAX_STEPS
+)
+NO_SERVER = AgentReport(
+    status=ResultStatus.FAILED,
+    error="cannot reach the model server at http://127.0.0.1:9/v1: connection refused",
+    reason=EndReason.MODEL_UNREACHABLE,
+)
+MAX_STEPS, CUT_OFF = EndReason.MAX_STEPS, EndReason.CUT_OFF
 
 
 def state(has_repo: bool = False, **kw: object) -> State:
@@ -181,7 +189,20 @@ STEPS = [
         state(phase="stopping", stop="partial", stop_detail="cut off from the coordinator"),
         Exited(0),
         state(phase="finished", stop="partial", stop_detail="cut off from the coordinator", exit_code=0),
-        [Kill(), Finish("partial", "cut off from the coordinator", 0)],
+        [Kill(), Finish("partial", "cut off from the coordinator", 0, CUT_OFF)],
+    ),
+    (
+        "a-stop-for-being-cut-off-outranks-the-agents-own-limit",
+        state(phase="stopping", stop="partial", stop_detail="cut off from the coordinator"),
+        Exited(3, STOPPED_EARLY),
+        state(
+            phase="finished",
+            stop="partial",
+            stop_detail="cut off from the coordinator",
+            exit_code=3,
+            report=STOPPED_EARLY,
+        ),
+        [Kill(), Finish("partial", "cut off from the coordinator", 3, CUT_OFF)],
     ),
     (
         "first-stop-reason-wins",
@@ -261,7 +282,7 @@ STEPS = [
         state(phase="running"),
         Exited(1, STOPPED_EARLY),
         state(phase="finished", exit_code=1, report=STOPPED_EARLY),
-        [Kill(), Finish("partial", "stopped after 30 steps", 1)],
+        [Kill(), Finish("partial", "stopped after 30 steps", 1, MAX_STEPS)],
     ),
     (
         "agent-stopped-early-without-a-reason",
@@ -282,14 +303,21 @@ STEPS = [
         state(has_repo=True, phase="finishing", exit_code=1, report=STOPPED_EARLY),
         Committed(),
         state(has_repo=True, phase="finished", exit_code=1, report=STOPPED_EARLY),
-        [Finish("partial", "stopped after 30 steps", 1)],
+        [Finish("partial", "stopped after 30 steps", 1, MAX_STEPS)],
     ),
     (
         "a-commit-error-after-the-agent-stopped-early-is-still-partial",
         state(has_repo=True, phase="finishing", exit_code=1, report=STOPPED_EARLY),
         Committed("cannot push flota/r1/1: rejected"),
         state(has_repo=True, phase="finished", exit_code=1, report=STOPPED_EARLY),
-        [Finish("partial", "stopped after 30 steps", 1)],
+        [Finish("partial", "stopped after 30 steps", 1, MAX_STEPS)],
+    ),
+    (
+        "an-unreachable-model-server-fails-with-its-reason",
+        state(phase="running"),
+        Exited(1, NO_SERVER),
+        state(phase="finished", exit_code=1, report=NO_SERVER),
+        [Kill(), Finish("failed", NO_SERVER.error, 1, EndReason.MODEL_UNREACHABLE)],
     ),
     (
         "the-agents-error-replaces-the-exit-code",
@@ -572,7 +600,7 @@ def test_recovered_running_job_then_ends_normally() -> None:
 def test_recovered_dead_job_is_judged_by_its_report() -> None:
     assert recovered("r1.1.a1", False, True, False, 1, None, "", STOPPED_EARLY) == (
         state(phase="finished", exit_code=1, report=STOPPED_EARLY),
-        [Kill(), Finish("partial", "stopped after 30 steps", 1)],
+        [Kill(), Finish("partial", "stopped after 30 steps", 1, MAX_STEPS)],
     )
     assert recovered("r1.1.a1", True, True, False, 1, None, "", STOPPED_EARLY) == (
         state(True, phase="finishing", exit_code=1, report=STOPPED_EARLY),

@@ -17,13 +17,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from node_agent.convert import job_from_proto, node_jobs, result_to_proto
+from node_agent.errors import WorkspaceError
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
 from node_agent.process import _BATCH_LINES, _MAX_LINE_BYTES, kill_escaped
@@ -47,14 +48,29 @@ class Node:
     """One daemon's runner with its hub (subscribed, as a coordinator session would be)."""
 
     def __init__(
-        self, root: Path, *, workspace: Workspace | None = None, grace: float = 0.3, slots: int = 8
+        self,
+        root: Path,
+        *,
+        workspace: Workspace | None = None,
+        grace: float = 0.3,
+        slots: int = 8,
+        recheck_models: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.journal = Journal(root / "jobs")
         self.workspace = workspace or Workspace(root / "work")
         self.hub = Hub()
         self.sub = self.hub.subscribe()
         self.events: list[node_pb2.NodeEvent] = []
-        self.runner = Runner("n1", "node-1", self.workspace, self.journal, self.hub, lambda: slots, grace)
+        self.runner = Runner(
+            "n1",
+            "node-1",
+            self.workspace,
+            self.journal,
+            self.hub,
+            lambda: slots,
+            grace,
+            recheck_models=recheck_models,
+        )
 
     def _drain(self) -> None:
         while not self.sub.queue.empty():
@@ -765,6 +781,36 @@ def test_repo_cancel_keeps_the_worktree_and_pushes_the_branch(
     assert (worktree / "wip.txt").read_text() == "half\n"
 
 
+def test_cleanup_spares_a_running_attempt_and_its_refs(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec], remote: tuple[Path, str]
+) -> None:
+    """Cleanup by run or by job (RUN.N, as the coordinator asks one job at a time) keeps a
+    running attempt's worktree; deleting the run's refs is refused while it runs."""
+    node = Node(tmp_path)
+    spec = repo_spec(new_spec, remote, "echo ready; sleep 100")
+    worktree = node.workspace.worktree_path(spec.attempt_id)
+    mirror = node.workspace.mirror_path(remote[0].as_posix())
+
+    async def scenario() -> types_pb2.JobResult:
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
+        await node.until(lambda: node.lines(spec.attempt_id) == ["ready"], "the job to be ready")
+        assert node.runner.cleanup(spec.job_id) == (0, 0)
+        assert node.runner.cleanup(spec.run_id) == (0, 0)
+        assert worktree.is_dir()
+        with pytest.raises(WorkspaceError, match="still runs here"):
+            node.runner.cleanup(spec.run_id, refs=True)
+        assert node.runner.cancel(spec.attempt_id)
+        return await node.result(spec.attempt_id)
+
+    assert run(scenario()).status == "cancelled"
+    refs = git("--git-dir", str(mirror), "for-each-ref", "--format=%(refname)", cwd=mirror).split()
+    assert f"refs/heads/{spec.branch}" in refs and BASE_REF in refs
+    assert node.runner.cleanup(spec.run_id, refs=True) == (1, 1)  # its worktree and its branch
+    assert not worktree.exists()
+    left = git("--git-dir", str(mirror), "for-each-ref", "--format=%(refname)", cwd=mirror).split()
+    assert left == [BASE_REF]  # the base ref is another run's here (tests share BASE_REF)
+
+
 def test_repo_push_failure_is_a_failed_result(
     tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec], remote: tuple[Path, str]
 ) -> None:
@@ -866,3 +912,31 @@ def test_a_restart_before_the_start_gives_up_a_job_with_secrets(
     result = run(scenario())
     assert result.status == "lost"
     assert "secrets are never kept on disk" in result.error
+
+
+def test_a_job_that_cannot_reach_its_model_server_has_the_node_look_at_its_servers_first(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    # The real llm agent against a port that refuses: the node looks at its local model
+    # servers again (here: a heartbeat saying so) before the result goes out, so the
+    # coordinator no longer sends the retry to a node whose own server is gone.
+    spec = new_spec("", model="openai/fake", prompt="hi", api_base="http://127.0.0.1:9/v1")
+    spec.agent = "llm"
+    published_before: list[list[str]] = []
+
+    async def main() -> types_pb2.JobResult:
+        async def recheck() -> None:
+            node._drain()
+            published_before.append([str(e.WhichOneof("kind")) for e in node.events])
+            node.hub.publish(heartbeat=types_pb2.NodeInfo(name="node-1"))
+
+        node = Node(tmp_path, recheck_models=recheck)
+        result = await node.run(spec, timeout_s=40)
+        kinds = [str(e.WhichOneof("kind")) for e in node.events if e.WhichOneof("kind") != "log"]
+        assert kinds == ["started", "heartbeat", "result"]
+        return result
+
+    result = run(main())
+    assert (result.status, result.reason) == ("failed", "model_unreachable")
+    assert result.error == "cannot reach the model server at http://127.0.0.1:9/v1: connection refused"
+    assert len(published_before) == 1 and "result" not in published_before[0]

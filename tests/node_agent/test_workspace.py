@@ -317,6 +317,32 @@ def test_remove_run_removes_that_runs_jobs_except_kept(ws: Workspace, remote: Re
         ws.remove_worktrees("")
 
 
+def test_remove_run_refs_deletes_only_that_runs_refs_from_every_mirror(
+    ws: Workspace, remote: Remote, tmp_path: Path
+) -> None:
+    (tmp_path / "other").mkdir()
+    other = make_remote(tmp_path / "other")  # a second repository: a second mirror
+    for key, branch in (("r1.0.a1", "flota/r1/0"), ("r1.0.a2", "flota/r1/0-a2"), ("r10.0.a1", "flota/r10/0")):
+        wt = ws.prepare(remote.url, BASE_REF, remote.base, branch, key)
+        ws.commit_and_push(wt, branch, "result", TRAILERS)
+    ws.prepare(other.url, BASE_REF, other.base, "flota/r1/1", "r1.1.a1")
+    assert ws.find_resume(remote.url, remote.base, ["flota/r1/0"]) is not None  # refs/flota/resume/...
+    ws.prepare(other.url, BASE_REF, other.base, "flota/r10/1", "r10.1.a1")
+    assert ws.remove_run("r1") == 3
+
+    mirrors = [ws.mirror_path(remote.url), ws.mirror_path(other.url)]
+    refs = [git("--git-dir", str(m), "for-each-ref", "--format=%(refname)", cwd=m).split() for m in mirrors]
+    assert "refs/flota/resume/flota/r1/0" in refs[0] and "refs/heads/flota/r1/1" in refs[1]
+    assert ws.remove_run_refs("r1") == 6  # 2 branches, base and resume ref; 1 branch and base
+    left = [git("--git-dir", str(m), "for-each-ref", "--format=%(refname)", cwd=m).split() for m in mirrors]
+    assert left == [["refs/heads/flota/r10/0"], ["refs/heads/flota/r10/1"]]
+    assert ws.remove_run_refs("r1") == 0
+    assert remote.has("refs/heads/flota/r1/0")  # the remote's are not the node's to delete
+    for bad in ("r1.0", "-x", "..", ""):
+        with pytest.raises(WorkspaceError, match="invalid run id"):
+            ws.remove_run_refs(bad)
+
+
 def test_remove_survives_a_worktree_whose_git_link_is_gone(ws: Workspace, remote: Remote) -> None:
     wt = ws.prepare(remote.url, BASE_REF, remote.base, "flota/r1/0", "r1.0.a1")
     (wt / ".git").unlink()

@@ -34,6 +34,7 @@ from node_agent.agents.llm.errors import (
     PathEscape,
     ToolError,
     TransientModelError,
+    Unreachable,
 )
 from node_agent.agents.llm.loop import run
 from node_agent.agents.llm.model import Completion, Model, ToolCall
@@ -58,6 +59,7 @@ __all__ = [
     "ToolResult",
     "Toolbox",
     "TransientModelError",
+    "Unreachable",
     "run",
     "write_report",
 ]

@@ -18,7 +18,10 @@ the agent reads nothing else:
 API keys come in the providers' usual variables (OPENAI_API_KEY, ANTHROPIC_API_KEY...).
 
 The report is one JSON object, the fields of :class:`Report` in order, indented by 2,
-ending in a newline. Exit codes: 0 success, 3 partial, 1 failed, 2 bad input.
+ending in a newline. Its ``reason`` says why a partial or failed run ended, as a word the
+node passes on (``protos.contract.EndReason``): max_steps, budget, time_limit,
+model_unreachable, or "" (no reason the coordinator acts on). Exit codes: 0 success,
+3 partial, 1 failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from node_agent.agents.llm.errors import BadInput
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_TOKENS",
@@ -136,6 +139,7 @@ class Report:
     answer: str
     model: str
     duration_s: float
+    reason: EndReason = EndReason.NONE  # why it ended partial or failed, for the coordinator
 
     @classmethod
     def early(cls, status: ResultStatus, error: str, model: str) -> Report:

@@ -4,7 +4,8 @@ AgentError
 ├── BadInput              the environment does not describe a run: exit 2
 ├── ModelError            the provider refused for good (auth, bad request, ...): "failed"
 ├── TransientModelError   the provider failed this time: retried, counts a bad reply
-│   └── ModelTimeout      the call did not answer in the time it was given
+│   ├── ModelTimeout      the call did not answer in the time it was given
+│   └── Unreachable       no connection to the model server: retried a few times, not a step
 └── ToolError             a tool could not do what the model asked: told back to the model
     └── PathEscape        a path leads outside the worktree
 
@@ -27,6 +28,7 @@ __all__ = [
     "PathEscape",
     "ToolError",
     "TransientModelError",
+    "Unreachable",
 ]
 
 
@@ -48,6 +50,11 @@ class TransientModelError(AgentError):
 
 class ModelTimeout(TransientModelError):
     """The call did not answer within the time it was given."""
+
+
+class Unreachable(TransientModelError):
+    """No connection to the model server (refused, a name that does not resolve, TLS); the
+    message is the whole line: "cannot reach the model server at URL: why"."""
 
 
 class ToolError(AgentError):

@@ -2,8 +2,9 @@
 
 One step is one model call: the model answers with tool calls, they run, their results go
 back, until the model calls ``finish`` (status "success"), the steps, the budget or the
-time run out (status "partial", with the reason), or something cannot go on (status
-"failed"). One line per step goes to ``out``.
+time run out (status "partial", with the reason: an :class:`EndReason` the coordinator
+reads, and a line for people), or something cannot go on (status "failed"). One line per
+step goes to ``out``.
 
 Budget: before each call its cost is estimated (:meth:`Model.estimate_usd`) and the call
 is not made when spent + estimate would pass the budget; what a reply cost is added after.
@@ -12,8 +13,12 @@ Error handling: the model's mistakes (no choices, an empty message, text instead
 call, arguments that are not JSON, an unknown tool) are told back to the model and count a
 step; text twice in a row is taken as the model's final answer. Provider hiccups
 (:class:`TransientModelError`) are retried after a backoff and count a step too; 3 bad
-replies in a row end the run as "failed". A :class:`ModelError` fails at once. An
-:class:`Interrupted` ends the run as "partial"; :func:`run` returns a report, always.
+replies in a row end the run as "failed". A call that could not connect to the model
+server at all (:class:`Unreachable`: refused, a name that does not resolve, TLS) is no
+step: it is tried again after the same backoff, and after :data:`MAX_UNREACHABLE` tries
+in a row the run is "failed" with that line (reason model_unreachable). A
+:class:`ModelError` fails at once. An :class:`Interrupted` ends the run as "partial";
+:func:`run` returns a report, always.
 """
 
 from __future__ import annotations
@@ -25,14 +30,21 @@ from dataclasses import dataclass
 from typing import Any, Final, TextIO
 
 from node_agent.agents.llm.contract import Config, Report
-from node_agent.agents.llm.errors import Interrupted, ModelError, ModelTimeout, TransientModelError
+from node_agent.agents.llm.errors import (
+    Interrupted,
+    ModelError,
+    ModelTimeout,
+    TransientModelError,
+    Unreachable,
+)
 from node_agent.agents.llm.model import Completion, Model, ToolCall
 from node_agent.agents.llm.tools import TOOL_NAMES, Toolbox, describe_call
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
-__all__ = ["MAX_BAD_IN_A_ROW", "SYSTEM_PROMPT", "one_line", "run"]
+__all__ = ["MAX_BAD_IN_A_ROW", "MAX_UNREACHABLE", "SYSTEM_PROMPT", "one_line", "run"]
 
 MAX_BAD_IN_A_ROW: Final = 3
+MAX_UNREACHABLE: Final = 3  # tries in a row with no connection to the model server
 _BACKOFF_S: Final = (0.5, 2.0, 5.0)  # before retrying after the 1st, 2nd... provider error
 
 SYSTEM_PROMPT: Final = """\
@@ -65,7 +77,9 @@ class _Run:
     cost_usd: float = 0.0
     answer: str = ""
 
-    def report(self, status: ResultStatus, error: str | None, now: float) -> Report:
+    def report(
+        self, status: ResultStatus, error: str | None, now: float, reason: EndReason = EndReason.NONE
+    ) -> Report:
         return Report(
             status=status,
             error=error,
@@ -76,6 +90,7 @@ class _Run:
             answer=self.answer,
             model=self.config.model,
             duration_s=round(now - self.started, 3),
+            reason=reason,
         )
 
 
@@ -122,6 +137,7 @@ def _loop(
     ]
     bad_in_a_row = 0
     errors_in_a_row = 0  # provider errors, for the backoff
+    unreachable = 0  # tries in a row that could not connect to the model server
     last_was_text = False  # the previous reply was text without a tool call
 
     def say(line: str) -> None:
@@ -139,10 +155,14 @@ def _loop(
 
     while True:
         if state.steps >= config.max_steps:
-            return state.report(ResultStatus.PARTIAL, f"max steps reached ({config.max_steps})", clock())
+            return state.report(
+                ResultStatus.PARTIAL, f"max steps reached ({config.max_steps})", clock(), EndReason.MAX_STEPS
+            )
         time_left = None if deadline is None else deadline - clock()
         if time_left is not None and time_left <= 0:
-            return state.report(ResultStatus.PARTIAL, f"timeout after {config.timeout_s:g} s", clock())
+            return state.report(
+                ResultStatus.PARTIAL, f"timeout after {config.timeout_s:g} s", clock(), EndReason.TIME_LIMIT
+            )
         max_tokens = min(config.max_output_tokens, model.max_output_tokens or config.max_output_tokens)
         if config.budget_usd > 0 and model.priced:
             estimate = model.estimate_usd(messages, max_tokens)
@@ -152,6 +172,7 @@ def _loop(
                     f"budget: the next call could cost ${estimate:.6f}, spent ${state.cost_usd:.6f} "
                     f"of ${config.budget_usd:g}",
                     clock(),
+                    EndReason.BUDGET,
                 )
         state.steps += 1
         try:
@@ -159,9 +180,26 @@ def _loop(
         except ModelTimeout as exc:
             if deadline is not None and clock() >= deadline - 0.01:
                 say("model call cut off by the timeout")
-                return state.report(ResultStatus.PARTIAL, f"timeout after {config.timeout_s:g} s", clock())
+                return state.report(
+                    ResultStatus.PARTIAL,
+                    f"timeout after {config.timeout_s:g} s",
+                    clock(),
+                    EndReason.TIME_LIMIT,
+                )
             if (failed := bad(f"model call timed out: {exc}")) is not None:
                 return failed
+            continue
+        except Unreachable as exc:
+            state.steps -= 1  # the call never reached a model: not a step
+            unreachable += 1
+            if unreachable >= MAX_UNREACHABLE:
+                say(f"{exc} ({unreachable} tries)")
+                return state.report(ResultStatus.FAILED, str(exc), clock(), EndReason.MODEL_UNREACHABLE)
+            pause = _BACKOFF_S[min(unreachable - 1, len(_BACKOFF_S) - 1)]
+            if deadline is not None:
+                pause = min(pause, max(deadline - clock(), 0.0))
+            say(f"{exc}; trying again in {pause:g} s")
+            sleep(pause)
             continue
         except TransientModelError as exc:
             if (failed := bad(f"provider error: {one_line(str(exc), 300)}")) is not None:
@@ -175,7 +213,7 @@ def _loop(
         except ModelError as exc:
             say(f"model error: {one_line(str(exc))}")
             return state.report(ResultStatus.FAILED, str(exc), clock())
-        errors_in_a_row = 0
+        errors_in_a_row = unreachable = 0
         state.tokens_in += reply.tokens_in
         state.tokens_out += reply.tokens_out
         state.cost_usd += reply.cost_usd

@@ -11,20 +11,25 @@ price map). A model without a price costs 0.
 
 Error handling: litellm's exceptions become :class:`ModelError` (retrying cannot help:
 authentication, bad request, unknown model, context overflow), :class:`TransientModelError`
-(5xx, rate limit, connection, an unparseable response) or :class:`ModelTimeout`; a model
-litellm cannot route, or a missing API key, is :class:`BadInput`.
+(5xx, rate limit, a dropped connection, an unparseable response) or :class:`ModelTimeout`;
+a call that could not connect at all is :class:`Unreachable`, read from the exception's
+chain (litellm reports a refused connection as an InternalServerError), never from its
+wording. A model litellm cannot route, or a missing API key, is :class:`BadInput`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from node_agent.agents.llm.errors import BadInput, ModelError, ModelTimeout, TransientModelError
+from node_agent.agents.llm.errors import BadInput, ModelError, ModelTimeout, TransientModelError, Unreachable
 from node_agent.agents.llm.tools import TOOL_SCHEMAS
 
 __all__ = ["Completion", "LiteLLMModel", "Model", "ToolCall"]
@@ -79,6 +84,7 @@ class LiteLLMModel:
             logging.getLogger(logger_name).setLevel(logging.ERROR)
         self._litellm = litellm
         self.name = name
+        self._api_base = api_base
         self._kwargs: dict[str, Any] = {}
         try:
             _, provider, _, _ = litellm.get_llm_provider(name)
@@ -161,10 +167,30 @@ class LiteLLMModel:
             litellm.BadGatewayError,
             litellm.APIError,
         ) as exc:
-            raise TransientModelError(_first_line(exc)) from exc
+            raise self._unreachable(exc) or TransientModelError(_first_line(exc)) from exc
         except Exception as exc:  # anything else litellm lets through: a garbled response
-            raise TransientModelError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            raise self._unreachable(exc) or TransientModelError(
+                f"{type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
         return self._completion(response)
+
+    def _unreachable(self, exc: BaseException) -> Unreachable | None:
+        """`exc` as :class:`Unreachable` if no connection to the server was made, else None."""
+        import httpx  # litellm's own transport, already imported with it
+
+        chain = _chain(exc)
+        connect = next((e for e in chain if isinstance(e, httpx.ConnectError)), None)
+        if connect is None:
+            return None
+        where = self._api_base
+        if not where:
+            try:
+                url = connect.request.url
+                where = f"{url.scheme}://{url.netloc.decode()}"
+            except RuntimeError:  # no request attached: name the model instead
+                where = f"for {self.name}"
+        at = where if where.startswith("for ") else f"at {where}"
+        return Unreachable(f"cannot reach the model server {at}: {_why_no_connection(chain, connect)}")
 
     def _completion(self, response: Any) -> Completion:
         usage = getattr(response, "usage", None)
@@ -197,6 +223,32 @@ class LiteLLMModel:
         return Completion(
             True, content if isinstance(content, str) else None, tuple(calls), tokens_in, tokens_out, cost
         )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from (or during), outermost first."""
+    found: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and all(link is not e for e in found):
+        found.append(link)
+        link = link.__cause__ or link.__context__
+    return found
+
+
+def _why_no_connection(chain: list[BaseException], connect: BaseException) -> str:
+    """A few words on why a connection failed, from the innermost cause that says."""
+    for e in reversed(chain):
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, socket.gaierror):
+            return "its host name does not resolve"
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"TLS certificate not trusted ({e.verify_message or e.reason})"
+        if isinstance(e, ssl.SSLError):
+            return f"TLS handshake failed ({(e.reason or _first_line(e)).lower().replace('_', ' ')})"
+        if isinstance(e, OSError) and e.errno is not None and e.errno in errno.errorcode:
+            return os.strerror(e.errno).lower()
+    return _first_line(connect)
 
 
 def _first_line(exc: BaseException) -> str:

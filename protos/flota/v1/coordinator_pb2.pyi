@@ -92,6 +92,7 @@ class NodeStatus(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     state: _builtins.str
     """online | draining | unreachable | lost | offline | unknown"""
     address: _builtins.str
@@ -100,6 +101,8 @@ class NodeStatus(_message.Message):
     """unix seconds"""
     error: _builtins.str
     """last connection error, one line"""
+    refused: _builtins.str
+    """why this coordinator will not take it (its protocol); empty: it may"""
     @_builtins.property
     def info(self) -> _types_pb2.NodeInfo: ...
     def __init__(
@@ -110,10 +113,11 @@ class NodeStatus(_message.Message):
         address: _builtins.str = ...,
         last_seen: _builtins.float = ...,
         error: _builtins.str = ...,
+        refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "info", b"info", "last_seen", b"last_seen", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "info", b"info", "last_seen", b"last_seen", "refused", b"refused", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,16 +128,28 @@ class ListNodesReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODES_FIELD_NUMBER: _builtins.int
+    COORDINATOR_VERSION_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    OLDEST_PROTOCOL_FIELD_NUMBER: _builtins.int
+    coordinator_version: _builtins.str
+    """its flota release"""
+    protocol: _builtins.int
+    """the wire contract it speaks"""
+    oldest_protocol: _builtins.int
+    """the oldest a node may speak to it"""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]: ...
     def __init__(
         self,
         *,
         nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
+        coordinator_version: _builtins.str = ...,
+        protocol: _builtins.int = ...,
+        oldest_protocol: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_version", b"coordinator_version", "nodes", b"nodes", "oldest_protocol", b"oldest_protocol", "protocol", b"protocol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1214,3 +1230,243 @@ class Event(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class Progress(_message.Message):
+    """A step of a long call, for the user to watch: `what`, `done` of `total` so far."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WHAT_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    what: _builtins.str
+    """"removing worktrees of r1a2b3c on alpha" """
+    done: _builtins.int
+    total: _builtins.int
+    def __init__(
+        self,
+        *,
+        what: _builtins.str = ...,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "total", b"total", "what", b"what"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Progress: _TypeAlias = Progress  # noqa: Y015
+
+@_typing.final
+class CleanupEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___Progress: ...
+    @_builtins.property
+    def done(self) -> Global___CleanupReply:
+        """the last event"""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        done: Global___CleanupReply | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["progress", "done"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___CleanupEvent: _TypeAlias = CleanupEvent  # noqa: Y015
+
+@_typing.final
+class PruneRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLDER_THAN_S_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    older_than_s: _builtins.float
+    """runs that ended at least this long ago; > 0"""
+    dry_run: _builtins.bool
+    """list what would be removed; remove nothing"""
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only these of them (the ones a user confirmed); empty: all"""
+
+    def __init__(
+        self,
+        *,
+        older_than_s: _builtins.float = ...,
+        dry_run: _builtins.bool = ...,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "older_than_s", b"older_than_s", "run_ids", b"run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneRequest: _TypeAlias = PruneRequest  # noqa: Y015
+
+@_typing.final
+class PrunedRun(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    REPO_URL_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    REFS_FIELD_NUMBER: _builtins.int
+    FORGOTTEN_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    status: _builtins.str
+    finished_at: _builtins.float
+    jobs: _builtins.int
+    repo_url: _builtins.str
+    """empty: the run had no repository"""
+    refs: _builtins.int
+    """its refs on the remote"""
+    forgotten: _builtins.bool
+    """its rows (jobs, attempts, logs) were deleted"""
+    kept: _builtins.str
+    """why it was not (empty on a dry run, or when forgotten)"""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the nodes that ran it (names): its worktrees and mirror refs"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        status: _builtins.str = ...,
+        finished_at: _builtins.float = ...,
+        jobs: _builtins.int = ...,
+        repo_url: _builtins.str = ...,
+        nodes: _abc.Iterable[_builtins.str] | None = ...,
+        refs: _builtins.int = ...,
+        forgotten: _builtins.bool = ...,
+        kept: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "forgotten", b"forgotten", "id", b"id", "jobs", b"jobs", "kept", b"kept", "name", b"name", "nodes", b"nodes", "refs", b"refs", "repo_url", b"repo_url", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrunedRun: _TypeAlias = PrunedRun  # noqa: Y015
+
+@_typing.final
+class RemoteRefs(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    REFS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    removed: _builtins.int
+    error: _builtins.str
+    """the remote could not be listed or updated: its runs are kept"""
+    @_builtins.property
+    def refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the runs' refs found there: flota/<run>/... branches, refs/flota/*/<run>"""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        refs: _abc.Iterable[_builtins.str] | None = ...,
+        removed: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "refs", b"refs", "removed", b"removed", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoteRefs: _TypeAlias = RemoteRefs  # noqa: Y015
+
+@_typing.final
+class PruneReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    OLDER_THAN_S_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    REMOTES_FIELD_NUMBER: _builtins.int
+    WORKTREES_REMOVED_FIELD_NUMBER: _builtins.int
+    NODE_REFS_REMOVED_FIELD_NUMBER: _builtins.int
+    NODES_UNREACHABLE_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    older_than_s: _builtins.float
+    worktrees_removed: _builtins.int
+    node_refs_removed: _builtins.int
+    """refs deleted from the nodes' mirrors"""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrunedRun]: ...
+    @_builtins.property
+    def remotes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RemoteRefs]: ...
+    @_builtins.property
+    def nodes_unreachable(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+        older_than_s: _builtins.float = ...,
+        runs: _abc.Iterable[Global___PrunedRun] | None = ...,
+        remotes: _abc.Iterable[Global___RemoteRefs] | None = ...,
+        worktrees_removed: _builtins.int = ...,
+        node_refs_removed: _builtins.int = ...,
+        nodes_unreachable: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "node_refs_removed", b"node_refs_removed", "nodes_unreachable", b"nodes_unreachable", "older_than_s", b"older_than_s", "remotes", b"remotes", "runs", b"runs", "worktrees_removed", b"worktrees_removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneReply: _TypeAlias = PruneReply  # noqa: Y015
+
+@_typing.final
+class PruneEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___Progress: ...
+    @_builtins.property
+    def done(self) -> Global___PruneReply:
+        """the last event"""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        done: Global___PruneReply | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["progress", "done"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___PruneEvent: _TypeAlias = PruneEvent  # noqa: Y015

@@ -84,10 +84,10 @@ class CoordinatorStub:
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CancelRequest.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CancelReply.FromString,
                 _registered_method=True)
-        self.Cleanup = channel.unary_unary(
+        self.Cleanup = channel.unary_stream(
                 '/flota.v1.Coordinator/Cleanup',
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.SerializeToString,
-                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.FromString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupEvent.FromString,
                 _registered_method=True)
         self.Retry = channel.unary_unary(
                 '/flota.v1.Coordinator/Retry',
@@ -123,6 +123,11 @@ class CoordinatorStub:
                 '/flota.v1.Coordinator/StreamEvents',
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.Event.FromString,
+                _registered_method=True)
+        self.Prune = channel.unary_stream(
+                '/flota.v1.Coordinator/Prune',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneEvent.FromString,
                 _registered_method=True)
 
 
@@ -192,7 +197,8 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cleanup(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Removes an ended run's worktrees on its nodes (never a branch): progress, then the reply.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -238,6 +244,15 @@ class CoordinatorServicer:
         """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
         From `since` (an index this stream gave) the events after it; otherwise, or when the
         reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Prune(self, request, context):
+        """Removes the runs that ended more than older_than_s ago: their worktrees and refs on
+        the nodes, their branches and refs on their remotes, then their rows (a run whose
+        remote or node could not be reached is kept, to try again). Progress, then the reply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -296,10 +311,10 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CancelRequest.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CancelReply.SerializeToString,
             ),
-            'Cleanup': grpc.unary_unary_rpc_method_handler(
+            'Cleanup': grpc.unary_stream_rpc_method_handler(
                     servicer.Cleanup,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.FromString,
-                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.SerializeToString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupEvent.SerializeToString,
             ),
             'Retry': grpc.unary_unary_rpc_method_handler(
                     servicer.Retry,
@@ -335,6 +350,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.StreamEventsRequest.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.Event.SerializeToString,
+            ),
+            'Prune': grpc.unary_stream_rpc_method_handler(
+                    servicer.Prune,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -628,12 +648,12 @@ class Coordinator:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/flota.v1.Coordinator/Cleanup',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupRequest.SerializeToString,
-            protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupReply.FromString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.CleanupEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -823,6 +843,33 @@ class Coordinator:
             '/flota.v1.Coordinator/StreamEvents',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.StreamEventsRequest.SerializeToString,
             protos_dot_flota_dot_v1_dot_coordinator__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flota.v1.Coordinator/Prune',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.PruneEvent.FromString,
             options,
             channel_credentials,
             insecure,

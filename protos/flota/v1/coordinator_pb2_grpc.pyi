@@ -50,7 +50,8 @@ class CoordinatorStub:
     """
     StreamLogs: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.StreamLogsRequest, _coordinator_pb2.LogChunk]
     Cancel: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]
-    Cleanup: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]
+    Cleanup: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupEvent]
+    """Removes an ended run's worktrees on its nodes (never a branch): progress, then the reply."""
     Retry: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RetryRequest, _coordinator_pb2.RetryReply]
     """Runs ended jobs again, as new attempts of the same jobs with the same spec."""
     DrainNode: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]
@@ -62,6 +63,11 @@ class CoordinatorStub:
     """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
     From `since` (an index this stream gave) the events after it; otherwise, or when the
     reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+    """
+    Prune: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.PruneRequest, _coordinator_pb2.PruneEvent]
+    """Removes the runs that ended more than older_than_s ago: their worktrees and refs on
+    the nodes, their branches and refs on their remotes, then their rows (a run whose
+    remote or node could not be reached is kept, to try again). Progress, then the reply.
     """
 
 @_typing.type_check_only
@@ -80,7 +86,8 @@ class CoordinatorAsyncStub(CoordinatorStub):
     """
     StreamLogs: _aio.UnaryStreamMultiCallable[_coordinator_pb2.StreamLogsRequest, _coordinator_pb2.LogChunk]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CancelRequest, _coordinator_pb2.CancelReply]  # type: ignore[assignment]
-    Cleanup: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupReply]  # type: ignore[assignment]
+    Cleanup: _aio.UnaryStreamMultiCallable[_coordinator_pb2.CleanupRequest, _coordinator_pb2.CleanupEvent]  # type: ignore[assignment]
+    """Removes an ended run's worktrees on its nodes (never a branch): progress, then the reply."""
     Retry: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RetryRequest, _coordinator_pb2.RetryReply]  # type: ignore[assignment]
     """Runs ended jobs again, as new attempts of the same jobs with the same spec."""
     DrainNode: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.DrainNodeRequest, _coordinator_pb2.NodeStatus]  # type: ignore[assignment]
@@ -92,6 +99,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
     From `since` (an index this stream gave) the events after it; otherwise, or when the
     reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+    """
+    Prune: _aio.UnaryStreamMultiCallable[_coordinator_pb2.PruneRequest, _coordinator_pb2.PruneEvent]  # type: ignore[assignment]
+    """Removes the runs that ended more than older_than_s ago: their worktrees and refs on
+    the nodes, their branches and refs on their remotes, then their rows (a run whose
+    remote or node could not be reached is kept, to try again). Progress, then the reply.
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -173,7 +185,8 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _coordinator_pb2.CleanupRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_coordinator_pb2.CleanupReply, _abc.Awaitable[_coordinator_pb2.CleanupReply]]: ...
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.CleanupEvent], _abc.AsyncIterator[_coordinator_pb2.CleanupEvent]]:
+        """Removes an ended run's worktrees on its nodes (never a branch): progress, then the reply."""
 
     @_abc_1.abstractmethod
     def Retry(
@@ -227,6 +240,17 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         """Everything that happens in the fleet, in order: nodes, runs, jobs (docs/cli.md, "Events").
         From `since` (an index this stream gave) the events after it; otherwise, or when the
         reader falls behind, a "resync" marker, the current state ("*.snapshot"), "live", then on.
+        """
+
+    @_abc_1.abstractmethod
+    def Prune(
+        self,
+        request: _coordinator_pb2.PruneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.PruneEvent], _abc.AsyncIterator[_coordinator_pb2.PruneEvent]]:
+        """Removes the runs that ended more than older_than_s ago: their worktrees and refs on
+        the nodes, their branches and refs on their remotes, then their rows (a run whose
+        remote or node could not be reached is kept, to try again). Progress, then the reply.
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -298,15 +298,23 @@ class NodeCleanupRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    REFS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """A run's id, or a job's (RUN.N): the worktrees of every attempt whose id starts with it."""
+    refs: _builtins.bool
+    """Also delete the run's refs in every mirror: flota/<run>/... branches,
+    refs/flota/base/<run>, refs/flota/resume/flota/<run>/... A run's id only; refused
+    while an attempt of the run still runs here.
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        refs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refs", b"refs", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -317,15 +325,19 @@ class NodeCleanupReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REMOVED_FIELD_NUMBER: _builtins.int
+    REFS_REMOVED_FIELD_NUMBER: _builtins.int
     removed: _builtins.int
+    """worktrees (and scratch directories)"""
+    refs_removed: _builtins.int
     def __init__(
         self,
         *,
         removed: _builtins.int = ...,
+        refs_removed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refs_removed", b"refs_removed", "removed", b"removed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -106,7 +106,8 @@ class NodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cleanup(self, request, context):
-        """Removes the worktrees of a run. Never deletes a branch.
+        """Removes the worktrees of a run (or of one job); with refs, also the run's refs in the
+        mirrors (what `flota prune` asks). Without refs it never deletes a branch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,9 @@ class NodeStub:
     AckResults: _grpc.UnaryUnaryMultiCallable[_node_pb2.AckResultsRequest, _node_pb2.AckResultsReply]
     """The coordinator has persisted these results; the node may forget them."""
     Cleanup: _grpc.UnaryUnaryMultiCallable[_node_pb2.NodeCleanupRequest, _node_pb2.NodeCleanupReply]
-    """Removes the worktrees of a run. Never deletes a branch."""
+    """Removes the worktrees of a run (or of one job); with refs, also the run's refs in the
+    mirrors (what `flota prune` asks). Without refs it never deletes a branch.
+    """
 
 @_typing.type_check_only
 class NodeAsyncStub(NodeStub):
@@ -61,7 +63,9 @@ class NodeAsyncStub(NodeStub):
     AckResults: _aio.UnaryUnaryMultiCallable[_node_pb2.AckResultsRequest, _node_pb2.AckResultsReply]  # type: ignore[assignment]
     """The coordinator has persisted these results; the node may forget them."""
     Cleanup: _aio.UnaryUnaryMultiCallable[_node_pb2.NodeCleanupRequest, _node_pb2.NodeCleanupReply]  # type: ignore[assignment]
-    """Removes the worktrees of a run. Never deletes a branch."""
+    """Removes the worktrees of a run (or of one job); with refs, also the run's refs in the
+    mirrors (what `flota prune` asks). Without refs it never deletes a branch.
+    """
 
 class NodeServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -111,6 +115,8 @@ class NodeServicer(metaclass=_abc_1.ABCMeta):
         request: _node_pb2.NodeCleanupRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.NodeCleanupReply, _abc.Awaitable[_node_pb2.NodeCleanupReply]]:
-        """Removes the worktrees of a run. Never deletes a branch."""
+        """Removes the worktrees of a run (or of one job); with refs, also the run's refs in the
+        mirrors (what `flota prune` asks). Without refs it never deletes a branch.
+        """
 
 def add_NodeServicer_to_server(servicer: NodeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

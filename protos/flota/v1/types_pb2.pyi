@@ -196,6 +196,7 @@ class NodeInfo(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     UNREACHABLE_AFTER_S_FIELD_NUMBER: _builtins.int
     LOST_AFTER_S_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     version: _builtins.str
@@ -211,6 +212,8 @@ class NodeInfo(_message.Message):
     laptop that sleeps may ask for more); 0: the coordinator's defaults.
     """
     lost_after_s: _builtins.float
+    protocol: _builtins.int
+    """the wire contract it speaks (protos/contract.py PROTOCOL); 0: 1"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -234,10 +237,11 @@ class NodeInfo(_message.Message):
         running: _builtins.int = ...,
         unreachable_after_s: _builtins.float = ...,
         lost_after_s: _builtins.float = ...,
+        protocol: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "facts", b"facts", "id", b"id", "labels", b"labels", "lost_after_s", b"lost_after_s", "name", b"name", "network", b"network", "network_source", b"network_source", "running", b"running", "slots", b"slots", "unreachable_after_s", b"unreachable_after_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "facts", b"facts", "id", b"id", "labels", b"labels", "lost_after_s", b"lost_after_s", "name", b"name", "network", b"network", "network_source", b"network_source", "protocol", b"protocol", "running", b"running", "slots", b"slots", "unreachable_after_s", b"unreachable_after_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -466,6 +470,7 @@ class JobResult(_message.Message):
     LOG_LINES_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     attempt_id: _builtins.str
     status: _builtins.str
@@ -496,6 +501,10 @@ class JobResult(_message.Message):
     """passed | failed | "" (no check)"""
     answer: _builtins.str
     """an agent's final answer or summary (at most 4000 characters)"""
+    reason: _builtins.str
+    """Why it ended so, where the status alone does not say (protos/contract.py EndReason):
+    max_steps | budget | time_limit | cut_off (partial) | model_unreachable (failed) | "".
+    """
     @_builtins.property
     def files_modified(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -532,10 +541,11 @@ class JobResult(_message.Message):
         log_lines: _abc.Iterable[_builtins.str] | None = ...,
         check: _builtins.str = ...,
         answer: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_tail", b"log_tail", "model", b"model", "node_id", b"node_id", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_tail", b"log_tail", "model", b"model", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

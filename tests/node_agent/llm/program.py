@@ -113,6 +113,7 @@ REPORT_FIELDS = {
     "answer",
     "model",
     "duration_s",
+    "reason",
 }
 
 

@@ -16,7 +16,7 @@ from node_agent.agents.llm.contract import (
     write_report,
 )
 from node_agent.agents.llm.errors import BadInput
-from protos.contract import ResultStatus
+from protos.contract import EndReason, ResultStatus
 
 
 def test_the_environment_with_defaults(tmp_path: Path) -> None:
@@ -34,9 +34,21 @@ def test_the_environment_with_defaults(tmp_path: Path) -> None:
 def test_the_report_file_is_the_json_the_launcher_reads(tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     write_report(
-        path, Report(ResultStatus.PARTIAL, "max steps reached (3)", 3, 120, 30, 0.0125, "", "m", 1.5)
+        path,
+        Report(
+            ResultStatus.PARTIAL,
+            "max steps reached (3)",
+            3,
+            120,
+            30,
+            0.0125,
+            "",
+            "m",
+            1.5,
+            EndReason.MAX_STEPS,
+        ),
     )
-    # Byte for byte what the agent wrote when its status was a plain string.
+    # Byte for byte what the agent wrote when its status (and reason) were plain strings.
     expected = {
         "status": "partial",
         "error": "max steps reached (3)",
@@ -47,6 +59,7 @@ def test_the_report_file_is_the_json_the_launcher_reads(tmp_path: Path) -> None:
         "answer": "",
         "model": "m",
         "duration_s": 1.5,
+        "reason": "max_steps",
     }
     assert path.read_bytes() == json.dumps(expected, indent=2).encode() + b"\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left

@@ -21,6 +21,7 @@ from node_agent.agents.llm import (
     Toolbox,
     ToolCall,
     TransientModelError,
+    Unreachable,
     run,
 )
 from node_agent.agents.llm.tools import TOOL_SCHEMAS
@@ -74,6 +75,7 @@ def test_max_steps_stops_partial(box: tuple[Path, Path]) -> None:
     out = run_agent(wt, [], default=call("list_files"), FLOTA_LLM_MAX_STEPS="3")
     assert out.code == 3
     assert out.report["status"] == "partial" and out.report["error"] == "max steps reached (3)"
+    assert out.report["reason"] == "max_steps"  # the node's word for the coordinator: final
     assert out.report["steps"] == 3 and len(out.requests) == 3
 
 
@@ -95,7 +97,7 @@ def test_budget_stops_before_the_call_that_would_pass_it(box: tuple[Path, Path])
     assert out.code == 3, out.stdout + out.stderr
     assert len(out.requests) == 2
     r = out.report
-    assert r["status"] == "partial" and r["error"].startswith("budget:")
+    assert r["status"] == "partial" and r["error"].startswith("budget:") and r["reason"] == "budget"
     assert r["steps"] == 2 and r["cost_usd"] == pytest.approx(0.03)
     assert out.requests[0]["max_tokens"] == 1000
 
@@ -109,7 +111,8 @@ def test_timeout_cuts_a_slow_model_call(box: tuple[Path, Path]) -> None:
     elapsed = time.monotonic() - started
     assert out.code == 3, out.stdout + out.stderr
     assert out.report["status"] == "partial" and out.report["error"] == "timeout after 7 s"
-    assert elapsed < 12 and 6.5 < out.report["duration_s"] < 10
+    assert out.report["reason"] == "time_limit"
+    assert elapsed < 25 and 6.5 < out.report["duration_s"] < 10  # cut at 7 s, long before the 30 s reply
 
 
 @needs_litellm
@@ -267,6 +270,28 @@ def test_three_provider_errors_in_a_row_fail(box: tuple[Path, Path]) -> None:
     assert (report.status, report.steps) == ("failed", 3)
     assert report.error == "3 bad model replies in a row; last: provider error: boom"
     assert sleeps == [0.5, 2.0]
+
+
+NO_SERVER = "cannot reach the model server at http://127.0.0.1:9/v1: connection refused"
+
+
+def test_a_server_that_cannot_be_reached_is_tried_a_few_times_and_is_no_step(box: tuple[Path, Path]) -> None:
+    wt, _ = box
+    report, sleeps, out = _run(wt, ScriptedModel([Unreachable(NO_SERVER)] * 3))
+    assert (report.status, report.error, report.reason) == ("failed", NO_SERVER, "model_unreachable")
+    assert (report.steps, sleeps) == (0, [0.5, 2.0])
+    assert out.splitlines() == [
+        f"step 0: {NO_SERVER}; trying again in 0.5 s",
+        f"step 0: {NO_SERVER}; trying again in 2 s",
+        f"step 0: {NO_SERVER} (3 tries)",
+    ]
+
+
+def test_a_server_that_comes_back_carries_on(box: tuple[Path, Path]) -> None:
+    wt, _ = box
+    model = ScriptedModel([Unreachable(NO_SERVER), Unreachable(NO_SERVER), _finish("done")])
+    report, sleeps, _ = _run(wt, model)
+    assert (report.status, report.steps, report.reason, sleeps) == ("success", 1, "", [0.5, 2.0])
 
 
 def test_a_model_error_fails_at_once(box: tuple[Path, Path]) -> None:

@@ -109,6 +109,7 @@ def test_the_last_line_and_the_report_bytes(box: tuple[Path, Path]) -> None:
         "answer",
         "model",
         "duration_s",
+        "reason",
     ]
     assert list(out.report) == order
     assert (out.report["status"], out.report["answer"], out.report["error"]) == (
