@@ -131,6 +131,7 @@ def test_the_diff_view_shows_the_jobs_change(tab: Page, dash_fleet: Fleet, tmp_p
     expect(diff.locator("span.del", has_text="-sample")).to_have_count(1)
     expect(diff.locator("span.add", has_text="+new <i>file</i>")).to_have_count(1)
     assert diff.locator("i").count() == 0  # the file's text stayed text
+    assert page.locator(".diff-box").evaluate("e => e.lastChild.nodeName") == "PRE"  # nothing after it
     expected = dash_fleet.json("diff", job, cwd=work)["diff"]
     assert diff.inner_text().strip() == expected.strip()  # what `flota diff` shows
 

@@ -82,7 +82,7 @@ function diffView(d) {
     files.el,
     h("pre", { class: "diff" }, shown.map(diffLine)),
     cut ? h("p", { class: "empty" }, `The diff is cut here: flota diff ${d.job} has it all.`) : null,
-  ];
+  ].filter(Boolean);
 }
 
 export function jobView(root, jobId) {
