@@ -25,15 +25,16 @@ import typer
 from cli.client import Client, CliError
 from cli.options import options
 from cli.render import console, print_json
+from protos.flota.v1 import coordinator_pb2
 
-__all__ = ["checkout", "diff", "diff_text"]
+__all__ = ["JobBranch", "checkout", "diff", "diff_text", "git_reason", "job_branch"]
 
 _ACTIVE = ("queued", "dispatching", "running")
 _MAX_FILES = 10  # files named in a one-line reason
 
 
 @dataclass(frozen=True, slots=True)
-class _Result:
+class JobBranch:
     job_id: str
     branch: str
     base: str
@@ -41,14 +42,19 @@ class _Result:
     url: str
 
 
-def _result(client: Client, job_id: str) -> _Result:
+def _result(client: Client, job_id: str) -> JobBranch:
     """The job's branch and commits, and its run's remote; CliError when it has no branch."""
     if "." not in job_id:
         raise CliError(f"{job_id!r} is a run; name one of its jobs (flota status {job_id})")
     job = client.get_job(job_id)
+    return job_branch(job, "" if job.status in _ACTIVE else client.get_run(job.run_id).repo_url)
+
+
+def job_branch(job: coordinator_pb2.Job, url: str) -> JobBranch:
+    """The job's branch and commits on its run's remote `url`; CliError when it has none
+    (yet)."""
     if job.status in _ACTIVE:
         raise CliError(f"job {job.id} is still {job.status}: it has no branch yet (flota status {job.id})")
-    url = client.get_run(job.run_id).repo_url
     if not url:
         raise CliError(f"job {job.id} ran without a repository (flota run --repo): it has no branch")
     branch = job.branch or job.result.branch
@@ -56,10 +62,10 @@ def _result(client: Client, job_id: str) -> _Result:
         error = job.result.error.strip().splitlines()
         why = f": {error[0]}" if error else ""
         raise CliError(f"job {job.id} ended {job.status} without a branch{why}")
-    return _Result(job.id, branch, job.result.base_commit, job.result.head_commit, url)
+    return JobBranch(job.id, branch, job.result.base_commit, job.result.head_commit, url)
 
 
-def _reason(stderr: str) -> str:
+def git_reason(stderr: str) -> str:
     """git's reason in one line: its first error (with the files it lists), else its first word."""
     lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("hint:")]
     if not lines:
@@ -88,7 +94,7 @@ def _git(repo: str, *args: str, what: str = "") -> str:
     """Run git in `repo`; its output, or CliError with `what` and git's reason."""
     proc = _proc(repo, *args)
     if proc.returncode != 0:
-        raise CliError(f"{what or 'git ' + args[0] + ' failed'}: {_reason(proc.stderr)}")
+        raise CliError(f"{what or 'git ' + args[0] + ' failed'}: {git_reason(proc.stderr)}")
     return proc.stdout
 
 
@@ -126,7 +132,7 @@ def _remote_for(repo: str, url: str) -> str:
     return ""
 
 
-def _fetch(repo: str, r: _Result) -> tuple[str, str]:
+def _fetch(repo: str, r: JobBranch) -> tuple[str, str]:
     """Fetch the branch; (its tip, the remote it came through or "")."""
     remote = _remote_for(repo, r.url)
     source = remote or r.url
@@ -207,7 +213,7 @@ def checkout(
     console.print(f"{where} at {now[:12]}{said}")
 
 
-def _commits_here(client: Client, job_id: str, repo: str | None) -> tuple[_Result, str]:
+def _commits_here(client: Client, job_id: str, repo: str | None) -> tuple[JobBranch, str]:
     """The job's result, and the repository (at `repo` or around the current directory)
     that now holds both its commits (fetched when missing)."""
     r = _result(client, job_id)

@@ -30,7 +30,17 @@ from protos.contract import COORDINATOR_SERVER_NAME, flota_home
 from protos.flota.v1 import coordinator_pb2 as pb
 from protos.flota.v1 import coordinator_pb2_grpc
 
-__all__ = ["EXIT_FAILED", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError", "Client", "Stream", "flota_home"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "CliError",
+    "Client",
+    "Stream",
+    "admin_credentials",
+    "flota_home",
+    "translate",
+]
 
 EXIT_FAILED = 1  # a run or job did not succeed
 EXIT_USAGE = 2  # bad input: unknown id, malformed flag, refused request
@@ -70,7 +80,21 @@ def _no_reply(method: str, address: str) -> CliError:
     return CliError(f"the coordinator at {address} ended {method} without its reply", EXIT_UNAVAILABLE)
 
 
-def _translate(exc: grpc.RpcError, address: str) -> CliError:
+def admin_credentials(address: str | None = None) -> tuple[str, grpc.ChannelCredentials]:
+    """The coordinator's address (`address`, else $FLOTA_COORDINATOR, else the one the
+    coordinator wrote) and the admin's TLS credentials, from `$FLOTA_HOME/admin/`."""
+    admin = flota_home() / "admin"
+    address = address or os.environ.get("FLOTA_COORDINATOR") or ""
+    if not address:
+        address = _read(admin / "coordinator").decode().strip()
+    creds = grpc.ssl_channel_credentials(
+        _read(admin / "ca.pem"), _read(admin / "key.pem"), _read(admin / "cert.pem")
+    )
+    return address, creds
+
+
+def translate(exc: grpc.RpcError, address: str) -> CliError:
+    """A failed call as one line and an exit code."""
     code = exc.code()
     details = exc.details() or code.name
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -84,13 +108,7 @@ class Client:
     """The coordinator's API as the CLI uses it: proto requests in, proto replies out."""
 
     def __init__(self, address: str | None = None) -> None:
-        admin = flota_home() / "admin"
-        self.address = address or os.environ.get("FLOTA_COORDINATOR") or ""
-        if not self.address:
-            self.address = _read(admin / "coordinator").decode().strip()
-        creds = grpc.ssl_channel_credentials(
-            _read(admin / "ca.pem"), _read(admin / "key.pem"), _read(admin / "cert.pem")
-        )
+        self.address, creds = admin_credentials(address)
         self.channel = grpc.secure_channel(
             self.address, creds, options=client_options(COORDINATOR_SERVER_NAME)
         )
@@ -207,7 +225,7 @@ class Client:
             finally:
                 call.cancel()  # a no-op once it has ended; stops it on Ctrl-C
         except grpc.RpcError as exc:
-            raise _translate(exc, self.address) from None
+            raise translate(exc, self.address) from None
 
     def _stream(
         self,
@@ -240,7 +258,7 @@ class Stream(Iterator[_Reply]):
         except grpc.RpcError as exc:
             if self._cancelled and exc.code() == grpc.StatusCode.CANCELLED:
                 raise StopIteration from None
-            raise _translate(exc, self._address) from None
+            raise translate(exc, self._address) from None
 
     def cancel(self) -> None:
         self._cancelled = True

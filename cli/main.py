@@ -7,6 +7,7 @@ commands live in their own module (Nomad's `command/` layout):
     runs.py         run, status, results, compare, logs, cancel, retry, cleanup, prune
     checkout.py     checkout, diff (a job's branch in the user's repository)
     events.py       events
+    dashboard/      dashboard (the web page; a package of its own)
     top/            top (the terminal UI)
     nodes.py        nodes; node start, drain, remove, join
     coordinator.py  coordinator start
@@ -40,6 +41,7 @@ from cli import __version__, checkout, doctor, events, local, runs, top, version
 from cli.client import CliError
 from cli.config import load_defaults
 from cli.coordinator import coordinator_app
+from cli.dashboard import dashboard
 from cli.nodes import list_nodes, node_app
 from cli.options import Options
 from cli.secrets import secret_app
@@ -70,6 +72,7 @@ for _name, _command in (
     ("cleanup", runs.cleanup),
     ("prune", runs.prune),
     ("events", events.events),
+    ("dashboard", dashboard),
     ("top", top.top),
     ("doctor", doctor.doctor),
     ("up", local.up),

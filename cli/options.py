@@ -57,12 +57,16 @@ class Options:
     json: bool = False
     coordinator: str | None = None
 
-    def client(self) -> Client:
+    def address(self) -> str | None:
+        """--coordinator or $FLOTA_COORDINATOR, checked; None: the one the coordinator wrote."""
         if self.coordinator:
             check_address(self.coordinator, "--coordinator")
         elif os.environ.get("FLOTA_COORDINATOR"):
             check_address(os.environ["FLOTA_COORDINATOR"], "$FLOTA_COORDINATOR")
-        return Client(self.coordinator)
+        return self.coordinator
+
+    def client(self) -> Client:
+        return Client(self.address())
 
 
 def options(ctx: typer.Context) -> Options:

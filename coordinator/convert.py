@@ -209,6 +209,7 @@ def job_to_pb(job: Job, node_names: dict[str, str]) -> coordinator_pb2.Job:
         budget_usd=job.budget_usd,
         check=job.check,
         requires=job.requires,
+        timeout_s=job.timeout_s,
     )
     if job.result is not None:
         last = job.attempts[-1].id if job.attempts else ""

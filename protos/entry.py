@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from protos import statelock
 
-__all__ = ["CannotListen", "OneLineParser", "check_port_free", "read_settings"]
+__all__ = ["CannotListen", "OneLineParser", "bind_reason", "check_port_free", "read_settings"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -56,6 +56,11 @@ _BIND_ERRORS = {
 }
 
 
+def bind_reason(exc: OSError) -> str | None:
+    """Why a bind failed, in the words the daemons use; None for another error."""
+    return _BIND_ERRORS.get(exc.errno or 0)
+
+
 def check_port_free(state_dir: Path, host: str, port: int) -> None:
     """Refuse a port another process holds, in one line, before gRPC tries it: gRPC's own
     refusal comes with a C-core log line and advice about GRPC_VERBOSITY. When another
@@ -69,7 +74,7 @@ def check_port_free(state_dir: Path, host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
-        reason = _BIND_ERRORS.get(exc.errno or 0)
+        reason = bind_reason(exc)
         if reason:
             raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
         # Anything else (a name that does not resolve ...) is left to the daemon's own error.

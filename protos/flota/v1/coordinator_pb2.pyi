@@ -606,6 +606,7 @@ class Job(_message.Message):
     BUDGET_USD_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
     REQUIRES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     run_id: _builtins.str
     name: _builtins.str
@@ -627,6 +628,8 @@ class Job(_message.Message):
     check: _builtins.str
     requires: _builtins.str
     """what a node must offer: an agent CLI, or "model:<model>" """
+    timeout_s: _builtins.float
+    """each attempt's time limit; 0: none"""
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
     @_builtins.property
@@ -654,10 +657,11 @@ class Job(_message.Message):
         budget_usd: _builtins.float = ...,
         check: _builtins.str = ...,
         requires: _builtins.str = ...,
+        timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "created_at", b"created_at", "id", b"id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "node_id", b"node_id", "node_name", b"node_name", "prompt", b"prompt", "requires", b"requires", "result", b"result", "run_id", b"run_id", "status", b"status", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "created_at", b"created_at", "id", b"id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "node_id", b"node_id", "node_name", b"node_name", "prompt", b"prompt", "requires", b"requires", "result", b"result", "run_id", b"run_id", "status", b"status", "timeout_s", b"timeout_s", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
