@@ -75,14 +75,8 @@ class DialHome:
                 await self._session()
                 log.info("home link to coordinator %s ended", self._coordinator)
             except grpc.aio.AioRpcError as exc:
-                refused = refusal(exc)
+                refused = refusal(exc, self._coordinator)
                 if refused is not None:
-                    log.error(
-                        "coordinator %s refused this node (%s: %s)",
-                        self._coordinator,
-                        exc.code().name,
-                        exc.details(),
-                    )
                     raise refused from exc
                 log.warning("home link to coordinator %s: %s", self._coordinator, exc.details())
             if loop.time() - began > 10:

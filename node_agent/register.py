@@ -70,11 +70,12 @@ def verdict(code: grpc.StatusCode) -> Verdict:
     return REGISTER_ERRORS.get(code, Verdict.RETRY)
 
 
-def refusal(exc: grpc.aio.AioRpcError) -> NodeRefused | None:
+def refusal(exc: grpc.aio.AioRpcError, coordinator: str) -> NodeRefused | None:
     """What a fatal error of a call to the coordinator (RegisterNode, DialHome) means for
-    this node, or None when it is retried."""
+    this node (logged here), or None when it is retried."""
     if verdict(exc.code()) is not Verdict.FATAL:
         return None
+    log.error("coordinator %s refused this node (%s: %s)", coordinator, exc.code().name, exc.details())
     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
         return Incompatible(exc.details() or "the coordinator refused this node")
     return NodeRemoved()
@@ -116,14 +117,8 @@ class Registration:
                 self.registered.set()
                 delay = REGISTER_PERIOD_S
             except grpc.aio.AioRpcError as exc:
-                refused = refusal(exc)
+                refused = refusal(exc, self._coordinator)
                 if refused is not None:
-                    log.error(
-                        "coordinator %s refused this node (%s: %s)",
-                        self._coordinator,
-                        exc.code().name,
-                        exc.details(),
-                    )
                     raise refused from exc
                 log.warning("cannot register with coordinator %s: %s", self._coordinator, exc.details())
                 delay = min(max(delay * 2, 0.5), 5.0)

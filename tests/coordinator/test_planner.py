@@ -6,9 +6,6 @@ node is left out, so `flota run --on node-1` on a drained node-1 says "draining"
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from coordinator.fleet import NodeEntry
@@ -17,15 +14,6 @@ from coordinator.planner import unavailable_reason
 from tests.coordinator.fakes import Harness, idle, make_run
 
 DRAINING = "node 'node-1' is draining (flota node drain node-1 --undo)"
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 @pytest.mark.parametrize("pin", ["node-1", "n1"], ids=["by-name", "by-id"])

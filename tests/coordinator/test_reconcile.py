@@ -9,7 +9,7 @@ spawned tasks are driven with `until()` / `idle()`, time moves with `clock.advan
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -40,15 +40,6 @@ from tests.coordinator.fakes import (
 
 BUSY = "no free slot (2 of 2 busy)"
 MARKER = f"[flota: log truncated after {LOG_LINES_MAX - 1} lines]"
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 async def dispatch(h: Harness, link: FakeLink, n: int = 1) -> None:

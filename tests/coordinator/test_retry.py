@@ -5,7 +5,6 @@ written first, so a failed write changes nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,6 @@ from coordinator.service import Service
 from tests.coordinator.fakes import FakeLink, Harness, idle, make_run, result_event, started, until
 
 REPO = Repo(url="/srv/remote.git", base_ref="refs/flota/base/r000001", base_commit="a" * 40)
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
-    return CertificateAuthority.load_or_create(tmp_path_factory.mktemp("ca"))
 
 
 async def _attempt(h: Harness, link: FakeLink, job: Job, status: str, **fields: object) -> None:

@@ -5,9 +5,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from coordinator.errors import InvalidRequest
@@ -17,20 +14,6 @@ from coordinator.service import Service
 from coordinator.validate import Submission, Task
 from tests.coordinator.fakes import Harness, idle, until
 from tests.fleet import Fleet, wait_until
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
-    return CertificateAuthority.load_or_create(tmp_path_factory.mktemp("ca"))
 
 
 def submission(**placement: object) -> Submission:

@@ -8,21 +8,7 @@ scheduler could consider it. The real link delivers "up" first, then the heartbe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from tests.coordinator.fakes import Harness, heartbeat, idle, make_run, started, until
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def test_a_new_node_is_online_only_once_its_first_heartbeat_arrived(h: Harness) -> None:
