@@ -33,7 +33,7 @@ from cli.install.service import Layout, launchd_plist, service_file, start_comma
 from cli.install.ssh import Remote, SshOptions, connect
 from cli.install.uninstall import undo
 
-__all__ = ["AddArgs", "add"]
+__all__ = ["AddArgs", "add", "node_toml"]
 
 Say = Callable[[str], None]
 MB = 1024 * 1024
@@ -53,6 +53,7 @@ class AddArgs:
     python: str | None = None
     extras: tuple[str, ...] = ()
     online: bool = False
+    dial_home: bool = False
     dry_run: bool = False
     wait_s: float = 60.0
 
@@ -152,12 +153,15 @@ def _wait_online(client: Client, remote: Remote, layout: Layout, node_id: str, w
         time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
 
 
-def _toml(name: str, a: AddArgs) -> str:
+def node_toml(name: str, a: AddArgs) -> str:
+    """The node.toml add writes: what the flags asked for."""
     lines = [f"name = {json.dumps(name)}", f"listen = {json.dumps(a.listen)}"]
     if a.network:
         lines.append(f"network = {json.dumps(a.network)}")
     if a.slots is not None:
         lines.append(f"slots = {a.slots}")
+    if a.dial_home:  # the node opens the link itself (behind NAT): it announces no address
+        lines.append("dial_home = true")
     if a.labels:
         lines.append(
             "labels = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in a.labels) + " }"
@@ -341,7 +345,7 @@ class _Install:
         self._save()
 
     def _settings(self) -> None:
-        self.remote.write(f"{self.layout.state}/node.toml", _toml(self.wish.name, self.a).encode(), 0o600)
+        self.remote.write(f"{self.layout.state}/node.toml", node_toml(self.wish.name, self.a).encode(), 0o600)
 
     def _service(self) -> None:
         L, svc = self.layout, self.m["service"]

@@ -98,6 +98,12 @@ def node_add(
         bool,
         typer.Option("--online", help="Let the host's pip fetch the node's packages from its own index."),
     ] = False,
+    dial_home: Annotated[
+        bool,
+        typer.Option(
+            "--dial-home", help="The node opens the link to the coordinator itself (behind NAT)."
+        ),
+    ] = False,
     identity: IdentityOpt = None,
     known_hosts: KnownHostsOpt = None,
     fingerprint: FingerprintOpt = None,
@@ -131,6 +137,7 @@ def node_add(
         python=python,
         extras=extras,
         online=online,
+        dial_home=dial_home,
         dry_run=dry_run,
         wait_s=max(0.0, wait),
     )
