@@ -92,6 +92,7 @@ def test_upgrade_keeps_the_running_job_and_a_broken_version_rolls_back(site: Sit
     node = _node(site, "box")
     assert node is not None and node["state"] == "online" and node["info"]["version"] == new, node
     assert os.readlink(root / "current") == f"versions/{new}"
+    assert "restarting: 1 jobs keep running" in (root / "node.log").read_text()  # SIGUSR1, not a kill
     assert site.fleet.json("status", job_id)["status"] == "running"
     gate.touch()
     job = _wait_job(site, job_id)
