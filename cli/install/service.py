@@ -269,7 +269,8 @@ def cmdline(pid):
     r = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True)
     return r.stdout
 pids = set()
-for path, read in ((sys.argv[1], lambda t: int(t.strip())), (sys.argv[2], lambda t: int(json.loads(t)["pid"]))):
+readers = ((sys.argv[1], lambda t: int(t.strip())), (sys.argv[2], lambda t: int(json.loads(t)["pid"])))
+for path, read in readers:
     try:
         with open(path) as f:
             pids.add(read(f.read()))

@@ -121,9 +121,8 @@ def _upgrade(
     svc = m.get("service") or {}
     kind, path = str(svc.get("kind") or "none"), str(svc.get("file") or "")
     wh = wheelhouse.build(facts, py, tuple(m.get("extras") or ()), bool(m.get("online")))
-    say(
-        f"wheelhouse: {len(wh.files())} wheels, {wh.size / 1048576:.1f} MB ({'cached' if wh.cached else 'built'})"
-    )
+    how = "cached" if wh.cached else "built"
+    say(f"wheelhouse: {len(wh.files())} wheels, {wh.size / 1048576:.1f} MB ({how})")
     vdir, incoming = layout.version_dir(new), f"{layout.root}/incoming"
     say(changes[0])
     versions = list(dict.fromkeys([*(m.get("versions") or [old]), new]))

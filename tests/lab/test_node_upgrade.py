@@ -23,7 +23,7 @@ import pytest
 
 from cli import __version__
 from tests.fleet import ROOT
-from tests.lab.test_node_install import Site, _node, _no_processes, site, wheel_cache
+from tests.lab.test_node_install import Site, _no_processes, _node, site, wheel_cache
 
 __all__ = ["site", "wheel_cache"]  # the fixtures, shared with test_node_install
 
@@ -37,7 +37,9 @@ def _release(tmp_path: Path, version: str, broken: bool = False) -> dict[str, st
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, copy / name)
     contract = copy / "protos" / "contract.py"
-    text, n = re.subn(r"^FLOTA_VERSION = .*$", f'FLOTA_VERSION = "{version}"', contract.read_text(), 1, re.M)
+    text, n = re.subn(
+        r"^FLOTA_VERSION = .*$", f'FLOTA_VERSION = "{version}"', contract.read_text(), count=1, flags=re.M
+    )
     assert n == 1
     contract.write_text(text)
     if broken:
