@@ -245,6 +245,7 @@ class _Install:
             "service": {"kind": "", "asked": wish.service, "file": "", "linger": False, "created": []},
             "extras": list(a.extras),
             "online": a.online,
+            "versions": [wish.version],  # each versions/<v> there (upgrade adds one)
         }
 
     def steps(self) -> list[tuple[str, Callable[[], None]]]:

@@ -232,6 +232,9 @@ def node_upgrade(
             print_json(done)
         else:
             console.print("\n".join(_upgrade_line(s) for s in done), highlight=False, markup=False)
+        failed = [s["name"] for s in done if s["state"] == "failed"]
+        if failed:
+            raise CliError(f"{len(failed)} of {len(done)} nodes were not upgraded: {', '.join(failed)}")
         return
     assert name is not None
     summary = upgrade(o.client(), name, ssh, wait, dry_run, _say)
@@ -239,6 +242,8 @@ def node_upgrade(
 
 
 def _upgrade_line(s: dict[str, Any]) -> str:
+    if s["state"] == "failed":
+        return f"node {s['name']}: not upgraded: {s['error']}"
     if s["state"] == "already":
         return f"node {s['name']} is already at flota {s['to']}; nothing changed"
     if s["state"] == "dry-run":

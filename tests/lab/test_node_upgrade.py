@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
 
 def _release(tmp_path: Path, version: str, broken: bool = False) -> dict[str, str]:
     copy = tmp_path / f"flota-{version}"
+    if copy.exists():
+        return {"PYTHONPATH": str(copy)}
     for package in ("protos", "coordinator", "node_agent", "cli"):
         shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
@@ -121,6 +123,10 @@ def test_upgrade_keeps_the_running_job_and_a_broken_version_rolls_back(site: Sit
     manifest = json.loads((root / "install.json").read_text())
     assert manifest["version"] == new and manifest["versions"] == [__version__, new]
     assert manifest["upgrades"][-1]["state"] == "rolled back"
+
+    every = _upgrade(site, _release(tmp_path, new), "--all")  # the copy made above, again
+    assert every.returncode == 0, every.stderr
+    assert every.stdout.strip() == f"node box is already at flota {new}; nothing changed"
 
     # uninstall removes every version an upgrade added
     gone = site.flota("node", "uninstall", "box")
