@@ -12,7 +12,7 @@ import typer
 
 from cli.client import CliError
 from cli.daemon import exec_daemon
-from cli.install.commands import node_add, node_uninstall
+from cli.install.commands import node_add, node_uninstall, node_upgrade
 from cli.options import check_address, json_flag, options
 from cli.render import console, count, nodes_table, print_json, to_dict
 
@@ -21,6 +21,7 @@ __all__ = ["list_nodes", "node_app"]
 node_app = typer.Typer(help="Install, join, run and drain node daemons.", no_args_is_help=True)
 node_app.command("add")(node_add)
 node_app.command("uninstall")(node_uninstall)
+node_app.command("upgrade")(node_upgrade)
 
 
 def list_nodes(ctx: typer.Context) -> None:

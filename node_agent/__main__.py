@@ -2,9 +2,9 @@
 
 The `flota node ...` commands exec this, so the daemon never loads the CLI's libraries.
 
-Exit codes: 0 stopped (SIGTERM/SIGINT); 2 a NodeError, printed as one ``flota: ...``
-line (a bad flag or state directory, or this node was removed from the fleet); 3 the
-coordinator was unreachable at the join; 130 interrupted.
+Exit codes: 0 stopped (SIGTERM/SIGINT; SIGUSR1: restart, the jobs kept); 2 a NodeError,
+printed as one ``flota: ...`` line (a bad flag or state directory, or this node was
+removed from the fleet); 3 the coordinator was unreachable at the join; 130 interrupted.
 """
 
 from __future__ import annotations

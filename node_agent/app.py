@@ -10,7 +10,10 @@ runner's); the inner one the daemon's loops (register, watch, models, disconnect
 the mDNS announcement. There is one way to stop, whatever asked for it (SIGTERM, SIGINT,
 or the coordinator refusing this node): the stop event. Then the loops are cancelled,
 the coordinator is told goodbye (so no new work comes), the jobs are stopped and
-journaled as lost, mDNS says goodbye and the server stops.
+journaled as lost, mDNS says goodbye and the server stops. SIGUSR1 is the other stop,
+"restart, keep jobs" (what `flota node upgrade` sends): the same, but without the
+goodbye and without stopping the jobs: their drivers are let go, the jobs run on under
+the keeper, and the next daemon takes them back from the journal, as after a crash.
 
 Error handling: a refusal by the coordinator (the node was removed) stops the daemon
 that way and then raises :class:`~node_agent.errors.NodeRefused` out of :meth:`NodeDaemon.run`.
@@ -84,6 +87,7 @@ class NodeDaemon:
         self.calls = NodeCalls(self.runner, self.hub, self.info, config.heartbeat_s)
         self.registration: Registration | None = None  # made with the channel, in run()
         self._refused: NodeRefused | None = None  # why the coordinator will not have us
+        self.restarting = False  # SIGUSR1: stop serving, but keep the jobs (an upgrade)
 
     def info(self) -> types_pb2.NodeInfo:
         cfg = self.config
@@ -281,10 +285,16 @@ class NodeDaemon:
             log.info("stopping")
             for task in tasks:
                 task.cancel()
-        # Say goodbye first, so no new work is placed here, then stop what runs.
         self.runner.closing = True
-        await registration.goodbye()
-        await self.runner.stop()
+        if self.restarting:
+            # Restart, keep jobs: no goodbye (the node is back in a moment), the jobs run on
+            # under their keeper, and the next daemon takes them back from the journal.
+            log.info("restarting: %d jobs keep running", len(self.runner.active))
+            await self.runner.detach()
+        else:
+            # Say goodbye first, so no new work is placed here, then stop what runs.
+            await registration.goodbye()
+            await self.runner.stop()
         if announcer:
             try:
                 await announcer.stop()
@@ -298,4 +308,10 @@ async def serve(config: NodeConfig, ready: Callable[[str, dict[str, object]], No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def restart() -> None:
+        daemon.restarting = True
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGUSR1, restart)
     await daemon.run(stop, ready)

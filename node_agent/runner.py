@@ -186,6 +186,18 @@ class Runner:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.keeper.close()
 
+    async def detach(self) -> None:
+        """Let every attempt go without stopping it (a restart that keeps the jobs): the
+        drivers end, the processes run on under the keeper, and the journal has what the
+        next daemon needs to take them back (as after a crash)."""
+        self._stopping = True
+        tasks = [a.task for a in self.active.values() if a.task]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.keeper.close()
+
     # --- the driver ----------------------------------------------------------------------
 
     def _launch(self, a: Attempt, actions: list[lc.Action]) -> None:

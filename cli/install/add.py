@@ -33,7 +33,7 @@ from cli.install.service import Layout, launchd_plist, service_file, start_comma
 from cli.install.ssh import Remote, SshOptions, connect
 from cli.install.uninstall import undo
 
-__all__ = ["AddArgs", "add"]
+__all__ = ["AddArgs", "add", "make_venv", "must", "node_toml", "pip_install", "ship", "wait_online"]
 
 Say = Callable[[str], None]
 MB = 1024 * 1024
@@ -53,6 +53,7 @@ class AddArgs:
     python: str | None = None
     extras: tuple[str, ...] = ()
     online: bool = False
+    dial_home: bool = False
     dry_run: bool = False
     wait_s: float = 60.0
 
@@ -124,20 +125,20 @@ def _already(
         return {"state": "already installed", "id": node.get("id"), "changes": changes}
     if changes:
         say(changes[0])
-        _must(remote, start_commands("none", layout, "")[0], "cannot start the node daemon")
+        must(remote, start_commands("none", layout, "")[0], "cannot start the node daemon")
     say(f"flota {wish.version} is already installed on {wish.host} as node {node.get('name')}")
-    _wait_online(client, remote, layout, str(node.get("id")), a.wait_s)
+    wait_online(client, remote, layout, str(node.get("id")), a.wait_s)
     return {"state": "already installed", "id": node.get("id"), "changes": changes}
 
 
-def _must(remote: Remote, command: str, what: str, stdin: bytes | None = None, timeout: float = 600) -> str:
+def must(remote: Remote, command: str, what: str, stdin: bytes | None = None, timeout: float = 600) -> str:
     ran = remote.run(command, stdin=stdin, timeout=timeout)
     if ran.code != 0:
         raise CliError(f"{what} on {remote.target.host}: {ran.line()}")
     return ran.out
 
 
-def _wait_online(client: Client, remote: Remote, layout: Layout, node_id: str, wait_s: float) -> None:
+def wait_online(client: Client, remote: Remote, layout: Layout, node_id: str, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while wait_s > 0:
         for n in client.list_nodes().nodes:
@@ -152,12 +153,52 @@ def _wait_online(client: Client, remote: Remote, layout: Layout, node_id: str, w
         time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
 
 
-def _toml(name: str, a: AddArgs) -> str:
+# The steps that put a version's venv in place: add's, and upgrade's beside the old one.
+
+
+def ship(remote: Remote, wh: wheelhouse.Wheelhouse, incoming: str) -> None:
+    """The wheelhouse to `incoming` on the host, over SFTP."""
+    remote.mkdir(incoming, 0o700)
+    for path in wh.files():
+        remote.put(path, f"{incoming}/{path.name}")
+
+
+def make_venv(remote: Remote, layout: Layout, python: str, vdir: str) -> None:
+    remote.run(f"mkdir -p {shlex.quote(layout.root)}/versions")
+    must(remote, f"{shlex.quote(python)} -m venv --without-pip {shlex.quote(vdir)}", "cannot create a venv")
+
+
+def pip_install(
+    remote: Remote, wh: wheelhouse.Wheelhouse, inc: str, vdir: str, extras: tuple[str, ...], online: bool
+) -> None:
+    """flota and the node's packages into the venv `vdir`, from the shipped wheels (then removed)."""
+    pip_wheel = next(p.name for p in wh.files() if p.name.startswith("pip-"))
+    py = f"{vdir}/bin/python"
+    env = "PIP_CONFIG_FILE=/dev/null PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1"
+    index = "" if online else " --no-index"
+    reqs = wheelhouse.requirements(extras, False)
+    deps = (
+        f"{env} {shlex.quote(py)} {shlex.quote(inc + '/' + pip_wheel)}/pip install -q{index} "
+        f"--find-links {shlex.quote(inc)} " + " ".join(shlex.quote(r) for r in reqs)
+    )
+    must(remote, deps, "pip could not install the node's packages")
+    flota = (
+        f"{env} {shlex.quote(py)} -m pip install -q --no-index --no-deps "
+        f"{shlex.quote(inc + '/' + wh.flota.name)}"
+    )
+    must(remote, flota, "pip could not install flota")
+    remote.run(f"rm -rf -- {shlex.quote(inc)}")
+
+
+def node_toml(name: str, a: AddArgs) -> str:
+    """The node.toml add writes: what the flags asked for."""
     lines = [f"name = {json.dumps(name)}", f"listen = {json.dumps(a.listen)}"]
     if a.network:
         lines.append(f"network = {json.dumps(a.network)}")
     if a.slots is not None:
         lines.append(f"slots = {a.slots}")
+    if a.dial_home:  # the node opens the link itself (behind NAT): it announces no address
+        lines.append("dial_home = true")
     if a.labels:
         lines.append(
             "labels = { " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in a.labels) + " }"
@@ -204,6 +245,7 @@ class _Install:
             "service": {"kind": "", "asked": wish.service, "file": "", "linger": False, "created": []},
             "extras": list(a.extras),
             "online": a.online,
+            "versions": [wish.version],  # each versions/<v> there (upgrade adds one)
         }
 
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
@@ -285,39 +327,17 @@ class _Install:
         self._save()
 
     def _ship(self) -> None:
-        self.remote.mkdir(self.incoming, 0o700)
-        for path in self.wh.files():
-            self.remote.put(path, f"{self.incoming}/{path.name}")
+        ship(self.remote, self.wh, self.incoming)
 
     def _venv(self) -> None:
-        self.remote.run(f"mkdir -p {shlex.quote(self.layout.root)}/versions")
-        _must(
-            self.remote,
-            f"{shlex.quote(self.py.path)} -m venv --without-pip {shlex.quote(self.vdir)}",
-            "cannot create a venv",
-        )
+        make_venv(self.remote, self.layout, self.py.path, self.vdir)
 
     def _pip(self) -> None:
-        pip_wheel = next(p.name for p in self.wh.files() if p.name.startswith("pip-"))
-        inc, py = self.incoming, f"{self.vdir}/bin/python"
-        env = "PIP_CONFIG_FILE=/dev/null PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1"
-        index = "" if self.a.online else " --no-index"
-        reqs = wheelhouse.requirements(self.a.extras, False)
-        deps = (
-            f"{env} {shlex.quote(py)} {shlex.quote(inc + '/' + pip_wheel)}/pip install -q{index} "
-            f"--find-links {shlex.quote(inc)} " + " ".join(shlex.quote(r) for r in reqs)
-        )
-        _must(self.remote, deps, "pip could not install the node's packages")
-        flota = (
-            f"{env} {shlex.quote(py)} -m pip install -q --no-index --no-deps "
-            f"{shlex.quote(inc + '/' + self.wh.flota.name)}"
-        )
-        _must(self.remote, flota, "pip could not install flota")
-        self.remote.run(f"rm -rf -- {shlex.quote(inc)}")
+        pip_install(self.remote, self.wh, self.incoming, self.vdir, self.a.extras, self.a.online)
 
     def _link(self) -> None:
         current = f"{self.layout.root}/current"
-        _must(
+        must(
             self.remote,
             f"ln -sfn versions/{shlex.quote(self.wish.version)} {shlex.quote(current)}",
             "cannot link current",
@@ -341,7 +361,7 @@ class _Install:
         self._save()
 
     def _settings(self) -> None:
-        self.remote.write(f"{self.layout.state}/node.toml", _toml(self.wish.name, self.a).encode(), 0o600)
+        self.remote.write(f"{self.layout.state}/node.toml", node_toml(self.wish.name, self.a).encode(), 0o600)
 
     def _service(self) -> None:
         L, svc = self.layout, self.m["service"]
@@ -365,7 +385,7 @@ class _Install:
             else systemd_unit(L, self.kind.startswith("system")).encode()
         )
         if self.kind.startswith("system-"):
-            _must(
+            must(
                 self.remote,
                 f"sudo -n tee {shlex.quote(path)} >/dev/null && sudo -n chmod 644 {shlex.quote(path)}",
                 "cannot write the service file",
@@ -374,10 +394,10 @@ class _Install:
         elif path:
             self.remote.write(path, text, 0o644)
         for command in start_commands(self.kind, L, path):
-            _must(self.remote, command, "cannot start the service")
+            must(self.remote, command, "cannot start the service")
 
     def _linger(self) -> None:
-        _must(self.remote, f"loginctl enable-linger {shlex.quote(self.layout.user)}", "cannot enable linger")
+        must(self.remote, f"loginctl enable-linger {shlex.quote(self.layout.user)}", "cannot enable linger")
         self.m["service"]["linger"] = True
         self._save()
 
@@ -394,4 +414,4 @@ class _Install:
                 "fingerprint": a.ssh.fingerprint,
             },
         )
-        _wait_online(self.client, self.remote, self.layout, str(self.m["node"]["id"]), a.wait_s)
+        wait_online(self.client, self.remote, self.layout, str(self.m["node"]["id"]), a.wait_s)

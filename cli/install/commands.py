@@ -13,12 +13,13 @@ from cli.install.add import AddArgs, add
 from cli.install.preflight import SERVICES
 from cli.install.ssh import SshOptions, parse_target
 from cli.install.uninstall import uninstall
+from cli.install.upgrade import upgrade, upgrade_all
 from cli.install.wheelhouse import EXTRAS
 from cli.options import check_address, options
 from cli.render import console, print_json
 from protos.limits import LABEL_KEY_RE, LABEL_VALUE_RE, PROFILE_RE
 
-__all__ = ["node_add", "node_uninstall"]
+__all__ = ["node_add", "node_uninstall", "node_upgrade"]
 
 _FINGERPRINT_HELP = "Trust the host key with this fingerprint (SHA256:..., as ssh-keygen -lf prints it)."
 
@@ -98,6 +99,10 @@ def node_add(
         bool,
         typer.Option("--online", help="Let the host's pip fetch the node's packages from its own index."),
     ] = False,
+    dial_home: Annotated[
+        bool,
+        typer.Option("--dial-home", help="The node opens the link to the coordinator itself (behind NAT)."),
+    ] = False,
     identity: IdentityOpt = None,
     known_hosts: KnownHostsOpt = None,
     fingerprint: FingerprintOpt = None,
@@ -131,6 +136,7 @@ def node_add(
         python=python,
         extras=extras,
         online=online,
+        dial_home=dial_home,
         dry_run=dry_run,
         wait_s=max(0.0, wait),
     )
@@ -193,3 +199,55 @@ def node_uninstall(
             + ("; removed from the fleet" if summary.get("removed_from_fleet") else "")
         )
     _print(o.json, summary, line)
+
+
+def node_upgrade(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="A node flota node add installed from here.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every node installed from this machine.")] = False,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    fingerprint: FingerprintOpt = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS", help="How long the new version has to come online before a rollback."
+        ),
+    ] = 60.0,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Install this flota on a node beside its old one and restart it, its running jobs kept;
+    roll back if it does not come online."""
+    o = options(ctx)
+    if (name is None) == (not all_):
+        raise CliError("name one node to upgrade, or pass --all")
+    if wait <= 0:
+        raise CliError(f"--wait {wait:g}: the new version needs some seconds to come online")
+    ssh = _ssh(identity, known_hosts, fingerprint, dry_run)
+    if all_:
+        done = upgrade_all(o.client(), ssh, wait, dry_run, _say)
+        if o.json:
+            print_json(done)
+        else:
+            console.print("\n".join(_upgrade_line(s) for s in done), highlight=False, markup=False)
+        failed = [s["name"] for s in done if s["state"] == "failed"]
+        if failed:
+            raise CliError(f"{len(failed)} of {len(done)} nodes were not upgraded: {', '.join(failed)}")
+        return
+    assert name is not None
+    summary = upgrade(o.client(), name, ssh, wait, dry_run, _say)
+    _print(o.json, summary, _upgrade_line(summary))
+
+
+def _upgrade_line(s: dict[str, Any]) -> str:
+    if s["state"] == "failed":
+        return f"node {s['name']}: not upgraded: {s['error']}"
+    if s["state"] == "already":
+        return f"node {s['name']} is already at flota {s['to']}; nothing changed"
+    if s["state"] == "dry-run":
+        return f"would upgrade node {s['name']} from flota {s['from']} to {s['to']}:\n" + "\n".join(
+            f"  {c}" for c in s["changes"]
+        )
+    return f"node {s['name']} upgraded from flota {s['from']} to {s['to']} in {s['seconds']} s; its jobs kept"

@@ -10,7 +10,10 @@ an install, so that `uninstall` (or an `add` that fails half way) undoes exactly
      "service": {"kind": "none|systemd|launchd|system-systemd|system-launchd", "asked": "...",
                  "file": "unit or plist path", "linger": true if add enabled linger,
                  "created": [directories add made for the unit file]},
-     "extras": ["llm"], "online": false}
+     "extras": ["llm"], "online": false,
+     "versions": ["0.1.0", "0.2.0"] (each versions/<v> dir there; `flota node upgrade` adds),
+     "upgrades": [{"from": "0.1.0", "to": "0.2.0", "at": <unix time>,
+                   "state": "upgraded|rolled back"}]}
 
 On the workstation, `<FLOTA_HOME>/installs/<name>.json`: how to reach the node's host
 again (`uninstall NAME`): its ssh target and the options that pinned its key.
@@ -27,7 +30,7 @@ from cli.client import CliError
 from protos.contract import flota_home
 from protos.limits import NAME_RE
 
-__all__ = ["FORMAT", "delete_record", "encode", "load_record", "save_record"]
+__all__ = ["FORMAT", "delete_record", "encode", "load_record", "records", "save_record"]
 
 FORMAT = 1
 
@@ -66,3 +69,9 @@ def load_record(name: str) -> dict[str, Any]:
 
 def delete_record(name: str) -> None:
     (_records() / f"{name}.json").unlink(missing_ok=True)
+
+
+def records() -> list[str]:
+    """The names of the nodes installed from this machine."""
+    found = sorted(p.stem for p in _records().glob("*.json")) if _records().is_dir() else []
+    return [n for n in found if NAME_RE.match(n)]

@@ -31,6 +31,8 @@ __all__ = [
     "launchd_plist",
     "service_file",
     "start_commands",
+    "restart_stop",
+    "resume_commands",
     "stop_commands",
     "systemd_unit",
 ]
@@ -247,3 +249,68 @@ while time.time() < deadline and pids():
     time.sleep(0.2)
 end(pids(), 5)
 """
+
+
+# "Restart, keep jobs": send the node daemon SIGUSR1 (it stops serving, says no goodbye and
+# leaves its jobs to the keeper) and wait until it has exited. The daemon is the pid in
+# the pidfile or in its state's daemon.json, if that pid still runs node_agent.
+# argv: PIDFILE DAEMON_JSON; exit 0 once no daemon runs, 1 if it did not end in time.
+KEEP_JOBS_STOP = """\
+import json, os, signal, subprocess, sys, time
+def cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\\0", b" ").decode(errors="replace")
+    except FileNotFoundError:
+        if os.path.isdir("/proc"):
+            return ""
+    except OSError:
+        return ""
+    r = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, text=True)
+    return r.stdout
+pids = set()
+readers = ((sys.argv[1], lambda t: int(t.strip())), (sys.argv[2], lambda t: int(json.loads(t)["pid"])))
+for path, read in readers:
+    try:
+        with open(path) as f:
+            pids.add(read(f.read()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+daemons = [p for p in pids if p != os.getpid() and "node_agent start" in cmdline(p)]
+for p in daemons:
+    try:
+        os.kill(p, signal.SIGUSR1)
+    except OSError:
+        pass
+deadline = time.time() + 30
+while time.time() < deadline and any("node_agent start" in cmdline(p) for p in daemons):
+    time.sleep(0.1)
+if any("node_agent start" in cmdline(p) for p in daemons):
+    print("the node daemon did not stop within 30 s of SIGUSR1", file=sys.stderr)
+    sys.exit(1)
+print(len(daemons))
+"""
+
+
+def restart_stop(layout: Layout, python: str) -> str:
+    """The command that stops the daemon keeping its jobs (run with the host's `python`:
+    it works whatever state the installed venvs are in)."""
+    return _q(python, "-c", KEEP_JOBS_STOP, layout.pidfile, f"{layout.state}/daemon.json")
+
+
+def resume_commands(kind: str, layout: Layout, path: str) -> list[str]:
+    """Start the service again after `restart_stop` (it exited 0, so nothing restarted it),
+    now running whatever `current` points at."""
+    name = path.rsplit("/", 1)[-1]
+    label = name.removesuffix(".plist")
+    if kind == "systemd":
+        return [_q("systemctl", "--user", "reset-failed", name) + " 2>/dev/null; true",
+                _q("systemctl", "--user", "restart", name)]  # fmt: skip
+    if kind == "system-systemd":
+        return [_q("sudo", "-n", "systemctl", "reset-failed", name) + " 2>/dev/null; true",
+                _q("sudo", "-n", "systemctl", "restart", name)]  # fmt: skip
+    if kind == "launchd":
+        return [_q("launchctl", "kickstart", "-k", f"gui/{layout.uid}/{label}")]
+    if kind == "system-launchd":
+        return [_q("sudo", "-n", "launchctl", "kickstart", "-k", f"system/{label}")]
+    return start_commands(kind, layout, path)
