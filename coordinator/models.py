@@ -282,6 +282,7 @@ class Result:
     check: str = ""  # passed | failed | "" (no check)
     answer: str = ""  # an agent's final answer
     reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say
+    log_lines_marked: int = 0  # of log_lines_lost, those the log marks where they went missing
 
 
 @dataclass(frozen=True, slots=True)

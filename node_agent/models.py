@@ -99,8 +99,9 @@ class Result:
     cost_usd: float = 0.0
     node_id: str = ""
     model: str = ""
-    log_lines_lost: int = 0
+    log_lines_lost: int = 0  # output lines no coordinator received
     log_lines: tuple[str, ...] = ()  # output no coordinator received while the job ran
+    log_lines_marked: int = 0  # of log_lines_lost, those the log marks where they were lost
     check: str = ""
     answer: str = ""
     reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say
