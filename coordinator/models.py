@@ -357,6 +357,7 @@ class Job:
     check: str = ""
     requires: str = ""  # an agent CLI the node must have, or "model:<model>" it must serve
     report_paths: Mapping[str, str] = field(default_factory=dict)
+    allow_empty: bool = False  # a job that changed nothing still pushes its branch (an empty commit)
 
 
 @dataclass(slots=True)

@@ -57,6 +57,7 @@ class Job:
     api_base: str = ""
     check: str = ""  # run in the worktree after the agent
     report_paths: Mapping[str, str] = field(default_factory=dict)  # agent CLIs: where their JSON keeps counts
+    allow_empty: bool = False  # push a commit even when the job changed nothing
 
 
 @dataclass(frozen=True)

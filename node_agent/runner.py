@@ -414,7 +414,12 @@ class Runner:
         title = f"flota: {job.name or job.command}"[:200]
         try:
             a.commit = await asyncio.to_thread(
-                self.workspace.commit_and_push, a.cwd, job.branch, f"{title}\n\nstatus: {status}", trailers
+                self.workspace.commit_and_push,
+                a.cwd,
+                job.branch,
+                f"{title}\n\nstatus: {status}",
+                trailers,
+                allow_empty=job.allow_empty,
             )
         except WorkspaceError as exc:
             a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc}"))
@@ -422,7 +427,8 @@ class Runner:
         except OSError as exc:
             a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc.strerror or exc}"))
             return
-        a.events.put_nowait(lc.Committed("" if a.commit.pushed else a.commit.error or "push failed"))
+        done = a.commit.pushed or a.commit.empty  # nothing changed: nothing to push, the base is the result
+        a.events.put_nowait(lc.Committed("" if done else a.commit.error or "push failed"))
 
     async def _finish(self, a: Attempt, action: lc.Finish) -> None:
         if a.tail is not None:

@@ -839,6 +839,32 @@ def test_repo_success_pushes_the_branch(
     assert node.lines(spec.attempt_id) == [str(node.workspace.worktree_path(spec.attempt_id))]
 
 
+@pytest.mark.parametrize("allow_empty", [False, True])
+def test_repo_job_that_changed_nothing_succeeds_and_pushes_only_when_asked(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec], remote: tuple[Path, str], allow_empty: bool
+) -> None:
+    node = Node(tmp_path)
+    spec = repo_spec(new_spec, remote, "echo 'the answer is 42, no file needed'")
+    spec.allow_empty = allow_empty
+    result = run(node.run(spec))
+    bare, base = remote
+    assert (result.status, result.exit_code, result.error) == ("success", 0, "")
+    assert (result.base_commit, list(result.files_modified)) == (base, [])
+    on_remote = subprocess.run(
+        ["git", "rev-parse", "--verify", "-q", f"refs/heads/{spec.branch}"],
+        cwd=bare,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if allow_empty:
+        assert result.branch == spec.branch and on_remote == result.head_commit
+        assert git("rev-parse", f"{spec.branch}^{{tree}}", cwd=bare) == git(
+            "rev-parse", f"{base}^{{tree}}", cwd=bare
+        )
+    else:
+        assert (result.branch, result.head_commit, on_remote) == ("", "", "")
+
+
 def test_repo_cancel_keeps_the_worktree_and_pushes_the_branch(
     tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec], remote: tuple[Path, str]
 ) -> None:
