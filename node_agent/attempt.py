@@ -22,13 +22,12 @@ from node_agent.process import JobProcess, OutputTail
 from node_agent.workspace import CommitOutcome
 from protos.contract import ResultStatus, redact
 
-__all__ = ["HELD_BATCH", "HELD_BYTES", "Attempt", "job_env", "result_of", "without_secrets"]
+__all__ = ["HELD_BYTES", "Attempt", "job_env", "result_of", "without_secrets"]
 
 # Output held while no coordinator listens (node_agent.backlog): the newest of it, at
 # most this much, travels in the result (well under the 4 MiB message limit); the older
 # lines are counted, and marked.
 HELD_BYTES = 1 << 20
-HELD_BATCH = 1000
 
 
 @dataclass

@@ -21,10 +21,10 @@ Plain data: no I/O here.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["CAP_BYTES", "END_KEPT", "TRIM_STEP", "Backlog", "dropped_marker"]
+__all__ = ["CAP_BYTES", "END_KEPT", "TRIM_STEP", "Backlog", "batches", "dropped_marker"]
 
 CAP_BYTES = 4 << 20  # per attempt, unless node.toml says (output_cap_mb)
 # The output's last MiB stays on disk whatever was delivered: an agent CLI's report is
@@ -32,10 +32,27 @@ CAP_BYTES = 4 << 20  # per attempt, unless node.toml says (output_cap_mb)
 END_KEPT = 1 << 20
 TRIM_STEP = 1 << 20  # the file is trimmed a MiB or more at a time: few system calls
 _BLOCK = 4096  # a file system frees whole blocks
+# What was held goes out in events of at most this much: far below the 4 MiB message limit.
+_BATCH_LINES = 1000
+_BATCH_BYTES = 256 * 1024
 
 
 def dropped_marker(count: int) -> str:
     return f"[flota: {count} earlier lines dropped on the node: the coordinator was unreachable]"
+
+
+def batches(lines: Sequence[str]) -> Iterator[list[str]]:
+    """``lines`` in order, in lists of at most 1000 lines and about 256 KiB (one event each)."""
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        if batch and (len(batch) >= _BATCH_LINES or size + len(line) > _BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line) + 1
+    if batch:
+        yield batch
 
 
 @dataclass

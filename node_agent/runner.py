@@ -33,8 +33,8 @@ from typing import Any
 
 from node_agent import lifecycle as lc
 from node_agent.agents.launch import command_for, read_report
-from node_agent.attempt import HELD_BATCH, HELD_BYTES, Attempt, job_env, result_of, without_secrets
-from node_agent.backlog import CAP_BYTES, Backlog
+from node_agent.attempt import HELD_BYTES, Attempt, job_env, result_of, without_secrets
+from node_agent.backlog import CAP_BYTES, Backlog, batches
 from node_agent.errors import SpawnError, WorkspaceError
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
@@ -378,9 +378,8 @@ class Runner:
                 backlog.hold(lines)
                 return
             if backlog.holding:  # a coordinator is back: what it missed goes first
-                held = backlog.take()
-                for i in range(0, len(held), HELD_BATCH):
-                    self.hub.log(job.job_id, job.attempt_id, held[i : i + HELD_BATCH])
+                for batch in batches(backlog.take()):
+                    self.hub.log(job.job_id, job.attempt_id, batch)
             self.hub.log(job.job_id, job.attempt_id, lines)
 
         def on_offset(offset: int) -> None:

@@ -3,7 +3,7 @@ ones counted, the file offsets a restart reads on from, and where the file may b
 
 from __future__ import annotations
 
-from node_agent.backlog import END_KEPT, TRIM_STEP, Backlog, dropped_marker
+from node_agent.backlog import END_KEPT, TRIM_STEP, Backlog, batches, dropped_marker
 
 
 def feed(backlog: Backlog, first: int, count: int, width: int = 10) -> int:
@@ -81,3 +81,13 @@ def test_the_file_is_freed_below_the_start_in_steps_keeping_its_last_mib() -> No
     assert backlog.start == held_from and backlog.trim_to() == held_from // 4096 * 4096
     backlog.can_trim = False
     assert backlog.trim_to() == 0
+
+
+def test_what_was_held_goes_out_in_events_well_under_the_message_limit() -> None:
+    long = "x" * 8000  # lines are cut at 8 KiB on the node
+    lines = [long] * 600 + [str(i) for i in range(2500)]
+    out = list(batches(lines))
+    assert [line for batch in out for line in batch] == lines  # all, in order
+    assert all(len(batch) <= 1000 and sum(len(x) + 1 for x in batch) <= 256 * 1024 + 8001 for batch in out)
+    assert len(out[0]) == 32  # 32 lines of 8 KiB: a quarter MiB, not 1000 of them (8 MB)
+    assert list(batches([])) == []
