@@ -12,8 +12,11 @@ on: everything before that was delivered, or dropped and counted. So the runner 
 that part of the file (:meth:`~node_agent.journal.Journal.trim`, at the offsets
 :meth:`Backlog.trim_to` names) and a chatty job on a node cut off for hours takes about
 ``cap`` bytes of disk, not all it ever printed. ``start``, ``dropped`` and ``marked``
-are journaled with every batch (the ``offset`` file): a restarted daemon reads the
-output again from ``start`` and knows what was dropped before it.
+are journaled together (the ``offset`` file, :meth:`Backlog.snapshot`): a restarted
+daemon reads the output again from that ``start`` and knows what was dropped before it.
+While nothing is held that is exact, after every batch (a restart repeats no line); while
+lines are dropped, every 256 KiB of them (an older snapshot is as good: the lines after
+it are read, held and dropped again), and the file is never freed past it.
 
 Plain data: no I/O here.
 """
@@ -31,6 +34,7 @@ CAP_BYTES = 4 << 20  # per attempt, unless node.toml says (output_cap_mb)
 # the last JSON object it printed, read from there (node_agent/agents/shell.py).
 END_KEPT = 1 << 20
 TRIM_STEP = 1 << 20  # the file is trimmed a MiB or more at a time: few system calls
+_JOURNAL_STEP = 256 * 1024  # while dropping, the journal moves on this much at a time
 _BLOCK = 4096  # a file system frees whole blocks
 # What was held goes out in events of at most this much: far below the 4 MiB message limit.
 _BATCH_LINES = 1000
@@ -63,6 +67,7 @@ class Backlog:
     dropped: int = 0  # lines dropped here, not marked in the log yet
     marked: int = 0  # lines dropped here and marked in the log already
     trimmed: int = 0  # the output file is freed up to here
+    journaled: tuple[int, int, int] = (-1, 0, 0)  # (start, dropped, marked) as the journal has them
     can_trim: bool = True  # False where the file system cannot free part of a file
     # Held lines in batches, each with the offset where it starts: dropping whole
     # batches keeps `start` on a line boundary a restarted daemon can read on from.
@@ -72,7 +77,7 @@ class Backlog:
     @classmethod
     def resumed(cls, cap: int, start: int, dropped: int, marked: int) -> Backlog:
         """The backlog a restarted daemon rebuilds by reading the output from ``start``."""
-        return cls(cap, start, start, dropped, marked)
+        return cls(cap, start, start, dropped, marked, journaled=(start, dropped, marked))
 
     @property
     def holding(self) -> bool:
@@ -113,9 +118,19 @@ class Backlog:
         self.start = self.end
         return lines
 
+    def snapshot(self) -> tuple[int, int, int] | None:
+        """(start, dropped, marked) for the journal, or None when what it has will do."""
+        now, last = (self.start, self.dropped, self.marked), self.journaled
+        if now == last:
+            return None
+        if self._batches and now[2] == last[2] and 0 <= now[0] - last[0] < _JOURNAL_STEP:
+            return None  # dropping: a restart from the last snapshot reads a little more again
+        return now
+
     def trim_to(self) -> int:
-        """Where the output file may be freed up to now; 0 when not worth a system call."""
+        """Where the output file may be freed up to now (never past what the journal says a
+        restart reads from); 0 when not worth a system call."""
         if not self.can_trim:
             return 0
-        upto = min(self.start, self.end - END_KEPT) // _BLOCK * _BLOCK
+        upto = min(self.journaled[0], self.end - END_KEPT) // _BLOCK * _BLOCK
         return upto if upto - self.trimmed >= TRIM_STEP else 0

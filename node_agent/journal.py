@@ -19,7 +19,7 @@ is still there when it comes back.
 ``output`` grows as the job prints, but the part before ``start`` is freed as the daemon
 reads on (:meth:`Journal.trim` punches a hole: the offsets stay, the disk blocks go), so
 what a job printed takes about the backlog's cap on disk, however long no coordinator
-listens. A file system that cannot punch holes keeps the whole file (logged once).
+listens. A file system that cannot punch holes keeps the whole file (the node logs it).
 
 ``spec.pb`` and ``result.pb`` hold the wire messages (``JobSpec``, ``JobResult``), as
 every daemon so far wrote them: an upgraded daemon finds the jobs an older one left.

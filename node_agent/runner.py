@@ -265,11 +265,13 @@ class Runner:
         assert a.helpers is not None, "helpers start from the driver"
         a.helpers.create_task(coro)
 
-    def _journal(self, write: Callable[..., None], *args: object) -> None:
+    def _journal(self, write: Callable[..., None], *args: object) -> bool:
         try:
             write(*args)
         except OSError as exc:  # disk full: go on; only a daemon restart would miss it
             log.error("cannot journal %s: %s", args[0], exc)
+            return False
+        return True
 
     # --- actions -------------------------------------------------------------------------
 
@@ -385,7 +387,9 @@ class Runner:
         def on_offset(offset: int) -> None:
             backlog.reached(offset)
             # A restart reads on from the oldest line no coordinator has seen yet.
-            self._journal(self.journal.published, a.id, backlog.start, backlog.dropped, backlog.marked)
+            snapshot = backlog.snapshot()
+            if snapshot is not None and self._journal(self.journal.published, a.id, *snapshot):
+                backlog.journaled = snapshot
             upto = backlog.trim_to()
             if upto:
                 try:

@@ -244,7 +244,7 @@ def test_output_no_coordinator_takes_keeps_its_tail_within_the_cap_on_disk(
     output, on disk too (the journal's output file is freed behind it), through a daemon
     restart; the log gets a marker, then the tail, and the result counts what was dropped."""
     cap, first, second = 1 << 20, 2_000_000, 3_000_000  # about 21 MiB printed in all
-    slack = TRIM_STEP + 512 * 1024  # a trim step, a batch, partial blocks
+    slack = TRIM_STEP + 768 * 1024  # a trim step, a journal step, a batch, partial blocks
     a = Node(tmp_path, output_cap=cap)
     a.hub.unsubscribe(a.sub)  # no coordinator session
     spec = new_spec(f"seq 1 {first}; {WAIT_FOR_GO}; seq {first + 1} {second}")
@@ -259,7 +259,7 @@ def test_output_no_coordinator_takes_keeps_its_tail_within_the_cap_on_disk(
     assert out.stat().st_size == printed
     assert out.stat().st_blocks * 512 <= max(cap, END_KEPT) + slack
     entry = a.entry(spec.attempt_id)
-    assert entry.dropped > 0 and entry.marked == 0 and entry.offset >= printed - cap
+    assert entry.dropped > 0 and entry.marked == 0 and entry.offset >= printed - cap - 256 * 1024
 
     b = Node(tmp_path, output_cap=cap)  # the restarted daemon reads on from the journal
     b.hub.unsubscribe(b.sub)
