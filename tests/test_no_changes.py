@@ -58,6 +58,17 @@ def test_a_job_that_changed_nothing_is_a_success_with_no_changes_and_no_branch(
     assert [(r["job"], r["no_changes"]) for r in ranked] == [(busy["id"], False), (quiet["id"], True)]
     assert "no changes" in fleet.flota("compare", run["id"], check=True).stdout
 
+    # Nothing to check out; nothing to diff.
+    out = fleet.flota("checkout", quiet["id"], cwd=work)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        f"flota: job {quiet['id']} changed nothing: no branch was pushed "
+        f"(its result is its base, {run['base_commit'][:12]})"
+    )
+    diff = fleet.flota("diff", quiet["id"], cwd=work)
+    assert (diff.returncode, diff.stdout, diff.stderr) == (0, "", "")
+    assert fleet.json("diff", quiet["id"], cwd=work)["diff"] == ""
+    assert git("symbolic-ref", "--short", "HEAD", cwd=work).strip() == "main"
+
     # Cleanup takes the worktree of a job that pushed nothing like any other.
     reply = fleet.json("cleanup", run["id"])
     assert (reply["worktrees_removed"], reply["nodes_unreachable"]) == (2, [])
