@@ -358,6 +358,7 @@ def test_remove_run_refs_deletes_only_that_runs_refs_from_every_mirror(
     other = make_remote(tmp_path / "other")  # a second repository: a second mirror
     for key, branch in (("r1.0.a1", "flota/r1/0"), ("r1.0.a2", "flota/r1/0-a2"), ("r10.0.a1", "flota/r10/0")):
         wt = ws.prepare(remote.url, BASE_REF, remote.base, branch, key)
+        (wt / "result.txt").write_text(f"{key}\n")  # a change: a job that made none pushes nothing
         ws.commit_and_push(wt, branch, "result", TRAILERS)
     ws.prepare(other.url, BASE_REF, other.base, "flota/r1/1", "r1.1.a1")
     assert ws.find_resume(remote.url, remote.base, ["flota/r1/0"]) is not None  # refs/flota/resume/...
