@@ -9,7 +9,8 @@ git's reason in one line and changes nothing more. A local branch of that name i
 ever fast-forwarded; one with commits of its own is left alone.
 
 git runs with the user's environment and configuration, as the user's own git would:
-`flota diff` is `git diff BASE HEAD`, pager, colors and all.
+`flota diff` is `git diff BASE HEAD`, pager, colors and all. A job that changed nothing
+has no branch (its result is its base): `flota checkout` says so, `flota diff` is empty.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import typer
 
 from cli.client import Client, CliError
 from cli.options import options
-from cli.render import console, print_json
+from cli.render import console, no_changes, print_json
 from protos.flota.v1 import coordinator_pb2
 
 __all__ = ["JobBranch", "checkout", "diff", "diff_text", "git_reason", "job_branch"]
@@ -42,22 +43,30 @@ class JobBranch:
     url: str
 
 
-def _result(client: Client, job_id: str) -> JobBranch:
+def _result(client: Client, job_id: str, unchanged_ok: bool = False) -> JobBranch:
     """The job's branch and commits, and its run's remote; CliError when it has no branch."""
     if "." not in job_id:
         raise CliError(f"{job_id!r} is a run; name one of its jobs (flota status {job_id})")
     job = client.get_job(job_id)
-    return job_branch(job, "" if job.status in _ACTIVE else client.get_run(job.run_id).repo_url)
+    url = "" if job.status in _ACTIVE else client.get_run(job.run_id).repo_url
+    return job_branch(job, url, unchanged_ok)
 
 
-def job_branch(job: coordinator_pb2.Job, url: str) -> JobBranch:
+def job_branch(job: coordinator_pb2.Job, url: str, unchanged_ok: bool = False) -> JobBranch:
     """The job's branch and commits on its run's remote `url`; CliError when it has none
-    (yet)."""
+    (yet). With ``unchanged_ok``, a job that changed nothing has a branch and head of ""."""
     if job.status in _ACTIVE:
         raise CliError(f"job {job.id} is still {job.status}: it has no branch yet (flota status {job.id})")
     if not url:
         raise CliError(f"job {job.id} ran without a repository (flota run --repo): it has no branch")
     branch = job.branch or job.result.branch
+    if not branch and job.status == "success" and no_changes(job):
+        if unchanged_ok:
+            return JobBranch(job.id, "", job.result.base_commit, "", url)
+        raise CliError(
+            f"job {job.id} changed nothing: no branch was pushed (its result is its base, "
+            f"{job.result.base_commit[:12]})"
+        )
     if not branch:
         error = job.result.error.strip().splitlines()
         why = f": {error[0]}" if error else ""
@@ -215,8 +224,11 @@ def checkout(
 
 def _commits_here(client: Client, job_id: str, repo: str | None) -> tuple[JobBranch, str]:
     """The job's result, and the repository (at `repo` or around the current directory)
-    that now holds both its commits (fetched when missing)."""
-    r = _result(client, job_id)
+    that now holds both its commits (fetched when missing); for a job that changed
+    nothing, no repository (there is nothing to compare)."""
+    r = _result(client, job_id, unchanged_ok=True)
+    if not r.branch:
+        return r, ""
     if not (r.base and r.head):
         raise CliError(f"job {r.job_id} has no recorded commits to compare")
     top = _repository(repo or ".")
@@ -233,6 +245,8 @@ def _commits_here(client: Client, job_id: str, repo: str | None) -> tuple[JobBra
 def diff_text(client: Client, job_id: str, repo: str | None = None) -> str:
     """A job's change as `git diff --stat` then the patch, uncoloured (for a view to show)."""
     r, top = _commits_here(client, job_id, repo)
+    if not r.branch:
+        return ""  # it changed nothing
     return _git(top, "diff", "--no-color", "--stat", "--patch", r.base, r.head)
 
 
@@ -248,6 +262,10 @@ def diff(
     """A job's change against its base: `git diff BASE HEAD`, through your pager."""
     o = options(ctx)
     r, top = _commits_here(o.client(), job_id, repo)
+    if not r.branch:  # it changed nothing: an empty diff, as git's own
+        if o.json:
+            print_json({"job": r.job_id, "branch": "", "base_commit": r.base, "head_commit": "", "diff": ""})
+        return
     args = ["diff", *(["--stat"] if stat else []), r.base, r.head]
     if o.json:
         text = _git(top, "diff", "--no-color", *args[1:])  # captured: no pager

@@ -19,6 +19,7 @@ from protos.contract import EndReason
 from protos.flota.v1 import coordinator_pb2
 
 __all__ = [
+    "NO_CHANGES",
     "compare_rows",
     "compare_table",
     "FitTable",
@@ -26,6 +27,7 @@ __all__ = [
     "console",
     "count",
     "jobs_table",
+    "no_changes",
     "nodes_table",
     "print_json",
     "prune_lines",
@@ -212,6 +214,25 @@ def prune_lines(reply: coordinator_pb2.PruneReply, age: str) -> list[str]:
     return lines
 
 
+NO_CHANGES = "no changes"
+
+
+def no_changes(job: coordinator_pb2.Job) -> bool:
+    """A job on a repository that ended and left its files as the base had them: its agent
+    answered in text, say, and no branch was pushed (unless the run asked for an empty commit)."""
+    r = job.result
+    return job.HasField("result") and bool(r.base_commit) and not r.files_modified
+
+
+def _note(job: coordinator_pb2.Job) -> str:
+    """A queued job's wait, an ended one's error; for a success, whether it changed nothing."""
+    if job.status == "queued":
+        return job.wait_reason
+    if job.status == "success":
+        return NO_CHANGES if no_changes(job) else ""
+    return job.result.error if job.HasField("result") else ""
+
+
 def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
     t = FitTable(
         "NAME", "ADDRESS", "LINK", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS",
@@ -257,8 +278,7 @@ def jobs_table(run: coordinator_pb2.Run) -> FitTable:
         "JOB", "TASK", "NODE", "STATUS", "ATTEMPTS", "NOTE", whole=("JOB",), text=("TASK", "NODE", "NOTE")
     )
     for j in run.jobs:
-        note = j.wait_reason if j.status == "queued" else (j.result.error if j.HasField("result") else "")
-        t.add_row(j.id, j.name, j.node_name or "-", _job_status(j), str(len(j.attempts)), note)
+        t.add_row(j.id, j.name, j.node_name or "-", _job_status(j), str(len(j.attempts)), _note(j))
     return t
 
 
@@ -294,12 +314,13 @@ def results_table(run: coordinator_pb2.Run) -> FitTable:
             row += [str(r.exit_code) if done and j.status in ("success", "failed") else "-"]
         if checks:
             row += [r.check or "-"]
-        row += [(r.error or j.wait_reason) if j.status != "success" else ""]
+        row += [(r.error or j.wait_reason) if j.status != "success" else _note(j)]
         t.add_row(*row)
     return t
 
 
-# Better first: a passed check, then how the job ended; then cheaper, faster, smaller.
+# Better first: a passed check, then how the job ended, then whether it changed anything;
+# then cheaper, faster, smaller.
 _STATUS_RANK = {"success": 0, "partial": 1, "timeout": 2, "failed": 3, "cancelled": 4, "lost": 5}
 _CHECK_RANK = {"passed": 0, "": 1, "failed": 2}
 
@@ -325,12 +346,14 @@ def compare_rows(run: coordinator_pb2.Run) -> list[dict[str, Any]]:
                 "tokens_in": r.tokens_in,
                 "tokens_out": r.tokens_out,
                 "branch": r.branch,
+                "no_changes": no_changes(j),
             }
         )
     rows.sort(
         key=lambda x: (
             _CHECK_RANK.get(x["check"], 1),
             _STATUS_RANK.get(x["status"], 9),
+            x["no_changes"],
             x["cost_usd"],
             x["duration_s"],
             x["diff"],
@@ -358,7 +381,7 @@ def compare_table(rows: list[dict[str, Any]]) -> FitTable:
             _status(row["status"]),
             f"${row['cost_usd']:.4f}",
             _duration(row["duration_s"]),
-            f"{row['files']} files, {row['diff']} lines",
+            NO_CHANGES if row["no_changes"] else f"{row['files']} files, {row['diff']} lines",
             str(row["steps"]),
             row["branch"] or "-",
         )

@@ -17,12 +17,14 @@ import typer
 from cli.client import EXIT_FAILED, Client, CliError
 from cli.options import options
 from cli.render import (
+    NO_CHANGES,
     ProgressLines,
     compare_rows,
     compare_table,
     console,
     count,
     jobs_table,
+    no_changes,
     print_json,
     prune_lines,
     results_table,
@@ -112,6 +114,12 @@ def run(
     resume_from_partial: Annotated[
         bool, typer.Option(help="A retry starts from the work an earlier attempt pushed.")
     ] = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            help="With --repo: a job that changed nothing still pushes its branch (an empty commit)."
+        ),
+    ] = False,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the tasks; repeatable.")] = None,
     secret: Annotated[
         list[str] | None,
@@ -162,6 +170,7 @@ def run(
         timeout_s=timeout,
         retries=retries,
         resume_from_partial=resume_from_partial,
+        allow_empty=allow_empty,
         secrets=secret or [],
         name=name,
         env=_parse_pairs(env, "environment variable"),
@@ -239,12 +248,15 @@ def status(
         if o.json:
             print_json(to_dict(job))
             return
-        console.print(f"job {job.id}  {job.status}  {job.name}")
+        unchanged = job.status == "success" and no_changes(job)
+        console.print(f"job {job.id}  {job.status}{f' ({NO_CHANGES})' if unchanged else ''}  {job.name}")
         if job.wait_reason and job.status == "queued":
             console.print(f"waiting: {job.wait_reason}")
         for a in job.attempts:
+            # The winning attempt of a job that changed nothing pushed no branch (unless asked).
+            branch = NO_CHANGES if unchanged and a.status == "success" and not job.branch else a.branch
             console.print(
-                f"  attempt {a.number} on {a.node_name or a.node_id}: {a.status} {a.branch} {a.error}"
+                f"  attempt {a.number} on {a.node_name or a.node_id}: {a.status} {branch} {a.error}"
             )
         return
     run_msg = client.get_run(ident)

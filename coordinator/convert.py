@@ -138,6 +138,7 @@ def spec_to_pb(
         api_base=job.api_base,
         check=job.check,
         report_paths=dict(job.report_paths),
+        allow_empty=job.allow_empty,
         secrets=dict(secrets),
         resume_branches=list(resume_branches),
     )

@@ -282,6 +282,7 @@ class Result:
     check: str = ""  # passed | failed | "" (no check)
     answer: str = ""  # an agent's final answer
     reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say
+    log_lines_marked: int = 0  # of log_lines_lost, those the log marks where they went missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +357,7 @@ class Job:
     check: str = ""
     requires: str = ""  # an agent CLI the node must have, or "model:<model>" it must serve
     report_paths: Mapping[str, str] = field(default_factory=dict)
+    allow_empty: bool = False  # a job that changed nothing still pushes its branch (an empty commit)
 
 
 @dataclass(slots=True)

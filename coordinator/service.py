@@ -283,6 +283,7 @@ class Service:
                     timeout_s=sub.timeout_s,
                     max_attempts=1 + retries,
                     resume_from_partial=sub.resume_from_partial,
+                    allow_empty=sub.allow_empty,
                     secrets=sub.secrets,
                     env=dict(sub.env),
                     placement=sub.placement,

@@ -153,9 +153,10 @@ class NodeSessions:
             job, attempt = found
             if event.log_lines:  # what the node ran while no coordinator listened
                 self.rec.logs.append(job, attempt.id, event.log_lines)
-            lost = event.result.log_lines_lost
-            if lost:
-                # Lines that never reached us: say so where they belong, then the job's end.
+            # Lines that never reached us and that nothing marked yet (they went missing at
+            # the end): say so, then the job's end.
+            lost = event.result.log_lines_lost - event.result.log_lines_marked
+            if lost > 0:
                 tail = event.result.log_tail.splitlines()
                 note = f"[flota: {lost} lines were not delivered; the last {len(tail)} lines:]"
                 self.rec.logs.append(job, attempt.id, [note, *tail])

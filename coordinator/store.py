@@ -85,6 +85,7 @@ _SPEC_FIELDS = (
     "check",
     "requires",
     "report_paths",
+    "allow_empty",
 )
 # Columns added after the first release: (table, column, declaration). Added in place
 # when an older database is opened.

@@ -79,6 +79,7 @@ class Submission:
     api_base: str = ""
     check: str = ""
     resume_from_partial: bool = False
+    allow_empty: bool = False
     repo_path: str = ""
     repo_remote: str = ""
     repo_ref: str = ""
@@ -221,6 +222,7 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
         api_base=request.api_base,
         check=request.check,
         resume_from_partial=request.resume_from_partial,
+        allow_empty=request.allow_empty,
         repo_path=r.path,
         repo_remote=r.remote,
         repo_ref=r.ref,

@@ -81,6 +81,7 @@ class NodeDaemon:
             kill_grace_s=config.kill_grace_s,
             local_models=lambda: self.local_models,
             recheck_models=self._probe_models,
+            output_cap=int(config.output_cap_mb * (1 << 20)),
         )
         self.addresses: list[str] = []
         self.local_models: tuple[LocalModel, ...] = ()

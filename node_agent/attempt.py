@@ -16,17 +16,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from node_agent import lifecycle as lc
+from node_agent.backlog import Backlog
 from node_agent.models import Job, Result
 from node_agent.process import JobProcess, OutputTail
 from node_agent.workspace import CommitOutcome
 from protos.contract import ResultStatus, redact
 
-__all__ = ["HELD_BATCH", "HELD_BYTES", "Attempt", "job_env", "result_of", "without_secrets"]
+__all__ = ["HELD_BYTES", "Attempt", "job_env", "result_of", "without_secrets"]
 
-# Output held while no coordinator listens, per attempt: at most this much travels in
-# the result (well under the 4 MiB message limit); later lines are only counted.
+# Output held while no coordinator listens (node_agent.backlog): the newest of it, at
+# most this much, travels in the result (well under the 4 MiB message limit); the older
+# lines are counted, and marked.
 HELD_BYTES = 1 << 20
-HELD_BATCH = 1000
 
 
 @dataclass
@@ -47,24 +48,12 @@ class Attempt:
     helpers: asyncio.TaskGroup | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)  # cancelled when the driver ends
     # Output read while no coordinator listened: sent when one does, or in the result.
-    undelivered: list[str] = field(default_factory=list)
-    undelivered_bytes: int = 0
-    dropped: int = 0  # lines beyond what `undelivered` may hold
+    backlog: Backlog = field(default_factory=Backlog)
     secrets: Mapping[str, str] = field(default_factory=dict)  # in memory only, never journaled
 
     @property
     def id(self) -> str:
         return self.job.attempt_id
-
-    def hold(self, lines: list[str]) -> None:
-        """Keep lines no coordinator can take now, up to HELD_BYTES; count the rest."""
-        for line in lines:
-            size = len(line) + 1
-            if self.dropped or self.undelivered_bytes + size > HELD_BYTES:
-                self.dropped += 1
-            else:
-                self.undelivered.append(line)
-                self.undelivered_bytes += size
 
     def later(self, delay: float, event: lc.Event) -> None:
         """Feed ``event`` to the driver after ``delay`` seconds (unless it has ended)."""
@@ -72,8 +61,17 @@ class Attempt:
         self.timers.append(loop.call_later(delay, self.events.put_nowait, event))
 
 
-def result_of(a: Attempt, finish: lc.Finish, node_id: str, now: float, lines_lost: int) -> Result:
-    """The result of an attempt that ``finish`` ended; secrets redacted from what it says."""
+def result_of(
+    a: Attempt,
+    finish: lc.Finish,
+    node_id: str,
+    now: float,
+    held: tuple[str, ...],
+    lost: tuple[int, int],
+) -> Result:
+    """The result of an attempt that ``finish`` ended; secrets redacted from what it says.
+    ``held``: the output no coordinator has seen (the backlog's, marker first); ``lost``:
+    (lines that never reached a coordinator, of them those the log marks where they were)."""
     job, report, commit = a.job, a.state.report, a.commit
     exit_code = finish.exit_code
     if exit_code is None:  # it never ran, or its status was lost
@@ -103,8 +101,9 @@ def result_of(a: Attempt, finish: lc.Finish, node_id: str, now: float, lines_los
         node_id=node_id,
         model=job.model,
         # Lines no coordinator has seen travel in the result (bounded); beyond that, a count.
-        log_lines=tuple(a.undelivered),
-        log_lines_lost=lines_lost + a.dropped,
+        log_lines=held,
+        log_lines_lost=lost[0],
+        log_lines_marked=lost[1],
         check=report.check,
         answer=redact(report.answer, a.secrets),
     )

@@ -33,6 +33,7 @@ FILE_KEYS = frozenset(
         "model_servers",
         "agent_clis",
         "dial_home",
+        "output_cap_mb",
     }
 )
 
@@ -66,6 +67,9 @@ class NodeConfig:
     # Open the link to the coordinator ourselves (node_agent/home.py), announcing no
     # address to dial; without it the node still does once the coordinator cannot dial it.
     dial_home: bool = False
+    # Output of one attempt kept on disk (and in memory) while no coordinator takes it:
+    # the newest lines; older ones are dropped, counted and marked in the log.
+    output_cap_mb: float = 4.0
 
 
 def default_state_dir() -> Path:
@@ -136,6 +140,7 @@ def load_config(
             if stop_after_disconnect_s is not None
             else float(file.get("stop_after_disconnect_s", 600.0))
         )
+        output_cap = float(file.get("output_cap_mb", 4.0))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value in {path}: {exc}") from exc
     remotes = allow_remotes or [str(r) for r in file.get("allow_remotes", [])]
@@ -164,6 +169,8 @@ def load_config(
         raise ConfigError("lost-after must be between 1 second and 7 days (0: the coordinator's)")
     if not 0 <= disconnect <= 7 * 86400:
         raise ConfigError("stop-after-disconnect must be between 0 (never) and 7 days")
+    if not 1 <= output_cap <= 1024:
+        raise ConfigError(f"invalid output_cap_mb {output_cap:g} in {path} (1 to 1024 MiB)")
     return NodeConfig(
         state_dir=state_dir,
         name=name,
@@ -182,4 +189,5 @@ def load_config(
         model_servers=tuple(servers),
         agent_clis=tuple(clis),
         dial_home=home,
+        output_cap_mb=output_cap,
     )

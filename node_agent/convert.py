@@ -63,6 +63,7 @@ def job_from_proto(spec: types_pb2.JobSpec) -> Job:
         api_base=spec.api_base,
         check=spec.check,
         report_paths=dict(spec.report_paths),
+        allow_empty=spec.allow_empty,
     )
 
 
@@ -86,6 +87,7 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
         api_base=job.api_base,
         check=job.check,
         report_paths=dict(job.report_paths),
+        allow_empty=job.allow_empty,
     )
     if job.repo is not None:
         spec.repo.CopyFrom(

@@ -3,8 +3,8 @@
 Starts, results and heartbeats always go out. Log lines are the one thing that may not:
 with no coordinator connected, or one LOG_BACKLOG events behind, lines are counted
 instead of queued. The next chunk of that attempt that does go out starts with a marker
-saying how many are missing, and what is still unmarked when the attempt ends travels in
-its result (`log_lines_lost`). Memory stays bounded, a chatty job never costs the
+saying how many are missing; the result counts them all (`log_lines_lost`), and says how
+many of them were marked so (`log_lines_marked`). Memory stays bounded, a chatty job never costs the
 session, and a gap in a log is never silent.
 
 The hub is the session stream's edge: the runner hands it models and plain values, and
@@ -48,6 +48,7 @@ class Hub:
         self._subscribers: set[Subscription] = set()
         self._seq = 0
         self._gap: defaultdict[str, int] = defaultdict(int)  # attempt id -> lines not delivered
+        self._marked: defaultdict[str, int] = defaultdict(int)  # attempt id -> of those, marked
         self.alone = asyncio.Event()  # set while no session listens
         self.alone.set()
 
@@ -90,11 +91,13 @@ class Hub:
         missing = self._gap.pop(attempt_id, 0)
         if missing:
             lines = [gap_marker(missing), *lines]
+            self._marked[attempt_id] += missing
         event = self.event(log=node_pb2.LogLines(job_id=job_id, attempt_id=attempt_id, lines=lines))
         for sub in ready:
             sub.logs_queued += 1
             sub.queue.put_nowait(event)
 
-    def take_gap(self, attempt_id: str) -> int:
-        """Lines of an ending attempt that never went out and were never marked."""
-        return self._gap.pop(attempt_id, 0)
+    def take_gap(self, attempt_id: str) -> tuple[int, int]:
+        """(lines of an ending attempt that never went out and were never marked, lines
+        that never went out and were marked)."""
+        return self._gap.pop(attempt_id, 0), self._marked.pop(attempt_id, 0)

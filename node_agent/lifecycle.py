@@ -16,7 +16,8 @@ A stop has a reason, and the reason makes the status: ``cancelled`` (the user),
 ``timeout``, ``lost`` (the daemon is shutting down) or ``partial`` (cut off from the
 coordinator too long: the work so far is pushed so a retry can resume from it). The
 first reason wins. Whatever the reason, what the job wrote is committed and pushed
-when it has a repository: a branch is never thrown away.
+when it has a repository: a branch is never thrown away. A job that changed nothing
+pushes no branch (unless its spec allows an empty commit): its result is the base.
 
 This module is the only author of an attempt's outcome: the :class:`Finish` action
 carries the final status, error line, exit code and reason (an ``EndReason``, the typed
@@ -145,7 +146,7 @@ class GraceOver:
 
 @dataclass(frozen=True)
 class Committed:
-    error: str = ""  # "" when the branch is on the remote
+    error: str = ""  # "" when the branch is on the remote, or the job changed nothing to push
 
 
 Event = Prepared | PrepareFailed | SpawnFailed | Exited | Stop | GraceOver | Committed | Crashed

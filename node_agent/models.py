@@ -57,6 +57,7 @@ class Job:
     api_base: str = ""
     check: str = ""  # run in the worktree after the agent
     report_paths: Mapping[str, str] = field(default_factory=dict)  # agent CLIs: where their JSON keeps counts
+    allow_empty: bool = False  # push a commit even when the job changed nothing
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,9 @@ class Result:
     cost_usd: float = 0.0
     node_id: str = ""
     model: str = ""
-    log_lines_lost: int = 0
+    log_lines_lost: int = 0  # output lines no coordinator received
     log_lines: tuple[str, ...] = ()  # output no coordinator received while the job ran
+    log_lines_marked: int = 0  # of log_lines_lost, those the log marks where they were lost
     check: str = ""
     answer: str = ""
     reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say

@@ -33,7 +33,8 @@ from typing import Any
 
 from node_agent import lifecycle as lc
 from node_agent.agents.launch import command_for, read_report
-from node_agent.attempt import HELD_BATCH, Attempt, job_env, result_of, without_secrets
+from node_agent.attempt import HELD_BYTES, Attempt, job_env, result_of, without_secrets
+from node_agent.backlog import CAP_BYTES, Backlog, batches
 from node_agent.errors import SpawnError, WorkspaceError
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
@@ -62,6 +63,7 @@ class Runner:
         kill_grace_s: float = 5.0,
         local_models: Callable[[], Sequence[LocalModel]] = tuple,
         recheck_models: Callable[[], Awaitable[None]] | None = None,
+        output_cap: int = CAP_BYTES,
     ) -> None:
         self.node_id = node_id
         self.node_name = node_name
@@ -72,6 +74,7 @@ class Runner:
         self.kill_grace_s = kill_grace_s
         self._local_models = local_models
         self._recheck_models = recheck_models
+        self.output_cap = output_cap  # bytes of output kept per attempt while no coordinator listens
         self.keeper = KeeperClient()  # the parent of this daemon's job processes
         self.active: dict[str, Attempt] = {}
         self.finished: dict[str, Result] = {}  # attempt id -> result not yet acked
@@ -117,6 +120,7 @@ class Runner:
             report=report,
         )
         a = Attempt(job, state, started_at=entry.spawned_at or time.time())
+        a.backlog = Backlog.resumed(self.output_cap, entry.offset, entry.dropped, entry.marked)
         a.proc, a.spawned_at, a.reattach = proc, entry.spawned_at, proc is not None
         if entry.pid:
             a.cwd = self._cwd(job)
@@ -138,6 +142,7 @@ class Runner:
             job = without_secrets(job)
         self.journal.begin(job)
         a = Attempt(job, lc.State(job.attempt_id, job.repo is not None), started_at=time.time())
+        a.backlog = Backlog(self.output_cap)
         a.secrets = secrets
         self.hub.started(job.job_id, job.attempt_id, a.started_at)
         self._launch(a, [lc.Prepare()])
@@ -272,11 +277,13 @@ class Runner:
         assert a.helpers is not None, "helpers start from the driver"
         a.helpers.create_task(coro)
 
-    def _journal(self, write: Callable[..., None], *args: object) -> None:
+    def _journal(self, write: Callable[..., None], *args: object) -> bool:
         try:
             write(*args)
         except OSError as exc:  # disk full: go on; only a daemon restart would miss it
             log.error("cannot journal %s: %s", args[0], exc)
+            return False
+        return True
 
     # --- actions -------------------------------------------------------------------------
 
@@ -376,23 +383,34 @@ class Runner:
             a.later(left, lc.Stop(ResultStatus.TIMEOUT, f"timed out after {limit:g} s"))
 
     def _tail(self, a: Attempt, offset: int) -> OutputTail:
-        job = a.job
+        job, backlog = a.job, a.backlog
 
         def on_lines(lines: list[str]) -> None:
             if a.secrets:
                 lines = [redact(line, a.secrets) for line in lines]
             if not self.hub.listening:
-                a.hold(lines)
+                backlog.hold(lines)
                 return
-            if a.undelivered:
-                held, a.undelivered, a.undelivered_bytes = a.undelivered, [], 0
-                for i in range(0, len(held), HELD_BATCH):
-                    self.hub.log(job.job_id, job.attempt_id, held[i : i + HELD_BATCH])
+            if backlog.holding:  # a coordinator is back: what it missed goes first
+                for batch in batches(backlog.take()):
+                    self.hub.log(job.job_id, job.attempt_id, batch)
             self.hub.log(job.job_id, job.attempt_id, lines)
 
         def on_offset(offset: int) -> None:
-            if not a.undelivered:  # a restart re-reads what no coordinator has seen yet
-                self._journal(self.journal.published, a.id, offset)
+            backlog.reached(offset)
+            # A restart reads on from the oldest line no coordinator has seen yet.
+            snapshot = backlog.snapshot()
+            if snapshot is not None and self._journal(self.journal.published, a.id, *snapshot):
+                backlog.journaled = snapshot
+            upto = backlog.trim_to()
+            if upto:
+                try:
+                    backlog.can_trim = self.journal.trim(a.id, upto)
+                except OSError as exc:
+                    log.error("cannot free the output of %s on disk: %s", a.id, exc)
+                    backlog.can_trim = False
+                else:
+                    backlog.trimmed = upto
 
         return OutputTail(self.journal.output(a.id), offset, on_lines, on_offset)
 
@@ -411,7 +429,12 @@ class Runner:
         title = f"flota: {job.name or job.command}"[:200]
         try:
             a.commit = await asyncio.to_thread(
-                self.workspace.commit_and_push, a.cwd, job.branch, f"{title}\n\nstatus: {status}", trailers
+                self.workspace.commit_and_push,
+                a.cwd,
+                job.branch,
+                f"{title}\n\nstatus: {status}",
+                trailers,
+                allow_empty=job.allow_empty,
             )
         except WorkspaceError as exc:
             a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc}"))
@@ -419,12 +442,16 @@ class Runner:
         except OSError as exc:
             a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc.strerror or exc}"))
             return
-        a.events.put_nowait(lc.Committed("" if a.commit.pushed else a.commit.error or "push failed"))
+        done = a.commit.pushed or a.commit.empty  # nothing changed: nothing to push, the base is the result
+        a.events.put_nowait(lc.Committed("" if done else a.commit.error or "push failed"))
 
     async def _finish(self, a: Attempt, action: lc.Finish) -> None:
         if a.tail is not None:
             await a.tail.finish()
-        result = result_of(a, action, self.node_id, time.time(), self.hub.take_gap(a.id))
+        held = tuple(a.backlog.take(HELD_BYTES))
+        unmarked, marked = self.hub.take_gap(a.id)
+        lost = (a.backlog.marked + marked + unmarked, a.backlog.marked + marked)
+        result = result_of(a, action, self.node_id, time.time(), held, lost)
         self._journal(self.journal.finish, result)
         self.finished[a.id] = result
         self.active.pop(a.id, None)

@@ -20,7 +20,7 @@ Error handling: every failure of a local git step raises
 :class:`~node_agent.errors.WorkspaceError` with one readable line (``cannot fetch
 refs/flota/base/r1 from /srv/x.git: couldn't find remote ref ...``). A failed push is not
 an exception: :meth:`Workspace.commit_and_push` returns ``pushed=False`` and the commit
-stays on the mirror's local branch.
+stays on the mirror's local branch; a job that changed nothing gets neither (``empty``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ __all__ = ["CommitOutcome", "Workspace"]
 
 @dataclass(frozen=True)
 class CommitOutcome:
-    """What :meth:`Workspace.commit_and_push` produced; ``error`` is set when the push failed."""
+    """What :meth:`Workspace.commit_and_push` produced; ``error`` is set when the push failed.
+    ``empty``: the job changed nothing, and nothing was committed or pushed."""
 
     head_commit: str
     base_commit: str
@@ -55,6 +56,7 @@ class CommitOutcome:
     deletions: int
     pushed: bool
     error: str
+    empty: bool = False
 
 
 # Outranks in-tree .gitattributes, so no filter driver named by the repository can run.
@@ -271,8 +273,11 @@ class Workspace:
         message: str,
         trailers: Mapping[str, str],
         author: str = "flota <flota@localhost>",
+        allow_empty: bool = False,
     ) -> CommitOutcome:
-        """Commit everything in ``worktree`` (even nothing) and push it to ``refs/heads/<branch>``.
+        """Commit everything in ``worktree`` and push it to ``refs/heads/<branch>``; when its
+        files are the base's (the job changed nothing, whatever it committed itself), nothing
+        is committed or pushed (``empty``) unless ``allow_empty``: then an empty commit is.
 
         ``trailers`` become ``Key: value`` lines in the message's last paragraph. The diff
         stat is taken from the base commit recorded by :meth:`prepare` to the new head.
@@ -307,6 +312,10 @@ class Workspace:
         with _mirror_lock(mirror):
             _write_attributes(mirror)
             self.git.output(["add", "--all"], cwd=worktree, env=env, what=what)
+            tree = self.git.output(["write-tree"], cwd=worktree, env=env, what=what).strip()
+            start = self.git.output(["rev-parse", f"{base}^{{tree}}"], cwd=worktree, env=env, what=what)
+            if tree == start.strip() and not allow_empty:  # the job changed nothing
+                return CommitOutcome("", base, (), 0, 0, pushed=False, error="", empty=True)
             self.git.output(
                 [
                     "commit",

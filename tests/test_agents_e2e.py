@@ -90,6 +90,7 @@ def test_three_models_on_three_nodes_ranked_by_compare(fleet: Fleet, tmp_path: P
     )
     assert (m2["check"], m2["steps"], m2["files_modified"]) == ("passed", 3, ["hello.txt", "notes.md"])
     assert (m3["check"], m3["steps"], m3["files_modified"]) == ("failed", 1, [])
+    assert (m3["status"], m3["branch"]) == ("success", "")  # it answered in text: no changes, no branch
     assert git("--git-dir", str(remote), "show", f"refs/heads/{m1['branch']}:hello.txt") == "hello\n"
     # Every model call went to the loopback server with the job's prompt.
     assert {r["model"] for r in server.requests} == {m.removeprefix("openai/") for m in MODELS}
@@ -98,6 +99,7 @@ def test_three_models_on_three_nodes_ranked_by_compare(fleet: Fleet, tmp_path: P
 
     ranked = fleet.json("compare", run["id"])
     assert [r["model"] for r in ranked] == MODELS
+    assert [r["no_changes"] for r in ranked] == [False, False, True]
     assert [r["rank"] for r in ranked] == [1, 2, 3]
     table = fleet.flota("compare", run["id"], check=True).stdout
     assert table.index("gpt-4o-mini") < table.index("openai/gpt-4o ") < table.index("gpt-3.5-turbo")
@@ -234,7 +236,8 @@ def test_an_agents_own_limit_is_final_and_a_dead_model_server_is_one_clear_line(
     fleet.start_coordinator()
     fleet.start_node("a")
     fleet.start_node("b")
-    with FakeOpenAI([], default=call("list_files")) as server:
+    script = [call("write_file", path="wip.txt", content="halfway\n")]  # then it only looks around
+    with FakeOpenAI(script, default=call("list_files")) as server:
         code, run = follow(
             fleet,
             "--agent", "llm", "--model", "openai/fake", "--api-base", server.base_url,
@@ -246,7 +249,7 @@ def test_an_agents_own_limit_is_final_and_a_dead_model_server_is_one_clear_line(
     assert (job["status"], len(job["attempts"]), calls) == ("partial", 1, 2), job
     r = job["result"]
     assert (r["reason"], r["error"], r["steps"]) == ("max_steps", "max steps reached (2)", 2)
-    assert r["branch"]  # its work so far is pushed, as for any partial
+    assert r["branch"] and r["files_modified"] == ["wip.txt"]  # its work so far is pushed, as for any partial
     assert "partial (max steps)" in fleet.flota("results", run["id"]).stdout
 
     dead = "http://127.0.0.1:9/v1"  # the discard port: refused on loopback

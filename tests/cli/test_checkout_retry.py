@@ -137,7 +137,7 @@ def test_checkout_of_a_job_without_a_branch_says_why(fleet: Fleet, tmp_path: Pat
     )
     work, remote = make_repo(tmp_path / "repo")
     # The job takes its remote away: its work cannot be pushed, so there is no branch.
-    job = _run(fleet, work, f"rm -rf {remote}; exit 4")["jobs"][0]
+    job = _run(fleet, work, f"echo made > made.txt; rm -rf {remote}; exit 4")["jobs"][0]
     assert (job["status"], job["branch"]) == ("failed", "")
     out = fleet.flota("checkout", job["id"], cwd=work)
     assert out.returncode == 2
@@ -146,7 +146,7 @@ def test_checkout_of_a_job_without_a_branch_says_why(fleet: Fleet, tmp_path: Pat
 
     plain = tmp_path / "plain"
     plain.mkdir()
-    ok = _run(fleet, make_repo(tmp_path / "second")[0], "true")["jobs"][0]
+    ok = _run(fleet, make_repo(tmp_path / "second")[0], "echo made > made.txt")["jobs"][0]
     out = fleet.flota("checkout", ok["id"], cwd=plain)
     assert out.returncode == 2
     assert _one_line(out) == f"flota: {plain} is not in a git repository (--repo DIR names one)"

@@ -97,3 +97,48 @@ def test_a_status_says_why_a_job_stopped_short() -> None:
         assert "partial (max steps)" in text and "failed (model unreachable)" in text
         assert "partial (cut off)" in text
         assert text.count("failed (") == 1  # a plain failure has no reason to show
+
+
+def _contest() -> coordinator_pb2.Run:
+    """Three successes on a repository: one changed nothing (its agent answered in text),
+    cheaper and faster than the others; one changed a file; and a job with no repo."""
+    run = coordinator_pb2.Run(id="r9", status="success", repo_url="file:///repo")
+    for index, (files, cost, branch) in enumerate(
+        [((), 0.01, ""), (("a.py",), 0.50, "flota/r9/2"), (("b.py", "c.py"), 0.90, "flota/r9/3")], 1
+    ):
+        job = run.jobs.add(id=f"r9.{index}", name=f"task {index}", node_name="n1", status="success")
+        job.result.CopyFrom(
+            types_pb2.JobResult(
+                status="success",
+                branch=branch,
+                base_commit="b" * 40,
+                files_modified=list(files),
+                insertions=len(files),
+                cost_usd=cost,
+                duration_s=index,
+            )
+        )
+    return run
+
+
+def test_a_success_that_changed_nothing_says_so_and_ranks_below_those_that_did() -> None:
+    run = _contest()
+    for table in (results_table(run), jobs_table(run)):
+        lines = _render(table)
+        rows = {line.split()[0]: line for line in lines[1:]}
+        assert "no changes" in rows["r9.1"]
+        assert "no changes" not in rows["r9.2"] and "no changes" not in rows["r9.3"]
+    rows = compare_rows(run)
+    assert [r["job"] for r in rows] == ["r9.2", "r9.3", "r9.1"]  # cheapest, but it changed nothing
+    assert [r["no_changes"] for r in rows] == [False, False, True]
+    assert "no changes" in _render(compare_table(rows))[3]
+
+
+def test_jobs_without_a_repository_never_show_no_changes() -> None:
+    run = coordinator_pb2.Run(id="r8", status="success")
+    for index, cost in ((1, 0.5), (2, 0.1)):
+        job = run.jobs.add(id=f"r8.{index}", name="echo hi", node_name="n1", status="success")
+        job.result.CopyFrom(types_pb2.JobResult(status="success", cost_usd=cost))
+    assert not any("no changes" in line for line in _render(results_table(run)) + _render(jobs_table(run)))
+    rows = compare_rows(run)
+    assert [r["job"] for r in rows] == ["r8.2", "r8.1"] and not any(r["no_changes"] for r in rows)

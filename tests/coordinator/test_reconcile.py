@@ -813,6 +813,44 @@ def test_log_lines_of_inactive_attempts_are_dropped(h: Harness) -> None:
     h.run(scenario)
 
 
+@pytest.mark.parametrize(
+    ("lost", "marked", "note"),
+    [
+        pytest.param(0, 0, None, id="nothing-lost"),
+        pytest.param(7, 0, "[flota: 7 lines were not delivered; the last 2 lines:]", id="lost-at-the-end"),
+        pytest.param(7, 7, None, id="all-marked-in-place"),
+        pytest.param(9, 7, "[flota: 2 lines were not delivered; the last 2 lines:]", id="some-at-the-end"),
+    ],
+)
+def test_lost_lines_are_noted_at_the_end_unless_the_log_marks_them(
+    h: Harness, lost: int, marked: int, note: str | None
+) -> None:
+    """A node that dropped lines while cut off marks them in the lines it sends (and says
+    how many it marked): only lines lost unmarked get the note and the tail at the end."""
+
+    async def scenario() -> None:
+        link = h.node("nA", "node-a")
+        _, job = await run_on(h, link)
+        attempt_id = job.attempts[0].id
+        held = ("[flota: 7 earlier lines dropped on the node: the coordinator was unreachable]", "y", "z")
+        event = result_event(
+            job.id,
+            attempt_id,
+            "success",
+            log_lines=held if marked else (),
+            log_tail="y\nz",
+            log_lines_lost=lost,
+            log_lines_marked=marked,
+        )
+        h.rec.sessions.on_event("nA", event)
+        stored = [line for _, _, line in h.store.logs(job.id)]
+        expected = list(held) if marked else []
+        assert stored == expected + ([note, "y", "z"] if note else [])
+        assert h.stored(job).result.log_lines_marked == marked  # kept, as the node said it
+
+    h.run(scenario)
+
+
 def test_log_cap_holds_across_a_restart(h: Harness) -> None:
     async def scenario() -> None:
         first = h  # the coordinator before the restart

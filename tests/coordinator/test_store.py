@@ -79,6 +79,7 @@ def rich_job(run_id: str) -> Job:
         ),
         repo=Repo(url="/srv/repo.git", base_ref=f"refs/flota/base/{run_id}", base_commit="a" * 40),
         wait_reason="no node with 1 gpus",
+        allow_empty=True,
     )
 
 
@@ -103,6 +104,15 @@ def test_create_run_round_trips_every_field(store: Store) -> None:
     assert store.get_job("r1.0") == run.jobs[0]
     assert store.get_job("r1.1") == run.jobs[1]
     assert store.run_exists("r1")
+
+
+def test_a_job_stored_before_allow_empty_existed_reads_without_it(store: Store, db_path: Path) -> None:
+    run = make_run("r1", 1)
+    store.create_run(run)
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE jobs SET spec = json_remove(spec, '$.allow_empty')")
+        assert "allow_empty" not in db.execute("SELECT spec FROM jobs").fetchone()[0]
+    assert store.get_job("r1.0").allow_empty is False
 
 
 def test_unknown_run_and_job(store: Store) -> None:

@@ -30,6 +30,7 @@ def full_spec() -> types_pb2.JobSpec:
         api_base="http://127.0.0.1:1234/v1",
         check="make test",
         report_paths={"cost_usd": "usage.cost"},
+        allow_empty=True,
     )
     spec.repo.CopyFrom(
         types_pb2.RepoSpec(url="/srv/r.git", base_ref="refs/flota/base/r1", base_commit="a" * 40)
@@ -66,6 +67,7 @@ def test_a_result_round_trips() -> None:
         files_modified=["a", "b"],
         log_lines=["x"],
         log_lines_lost=3,
+        log_lines_marked=2,
         cost_usd=0.25,
         check="failed",
         answer="done",

@@ -24,7 +24,7 @@ def test_lines_with_no_session_are_counted_and_marked_when_one_comes() -> None:
         hub.log("r1.1", "r1.1.a1", ["d"])
         [event] = _drain(sub)
         assert list(event.log.lines) == [gap_marker(3), "d"]
-        assert hub.take_gap("r1.1.a1") == 0
+        assert hub.take_gap("r1.1.a1") == (0, 3)  # lost, and marked where they were
 
     asyncio.run(scenario())
 
@@ -41,7 +41,7 @@ def test_a_session_that_falls_behind_keeps_its_results_and_heartbeats() -> None:
         events = _drain(sub)
         kinds = [e.WhichOneof("kind") for e in events]
         assert kinds.count("log") == LOG_BACKLOG and kinds[-1] == "result"
-        assert hub.take_gap("r1.1.a1") == 5  # what the result will report as log_lines_lost
+        assert hub.take_gap("r1.1.a1") == (5, 0)  # lost at the end: unmarked
         # Once drained, delivery resumes and says what is missing first.
         hub.log("r1.1", "r1.1.a2", ["x"])
         [event] = _drain(sub)
@@ -61,6 +61,7 @@ def test_gap_is_marked_in_place_when_delivery_resumes_mid_job() -> None:
         hub.log("r1.1", "r1.1.a1", ["after"])
         [event] = _drain(sub)
         assert list(event.log.lines) == [gap_marker(2), "after"]
-        assert hub.take_gap("r1.1.a1") == 0
+        assert hub.take_gap("r1.1.a1") == (0, 2)
+        assert hub.take_gap("r1.1.a1") == (0, 0)
 
     asyncio.run(scenario())

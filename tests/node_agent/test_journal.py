@@ -81,6 +81,7 @@ def test_every_field_survives_the_files(root: Path) -> None:
         api_base="http://127.0.0.1:1/v1",
         check="make test",
         report_paths={"cost_usd": "usage.cost"},
+        allow_empty=True,
     )
     done = Result(
         "r1.0",
@@ -108,6 +109,7 @@ def test_every_field_survives_the_files(root: Path) -> None:
         log_lines=("l1", "l2"),
         check="passed",
         answer="a",
+        log_lines_marked=4,
     )
     journal.begin(full)
     journal.finish(done)
@@ -132,6 +134,10 @@ def test_reads_what_an_older_daemon_wrote(root: Path) -> None:
     assert entry.job == Job("r1.0", "r1", "r1.0.a1", command="true", repo=Repo("/srv/r.git", "", "c" * 40))
     assert entry.result == Result("r1.0", "r1.0.a1", ResultStatus.FAILED, exit_code=2)
     assert entry.stop is ResultStatus.CANCELLED
+    # An older daemon's offset file held the offset alone.
+    (older / "offset").write_text("4096")
+    (entry,) = Journal(root).entries()
+    assert (entry.offset, entry.dropped, entry.marked) == (4096, 0, 0)
     # and what this daemon writes, an older one reads
     assert types_pb2.JobSpec.FromString((older / "spec.pb").read_bytes()) == wire
     Journal(root).begin(entry.job)
@@ -146,7 +152,7 @@ def test_process_stop_offset_and_exit_are_journaled(root: Path) -> None:
     assert journal.exit_code("a1") is None
 
     journal.spawned("a1", 4242, 1795466310.29, 1795466311.0007234)
-    journal.published("a1", 1234)
+    journal.published("a1", 1234, 56, 7)
     journal.stopping("a1", ResultStatus.TIMEOUT, "timed out after 30 s")
     journal.exit_file("a1").write_text("137\n")  # as the node's keeper writes it
     assert journal.exit_code("a1") == 137
@@ -160,6 +166,8 @@ def test_process_stop_offset_and_exit_are_journaled(root: Path) -> None:
             spawned_at=1795466311.0007234,
             exit_code=137,
             offset=1234,
+            dropped=56,
+            marked=7,
             stop="timeout",
             stop_detail="timed out after 30 s",
         )
@@ -177,7 +185,15 @@ def test_a_stop_without_detail(root: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("proc", "12 not-a-time"), ("proc", ""), ("offset", "lots"), ("exit", "Killed"), ("exit", "")],
+    [
+        ("proc", "12 not-a-time"),
+        ("proc", ""),
+        ("offset", "lots"),
+        ("offset", "1 2 3 4"),
+        ("offset", "10 -2 0"),
+        ("exit", "Killed"),
+        ("exit", ""),
+    ],
 )
 def test_half_written_or_garbled_files_read_as_unknown(root: Path, name: str, content: str) -> None:
     journal = Journal(root)
@@ -279,3 +295,31 @@ def test_forget_does_not_follow_a_symlink_out_of_the_root(root: Path) -> None:
     journal.forget("link")
 
     assert (outside / "keep.txt").read_text() == "keep"
+
+
+def _on_disk(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def test_trim_frees_the_start_of_the_output_and_keeps_its_offsets(root: Path) -> None:
+    """A hole where the delivered (or dropped) output was: the disk blocks go, the size and
+    every later offset stay, and the job's appends go on at the end."""
+    journal = Journal(root)
+    journal.begin(spec("a1"))
+    out = journal.output("a1")
+    line = b"%07d a line of output, as a chatty job prints it\n"
+    with open(out, "ab", buffering=0) as job:  # as the keeper opens it for the job
+        job.write(b"".join(line % i for i in range(200_000)))  # about 11 MiB
+        size = out.stat().st_size
+        assert _on_disk(out) >= size - 4096
+        upto = (size - (1 << 20)) // 4096 * 4096
+        assert journal.trim("a1", upto)
+        assert out.stat().st_size == size
+        assert _on_disk(out) <= size - upto + 64 * 1024
+        job.write(b"after\n")
+    data = out.read_bytes()
+    assert data[:upto] == bytes(upto)
+    assert data[upto:size] == b"".join(line % i for i in range(200_000))[upto:]
+    assert data[size:] == b"after\n"
+    assert journal.trim("a1", upto)  # again: nothing more to free, no harm
+    assert journal.trim("gone", 4096)  # no output (yet): nothing to do

@@ -33,6 +33,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (cfg.listen_host, cfg.listen_port) == ("0.0.0.0", DEFAULT_PORT)
     assert (cfg.network, cfg.network_rules, cfg.labels) == ("", (), {})
     assert (cfg.slots, cfg.heartbeat_s, cfg.mdns) == (1, 1.0, True)
+    assert cfg.output_cap_mb == 4.0
 
 
 def test_default_name_is_the_short_hostname(tmp_path: Path) -> None:
@@ -138,6 +139,10 @@ def test_empty_network_flag_undeclares_the_file(tmp_path: Path) -> None:
         # listen
         pytest.param({"listen": "host:99999"}, "", "invalid listen address", id="listen-port-range"),
         pytest.param({}, 'listen = "host:http"', "invalid listen address", id="listen-from-file"),
+        # output kept while no coordinator takes it
+        pytest.param({}, "output_cap_mb = 0.5", "invalid output_cap_mb 0.5", id="output-cap-too-small"),
+        pytest.param({}, "output_cap_mb = 2048", "invalid output_cap_mb 2048", id="output-cap-too-big"),
+        pytest.param({}, 'output_cap_mb = "lots"', "invalid value", id="output-cap-not-a-number"),
         # the file itself
         pytest.param({}, "name = ", "cannot read", id="malformed-toml"),
         pytest.param({}, "[labels\n", "cannot read", id="malformed-table"),
@@ -237,3 +242,9 @@ def test_a_key_node_toml_does_not_know_is_refused_by_name(tmp_path: Path) -> Non
 def test_docs_list_exactly_the_keys_node_toml_takes() -> None:
     """docs/cli.md's node.toml table is the list users read: it must be the list the code takes."""
     assert documented_keys("node.toml") == FILE_KEYS
+
+
+@pytest.mark.parametrize("text", ["output_cap_mb = 1", "output_cap_mb = 1024", "output_cap_mb = 16.5"])
+def test_output_cap_from_the_file(tmp_path: Path, text: str) -> None:
+    _write(tmp_path, text)
+    assert load_config(tmp_path, name="n1").output_cap_mb == float(text.split("= ")[1])

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from node_agent.backlog import CAP_BYTES, END_KEPT, TRIM_STEP, dropped_marker
 from node_agent.convert import job_from_proto, node_jobs, result_to_proto
 from node_agent.errors import WorkspaceError
 from node_agent.hub import Hub
@@ -55,6 +56,7 @@ class Node:
         grace: float = 0.3,
         slots: int = 8,
         recheck_models: Callable[[], Awaitable[None]] | None = None,
+        output_cap: int = CAP_BYTES,
     ) -> None:
         self.journal = Journal(root / "jobs")
         self.workspace = workspace or Workspace(root / "work")
@@ -70,6 +72,7 @@ class Node:
             lambda: slots,
             grace,
             recheck_models=recheck_models,
+            output_cap=output_cap,
         )
 
     def _drain(self) -> None:
@@ -232,6 +235,83 @@ def test_the_journal_holds_output_exit_and_proc(
     node.runner.ack([spec.attempt_id])
     assert not d.exists()
     assert node.runner.finished == {}
+
+
+def test_output_no_coordinator_takes_keeps_its_tail_within_the_cap_on_disk(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    """Cut off from its coordinator, a node keeps the newest `cap` bytes of a chatty job's
+    output, on disk too (the journal's output file is freed behind it), through a daemon
+    restart; the log gets a marker, then the tail, and the result counts what was dropped."""
+    cap, first, second = 1 << 20, 2_000_000, 3_000_000  # about 21 MiB printed in all
+    slack = TRIM_STEP + 768 * 1024  # a trim step, a journal step, a batch, partial blocks
+    a = Node(tmp_path, output_cap=cap)
+    a.hub.unsubscribe(a.sub)  # no coordinator session
+    spec = new_spec(f"seq 1 {first}; {WAIT_FOR_GO}; seq {first + 1} {second}")
+    out = a.journal.output(spec.attempt_id)
+    printed = len("".join(f"{i}\n" for i in range(1, first + 1)))
+
+    def read_all(node: Node) -> bool:
+        attempt = node.runner.active.get(spec.attempt_id)
+        return attempt is not None and attempt.backlog.end == printed
+
+    run(crash_after(a, spec, lambda: read_all(a), "the first part read"))
+    assert out.stat().st_size == printed
+    assert out.stat().st_blocks * 512 <= max(cap, END_KEPT) + slack
+    entry = a.entry(spec.attempt_id)
+    assert entry.dropped > 0 and entry.marked == 0 and entry.offset >= printed - cap - 256 * 1024
+
+    b = Node(tmp_path, output_cap=cap)  # the restarted daemon reads on from the journal
+    b.hub.unsubscribe(b.sub)
+
+    async def scenario() -> types_pb2.JobResult:
+        b.runner.resume()
+        await b.until(lambda: read_all(b), "the first part read again")
+        (b.workspace.scratch_path(spec.attempt_id) / "go").touch()
+        peak = 0
+        deadline = time.monotonic() + 30
+        while spec.attempt_id not in b.runner.finished and time.monotonic() < deadline:
+            peak = max(peak, out.stat().st_blocks * 512)
+            await asyncio.sleep(0.01)
+        assert peak <= max(cap, END_KEPT) + slack + 8 * (1 << 20)  # at most one read behind
+        return result_to_proto(b.runner.finished[spec.attempt_id])
+
+    result = run(scenario())
+    assert out.stat().st_size > 20 * cap
+    assert out.stat().st_blocks * 512 <= max(cap, END_KEPT) + slack
+    lines = list(result.log_lines)
+    kept = [int(line) for line in lines[1:]]
+    assert lines[0] == dropped_marker(kept[0] - 1)
+    assert kept == list(range(kept[0], second + 1))  # the newest lines, in order, none missing
+    assert (result.log_lines_lost, result.log_lines_marked) == (kept[0] - 1, kept[0] - 1)
+    assert 900 * 1024 <= len("\n".join(lines)) <= (1 << 20) + 200  # the result holds its MiB
+    assert result.log_tail.splitlines() == [str(i) for i in range(second - 39, second + 1)]
+
+
+def test_a_coordinator_back_mid_job_gets_the_marker_then_the_kept_lines(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec]
+) -> None:
+    cap, first = 1 << 20, 1_000_000
+    node = Node(tmp_path, output_cap=cap)
+    node.hub.unsubscribe(node.sub)
+    spec = new_spec(f"seq 1 {first}; {WAIT_FOR_GO}; echo after")
+    printed = len("".join(f"{i}\n" for i in range(1, first + 1)))
+
+    async def scenario() -> types_pb2.JobResult:
+        assert node.runner.start(job_from_proto(spec)) == (True, "")
+        await node.until(lambda: node.runner.active[spec.attempt_id].backlog.end == printed, "read", 20)
+        node.sub = node.hub.subscribe()  # a coordinator session again
+        (node.workspace.scratch_path(spec.attempt_id) / "go").touch()
+        return await node.result(spec.attempt_id, timeout_s=20)
+
+    result = run(scenario())
+    lines = node.lines(spec.attempt_id)
+    kept = [int(line) for line in lines[1:-1]]
+    assert lines[0] == dropped_marker(kept[0] - 1) and lines[-1] == "after"
+    assert kept == list(range(kept[0], first + 1))
+    assert cap - 300 * 1024 <= sum(len(str(i)) + 1 for i in kept) <= cap  # the newest `cap` bytes
+    assert (result.log_lines_lost, result.log_lines_marked) == (kept[0] - 1, kept[0] - 1)
+    assert list(result.log_lines) == []  # all went out before the result
 
 
 # --- exit status, cwd, env -----------------------------------------------------------------
@@ -757,6 +837,32 @@ def test_repo_success_pushes_the_branch(
     assert "status: success" in message
     assert f"Flota-Attempt: {spec.attempt_id}" in message
     assert node.lines(spec.attempt_id) == [str(node.workspace.worktree_path(spec.attempt_id))]
+
+
+@pytest.mark.parametrize("allow_empty", [False, True])
+def test_repo_job_that_changed_nothing_succeeds_and_pushes_only_when_asked(
+    tmp_path: Path, new_spec: Callable[..., types_pb2.JobSpec], remote: tuple[Path, str], allow_empty: bool
+) -> None:
+    node = Node(tmp_path)
+    spec = repo_spec(new_spec, remote, "echo 'the answer is 42, no file needed'")
+    spec.allow_empty = allow_empty
+    result = run(node.run(spec))
+    bare, base = remote
+    assert (result.status, result.exit_code, result.error) == ("success", 0, "")
+    assert (result.base_commit, list(result.files_modified)) == (base, [])
+    on_remote = subprocess.run(
+        ["git", "rev-parse", "--verify", "-q", f"refs/heads/{spec.branch}"],
+        cwd=bare,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if allow_empty:
+        assert result.branch == spec.branch and on_remote == result.head_commit
+        assert git("rev-parse", f"{spec.branch}^{{tree}}", cwd=bare) == git(
+            "rev-parse", f"{base}^{{tree}}", cwd=bare
+        )
+    else:
+        assert (result.branch, result.head_commit, on_remote) == ("", "", "")
 
 
 def test_repo_cancel_keeps_the_worktree_and_pushes_the_branch(

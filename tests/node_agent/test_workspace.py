@@ -125,12 +125,46 @@ def test_prepare_commit_and_push_round_trip(ws: Workspace, remote: Remote) -> No
     )
 
 
-def test_commit_with_no_changes_still_records_the_job(ws: Workspace, remote: Remote) -> None:
+def test_a_job_that_changed_nothing_pushes_no_branch(ws: Workspace, remote: Remote) -> None:
     wt = ws.prepare(remote.url, BASE_REF, remote.base, "flota/r1/1", "r1.1.a1")
-    outcome = ws.commit_and_push(wt, "flota/r1/1", "nothing to do", {"Flota-Job": "r1.1"}, author="bot <b@x>")
+    (wt / "scratch.txt").write_text("made, then removed\n")
+    (wt / "scratch.txt").unlink()
+    outcome = ws.commit_and_push(wt, "flota/r1/1", "nothing to do", {"Flota-Job": "r1.1"})
+    assert outcome == CommitOutcome("", remote.base, (), 0, 0, pushed=False, error="", empty=True)
+    assert not remote.has("refs/heads/flota/r1/1")
+    assert git("rev-parse", "HEAD", cwd=wt).strip() == remote.base  # nor a local commit
+
+
+def test_an_empty_commit_is_pushed_when_asked(ws: Workspace, remote: Remote) -> None:
+    wt = ws.prepare(remote.url, BASE_REF, remote.base, "flota/r1/1", "r1.1.a1")
+    outcome = ws.commit_and_push(
+        wt, "flota/r1/1", "nothing to do", {"Flota-Job": "r1.1"}, author="bot <b@x>", allow_empty=True
+    )
     assert (outcome.files_modified, outcome.insertions, outcome.deletions, outcome.pushed) == ((), 0, 0, True)
-    assert outcome.head_commit != remote.base
+    assert not outcome.empty and outcome.head_commit != remote.base
     assert git("log", "-1", "--format=%an", "flota/r1/1", cwd=remote.bare).strip() == "bot"
+    assert git("rev-parse", "flota/r1/1^", cwd=remote.bare).strip() == remote.base
+
+
+def test_what_counts_as_a_change_is_the_tree_against_the_base(ws: Workspace, remote: Remote) -> None:
+    """The agent's own commits count: one that committed its change has changed something;
+    one that committed a change and its revert has not."""
+    wt = ws.prepare(remote.url, BASE_REF, remote.base, "flota/r1/3", "r1.3.a1")
+    (wt / "agent.txt").write_text("kept\n")
+    git("add", "agent.txt", cwd=wt)
+    git("commit", "-q", "-m", "agent's own commit", cwd=wt)
+    outcome = ws.commit_and_push(wt, "flota/r1/3", "result", TRAILERS)
+    assert (outcome.files_modified, outcome.pushed, outcome.empty) == (("agent.txt",), True, False)
+
+    wt = ws.prepare(remote.url, BASE_REF, remote.base, "flota/r1/4", "r1.4.a1")
+    (wt / "agent.txt").write_text("gone again\n")
+    git("add", "agent.txt", cwd=wt)
+    git("commit", "-q", "-m", "try", cwd=wt)
+    git("rm", "-q", "agent.txt", cwd=wt)
+    git("commit", "-q", "-m", "revert", cwd=wt)
+    outcome = ws.commit_and_push(wt, "flota/r1/4", "result", TRAILERS)
+    assert (outcome.files_modified, outcome.pushed, outcome.empty) == ((), False, True)
+    assert not remote.has("refs/heads/flota/r1/4")
 
 
 def test_commits_made_by_the_agent_count_from_base(ws: Workspace, remote: Remote) -> None:
@@ -324,6 +358,7 @@ def test_remove_run_refs_deletes_only_that_runs_refs_from_every_mirror(
     other = make_remote(tmp_path / "other")  # a second repository: a second mirror
     for key, branch in (("r1.0.a1", "flota/r1/0"), ("r1.0.a2", "flota/r1/0-a2"), ("r10.0.a1", "flota/r10/0")):
         wt = ws.prepare(remote.url, BASE_REF, remote.base, branch, key)
+        (wt / "result.txt").write_text(f"{key}\n")  # a change: a job that made none pushes nothing
         ws.commit_and_push(wt, branch, "result", TRAILERS)
     ws.prepare(other.url, BASE_REF, other.base, "flota/r1/1", "r1.1.a1")
     assert ws.find_resume(remote.url, remote.base, ["flota/r1/0"]) is not None  # refs/flota/resume/...

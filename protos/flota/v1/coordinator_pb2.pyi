@@ -405,6 +405,7 @@ class SubmitRunRequest(_message.Message):
     BUDGET_USD_FIELD_NUMBER: _builtins.int
     API_BASE_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
+    ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     timeout_s: _builtins.float
     retries: _builtins.int
     """extra attempts after a lost node; -1: default"""
@@ -416,6 +417,10 @@ class SubmitRunRequest(_message.Message):
     budget_usd: _builtins.float
     api_base: _builtins.str
     check: _builtins.str
+    allow_empty: _builtins.bool
+    """A job that changed nothing still pushes its branch (an empty commit); without it
+    such a job pushes no branch and its result says "no changes".
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpec]: ...
     @_builtins.property
@@ -446,10 +451,11 @@ class SubmitRunRequest(_message.Message):
         budget_usd: _builtins.float = ...,
         api_base: _builtins.str = ...,
         check: _builtins.str = ...,
+        allow_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "repo", b"repo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_base", b"api_base", "budget_usd", b"budget_usd", "check", b"check", "env", b"env", "max_steps", b"max_steps", "name", b"name", "placement", b"placement", "repo", b"repo", "resume_from_partial", b"resume_from_partial", "retries", b"retries", "secrets", b"secrets", "tasks", b"tasks", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "api_base", b"api_base", "budget_usd", b"budget_usd", "check", b"check", "env", b"env", "max_steps", b"max_steps", "name", b"name", "placement", b"placement", "repo", b"repo", "resume_from_partial", b"resume_from_partial", "retries", b"retries", "secrets", b"secrets", "tasks", b"tasks", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -360,6 +360,7 @@ class JobSpec(_message.Message):
     API_BASE_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
     REPORT_PATHS_FIELD_NUMBER: _builtins.int
+    ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     run_id: _builtins.str
     attempt_id: _builtins.str
@@ -381,6 +382,10 @@ class JobSpec(_message.Message):
     api_base: _builtins.str
     check: _builtins.str
     """Run in the worktree after the agent; its exit status is the result's `check`."""
+    allow_empty: _builtins.bool
+    """Push a commit even when the job changed nothing (its tree is the base's); without
+    it such a job pushes no branch.
+    """
     @_builtins.property
     def repo(self) -> Global___RepoSpec:
         """unset: the job runs in a scratch directory"""
@@ -430,10 +435,11 @@ class JobSpec(_message.Message):
         api_base: _builtins.str = ...,
         check: _builtins.str = ...,
         report_paths: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        allow_empty: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["repo", b"repo", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "job_id", b"job_id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "job_id", b"job_id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,6 +477,7 @@ class JobResult(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LOG_LINES_MARKED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     attempt_id: _builtins.str
     status: _builtins.str
@@ -504,6 +511,10 @@ class JobResult(_message.Message):
     reason: _builtins.str
     """Why it ended so, where the status alone does not say (protos/contract.py EndReason):
     max_steps | budget | time_limit | cut_off (partial) | model_unreachable (failed) | "".
+    """
+    log_lines_marked: _builtins.int
+    """Of log_lines_lost, the lines the log already marks where they went missing (a marker
+    line in log_lines, or in a chunk sent earlier): the rest were lost at the end.
     """
     @_builtins.property
     def files_modified(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -542,10 +553,11 @@ class JobResult(_message.Message):
         check: _builtins.str = ...,
         answer: _builtins.str = ...,
         reason: _builtins.str = ...,
+        log_lines_marked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_tail", b"log_tail", "model", b"model", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_lines_marked", b"log_lines_marked", "log_tail", b"log_tail", "model", b"model", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
