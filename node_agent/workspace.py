@@ -37,9 +37,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from node_agent.checks import check_commit, check_job_key, check_ref, check_url
 from node_agent.errors import WorkspaceError
-from node_agent.git import Git, commit_message, is_local_url, parse_author, parse_numstat
-from protos.limits import COMMIT_RE, CONTROL_RE, ID_RE, REF_RE, valid_id, valid_ref, valid_url
+from node_agent.git import Git, commit_message, parse_author, parse_numstat
+from protos.limits import COMMIT_RE, ID_RE, valid_id
 
 __all__ = ["CommitOutcome", "Workspace"]
 
@@ -133,7 +134,7 @@ class Workspace:
 
     def worktree_path(self, job_key: str) -> Path:
         """Where the worktree of ``job_key`` lives; raises on a key that could escape the root."""
-        return self.worktrees / _check_job_key(job_key)
+        return self.worktrees / check_job_key(job_key)
 
     # ----- prepare -----------------------------------------------------------------
 
@@ -153,11 +154,11 @@ class Workspace:
         """
         self._check_url(url)
         if base_ref:
-            _check_ref(base_ref, "base ref")
+            check_ref(base_ref, "base ref")
             if not base_ref.startswith("refs/"):
                 raise WorkspaceError(f"invalid base ref {base_ref!r}: must start with refs/")
-        _check_commit(base_commit)
-        _check_ref(branch, "branch")
+        check_commit(base_commit)
+        check_ref(branch, "branch")
         path = self.worktree_path(job_key)
         mirror = self.mirror_path(url)
         with _mirror_lock(mirror):
@@ -197,13 +198,13 @@ class Workspace:
         (branch, commit): where an earlier attempt left its work in progress. Branches
         that do not exist or do not descend from the base are skipped."""
         self._check_url(url)
-        _check_commit(base_commit)
+        check_commit(base_commit)
         mirror = self.mirror_path(url)
         with _mirror_lock(mirror):
             if not mirror.is_dir():
                 self._create_mirror(mirror, url)
             for branch in branches:
-                _check_ref(branch, "branch")
+                check_ref(branch, "branch")
                 dest = f"refs/flota/resume/{branch}"
                 try:
                     self._fetch(mirror, url, f"refs/heads/{branch}", base_commit, dest=dest)
@@ -223,7 +224,7 @@ class Workspace:
         return None
 
     def _check_url(self, url: str) -> None:
-        _check_url(url)
+        check_url(url)
         if not self.allow_remotes:
             return
         # A glob's * also matches "/": without this, /allowed/* would admit /allowed/../x.
@@ -287,8 +288,8 @@ class Workspace:
         worktree = Path(worktree)
         if worktree.parent != self.worktrees:
             raise WorkspaceError(f"{worktree} is not a worktree of {self.root}")
-        _check_job_key(worktree.name)
-        _check_ref(branch, "branch")
+        check_job_key(worktree.name)
+        check_ref(branch, "branch")
         text = commit_message(message, trailers)
         name, email = parse_author(author)
         mirror, admin = self._locate(worktree)
@@ -360,12 +361,12 @@ class Workspace:
     # ----- scratch and removal -----------------------------------------------------
 
     def scratch_path(self, job_key: str) -> Path:
-        return self.scratch_root / _check_job_key(job_key)
+        return self.scratch_root / check_job_key(job_key)
 
     def new_scratch(self, job_key: str) -> Path | None:
         """The directory for ``job_key`` if it did not exist yet: one mkdir, cheap enough for
         the event loop. None if it exists (a restart's leftover): :meth:`scratch` empties it."""
-        path = self.scratch_root / _check_job_key(job_key)
+        path = self.scratch_root / check_job_key(job_key)
         try:
             path.mkdir(mode=0o700)
         except FileExistsError:
@@ -374,7 +375,7 @@ class Workspace:
 
     def scratch(self, job_key: str) -> Path:
         """Return a fresh, empty directory for ``job_key`` (emptied if it existed)."""
-        path = self.scratch_root / _check_job_key(job_key)
+        path = self.scratch_root / check_job_key(job_key)
         _rmtree(path)
         path.mkdir(mode=0o700)
         return path
@@ -454,32 +455,6 @@ class Workspace:
 
 
 # ----- helpers ---------------------------------------------------------------------
-
-
-def _check_job_key(job_key: str) -> str:
-    if not valid_id(job_key):  # an attempt id: safe as a file name
-        raise WorkspaceError(f"invalid job key {job_key!r}: use 1-100 of A-Z a-z 0-9 . _ -")
-    return job_key
-
-
-def _check_commit(commit: str) -> None:
-    if not COMMIT_RE.match(commit):
-        raise WorkspaceError(f"invalid base commit {commit!r}: need a full lowercase hex object id")
-
-
-def _check_ref(name: str, kind: str) -> None:
-    if not valid_ref(name, REF_RE):  # a leading '-' would be parsed as an option
-        raise WorkspaceError(f"invalid {kind} {name!r}")
-
-
-def _check_url(url: str) -> None:
-    if valid_url(url):
-        return
-    plain = url and not url.startswith("-") and not CONTROL_RE.search(url)
-    # git runs inside the mirror, where a relative path would mean something else.
-    if plain and is_local_url(url) and not url.startswith(("/", "file://")):
-        raise WorkspaceError(f"invalid repository URL {url!r}: a local path must be absolute")
-    raise WorkspaceError(f"invalid repository URL {url!r}")
 
 
 def _write_attributes(mirror: Path) -> None:
