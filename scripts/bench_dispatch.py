@@ -18,7 +18,6 @@ client: SubmitRun, then WatchRun until the run's final event.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -35,8 +34,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchreport  # noqa: E402  (the table and JSON of every bench script)
 from bench_ray import latency  # noqa: E402  (the same figures for both sides)
-from benchreport import emit  # noqa: E402  (the table and JSON of every bench script)
 
 from cli.client import Client  # noqa: E402
 from node_agent.process import KeeperClient as Keeper  # noqa: E402
@@ -270,15 +269,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="100 sequential, 500 in flight and bulk")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    opts = parser.parse_args()
-    report = run(opts.quick)
-    emit(rows(report), report, opts.json)
-    return 0
+    return benchreport.main(__doc__, run, rows, "100 sequential, 500 in flight and bulk")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ arrival; same machine, same clock).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -24,9 +23,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchreport  # noqa: E402
 from bench_dispatch import NODES, SLOTS, bulk, one_job  # noqa: E402
 from bench_ray import latency  # noqa: E402
-from benchreport import emit  # noqa: E402
 
 from cli.client import Client  # noqa: E402
 from tests.fleet import Fleet  # noqa: E402
@@ -127,15 +126,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 500 jobs")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    opts = parser.parse_args()
-    report = run(opts.quick)
-    emit(rows(report), report, opts.json)
-    return 0
+    return benchreport.main(__doc__, run, rows, "2 rounds of 500 jobs")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ home (`--dial-home`). Jobs of `true` pinned to each in turn:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -24,9 +23,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchreport  # noqa: E402
 from bench_dispatch import one_job  # noqa: E402
 from bench_ray import latency  # noqa: E402
-from benchreport import emit  # noqa: E402
 
 from cli.client import Client  # noqa: E402
 from protos.flota.v1 import coordinator_pb2 as pb  # noqa: E402
@@ -85,15 +84,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="100 jobs each, a 10 s idle window")
-    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    opts = parser.parse_args()
-    report = run(opts.quick)
-    emit(rows(report), report, opts.json)
-    return 0
+    return benchreport.main(__doc__, run, rows, "100 jobs each, a 10 s idle window")
 
 
 if __name__ == "__main__":
