@@ -9,6 +9,7 @@ from rich.live import Live
 
 from cli.client import Client
 from cli.render import console, jobs_table
+from protos.contract import RUN_ACTIVE
 from protos.flota.v1 import coordinator_pb2
 
 __all__ = ["follow_run"]
@@ -25,7 +26,7 @@ def _watch(client: Client, run_id: str, on_job: Callable[[coordinator_pb2.Job], 
             elif kind == "run":
                 return event.run
         run = client.get_run(run_id)
-        if run.status not in ("running", "waiting"):
+        if run.status not in RUN_ACTIVE:
             return run
 
 

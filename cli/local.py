@@ -37,6 +37,7 @@ from cli.daemon import daemon_env
 from cli.options import options
 from cli.render import console, nodes_table, print_json, to_dict
 from protos import statelock
+from protos.contract import RUN_ACTIVE
 from protos.flota.v1 import coordinator_pb2 as pb
 
 __all__ = ["down", "down_local", "running_jobs", "up", "up_local"]
@@ -331,7 +332,7 @@ def running_jobs(client: Client) -> list[pb.Job]:
     """The jobs a stop would cut off, oldest run first (runs come newest first)."""
     jobs: list[pb.Job] = []
     for run in reversed(client.list_runs(limit=1000).runs):
-        if run.status in ("running", "waiting"):
+        if run.status in RUN_ACTIVE:
             jobs += [j for j in client.get_run(run.id).jobs if j.status in ACTIVE]
     return jobs
 

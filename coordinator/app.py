@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import ipaddress
 import json
 import logging
 import os
@@ -19,7 +18,6 @@ import signal
 from collections.abc import Callable
 
 import grpc
-import psutil
 
 from coordinator.api import CoordinatorServicer, EnrollmentServicer
 from coordinator.config import CoordinatorConfig
@@ -35,6 +33,7 @@ from coordinator.store import Store
 from coordinator.stream import watch_nodes
 from protos import statelock
 from protos.channels import SERVER_OPTIONS, CallGate
+from protos.entry import lan_address
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 __all__ = ["serve", "Coordinator"]
@@ -55,22 +54,6 @@ def _keypair(ca: CertificateAuthority, directory: str, issue: Callable[[], KeyPa
     write_private(cert, pair.cert_pem)
     write_private(d / "ca.pem", ca.cert_pem)
     return pair
-
-
-def _guess_host() -> str:
-    """An address nodes on the LAN can reach: the first private IPv4 of an up interface."""
-    stats = psutil.net_if_stats()
-    for name, addrs in psutil.net_if_addrs().items():
-        if name in stats and not stats[name].isup:
-            continue
-        for a in addrs:
-            try:
-                ip = ipaddress.ip_address(a.address)
-            except ValueError:
-                continue
-            if ip.version == 4 and not ip.is_loopback and not ip.is_link_local:
-                return a.address
-    return "127.0.0.1"
 
 
 def _bind(host: str, port: int) -> str:
@@ -119,7 +102,7 @@ class Coordinator:
     ) -> None:
         cfg = self.config
         advertise = cfg.advertise or (
-            cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::") else _guess_host()
+            cfg.listen_host if cfg.listen_host not in ("0.0.0.0", "::") else lan_address()
         )
         # Nodes only register (one call at a time); the CLI's calls are the admin's own.
         api = grpc.aio.server(

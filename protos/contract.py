@@ -17,6 +17,7 @@ __all__ = [
     "FLOTA_VERSION",
     "OLDEST_PROTOCOL",
     "PROTOCOL",
+    "RUN_ACTIVE",
     "node_protocol",
     "redact",
     "ADMIN_CN_PREFIX",
@@ -39,6 +40,9 @@ __all__ = [
     "node_server_name",
     "parse_hostport",
 ]
+
+# A run's statuses while it is not over ("waiting": running, with no job placed now).
+RUN_ACTIVE = ("running", "waiting")
 
 # The release, for every part (pyproject.toml reads it from here).
 FLOTA_VERSION = "0.1.0"

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
 import socket
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psutil
+
 from protos import statelock
 
-__all__ = ["CannotListen", "OneLineParser", "bind_reason", "check_port_free", "read_settings"]
+__all__ = ["CannotListen", "OneLineParser", "bind_reason", "check_port_free", "read_settings", "lan_address"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -78,3 +81,20 @@ def check_port_free(state_dir: Path, host: str, port: int) -> None:
         if reason:
             raise CannotListen(f"cannot listen on {host}:{port}: {reason}") from None
         # Anything else (a name that does not resolve ...) is left to the daemon's own error.
+
+
+def lan_address() -> str:
+    """An address others on the LAN can reach this machine at, for a wildcard listener:
+    the first private IPv4 of an interface that is up (127.0.0.1 when there is none)."""
+    stats = psutil.net_if_stats()
+    for name, addrs in psutil.net_if_addrs().items():
+        if name in stats and not stats[name].isup:
+            continue
+        for a in addrs:
+            try:
+                ip = ipaddress.ip_address(a.address)
+            except ValueError:
+                continue
+            if ip.version == 4 and not ip.is_loopback and not ip.is_link_local:
+                return a.address
+    return "127.0.0.1"

@@ -25,6 +25,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from protos.contract import RUN_ACTIVE  # noqa: E402
 from tests.fake_openai import FakeOpenAI, call  # noqa: E402
 from tests.fleet import Fleet, wait_until  # noqa: E402
 
@@ -67,7 +68,7 @@ def main() -> int:
                     wait_until(lambda: server.request_times, timeout=60, period=0.005, what="first call")
                     first_call.append(server.request_times[0] - started)
                     samples = []
-                    while fleet.json("status", run["id"])["status"] in ("running", "waiting"):
+                    while fleet.json("status", run["id"])["status"] in RUN_ACTIVE:
                         samples.append(daemon.memory_info().rss / 2**20)
                         time.sleep(0.05)
                     times = server.request_times

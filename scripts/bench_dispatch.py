@@ -39,6 +39,7 @@ from bench_ray import latency  # noqa: E402  (the same figures for both sides)
 
 from cli.client import Client  # noqa: E402
 from node_agent.process import KeeperClient as Keeper  # noqa: E402
+from protos.contract import RUN_ACTIVE  # noqa: E402
 from protos.flota.v1 import coordinator_pb2 as pb  # noqa: E402
 from tests.fleet import Fleet, wait_until  # noqa: E402
 
@@ -155,7 +156,7 @@ def memory(fleet: Fleet, client: Client, node: subprocess.Popen[bytes]) -> dict[
         keeper_rss_mb = sum(p.memory_info().rss for p in keepers) / 2**20
     finally:
         client.cancel(run.id)
-        ended = lambda: client.get_run(run.id).status not in ("running", "waiting")  # noqa: E731
+        ended = lambda: client.get_run(run.id).status not in RUN_ACTIVE  # noqa: E731
         wait_until(ended, timeout=30, what="the sleeping jobs to stop")
     return {
         "idle_rss_mb": idle,

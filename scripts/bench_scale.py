@@ -51,6 +51,7 @@ from benchreport import emit  # noqa: E402  (the table and JSON of every bench s
 from cli.client import Client  # noqa: E402
 from node_agent.enroll import join  # noqa: E402
 from node_agent.errors import EnrollError  # noqa: E402
+from protos.contract import RUN_ACTIVE  # noqa: E402
 from protos.flota.v1 import coordinator_pb2 as pb  # noqa: E402
 from tests.fleet import Fleet, wait_until  # noqa: E402
 
@@ -462,9 +463,7 @@ def run(
         deadline = t0 + max(300.0, n_jobs * 0.2)
         while pending and time.monotonic() < deadline:
             listed = client.list_runs(n_runs + 10)
-            pending -= {
-                r.id for r in listed.runs if r.id in pending and r.status not in ("running", "waiting")
-            }
+            pending -= {r.id for r in listed.runs if r.id in pending and r.status not in RUN_ACTIVE}
             if pending:
                 time.sleep(0.1)
         elapsed = time.monotonic() - t0

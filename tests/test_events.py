@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from protos.contract import RUN_ACTIVE
 from tests.fleet import Fleet, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -189,7 +190,7 @@ def test_a_retry_is_in_the_stream(fleet: Fleet, tmp_path: Path) -> None:
         stream.until(_of("live"))
         fleet.flota("retry", run["id"], check=True)
         again = stream.until(_of("run.updated", run["id"]))
-        assert again["run"]["status"] in ("running", "waiting")
+        assert again["run"]["status"] in RUN_ACTIVE
         stream.until(_of("job.queued", f"{run['id']}.1"))
         ended = stream.until(_of("run.ended", run["id"]))
         assert ended["run"]["status"] == "success"

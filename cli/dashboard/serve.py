@@ -14,7 +14,6 @@ import signal
 import socket
 import webbrowser
 
-import psutil
 from aiohttp import web
 
 from cli.client import CliError
@@ -25,7 +24,7 @@ from cli.dashboard.command import Plan
 from cli.dashboard.coord import Coordinator
 from cli.dashboard.diff import Diffs
 from cli.dashboard.feed import Feed
-from protos.entry import bind_reason
+from protos.entry import bind_reason, lan_address
 
 __all__ = ["serve"]
 
@@ -51,15 +50,7 @@ def _shown_host(host: str) -> str:
     """The address to print for a wildcard listener: this machine's first LAN address."""
     if not ipaddress.ip_address(host).is_unspecified:
         return host
-    for addresses in psutil.net_if_addrs().values():
-        for a in addresses:
-            try:
-                ip = ipaddress.ip_address(a.address)
-            except ValueError:
-                continue
-            if ip.version == 4 and not ip.is_loopback and not ip.is_link_local:
-                return a.address
-    return "127.0.0.1"
+    return lan_address()
 
 
 async def serve(plan: Plan, address: str | None, open_page: bool, as_json: bool) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from protos.contract import RUN_ACTIVE
 from tests.fleet import Fleet, git, make_repo, wait_until
 
 
@@ -242,7 +243,7 @@ def test_retry_failed_takes_only_the_jobs_that_did_not_succeed(fleet: Fleet, tmp
     # Running again; shown as waiting while none of its jobs has a node yet.
     assert reply["retried"] == ids[1:] and reply["run"]["status"] == "waiting"
     final = wait_until(
-        lambda: (r := fleet.json("status", run["id"]))["status"] not in ("running", "waiting") and r,
+        lambda: (r := fleet.json("status", run["id"]))["status"] not in RUN_ACTIVE and r,
         60,
         "the run to end again",
     )

@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
+from protos.contract import RUN_ACTIVE
 from tests.fleet import Fleet, git, make_repo
 from tests.lab.netlab import Lab
 from tests.lab.test_multihost import FINAL, Site, job_if, node_state, poll
@@ -198,7 +199,7 @@ def test_coordinator_killed_mid_run_every_job_ends_exactly_once(site: Site, tmp_
     coordinator(site)
     poll(lambda: all(node_state(fleet, n, "online") for n in NODES), what="nodes reconnected")
     _, done = poll(
-        lambda: (r := fleet.json("status", run["id"]))["status"] not in ("running", "waiting") and r,
+        lambda: (r := fleet.json("status", run["id"]))["status"] not in RUN_ACTIVE and r,
         timeout=90,
         what="run end",
     )
