@@ -24,6 +24,7 @@ from cli.render import (
     console,
     count,
     jobs_table,
+    metered_line,
     no_changes,
     print_json,
     prune_lines,
@@ -252,6 +253,8 @@ def status(
         console.print(f"job {job.id}  {job.status}{f' ({NO_CHANGES})' if unchanged else ''}  {job.name}")
         if job.wait_reason and job.status == "queued":
             console.print(f"waiting: {job.wait_reason}")
+        if job.result.HasField("metered"):
+            console.print(metered_line(job.result.metered))
         for a in job.attempts:
             # The winning attempt of a job that changed nothing pushed no branch (unless asked).
             branch = NO_CHANGES if unchanged and a.status == "success" and not job.branch else a.branch

@@ -113,7 +113,12 @@ class Meter:
             fd = -1
         if fd >= 0:
             ended: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+
+            def readable() -> None:
+                if not ended.done():
+                    ended.set_result(None)
+
+            loop.add_reader(fd, readable)
             try:
                 await ended
             finally:

@@ -52,7 +52,9 @@ class _Provider(BaseHTTPRequestHandler):
             self._json({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
                         "usage": {"prompt_tokens": tin, "completion_tokens": tout}})  # fmt: skip
         elif self.path == "/v1/chat/completions":
-            events = [{"choices": [{"index": 0, "delta": {"content": w}}]} for w in ("hel", "lo")]
+            events: list[dict[str, Any]] = [
+                {"choices": [{"index": 0, "delta": {"content": w}}]} for w in ("hel", "lo")
+            ]
             if (body.get("stream_options") or {}).get("include_usage"):
                 events.append({"choices": [], "usage": {"prompt_tokens": tin, "completion_tokens": tout}})
             self._stream([f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"])

@@ -213,8 +213,8 @@ def _loop(
             continue
         except BudgetRefused as exc:  # the node's metering proxy keeps the budget
             state.steps -= 1  # refused before any model saw it: not a step
-            say(f"budget: {one_line(str(exc))}")
-            return state.report(ResultStatus.PARTIAL, f"budget: {exc}", clock(), EndReason.BUDGET)
+            say(one_line(str(exc)))
+            return state.report(ResultStatus.PARTIAL, str(exc), clock(), EndReason.BUDGET)
         except ModelError as exc:
             say(f"model error: {one_line(str(exc))}")
             return state.report(ResultStatus.FAILED, str(exc), clock())

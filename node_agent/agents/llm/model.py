@@ -237,7 +237,12 @@ class LiteLLMModel:
 def _budget(exc: BaseException) -> BudgetRefused | None:
     """HTTP 402, payment required (litellm raises it as an APIError for OpenAI, a
     BadRequestError for Anthropic): the metering proxy refused the call for the budget."""
-    return BudgetRefused(_first_line(exc)) if getattr(exc, "status_code", None) == 402 else None
+    if getattr(exc, "status_code", None) != 402:
+        return None
+    line = _first_line(exc)
+    return BudgetRefused(
+        line[line.find("flota: ") :] if "flota: " in line else line
+    )  # not litellm's prefixes
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
