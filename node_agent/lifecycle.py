@@ -240,6 +240,8 @@ def _judged(state: State, status: ResultStatus, error: str, reason: EndReason) -
     report, meter = state.report, state.meter
     if status == ResultStatus.FAILED and state.meter_down:
         return status, state.meter_down, EndReason.NONE
+    if state.stop == ResultStatus.FAILED:  # the daemon failed it (its proxy went): that says why
+        return status, error, reason
     if status == ResultStatus.FAILED and report.status == ResultStatus.PARTIAL:  # its steps or budget
         return ResultStatus.PARTIAL, report.error or AGENT_STOPPED, report.reason
     if status == ResultStatus.FAILED and meter is not None and meter.refused:  # the proxy's budget

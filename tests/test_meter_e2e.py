@@ -128,7 +128,8 @@ def test_an_external_agent_is_stopped_at_its_budget_and_never_sees_the_key(
     gate = tmp_path / "gate"
     with FakeOpenAI(default=text("ok", usage=(10, 4000))) as server:
         submitted = fleet.flota(
-            "--json", "run", "--api-base", server.base_url, "--secret", "OPENAI_API_KEY", "--env", f"GATE={gate}",
+            "--json", "run", "--api-base", server.base_url, "--secret", "OPENAI_API_KEY",
+            "--env", f"GATE={gate}",
             "--budget-per-worker", str(FOUR_CALLS), "--repo", str(work), agent_command(tmp_path),
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr
@@ -165,7 +166,8 @@ def wait_job(fleet: Fleet, run_id: str) -> dict[str, Any]:
         job: dict[str, Any] = fleet.json("status", run_id)["jobs"][0]
         return job if job["status"] not in ("queued", "dispatching", "running") else None
 
-    return wait_until(ended, timeout=120, what="the job's end")
+    job: dict[str, Any] = wait_until(ended, timeout=120, what="the job's end")
+    return job
 
 
 def test_a_proxy_killed_mid_job_fails_the_job_and_lets_no_call_through(fleet: Fleet, tmp_path: Path) -> None:
@@ -173,7 +175,8 @@ def test_a_proxy_killed_mid_job_fails_the_job_and_lets_no_call_through(fleet: Fl
     gate = tmp_path / "gate"
     with FakeOpenAI(default=text("ok", usage=(10, 10))) as server:
         submitted = fleet.flota(
-            "--json", "run", "--api-base", server.base_url, "--secret", "OPENAI_API_KEY", "--env", f"GATE={gate}",
+            "--json", "run", "--api-base", server.base_url, "--secret", "OPENAI_API_KEY",
+            "--env", f"GATE={gate}",
             "--budget-per-worker", "1", agent_command(tmp_path),
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr

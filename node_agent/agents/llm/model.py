@@ -239,10 +239,8 @@ def _budget(exc: BaseException) -> BudgetRefused | None:
     BadRequestError for Anthropic): the metering proxy refused the call for the budget."""
     if getattr(exc, "status_code", None) != 402:
         return None
-    line = _first_line(exc)
-    return BudgetRefused(
-        line[line.find("flota: ") :] if "flota: " in line else line
-    )  # not litellm's prefixes
+    line = _first_line(exc)  # the proxy's line, without litellm's prefixes
+    return BudgetRefused(line[line.find("flota: ") :] if "flota: " in line else line)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
