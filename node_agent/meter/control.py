@@ -166,6 +166,8 @@ async def start(job: Job, journal_dir: Path, env: Mapping[str, str], local_base:
     }
     child_env = {k: v for k, v in os.environ.items() if k not in KEY_VARIABLES}
     child_env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    here = str(Path(__file__).resolve().parents[2])  # where node_agent is imported from, for -m
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
     return await asyncio.to_thread(_launch, settings, child_env, journal_dir, token, state)
 
 
