@@ -1,8 +1,9 @@
 """Budgets that bind every agent (node_agent.meter) on a local fleet: the built-in llm
 agent and a shell job acting as an agent CLI (Python's urllib to $OPENAI_BASE_URL) each
 stopped at the budget by the node's metering proxy, with the model server's request count
-asserted; the provider key in neither the job's environment nor its files; and a proxy
-killed mid-job failing the job, with no call reaching the provider unmetered."""
+asserted; the provider key in neither the job's environment nor its files; a proxy
+killed mid-job failing the job, with no call reaching the provider unmetered; and a
+daemon restart that keeps its jobs keeping their proxies too."""
 
 from __future__ import annotations
 
@@ -70,9 +71,9 @@ def run(fleet: Fleet, *args: str) -> dict[str, Any]:
     return job
 
 
-def start(fleet: Fleet) -> None:
+def start(fleet: Fleet, *node_args: str) -> None:
     fleet.start_coordinator()
-    fleet.start_node("a")
+    fleet.start_node("a", *node_args)
     set_key = fleet.flota("secret", "set", "OPENAI_API_KEY", input_text=KEY + "\n")
     assert set_key.returncode == 0, set_key.stderr
 
@@ -191,3 +192,29 @@ def test_a_proxy_killed_mid_job_fails_the_job_and_lets_no_call_through(fleet: Fl
     r = job["result"]
     assert job["status"] == "failed", r
     assert r["error"].startswith("the job's metering proxy stopped; the job was failed"), r["error"]
+
+
+def test_a_daemon_restart_keeps_the_jobs_proxy_and_its_count(fleet: Fleet, tmp_path: Path) -> None:
+    start(fleet, "--lost-after", "60")
+    gate = tmp_path / "gate"
+    with FakeOpenAI(default=text("ok", usage=(10, 4000))) as server:
+        submitted = fleet.flota(
+            "--json", "run", "--api-base", server.base_url, "--secret", "OPENAI_API_KEY",
+            "--env", f"GATE={gate}", "--budget-per-worker", str(FOUR_CALLS), agent_command(tmp_path),
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        run_id = json.loads(submitted.stdout)["id"]
+        wait_until(lambda: (tmp_path / "gate.waiting").exists(), timeout=60, what="the job's first call")
+        assert fleet.stop("a", signal.SIGUSR1) == 0  # restart, keep jobs
+        fleet.start_node("a", "--lost-after", "60", join=False)
+        gate.touch()  # the job goes on, through the proxy the first daemon started
+        job = wait_job(fleet, run_id)
+        requests = server.requests
+    r = job["result"]
+    assert len(requests) == 4
+    assert (job["status"], r["reason"]) == ("partial", "budget"), r
+    assert (r["metered"]["calls"], r["metered"]["refused"]) == (
+        4,
+        1,
+    )  # the whole count, read by the new daemon
+    assert [a["status"] for a in job["attempts"]] == ["partial"]
