@@ -69,7 +69,9 @@ def run(
     workers: Annotated[
         int | None, typer.Option(help="Jobs to run; tasks and models are dealt round-robin.")
     ] = None,
-    budget_per_worker: Annotated[float | None, typer.Option(help="USD budget of each llm job.")] = None,
+    budget_per_worker: Annotated[
+        float | None, typer.Option(help="USD budget of each job, kept by a metering proxy on its node.")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Model calls allowed per llm job.")] = None,
     check: Annotated[
         str | None, typer.Option(help="A command run in the worktree after the agent; pass/fail is recorded.")
