@@ -399,9 +399,7 @@ class Runner:
             recorded = self.journal.exit_code(a.id)  # the command's own status, if it got to write it
             # Small files (a shell job's: one stat), read on the loop as the daemon always has.
             report = read_report(a.job, self.journal.dir(a.id), self.journal.output(a.id))
-            figures, down = (meter.figures(), meter.down_line()) if meter else (None, "")
-            if meter is not None:
-                meter.stop()
+            figures, down = await meter.end() if meter else (None, "")
             a.events.put_nowait(lc.Exited(recorded if recorded is not None else code, report, figures, down))
 
         async def watch_meter(meter: meters.Meter) -> None:

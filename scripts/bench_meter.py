@@ -77,9 +77,8 @@ def run(quick: bool) -> dict[str, Any]:
                 for k in KINDS:
                     times[k].append(calls[k]())
             rss_mb = psutil.Process(meter.process.pid).memory_info().rss / 2**20
-            figures = meter.figures()
         finally:
-            meter.stop()
+            figures, _ = asyncio.run(meter.end())
     return {
         "n": n,
         "latency_ms": {k: latency(v) for k, v in times.items()},

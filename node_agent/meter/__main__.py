@@ -3,10 +3,11 @@
 Its settings arrive as one JSON object on stdin (so the provider keys are in no
 environment, argument list or file): ``openai_base``, ``anthropic_base``, ``openai_key``,
 ``anthropic_key``, ``token`` (the job's), ``budget_usd`` and ``state`` (the figures file).
-It listens on 127.0.0.1 (a port of its own), writes its figures to ``state`` at the start
-and after every call (:func:`figures`), prints the port on stdout, and serves until
-SIGTERM. On Linux it makes itself non-dumpable first, so a process of the same user (the
-job) cannot read its memory or environment through /proc.
+It listens on 127.0.0.1 (a port of its own), writes its figures to ``state`` at the start,
+within 50 ms of every call and when it stops (:func:`figures`), prints the port on stdout,
+and serves until SIGTERM (the daemon stops it, and waits, before it reads the figures).
+On Linux it makes itself non-dumpable first, so a process of the same user (the job)
+cannot read its memory or environment through /proc.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from node_agent.meter.proxy import Upstream, make_app
 from node_agent.meter.usage import Ledger
 
 _PR_SET_DUMPABLE = 4
+_WRITE_AFTER_S = 0.05  # the figures file, at most this late (and exact once the proxy stops)
 
 
 def figures(ledger: Ledger, port: int) -> dict[str, Any]:
@@ -74,13 +76,18 @@ async def serve(settings: dict[str, Any]) -> None:
         str(settings.get("anthropic_key") or ""),
     )
     port = 0
-    app = make_app(
-        upstream,
-        str(settings["token"]),
-        ledger,
-        price_map.load(),
-        lambda: _write(state, figures(ledger, port)),
-    )
+    loop = asyncio.get_running_loop()
+    due: list[asyncio.TimerHandle] = []
+
+    def write() -> None:
+        due.clear()
+        _write(state, figures(ledger, port))
+
+    def changed() -> None:  # written soon after, off the call's path; and at the end
+        if not due:
+            due.append(loop.call_later(_WRITE_AFTER_S, write))
+
+    app = make_app(upstream, str(settings["token"]), ledger, price_map.load(), changed)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -90,7 +97,6 @@ async def serve(settings: dict[str, Any]) -> None:
     port = int(server.sockets[0].getsockname()[1])
     _write(state, figures(ledger, port))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(port, flush=True)

@@ -36,6 +36,7 @@ LOG_FILE = "meter.log"
 OPENAI_DEFAULT = "https://api.openai.com/v1"
 ANTHROPIC_DEFAULT = "https://api.anthropic.com"
 _START_S = 30.0
+_STOP_S = 5.0
 DOWN = (
     "the job's metering proxy stopped; the job was failed rather than let it reach its "
     "provider unmetered (it only knew the proxy's address and token)"
@@ -130,6 +131,15 @@ class Meter:
     def down_line(self) -> str:
         """The failure line of a proxy that ended by itself; "" while it runs or we stopped it."""
         return "" if self.stopping or self.alive() else DOWN
+
+    async def end(self) -> tuple[Metered, str]:
+        """Stop it, wait for its last figures (a few seconds at most) and read them; and
+        the failure line of a proxy that had ended by itself ("" if not)."""
+        down = self.down_line()
+        self.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait(), _STOP_S)
+        return self.figures(), down
 
     def stop(self) -> None:
         self.stopping = True

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from node_agent.meter import control
-from node_agent.models import Job
+from node_agent.models import Job, Metered
+from tests.fleet import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,6 +114,21 @@ def meters() -> Iterator[list[control.Meter]]:
         meter.stop()
 
 
+def settled(meter: control.Meter) -> Metered:
+    """The proxy's figures once it has stopped (it writes them exactly then)."""
+    figures, down = asyncio.run(meter.end())
+    assert down == ""
+    return figures
+
+
+def written(meter: control.Meter, calls: int) -> Metered:
+    """The proxy's figures once its file counts ``calls`` (it writes them within 50 ms)."""
+    figures: Metered = wait_until(
+        lambda: (f := meter.figures()).calls == calls and f, timeout=10, what="figures"
+    )
+    return figures
+
+
 def post(url: str, body: dict[str, Any], token: str) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}", "x-api-key": token}
     request = urllib.request.Request(url, json.dumps(body).encode(), headers)
@@ -142,7 +158,7 @@ def test_openai_calls_are_counted_priced_and_stopped_at_the_budget(
     # The provider saw the real key, never the job's token; the client never the key.
     assert all(h["authorization"] == f"Bearer {KEY}" for _, _, h in seen.requests)
     assert KEY not in reply.decode() and meter.token not in json.dumps(seen.requests)
-    figures = meter.figures()
+    figures = settled(meter)
     assert (figures.calls, figures.refused, figures.tokens_in, figures.tokens_out) == (2, 1, 2000, 1000)
     assert figures.cost_usd == pytest.approx(2 * (1000 * 0.15e-6 + 500 * 0.6e-6))
     assert figures.priced and "budget" in figures.refusal
@@ -188,11 +204,11 @@ def test_an_openai_stream_passes_through_and_its_usage_is_counted(
     # The client did not ask for usage: the proxy asked, read it, and kept it from the client.
     assert seen.requests[0][1]["stream_options"] == {"include_usage": True}
     assert len(events) == 3 and events[-1] == "data: [DONE]" and '"usage"' not in reply.decode()
-    figures = meter.figures()
+    figures = written(meter, calls=1)
     assert (figures.calls, figures.tokens_in, figures.tokens_out) == (1, 1000, 500)
     body["stream_options"] = {"include_usage": True}  # asked for: it reaches the client
     status, reply = post(f"{meter.openai_url}/chat/completions", body, meter.token)
-    assert '"usage"' in reply.decode() and meter.figures().tokens_in == 2000
+    assert '"usage"' in reply.decode() and settled(meter).tokens_in == 2000
 
 
 def test_anthropic_messages_streamed_counted_and_refused_in_anthropic_form(
@@ -210,7 +226,7 @@ def test_anthropic_messages_streamed_counted_and_refused_in_anthropic_form(
     assert path == "/v1/messages" and headers["x-api-key"] == ANTHROPIC_KEY
     assert "authorization" not in headers  # the job's token goes no further
     one = 1000 * 3e-6 + 100 * 0.3e-6 + 500 * 15e-6
-    figures = meter.figures()
+    figures = written(meter, calls=1)
     assert (figures.tokens_in, figures.tokens_out) == (1100, 500)
     assert figures.cost_usd == pytest.approx(one)
     assert post(url, {**body, "stream": False}, meter.token)[0] == 200
@@ -218,7 +234,7 @@ def test_anthropic_messages_streamed_counted_and_refused_in_anthropic_form(
     assert status == 402
     refusal = json.loads(reply)
     assert refusal["type"] == "error" and refusal["error"]["type"] == "billing_error"
-    assert len(seen.requests) == 2 and meter.figures().refused == 1
+    assert len(seen.requests) == 2 and settled(meter).refused == 1
 
 
 def test_a_model_without_a_price_is_counted_at_no_cost_and_said_so(
@@ -230,7 +246,7 @@ def test_a_model_without_a_price_is_counted_at_no_cost_and_said_so(
     body = {"model": "smollm2-local", "messages": []}
     for _ in range(3):  # no price: the budget cannot bind, the tokens are still counted
         assert post(f"{meter.openai_url}/chat/completions", body, meter.token)[0] == 200
-    figures = meter.figures()
+    figures = settled(meter)
     assert (figures.calls, figures.tokens_in, figures.cost_usd, figures.priced) == (3, 3000, 0.0, False)
     assert "no price in litellm's map for smollm2-local" in figures.note
 
