@@ -32,7 +32,8 @@ FOUR_CALLS = 0.009611
 # it is refused, and says what it saw, as an external agent CLI would.
 AGENT = """
 import json, os, sys, urllib.error, urllib.request
-base, key = os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
+base = sys.argv[1] if len(sys.argv) > 1 else os.environ["OPENAI_BASE_URL"]  # as a template fills it in
+key = os.environ["OPENAI_API_KEY"]
 open("env.txt", "w").write(json.dumps(dict(os.environ)))
 gate = os.environ.get("GATE")
 for n in range(1, 50):
@@ -131,7 +132,8 @@ def test_an_external_agent_is_stopped_at_its_budget_and_never_sees_the_key(
         submitted = fleet.flota(
             "--json", "run", "--api-base", server.base_url, "--secret", "OPENAI_API_KEY",
             "--env", f"GATE={gate}",
-            "--budget-per-worker", str(FOUR_CALLS), "--repo", str(work), agent_command(tmp_path),
+            "--budget-per-worker", str(FOUR_CALLS), "--repo", str(work),
+            f"{agent_command(tmp_path)} {server.base_url}",  # the real base named: the node routes it
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr
         run_id = json.loads(submitted.stdout)["id"]

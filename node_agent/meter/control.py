@@ -273,5 +273,19 @@ def job_env(env: Mapping[str, str], meter: Meter) -> dict[str, str]:
 
 def for_agent(job: Job, meter: Meter) -> Job:
     """The job as its agent is started: its API base the proxy, and no budget of its own
-    (the proxy keeps it: an llm agent learns of it from the proxy's refusal)."""
-    return replace(job, api_base=meter.api_base(job.model), budget_usd=0.0)
+    (the proxy keeps it: an llm agent learns of it from the proxy's refusal). A command
+    line or variable that names the job's API base (an agent CLI's template filled in with
+    ``--api-base``) names the proxy instead."""
+    base = job.api_base.rstrip("/")
+    proxy = meter.openai_url if base.endswith("/v1") else meter.anthropic_url
+
+    def routed(text: str) -> str:
+        return text.replace(base, proxy) if base else text
+
+    return replace(
+        job,
+        api_base=meter.api_base(job.model),
+        budget_usd=0.0,
+        command=routed(job.command),
+        env={k: routed(v) for k, v in job.env.items()},
+    )
