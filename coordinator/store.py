@@ -26,6 +26,7 @@ from coordinator.models import (
     Job,
     JobPlacement,
     JobStatus,
+    Metered,
     NodeRecord,
     Repo,
     Result,
@@ -105,12 +106,16 @@ _CAUSE_FROM_ERROR = (
 )
 
 
-_RESULT_FIELDS = tuple(f.name for f in fields(Result))
+_RESULT_FIELDS = tuple(f.name for f in fields(Result) if f.name != "metered")
 
 
 def _result_json(result: Result | None) -> str | None:
     # Flat fields (files_modified is a tuple, a list in JSON): no need for asdict's deep copy.
-    return None if result is None else json.dumps({k: getattr(result, k) for k in _RESULT_FIELDS})
+    if result is None:
+        return None
+    data = {k: getattr(result, k) for k in _RESULT_FIELDS}
+    data["metered"] = None if result.metered is None else asdict(result.metered)
+    return json.dumps(data)
 
 
 def _result_from(text: str | None) -> Result | None:
@@ -120,6 +125,8 @@ def _result_from(text: str | None) -> Result | None:
     data["files_modified"] = tuple(data.get("files_modified", ()))
     data["status"] = ResultStatus(data["status"])
     data["reason"] = EndReason.read(data.get("reason", ""))  # absent before results had one
+    metered = data.get("metered")
+    data["metered"] = Metered(**metered) if isinstance(metered, dict) else None
     return Result(**data)
 
 
