@@ -330,12 +330,14 @@ def _start(deps: Sequence[Job], bases: dict[str, tuple[tuple[str, str], ...]]) -
     return tuple((ref, commit) for commit, ref in found.items())
 
 
-def _ended_why(dep: Job, status: JobStatus) -> str:
-    return (
-        f"dependency {dep.name} failed"
-        if status == JobStatus.FAILED
-        else f"dependency {dep.name} ended {status}"
-    )
+def _ended_why(dep: Job, status: JobStatus, error: str) -> str:
+    if status == JobStatus.FAILED:
+        return f"dependency {dep.name} failed"
+    if status == JobStatus.CANCELLED:
+        return f"dependency {dep.name} was cancelled" + (
+            f" ({error})" if error.startswith("dependency ") else ""
+        )
+    return f"dependency {dep.name} ended {status}"
 
 
 def released(jobs: Sequence[Job], now: float) -> list[Released]:
@@ -346,6 +348,7 @@ def released(jobs: Sequence[Job], now: float) -> list[Released]:
     by_id = {j.id: j for j in jobs}
     status = {j.id: j.status for j in jobs}
     bases = {j.id: j.bases for j in jobs}
+    errors = {j.id: j.result.error if j.result else "" for j in jobs}
     changes: dict[str, Released] = {}
     moved = True
     while moved:
@@ -358,7 +361,7 @@ def released(jobs: Sequence[Job], now: float) -> list[Released]:
                 (d for d in deps if status[d.id] in JOB_FINAL and status[d.id] != JobStatus.SUCCESS), None
             )
             if ended is not None:
-                why = _ended_why(ended, status[ended.id])
+                why = errors[job.id] = _ended_why(ended, status[ended.id], errors[ended.id])
                 change = Released(
                     job.id, JobStatus.CANCELLED, "", Result(ResultStatus.CANCELLED, error=why), (), now
                 )
