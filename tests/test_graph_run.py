@@ -37,7 +37,9 @@ def _show(remote: Path, branch: str, path: str) -> str:
     return git("show", f"{branch}:{path}", cwd=remote)
 
 
-def test_a_tester_starts_from_the_coders_branch_and_two_results_are_merged(fleet: Fleet, tmp_path: Path) -> None:
+def test_a_tester_starts_from_the_coders_branch_and_two_results_are_merged(
+    fleet: Fleet, tmp_path: Path
+) -> None:
     fleet.start_coordinator()
     fleet.start_node("solo", "--slots", "2")
     work, remote = make_repo(tmp_path / "repo")
@@ -65,9 +67,14 @@ def test_a_tester_starts_from_the_coders_branch_and_two_results_are_merged(fleet
     # The tester saw the coder's file in its worktree, and built on the coder's commit.
     assert _show(remote, tester["branch"], "seen.txt") == "def f(): return 1\n"
     assert tester["result"]["base_commit"] == coder["result"]["head_commit"]
-    assert git("merge-base", "--is-ancestor", coder["result"]["head_commit"], tester["branch"], cwd=remote) == ""
+    assert (
+        git("merge-base", "--is-ancestor", coder["result"]["head_commit"], tester["branch"], cwd=remote) == ""
+    )
     # The reviewer started from both of its dependencies' results, merged.
-    assert _show(remote, reviewer["branch"], "review.txt") == "def f(): return 1\nf returns 1\ndef f(): return 1\n"
+    assert (
+        _show(remote, reviewer["branch"], "review.txt")
+        == "def f(): return 1\nf returns 1\ndef f(): return 1\n"
+    )
     for dep in (tester, jobs["docs"]):
         git("merge-base", "--is-ancestor", dep["result"]["head_commit"], reviewer["branch"], cwd=remote)
     assert reviewer["result"]["files_modified"] == ["review.txt"]  # its own change, from the merged base
@@ -88,10 +95,16 @@ def test_conflicting_dependencies_fail_the_task_naming_the_files(fleet: Fleet, t
     result, run = _run(fleet, plan, work)
     assert result.returncode == 1
     # Said at plan time: the two may run at once and both own shared.txt.
-    assert "flota: warning: " in result.stderr and "'left' and 'right' may run at the same time" in result.stderr
+    assert (
+        "flota: warning: " in result.stderr and "'left' and 'right' may run at the same time" in result.stderr
+    )
     assert "shared.txt" in result.stderr
     jobs = _jobs(run)
-    assert (jobs["left"]["status"], jobs["right"]["status"], jobs["join"]["status"]) == ("success", "success", "failed")
+    assert (jobs["left"]["status"], jobs["right"]["status"], jobs["join"]["status"]) == (
+        "success",
+        "success",
+        "failed",
+    )
     error = jobs["join"]["result"]["error"]
     assert "conflict" in error and "shared.txt" in error, error
     assert run["status"] == "failed"
@@ -139,7 +152,10 @@ def test_a_coordinator_restarted_mid_graph_loses_nothing_and_runs_nothing_twice(
     plan = _plan(
         tmp_path / "plan.yaml",
         [
-            {"id": "coder", "prompt": f"{mark('coder')}; while [ ! -e {gate} ]; do sleep 0.1; done; echo c > c.txt"},
+            {
+                "id": "coder",
+                "prompt": f"{mark('coder')}; while [ ! -e {gate} ]; do sleep 0.1; done; echo c > c.txt",
+            },
             {"id": "tester", "prompt": f"{mark('tester')}; cat c.txt > t.txt", "depends_on": ["coder"]},
             {"id": "docs", "prompt": f"{mark('docs')}; cat c.txt t.txt > d.txt", "depends_on": ["tester"]},
         ],

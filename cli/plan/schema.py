@@ -153,7 +153,10 @@ def check(data: Any, paths: Sequence[str] = ()) -> tuple[Plan | None, list[str]]
         if task.id and task.id in seen:
             problems.append(f"duplicate task id {task.id!r} (tasks {seen[task.id]} and {i})")
         seen.setdefault(task.id, i)
-    graph = {t.id: t.depends_on for t in tasks if t.id}
+    graph: dict[str, tuple[str, ...]] = {}
+    for task in tasks:
+        if task.id:
+            graph.setdefault(task.id, task.depends_on)  # a duplicate is said above
     problems += graph_problems(graph)
     plan = Plan(
         tasks=tuple(tasks),
