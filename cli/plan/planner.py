@@ -71,8 +71,9 @@ class Planner:
                 },
             ]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        last = f"{problems[0]}{more}"
         raise PlanFailed(
-            f"the planner {self.model} gave no valid plan in {self.attempts} answers; last: {problems[0]}{more}"
+            f"the planner {self.model} gave no valid plan in {self.attempts} answers; last: {last}"
         )
 
     def _read(self, answer: str, feature: str, paths: Sequence[str]) -> tuple[Plan | None, list[str]]:

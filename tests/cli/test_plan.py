@@ -71,7 +71,8 @@ def test_a_hand_edited_plan_says_every_problem_on_its_line(tmp_path: Path) -> No
     said = [line.removeprefix(f"flota: {path}: ") for line in lines]
     assert said == [
         "the plan: unknown key 'agnt' (known: agent, model, budget, check, feature, tasks)",
-        "task 'coder': unknown key 'colour' (known: id, role, prompt, agent, model, depends_on, files, check)",
+        "task 'coder': unknown key 'colour' "
+        "(known: id, role, prompt, agent, model, depends_on, files, check)",
         "task 'docs' has no prompt",
         "duplicate task id 'coder' (tasks 1 and 4)",
         "task 'docs' depends on 'writer', which is not a task of the plan",
