@@ -263,7 +263,7 @@ def status(
             return
         unchanged = job.status == "success" and no_changes(job)
         console.print(f"job {job.id}  {job.status}{f' ({NO_CHANGES})' if unchanged else ''}  {job.name}")
-        if job.wait_reason and job.status == "queued":
+        if job.wait_reason and job.status in ("queued", "waiting"):
             console.print(f"waiting: {job.wait_reason}")
         for a in job.attempts:
             # The winning attempt of a job that changed nothing pushed no branch (unless asked).

@@ -171,6 +171,17 @@ def test_a_coordinator_restarted_mid_graph_loses_nothing_and_runs_nothing_twice(
     wait_until(coder_running, what="the coder to start")
     shown = fleet.json("status", run_id)
     assert [j["status"] for j in shown["jobs"]][1:] == ["waiting", "waiting"]
+    table = fleet.flota("status", run_id, check=True).stdout
+    assert "AFTER" in table and "waiting on coder" in table and "waiting on tester" in table
+    # The event stream shows the graph: who waits, on which jobs.
+    lines = fleet.flota("--json", "events", "--snapshot", check=True).stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    waiting = {
+        e["job"]["name"]: e["job"]["depends_on"]
+        for e in events
+        if e.get("job", {}).get("status") == "waiting"
+    }
+    assert waiting == {"tester": [f"{run_id}.1"], "docs": [f"{run_id}.2"]}
     assert fleet.stop("coordinator", signal.SIGKILL) is not None
     fleet.start_coordinator()
     gate.touch()
