@@ -114,12 +114,12 @@ def test_a_failed_dependency_cancels_its_dependents(fleet: Fleet, tmp_path: Path
     fleet.start_coordinator()
     fleet.start_node("solo")
     work, _ = make_repo(tmp_path / "repo")
-    ran = tmp_path / "ran"
+    ran, gate = tmp_path / "ran", tmp_path / "gate"
     plan = _plan(
         tmp_path / "plan.yaml",
         [
-            {"id": "coder", "prompt": "exit 3"},
-            {"id": "tester", "prompt": f"touch {ran}/tester", "depends_on": ["coder"]},
+            {"id": "coder", "prompt": f"test -e {gate} || exit 3; echo c > c.txt"},
+            {"id": "tester", "prompt": f"touch {ran}/tester; cat c.txt", "depends_on": ["coder"]},
             {"id": "docs", "prompt": f"touch {ran}/docs", "depends_on": ["tester"]},
         ],
     )
@@ -134,6 +134,15 @@ def test_a_failed_dependency_cancels_its_dependents(fleet: Fleet, tmp_path: Path
     assert run["status"] == "failed"
     shown = fleet.flota("status", run["id"], check=True).stdout
     assert "dependency coder failed" in shown
+
+    # Retried, the jobs that did not succeed run again in the graph's order.
+    gate.touch()
+    again = fleet.flota("--json", "retry", run["id"], "--failed", "--follow", timeout=180)
+    assert again.returncode == 0, again.stderr
+    jobs = _jobs(json.loads(again.stdout))
+    assert {n: j["status"] for n, j in jobs.items()} == dict.fromkeys(jobs, "success")
+    assert sorted(p.name for p in ran.iterdir()) == ["docs", "tester"]
+    assert jobs["tester"]["result"]["base_commit"] == jobs["coder"]["result"]["head_commit"]
 
 
 def test_a_coordinator_restarted_mid_graph_loses_nothing_and_runs_nothing_twice(
