@@ -282,7 +282,15 @@ def jobs_table(run: coordinator_pb2.Run) -> FitTable:
     t = FitTable(*cols, whole=("JOB",), text=("TASK", "AFTER", "NODE", "NOTE"))
     for j in run.jobs:
         after = [j.role or "-", ", ".join(names.get(d, d) for d in j.depends_on) or "-"] if graph else []
-        row = [j.id, j.name, *after, j.node_name or "-", _job_status(j), str(len(j.attempts)), _note(j)]
+        row: list[str | Text] = [
+            j.id,
+            j.name,
+            *after,
+            j.node_name or "-",
+            _job_status(j),
+            str(len(j.attempts)),
+            _note(j),
+        ]
         t.add_row(*row)
     return t
 
