@@ -1,10 +1,16 @@
 """coordinator/outcomes.released: what the ends of a run's jobs do to the jobs waiting on
-them (a run as a graph), and a retried job of a graph. Pure: plain models in, changes out."""
+them (a run as a graph), and a retried job of a graph. Pure: plain models in, changes out.
+And the graphs the coordinator's submit refuses (validate.py, with protos/graph.py)."""
 
 from __future__ import annotations
 
+import pytest
+
+from coordinator.errors import InvalidRequest
 from coordinator.models import Job, JobStatus, Result, ResultStatus
 from coordinator.outcomes import WAITING_ON_DEPS, Released, released, retried
+from coordinator.validate import submission
+from protos.flota.v1 import coordinator_pb2
 
 NOW = 1_700_000_100.0
 A, B = "a" * 40, "b" * 40
@@ -85,3 +91,23 @@ def test_a_retried_job_of_a_graph_waits_on_its_dependencies_again() -> None:
     assert (r.status, r.wait_reason, r.bases) == (JobStatus.WAITING, WAITING_ON_DEPS, ())
     alone = retried(node(1, "coder", JobStatus.FAILED), NOW)
     assert alone.status == JobStatus.QUEUED
+
+
+def _request(*tasks: tuple[str, list[str]]) -> coordinator_pb2.SubmitRunRequest:
+    return coordinator_pb2.SubmitRunRequest(
+        tasks=[coordinator_pb2.TaskSpec(name=n, command="true", depends_on=d) for n, d in tasks]
+    )
+
+
+def test_the_coordinator_refuses_a_graph_it_cannot_run() -> None:
+    ok = submission(_request(("coder", []), ("tester", ["coder"])))
+    assert [t.depends_on for t in ok.tasks] == [(), ("coder",)]
+    for tasks, said in [
+        ((("a", ["b"]), ("b", ["a"])), "a cycle: a -> b -> a"),
+        ((("a", ["ghost"]),), "task 'a' depends on 'ghost', which is not a task of the plan"),
+        ((("a", []), ("a", ["a"])), "the tasks of a graph need unique names (given twice: 'a')"),
+        ((("a", ["a"]), ("b", ["a", "a"])), "task 'a' depends on itself (and 1 more)"),
+    ]:
+        with pytest.raises(InvalidRequest) as caught:
+            submission(_request(*tasks))
+        assert str(caught.value) == said
