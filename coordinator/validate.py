@@ -23,6 +23,7 @@ from protos.limits import (
     LABEL_KEY_RE,
     LABEL_VALUE_RE,
     MAX_BUDGET_USD,
+    MAX_DEPENDENCIES,
     MAX_STEPS,
     MAX_TIMEOUT_S,
     MODEL_RE,
@@ -171,6 +172,8 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
         raise InvalidRequest("a task name has no control characters, a prompt no NUL")
     if task.check and not valid_text(task.check):
         raise InvalidRequest("a task's check command is at most 64 KiB, without NUL")
+    if len(task.depends_on) > MAX_DEPENDENCIES:
+        raise InvalidRequest(f"a task depends on at most {MAX_DEPENDENCIES} others")
     if task.role and not NAME_RE.match(task.role):
         raise InvalidRequest(f"invalid role {show(task.role)} (letters, digits, . _ -)")
     return Task(
