@@ -138,8 +138,8 @@ def run(
     """Run tasks on the fleet, each on its own branch when --repo is given."""
     o = options(ctx)
     texts = ([command] if command else []) + list(task or [])
-    if plan is not None and texts:
-        raise CliError("give either a plan (--plan) or tasks, not both")
+    if plan is not None and (texts or agent or model or models or workers):
+        raise CliError("a plan (--plan) names its own tasks, agents and models: give them in the plan file")
     if not texts and plan is None:
         raise CliError("nothing to run: give a command or --task")
     from cli.agents import TEMPLATES, fan_out, load_repo_config

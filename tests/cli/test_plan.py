@@ -78,6 +78,10 @@ def test_a_hand_edited_plan_says_every_problem_on_its_line(tmp_path: Path) -> No
         "task 'docs' depends on 'writer', which is not a task of the plan",
         "a cycle: coder -> tester -> coder",
     ]
+    mixed = _flota("run", "--plan", str(path), "--agent", "llm", cwd=tmp_path)
+    assert mixed.returncode == 2 and mixed.stderr == (
+        "flota: a plan (--plan) names its own tasks, agents and models: give them in the plan file\n"
+    )
     path.write_text("tasks: [\n")
     result = _flota("run", "--plan", str(path), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith(f"flota: {path}: not YAML (line ")
