@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from tests.fake_openai import FakeOpenAI, text
 from tests.fleet import Fleet, git, make_repo, wait_until
 
 
@@ -206,3 +207,28 @@ def test_a_coordinator_restarted_mid_graph_loses_nothing_and_runs_nothing_twice(
     assert {n: len(j["attempts"]) for n, j in jobs.items()} == {"coder": 1, "tester": 1, "docs": 1}
     assert {p.name: p.read_text() for p in runs.iterdir()} == {"coder": "x\n", "tester": "x\n", "docs": "x\n"}
     assert _show(remote, jobs["docs"]["branch"], "d.txt") == "c\nc\n"
+
+
+def test_a_plan_from_the_planner_runs_as_a_graph(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start_coordinator()
+    fleet.start_node("solo", "--slots", "2")
+    work, remote = make_repo(tmp_path / "repo")
+    answer = {
+        "tasks": [
+            {"id": "coder", "role": "coder", "prompt": "echo 'verbose = 1' > flag.py", "files": ["flag.py"]},
+            {"id": "tester", "role": "tester", "prompt": "grep -q verbose flag.py && echo ok > test.txt",
+             "depends_on": ["coder"], "files": ["test.txt"]},
+        ]
+    }  # fmt: skip
+    plan = tmp_path / "plan.yaml"
+    with FakeOpenAI([text(json.dumps(answer))]) as server:
+        made = fleet.flota(
+            "plan", "add a verbose flag", "--repo", str(work), "--planner", "openai/planner",
+            "--api-base", server.base_url, "--agent", "shell", "-o", str(plan), check=True,
+        )  # fmt: skip
+    assert "2 tasks from openai/planner" in made.stdout
+    result, run = _run(fleet, plan, work)
+    assert result.returncode == 0, result.stderr
+    jobs = _jobs(run)
+    assert (jobs["coder"]["role"], jobs["tester"]["role"]) == ("coder", "tester")
+    assert _show(remote, jobs["tester"]["branch"], "test.txt") == "ok\n"
