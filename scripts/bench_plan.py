@@ -2,8 +2,9 @@
 """A 3-task plan of shell tasks on a local fleet (a coordinator, two node daemons of two
 slots, a bare remote), from `flota run --plan plan.yaml --follow` to the last task's end,
 against the same three tasks run by hand one after another (`flota run TASK --follow`
-three times, the coder's branch fetched and given as `--ref` to the other two). The plan: a coder, then a tester and a docs task, both after the coder
-(each starts from the coder's branch); every task sleeps SLEEP_S, then writes a file.
+three times, the coder's branch fetched and given as `--ref` to the other two). The
+plan: a coder, then a tester and a docs task, both after the coder (each starts from the
+coder's branch); every task sleeps SLEEP_S, then writes a file.
 
     python scripts/bench_plan.py [--quick] [--json out.json]
 """
