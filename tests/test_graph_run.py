@@ -19,6 +19,15 @@ from tests.fake_openai import FakeOpenAI, text
 from tests.fleet import Fleet, git, make_repo, wait_until
 
 
+def _fleet(
+    fleet: Fleet, tmp_path: Path, files: dict[str, str] | None = None, slots: int = 2
+) -> tuple[Path, Path]:
+    """A coordinator, one node, and a repository with its bare remote."""
+    fleet.start_coordinator()
+    fleet.start_node("solo", "--slots", str(slots))
+    return make_repo(tmp_path / "repo", files)
+
+
 def _plan(path: Path, tasks: list[dict[str, Any]], **defaults: Any) -> Path:
     path.write_text(yaml.safe_dump({**defaults, "tasks": tasks}))
     return path
@@ -41,9 +50,7 @@ def _show(remote: Path, branch: str, path: str) -> str:
 def test_a_tester_starts_from_the_coders_branch_and_two_results_are_merged(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    fleet.start_coordinator()
-    fleet.start_node("solo", "--slots", "2")
-    work, remote = make_repo(tmp_path / "repo")
+    work, remote = _fleet(fleet, tmp_path)
     plan = _plan(
         tmp_path / "plan.yaml",
         [
@@ -82,9 +89,7 @@ def test_a_tester_starts_from_the_coders_branch_and_two_results_are_merged(
 
 
 def test_conflicting_dependencies_fail_the_task_naming_the_files(fleet: Fleet, tmp_path: Path) -> None:
-    fleet.start_coordinator()
-    fleet.start_node("solo", "--slots", "2")
-    work, _ = make_repo(tmp_path / "repo", {"shared.txt": "base\n"})
+    work, _ = _fleet(fleet, tmp_path, {"shared.txt": "base\n"})
     plan = _plan(
         tmp_path / "plan.yaml",
         [
@@ -112,9 +117,7 @@ def test_conflicting_dependencies_fail_the_task_naming_the_files(fleet: Fleet, t
 
 
 def test_a_failed_dependency_cancels_its_dependents(fleet: Fleet, tmp_path: Path) -> None:
-    fleet.start_coordinator()
-    fleet.start_node("solo")
-    work, _ = make_repo(tmp_path / "repo")
+    work, _ = _fleet(fleet, tmp_path, slots=1)
     ran, gate = tmp_path / "ran", tmp_path / "gate"
     plan = _plan(
         tmp_path / "plan.yaml",
@@ -149,9 +152,7 @@ def test_a_failed_dependency_cancels_its_dependents(fleet: Fleet, tmp_path: Path
 def test_a_coordinator_restarted_mid_graph_loses_nothing_and_runs_nothing_twice(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    fleet.start_coordinator()
-    fleet.start_node("solo", "--slots", "2")
-    work, remote = make_repo(tmp_path / "repo")
+    work, remote = _fleet(fleet, tmp_path)
     gate, runs = tmp_path / "gate", tmp_path / "runs"
     runs.mkdir()
     # Each task leaves a mark per run of it; the coder waits at the gate.
@@ -210,9 +211,7 @@ def test_a_coordinator_restarted_mid_graph_loses_nothing_and_runs_nothing_twice(
 
 
 def test_a_plan_from_the_planner_runs_as_a_graph(fleet: Fleet, tmp_path: Path) -> None:
-    fleet.start_coordinator()
-    fleet.start_node("solo", "--slots", "2")
-    work, remote = make_repo(tmp_path / "repo")
+    work, remote = _fleet(fleet, tmp_path)
     answer = {
         "tasks": [
             {"id": "coder", "role": "coder", "prompt": "echo 'verbose = 1' > flag.py", "files": ["flag.py"]},
