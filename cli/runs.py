@@ -156,7 +156,7 @@ def run(
     network = network or list(defaults.get("networks", []))
     timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
     if plan is not None:
-        from cli.plan import graph_run
+        from cli.plan.files import graph_run
 
         tasks, plan_budget, plan_check = graph_run(plan, repo, {**TEMPLATES, **config.agents})
         budget_per_worker = plan_budget if budget_per_worker is None else budget_per_worker

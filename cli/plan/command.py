@@ -47,8 +47,8 @@ def plan(
         raise CliError(f"no such directory: {repo}")
     if not feature.strip():
         raise CliError("say what to plan: a feature, in words")
-    from cli.plan import repo_paths, write
     from cli.plan.context import repo_context
+    from cli.plan.files import repo_paths, write
     from cli.plan.planner import PlanFailed, Planner
 
     defaults: dict[str, Any] = {
