@@ -32,6 +32,7 @@ def plan(
     context_chars: Annotated[
         int, typer.Option(help="At most this much of the repository (file tree, key files) is shown.")
     ] = 60_000,
+    max_tokens: Annotated[int, typer.Option(help="Tokens the planner may write per answer.")] = 4096,
     agent: Annotated[str, typer.Option(help="The plan's agent for every task (written in the plan).")] = "",
     model: Annotated[str, typer.Option(help="The plan's model for its agent tasks.")] = "",
     check: Annotated[str, typer.Option(help="The plan's check command, run after each task.")] = "",
@@ -43,6 +44,8 @@ def plan(
         raise CliError("--attempts must be between 1 and 10")
     if context_chars < 1000:
         raise CliError("--context-chars must be at least 1000")
+    if not 100 <= max_tokens <= 200_000:
+        raise CliError("--max-tokens must be between 100 and 200000")
     if not repo.is_dir():
         raise CliError(f"no such directory: {repo}")
     if not feature.strip():
@@ -55,7 +58,7 @@ def plan(
         k: v for k, v in {"agent": agent, "model": model, "check": check, "budget": budget}.items() if v
     }
     paths = repo_paths(repo)
-    worker = Planner(planner, api_base, attempts, defaults=defaults)
+    worker = Planner(planner, api_base, attempts, max_tokens=max_tokens, defaults=defaults)
     try:
         made, answers = worker.plan(feature, repo_context(repo, paths, context_chars), paths)
     except PlanFailed as exc:

@@ -47,6 +47,7 @@ class Planner:
     api_base: str = ""
     attempts: int = 3
     timeout_s: float = 120.0
+    max_tokens: int = 4096  # of each answer
     defaults: dict[str, Any] = field(default_factory=dict)  # the plan's run-wide keys (agent, ...)
 
     def plan(self, feature: str, context: str, paths: Sequence[str] = ()) -> tuple[Plan, int]:
@@ -80,6 +81,8 @@ class Planner:
         fenced = _FENCE.search(answer)
         text = (fenced.group(1) if fenced else answer).strip()
         start, end = text.find("{"), text.rfind("}")
+        if start >= 0 and end < start:
+            return None, ["the answer's JSON object is cut off (no closing brace)"]
         try:
             data = json.loads(text[start : end + 1]) if start >= 0 else None
         except ValueError as exc:
@@ -110,6 +113,7 @@ class Planner:
                 model=self.model,
                 messages=messages,
                 response_format={"type": "json_object"},
+                max_tokens=self.max_tokens,
                 timeout=self.timeout_s,
                 max_retries=1,
                 **kwargs,

@@ -196,7 +196,8 @@ def test_the_real_local_model_as_planner_ends_in_a_plan_or_one_line(tmp_path: Pa
     with smollm2_server() as (api_base, model):
         result = _flota(
             "plan", "add a --verbose flag", "--repo", str(work), "--planner", f"openai/{model}",
-            "--api-base", api_base, "-o", str(out), "--attempts", "2", cwd=tmp_path, timeout=600,
+            "--api-base", api_base, "-o", str(out), "--attempts", "2", "--context-chars", "2000",
+            "--max-tokens", "300", cwd=tmp_path, timeout=280,
         )  # fmt: skip
     assert "Traceback" not in result.stderr, result.stderr
     if result.returncode == 0:
