@@ -57,6 +57,7 @@ STATUS_STYLE = {
     "running": "cyan",
     "dispatching": "cyan",
     "queued": "dim",
+    "waiting": "dim",
     "online": "green",
     "unreachable": "yellow",
     "offline": "dim",
@@ -242,8 +243,8 @@ def metered_line(m: types_pb2.MeterUsage) -> str:
 
 
 def _note(job: coordinator_pb2.Job) -> str:
-    """A queued job's wait, an ended one's error; for a success, whether it changed nothing."""
-    if job.status == "queued":
+    """A queued (or waiting) job's wait, an ended one's error; for a success, whether it changed nothing."""
+    if job.status in ("queued", "waiting"):
         return job.wait_reason
     if job.status == "success":
         return NO_CHANGES if no_changes(job) else ""
@@ -291,11 +292,23 @@ def runs_table(runs: list[coordinator_pb2.Run]) -> FitTable:
 
 
 def jobs_table(run: coordinator_pb2.Run) -> FitTable:
-    t = FitTable(
-        "JOB", "TASK", "NODE", "STATUS", "ATTEMPTS", "NOTE", whole=("JOB",), text=("TASK", "NODE", "NOTE")
-    )
+    """A run's jobs; a graph's (flota run --plan) with each one's role and what it comes after."""
+    graph = any(j.depends_on or j.role for j in run.jobs)
+    names = {j.id: j.name for j in run.jobs}
+    cols = ["JOB", "TASK", *(["ROLE", "AFTER"] if graph else []), "NODE", "STATUS", "ATTEMPTS", "NOTE"]
+    t = FitTable(*cols, whole=("JOB",), text=("TASK", "AFTER", "NODE", "NOTE"))
     for j in run.jobs:
-        t.add_row(j.id, j.name, j.node_name or "-", _job_status(j), str(len(j.attempts)), _note(j))
+        after = [j.role or "-", ", ".join(names.get(d, d) for d in j.depends_on) or "-"] if graph else []
+        row: list[str | Text] = [
+            j.id,
+            j.name,
+            *after,
+            j.node_name or "-",
+            _job_status(j),
+            str(len(j.attempts)),
+            _note(j),
+        ]
+        t.add_row(*row)
     return t
 
 

@@ -133,11 +133,17 @@ def run(
     ] = None,
     name: Annotated[str, typer.Option(help="A name for the run.")] = "",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Show progress, then the results.")] = False,
+    plan: Annotated[
+        Path | None,
+        typer.Option(help="A plan file (flota plan): its tasks run as a graph, each after its dependencies."),
+    ] = None,
 ) -> None:
     """Run tasks on the fleet, each on its own branch when --repo is given."""
     o = options(ctx)
     texts = ([command] if command else []) + list(task or [])
-    if not texts:
+    if plan is not None and (texts or agent or model or models or workers):
+        raise CliError("a plan (--plan) names its own tasks, agents and models: give them in the plan file")
+    if not texts and plan is None:
         raise CliError("nothing to run: give a command or --task")
     from cli.agents import TEMPLATES, fan_out, load_repo_config
 
@@ -152,7 +158,14 @@ def run(
         raise CliError("--workers must be between 1 and 1000")
     network = network or list(defaults.get("networks", []))
     timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
-    tasks = fan_out(agent, texts, model_list, workers, {**TEMPLATES, **config.agents})
+    if plan is not None:
+        from cli.plan.files import graph_run
+
+        tasks, plan_budget, plan_check = graph_run(plan, repo, {**TEMPLATES, **config.agents})
+        budget_per_worker = plan_budget if budget_per_worker is None else budget_per_worker
+        check = plan_check if check is None else check
+    else:
+        tasks = fan_out(agent, texts, model_list, workers, {**TEMPLATES, **config.agents})
     request = coordinator_pb2.SubmitRunRequest(
         tasks=tasks,
         max_steps=max_steps if max_steps is not None else int(defaults.get("max_steps", 0)),
@@ -253,7 +266,7 @@ def status(
             return
         unchanged = job.status == "success" and no_changes(job)
         console.print(f"job {job.id}  {job.status}{f' ({NO_CHANGES})' if unchanged else ''}  {job.name}")
-        if job.wait_reason and job.status == "queued":
+        if job.wait_reason and job.status in ("queued", "waiting"):
             console.print(f"waiting: {job.wait_reason}")
         if job.result.HasField("metered"):
             console.print(metered_line(job.result.metered))

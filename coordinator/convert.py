@@ -148,9 +148,10 @@ def spec_to_pb(
         resume_branches=list(resume_branches),
     )
     if job.repo:
-        spec.repo.CopyFrom(
-            types_pb2.RepoSpec(url=job.repo.url, base_ref=job.repo.base_ref, base_commit=job.repo.base_commit)
-        )
+        # A job of a graph starts from its dependencies' results (outcomes.released).
+        (ref, commit), *merges = job.bases or [(job.repo.base_ref, job.repo.base_commit)]
+        spec.repo.CopyFrom(types_pb2.RepoSpec(url=job.repo.url, base_ref=ref, base_commit=commit))
+        spec.merges.extend(types_pb2.RepoSpec(url=job.repo.url, base_ref=r, base_commit=c) for r, c in merges)
     return spec
 
 
@@ -219,6 +220,8 @@ def job_to_pb(job: Job, node_names: dict[str, str]) -> coordinator_pb2.Job:
         check=job.check,
         requires=job.requires,
         timeout_s=job.timeout_s,
+        depends_on=list(job.depends_on),
+        role=job.role,
     )
     if job.result is not None:
         last = job.attempts[-1].id if job.attempts else ""

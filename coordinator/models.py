@@ -56,6 +56,7 @@ __all__ = [
 
 
 class JobStatus(StrEnum):
+    WAITING = "waiting"  # waiting on dependencies: not placeable until they have succeeded
     QUEUED = "queued"
     DISPATCHING = "dispatching"  # placed; its StartJob is on its way
     RUNNING = "running"
@@ -375,6 +376,12 @@ class Job:
     requires: str = ""  # an agent CLI the node must have, or "model:<model>" it must serve
     report_paths: Mapping[str, str] = field(default_factory=dict)
     allow_empty: bool = False  # a job that changed nothing still pushes its branch (an empty commit)
+    # A run as a graph: the jobs (ids, same run) that must succeed before this one starts,
+    # its role in the plan, and, once they have, what it starts from: (ref, commit) pairs,
+    # the first its base, the others merged in on the node. Empty: the run's base.
+    depends_on: tuple[str, ...] = ()
+    role: str = ""
+    bases: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)

@@ -87,6 +87,8 @@ _SPEC_FIELDS = (
     "requires",
     "report_paths",
     "allow_empty",
+    "depends_on",
+    "role",
 )
 # Columns added after the first release: (table, column, declaration). Added in place
 # when an older database is opened.
@@ -96,6 +98,9 @@ _ADDED_COLUMNS = (
     ("nodes", "lost_after", "REAL NOT NULL DEFAULT 0"),
     ("attempts", "cause", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "budget_from", "INTEGER NOT NULL DEFAULT 0"),
+    # graph (runs as a graph, issue 17): what a job of a graph starts from, as JSON
+    # [[ref, commit], ...], set when its dependencies have succeeded.
+    ("jobs", "bases", "TEXT NOT NULL DEFAULT '[]'"),
 )
 # Before `cause` was a column, who closed an attempt was read from its error's wording:
 # a database from then gets the column filled in once, from those same words.
@@ -344,7 +349,7 @@ class Store:
     def _update_job(db: sqlite3.Connection, job: Job) -> None:
         db.execute(
             "UPDATE jobs SET status = ?, updated_at = ?, wait_reason = ?, node_id = ?, branch = ?, "
-            "result = ?, cancel_requested = ?, budget_from = ? WHERE id = ?",
+            "result = ?, cancel_requested = ?, budget_from = ?, bases = ? WHERE id = ?",
             (
                 job.status,
                 job.updated_at,
@@ -354,6 +359,7 @@ class Store:
                 _result_json(job.result),
                 int(job.cancel_requested),
                 job.budget_from,
+                json.dumps(job.bases),
                 job.id,
             ),
         )
@@ -375,7 +381,7 @@ class Store:
 
     _JOB_COLS = (
         "id, run_id, idx, status, spec, created_at, updated_at, wait_reason, node_id, branch, result, "
-        "cancel_requested, budget_from"
+        "cancel_requested, budget_from, bases"
     )
     _RUN_COLS = "id, name, status, created_at, finished_at, repo_url, base_commit"
 
@@ -386,6 +392,7 @@ class Store:
         placement["avoid_networks"] = tuple(placement["avoid_networks"])
         repo = spec.pop("repo")
         spec["secrets"] = tuple(spec.get("secrets", ()))
+        spec["depends_on"] = tuple(spec.get("depends_on", ()))
         job = Job(
             id=row[0],
             run_id=row[1],
@@ -399,6 +406,7 @@ class Store:
             result=_result_from(row[10]),
             cancel_requested=bool(row[11]),
             budget_from=row[12],
+            bases=tuple((ref, commit) for ref, commit in json.loads(row[13])),
             placement=JobPlacement(**placement),
             repo=Repo(**repo) if repo else None,
             **spec,

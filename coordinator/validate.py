@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from coordinator.errors import InvalidRequest
 from coordinator.models import JobPlacement
 from protos.flota.v1 import coordinator_pb2
+from protos.graph import graph_problems
 from protos.limits import (
     CONTROL_RE,
     ENV_KEY_RE,
     LABEL_KEY_RE,
     LABEL_VALUE_RE,
     MAX_BUDGET_USD,
+    MAX_DEPENDENCIES,
     MAX_STEPS,
     MAX_TIMEOUT_S,
     MODEL_RE,
@@ -61,6 +63,9 @@ class Task:
     model: str = ""
     requires: str = ""
     report_paths: Mapping[str, str] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()  # names of other tasks of the run
+    role: str = ""
+    check: str = ""  # this task's own check; empty: the run's
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +170,12 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
                 )
     if CONTROL_RE.search(task.name) or "\0" in task.prompt:
         raise InvalidRequest("a task name has no control characters, a prompt no NUL")
+    if task.check and not valid_text(task.check):
+        raise InvalidRequest("a task's check command is at most 64 KiB, without NUL")
+    if len(task.depends_on) > MAX_DEPENDENCIES:
+        raise InvalidRequest(f"a task depends on at most {MAX_DEPENDENCIES} others")
+    if task.role and not NAME_RE.match(task.role):
+        raise InvalidRequest(f"invalid role {show(task.role)} (letters, digits, . _ -)")
     return Task(
         name=task.name,
         agent=agent,
@@ -173,7 +184,28 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
         model=task.model,
         requires=task.requires,
         report_paths=dict(task.report_paths),
+        depends_on=tuple(task.depends_on),
+        role=task.role,
+        check=task.check,
     )
+
+
+def _graph(tasks: tuple[Task, ...]) -> None:
+    """A run as a graph: dependencies name other tasks of the run, by unique names, with
+    no cycle (the CLI's plan check says the same, each problem on its line)."""
+    if not any(t.depends_on for t in tasks):
+        return
+    names = [t.name for t in tasks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice or not all(names):
+        raise InvalidRequest(
+            f"the tasks of a graph need unique names (given twice: {show(', '.join(twice))})"
+        )
+    problems = graph_problems({t.name: t.depends_on for t in tasks})
+    if problems:
+        raise InvalidRequest(
+            f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
 
 
 def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
@@ -181,6 +213,7 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
     if not 0 < len(request.tasks) <= MAX_TASKS:
         raise InvalidRequest(f"a run needs 1 to {MAX_TASKS} tasks")
     tasks = tuple(_task(t) for t in request.tasks)
+    _graph(tasks)
     if not 0 <= request.max_steps <= MAX_STEPS:
         raise InvalidRequest("max steps must be between 0 (the agent's default) and 10000")
     if not 0 <= request.budget_usd <= MAX_BUDGET_USD or request.budget_usd != request.budget_usd:

@@ -64,7 +64,12 @@ def job_from_proto(spec: types_pb2.JobSpec) -> Job:
         check=spec.check,
         report_paths=dict(spec.report_paths),
         allow_empty=spec.allow_empty,
+        merges=tuple(Repo(m.url, m.base_ref, m.base_commit) for m in spec.merges),
     )
+
+
+def _repo_pb(repo: Repo) -> types_pb2.RepoSpec:
+    return types_pb2.RepoSpec(url=repo.url, base_ref=repo.base_ref, base_commit=repo.base_commit)
 
 
 def job_to_proto(job: Job) -> types_pb2.JobSpec:
@@ -88,11 +93,10 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
         check=job.check,
         report_paths=dict(job.report_paths),
         allow_empty=job.allow_empty,
+        merges=[_repo_pb(m) for m in job.merges],
     )
     if job.repo is not None:
-        spec.repo.CopyFrom(
-            types_pb2.RepoSpec(url=job.repo.url, base_ref=job.repo.base_ref, base_commit=job.repo.base_commit)
-        )
+        spec.repo.CopyFrom(_repo_pb(job.repo))
     if job.resources is not None:
         res = job.resources
         spec.resources.CopyFrom(types_pb2.Resources(cpus=res.cpus, memory_mb=res.memory_mb, gpus=res.gpus))

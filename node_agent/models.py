@@ -58,6 +58,7 @@ class Job:
     check: str = ""  # run in the worktree after the agent
     report_paths: Mapping[str, str] = field(default_factory=dict)  # agent CLIs: where their JSON keeps counts
     allow_empty: bool = False  # push a commit even when the job changed nothing
+    merges: tuple[Repo, ...] = ()  # a job of a graph: its other dependencies' results, merged in
 
 
 @dataclass(frozen=True)

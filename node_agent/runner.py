@@ -339,6 +339,7 @@ class Runner:
                     job.branch,
                     job.attempt_id,
                     found[1] if found else "",
+                    [(m.base_ref, m.base_commit) for m in job.merges],
                 )
                 if found:
                     line = f"[flota: resuming from {found[0]} at {found[1][:12]}]"

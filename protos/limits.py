@@ -64,6 +64,7 @@ MAX_COMMAND = 64 * 1024  # a command, prompt or check
 MAX_MODEL = 200
 MAX_URL = 4096
 MAX_RESUME_BRANCHES = 100  # the coordinator sends one per earlier attempt (at most 11)
+MAX_DEPENDENCIES = 100  # a task of a graph waits on at most this many (and so merges as many)
 MAX_SECRET_VALUE = 65536
 MAX_STEPS = 10_000
 MAX_BUDGET_USD = 100_000

@@ -13,7 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.models import Attempt, EndReason, Job, JobPlacement, Metered, NodeRecord, Repo, Result, Run
+from coordinator.models import (
+    Attempt,
+    EndReason,
+    Job,
+    JobPlacement,
+    JobStatus,
+    Metered,
+    NodeRecord,
+    Repo,
+    Result,
+    Run,
+)
 from coordinator.store import Store, StoreError
 
 T0 = 1_700_000_000.0
@@ -573,3 +584,30 @@ def test_a_results_metered_figures_are_its_own_and_travel_on() -> None:
         and plain.cost_usd == 0.5
         and not convert.result_to_pb(plain).HasField("metered")
     )
+
+
+def test_a_graphs_jobs_keep_their_dependencies_role_and_bases(db_path: Path) -> None:
+    store = Store(db_path)
+    run = make_run("r1", 2)
+    waiting = run.jobs[1]
+    waiting.status, waiting.depends_on, waiting.role = JobStatus.WAITING, ("r1.0",), "tester"
+    store.create_run(run)
+    assert store.get_job("r1.1") == waiting
+    waiting.status, waiting.bases = JobStatus.QUEUED, (("refs/heads/flota/r1/0", "b" * 40),)
+    store.save_job(waiting)
+    back = store.get_job("r1.1")
+    assert (back.status, back.depends_on, back.role, back.bases) == (
+        JobStatus.QUEUED,
+        ("r1.0",),
+        "tester",
+        (("refs/heads/flota/r1/0", "b" * 40),),
+    )
+    store.close()
+    # A database from before graphs (issue 17): no `bases` column, no graph keys in a spec.
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE jobs SET spec = json_remove(spec, '$.depends_on', '$.role')")
+        db.execute("ALTER TABLE jobs DROP COLUMN bases")
+    older = Store(db_path)
+    job = older.get_job("r1.1")
+    assert (job.depends_on, job.role, job.bases) == ((), "", ())
+    older.close()

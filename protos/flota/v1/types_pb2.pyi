@@ -361,6 +361,7 @@ class JobSpec(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     REPORT_PATHS_FIELD_NUMBER: _builtins.int
     ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
+    MERGES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     run_id: _builtins.str
     attempt_id: _builtins.str
@@ -412,6 +413,13 @@ class JobSpec(_message.Message):
         cost_usd, steps, tokens_in, tokens_out, as dotted paths ("usage.input_tokens").
         """
 
+    @_builtins.property
+    def merges(self) -> _containers.RepeatedCompositeFieldContainer[Global___RepoSpec]:
+        """A job of a graph with several dependencies: their results (url, their branch's ref,
+        its head commit), merged into the worktree after it is made at `repo`; a conflict
+        fails the job naming the files.
+        """
+
     def __init__(
         self,
         *,
@@ -436,10 +444,11 @@ class JobSpec(_message.Message):
         check: _builtins.str = ...,
         report_paths: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         allow_empty: _builtins.bool = ...,
+        merges: _abc.Iterable[Global___RepoSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["repo", b"repo", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "job_id", b"job_id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "job_id", b"job_id", "max_steps", b"max_steps", "merges", b"merges", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
