@@ -19,9 +19,10 @@ import pytest
 
 from cli import __version__
 from tests.lab.netlab import Lab
+from tests.lab.release import release
 from tests.lab.systemdhost import Systemd
 from tests.lab.test_node_install import Site, _no_processes, _node, make_site, wheel_cache
-from tests.lab.test_node_upgrade import _release, _upgrade, _wait_job
+from tests.lab.test_node_upgrade import _upgrade, _wait_job
 
 __all__ = ["wheel_cache"]  # the fixture, shared with test_node_install
 
@@ -106,7 +107,7 @@ def test_the_unit_runs_the_daemon_upgrade_restarts_it_keeping_the_job_uninstall_
 
     # upgrade: SIGUSR1 (the daemon leaves its job to the keeper), then systemctl restarts the unit
     new = "9.8.0"
-    up = _upgrade(site, _release(tmp_path, new), "box", "--wait", "60")
+    up = _upgrade(site, release(tmp_path, new), "box", "--wait", "60")
     assert up.returncode == 0, up.stderr
     assert re.fullmatch(
         rf"node box upgraded from flota {re.escape(__version__)} to {new} in [\d.]+ s; its jobs kept",

@@ -1,11 +1,10 @@
 """`flota node upgrade` against a real OpenSSH server on a lab host (issue 15), with the
 site of tests/lab/test_node_install.py.
 
-The "new version" is real: a copy of this source tree whose protos/contract.py says
-another FLOTA_VERSION (as tests/test_versions.py's `release()` does), with pyproject.toml
-and README.md, run as the CLI (PYTHONPATH). `upgrade` builds flota's wheel from the source
-of the CLI that runs it, so the copy's wheel is what the host gets. A broken new version
-is such a copy whose node daemon exits at once.
+The "new version" is real (tests/lab/release.py): a copy of this source tree with another
+FLOTA_VERSION, run as the CLI. `upgrade` builds flota's wheel from the source of the CLI
+that runs it, so the copy's wheel is what the host gets. A broken new version is such a
+copy whose node daemon exits at once.
 """
 
 from __future__ import annotations
@@ -22,31 +21,12 @@ from typing import Any
 import pytest
 
 from cli import __version__
-from tests.fleet import ROOT
+from tests.lab.release import release
 from tests.lab.test_node_install import Site, _no_processes, _node, site, wheel_cache
 
 __all__ = ["site", "wheel_cache"]  # the fixtures, shared with test_node_install
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(900)]
-
-
-def _release(tmp_path: Path, version: str, broken: bool = False) -> dict[str, str]:
-    copy = tmp_path / f"flota-{version}"
-    if copy.exists():
-        return {"PYTHONPATH": str(copy)}
-    for package in ("protos", "coordinator", "node_agent", "cli"):
-        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, copy / name)
-    contract = copy / "protos" / "contract.py"
-    text, n = re.subn(
-        r"^FLOTA_VERSION = .*$", f'FLOTA_VERSION = "{version}"', contract.read_text(), count=1, flags=re.M
-    )
-    assert n == 1
-    contract.write_text(text)
-    if broken:
-        (copy / "node_agent" / "__main__.py").write_text("import sys\nsys.exit(1)\n")
-    return {"PYTHONPATH": str(copy)}
 
 
 def _upgrade(site: Site, release: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -87,7 +67,7 @@ def test_upgrade_keeps_the_running_job_and_a_broken_version_rolls_back(site: Sit
         time.sleep(0.2)
 
     new = "9.8.0"
-    up = _upgrade(site, _release(tmp_path, new), "box", "--wait", "60")
+    up = _upgrade(site, release(tmp_path, new), "box", "--wait", "60")
     assert up.returncode == 0, up.stderr
     assert re.fullmatch(
         rf"node box upgraded from flota {re.escape(__version__)} to {new} in [\d.]+ s; its jobs kept",
@@ -111,7 +91,7 @@ def test_upgrade_keeps_the_running_job_and_a_broken_version_rolls_back(site: Sit
     ]
 
     broken = "9.9.0"
-    bad = _upgrade(site, _release(tmp_path, broken, broken=True), "box", "--wait", "8")
+    bad = _upgrade(site, release(tmp_path, broken, broken=True), "box", "--wait", "8")
     assert bad.returncode == 2, bad
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith(f"flota: the node did not come online with flota {broken} within 8 s"), last
@@ -124,7 +104,7 @@ def test_upgrade_keeps_the_running_job_and_a_broken_version_rolls_back(site: Sit
     assert manifest["version"] == new and manifest["versions"] == [__version__, new]
     assert manifest["upgrades"][-1]["state"] == "rolled back"
 
-    every = _upgrade(site, _release(tmp_path, new), "--all")  # the copy made above, again
+    every = _upgrade(site, release(tmp_path, new), "--all")  # the copy made above, again
     assert every.returncode == 0, every.stderr
     assert every.stdout.strip() == f"node box is already at flota {new}; nothing changed"
 
