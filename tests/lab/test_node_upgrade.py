@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 from cli import __version__
+from cli.install.wheelhouse import source_hash
+from tests.fleet import ROOT
 from tests.lab.release import release
 from tests.lab.test_node_install import Site, _no_processes, _node, site, wheel_cache
 
@@ -55,6 +57,45 @@ def test_upgrade_keeps_the_running_job_and_a_broken_version_rolls_back(site: Sit
     assert same.returncode == 0, same.stderr
     assert same.stdout.strip() == f"node box is already at flota {__version__}; nothing changed"
 
+    # Another build of the same version (a dev tree): add calls it an upgrade, and upgrade does it.
+    dev = release(tmp_path, __version__, dev=True)
+    ours, theirs = source_hash(ROOT)[:8], source_hash(Path(dev["PYTHONPATH"]))[:8]
+    env = {"HOME": str(site.dev_home), "XDG_CACHE_HOME": str(site.cache), **dev}
+    args = [
+        "node",
+        "add",
+        site.box.target,
+        "--identity",
+        str(site.box.key),
+        "--service",
+        "none",
+        "--name",
+        "box",
+    ]
+    refused = site.fleet.flota(*args, env=env, timeout=300)
+    assert refused.returncode == 2, refused
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"flota: flota {__version__} ({ours}) is installed on {site.box.target} as node box; installing "
+        f"{__version__} ({theirs}) is an upgrade: flota node upgrade NAME (or flota node uninstall first)"
+    )
+    up = _upgrade(site, dev, "box", "--wait", "60")
+    assert up.returncode == 0, up.stderr
+    v = re.escape(__version__)
+    assert re.fullmatch(
+        rf"node box upgraded from flota {v} \(build {ours}\) to {v} \(build {theirs}\) in [\d.]+ s; "
+        "its jobs kept",
+        up.stdout.strip(),
+    ), up.stdout
+    node = _node(site, "box")
+    assert node is not None and node["state"] == "online" and node["info"]["build"].startswith(theirs), node
+    assert os.readlink(root / "current") == f"versions/{__version__}+{theirs}"
+    again = _upgrade(site, dev, "box")
+    assert again.stdout.strip() == f"node box is already at flota {__version__}; nothing changed", again
+    # This CLI (the other build) shows the node's build beside its version; the dev CLI does not.
+    shown = site.flota("version").stdout
+    assert f"node box  {__version__} (build {theirs}) (protocol " in shown, shown
+    assert f"node box  {__version__} (protocol " in site.fleet.flota("version", env=env).stdout
+
     outside = site.box.home.parent / f"{site.box.home.name}-gate"
     outside.mkdir()
     os.chmod(outside, 0o777)
@@ -85,9 +126,14 @@ def test_upgrade_keeps_the_running_job_and_a_broken_version_rolls_back(site: Sit
     assert ran.read_text() == "x\n", "the job ran once, never again"
     assert site.fleet.flota("logs", job_id, check=True).stdout == "started\nfinished\n"
     manifest = json.loads((root / "install.json").read_text())
-    assert manifest["version"] == new and manifest["versions"] == [__version__, new]
+    assert manifest["version"] == new and manifest["versions"] == [
+        __version__,
+        f"{__version__}+{theirs}",
+        new,
+    ]
     assert [(u["from"], u["to"], u["state"]) for u in manifest["upgrades"]] == [
-        (__version__, new, "upgraded")
+        (__version__, __version__, "upgraded"),
+        (__version__, new, "upgraded"),
     ]
 
     broken = "9.9.0"
@@ -101,7 +147,11 @@ def test_upgrade_keeps_the_running_job_and_a_broken_version_rolls_back(site: Sit
     assert os.readlink(root / "current") == f"versions/{new}"
     assert not (root / "versions" / broken).exists()
     manifest = json.loads((root / "install.json").read_text())
-    assert manifest["version"] == new and manifest["versions"] == [__version__, new]
+    assert manifest["version"] == new and manifest["versions"] == [
+        __version__,
+        f"{__version__}+{theirs}",
+        new,
+    ]
     assert manifest["upgrades"][-1]["state"] == "rolled back"
 
     every = _upgrade(site, release(tmp_path, new), "--all")  # the copy made above, again
