@@ -15,7 +15,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from protos.contract import EndReason
+from protos.contract import FLOTA_VERSION, EndReason
 from protos.flota.v1 import coordinator_pb2, types_pb2
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "jobs_table",
     "metered_line",
     "no_changes",
+    "node_version",
     "nodes_table",
     "print_json",
     "prune_lines",
@@ -251,7 +252,15 @@ def _note(job: coordinator_pb2.Job) -> str:
     return job.result.error if job.HasField("result") else ""
 
 
-def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
+def node_version(info: types_pb2.NodeInfo, build: str) -> str:
+    """A node's version, with its build when it runs another build of this CLI's version
+    (`build`: the one this CLI would install)."""
+    if info.version == FLOTA_VERSION and info.build and build and info.build != build:
+        return f"{info.version} (build {info.build[:8]})"
+    return info.version
+
+
+def nodes_table(reply: coordinator_pb2.ListNodesReply, build: str = "") -> FitTable:
     t = FitTable(
         "NAME", "ADDRESS", "LINK", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS",
         "VERSION", "STATE",
@@ -277,7 +286,7 @@ def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
             f"{f.load_1m:.2f}" if f.cpu_count else "-",
             f"{i.running}/{i.slots}" if i.slots else "-",
             ",".join(f.agent_clis) or "-",
-            i.version or "-",
+            node_version(i, build) or "-",
             state,
         )
     return t

@@ -255,6 +255,7 @@ class NodeInfo:
     unreachable_after_s: float = 0.0
     lost_after_s: float = 0.0
     protocol: int = 0  # 0: a node from before protocol numbers (it spoke 1)
+    build: str = ""  # its wheel's stamped build; "": run from a source tree
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,6 +197,7 @@ class NodeInfo(_message.Message):
     UNREACHABLE_AFTER_S_FIELD_NUMBER: _builtins.int
     LOST_AFTER_S_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
+    BUILD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     version: _builtins.str
@@ -214,6 +215,8 @@ class NodeInfo(_message.Message):
     lost_after_s: _builtins.float
     protocol: _builtins.int
     """the wire contract it speaks (protos/contract.py PROTOCOL); 0: 1"""
+    build: _builtins.str
+    """the build of flota it runs (protos/contract.py build()); "": a source tree"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -238,10 +241,11 @@ class NodeInfo(_message.Message):
         unreachable_after_s: _builtins.float = ...,
         lost_after_s: _builtins.float = ...,
         protocol: _builtins.int = ...,
+        build: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "facts", b"facts", "id", b"id", "labels", b"labels", "lost_after_s", b"lost_after_s", "name", b"name", "network", b"network", "network_source", b"network_source", "protocol", b"protocol", "running", b"running", "slots", b"slots", "unreachable_after_s", b"unreachable_after_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "build", b"build", "facts", b"facts", "id", b"id", "labels", b"labels", "lost_after_s", b"lost_after_s", "name", b"name", "network", b"network", "network_source", b"network_source", "protocol", b"protocol", "running", b"running", "slots", b"slots", "unreachable_after_s", b"unreachable_after_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
