@@ -69,12 +69,16 @@ def run(
         int | None, typer.Option(help="Jobs to run; tasks and models are dealt round-robin.")
     ] = None,
     budget_per_worker: Annotated[float | None, typer.Option(help="USD budget of each llm job.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Model calls allowed per llm job.")] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="Model calls (steps) allowed per job: llm, or an agent CLI that has a limit."),
+    ] = None,
     check: Annotated[
         str | None, typer.Option(help="A command run in the worktree after the agent; pass/fail is recorded.")
     ] = None,
     api_base: Annotated[
-        str | None, typer.Option(help="An OpenAI-compatible server for the llm agent (http://host:port/v1).")
+        str | None,
+        typer.Option(help="The model server (http://host:port/v1) for the llm agent or an agent CLI."),
     ] = None,
     repo: Annotated[str | None, typer.Option(help="Git repository the tasks work on.")] = None,
     remote: Annotated[str, typer.Option(help="Remote name or URL the nodes use.")] = "origin",
@@ -149,10 +153,12 @@ def run(
         raise CliError("--workers must be between 1 and 1000")
     network = network or list(defaults.get("networks", []))
     timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
-    tasks = fan_out(agent, texts, model_list, workers, {**TEMPLATES, **config.agents})
+    max_steps = max_steps if max_steps is not None else int(defaults.get("max_steps", 0))
+    templates = {**TEMPLATES, **config.agents}
+    tasks = fan_out(agent, texts, model_list, workers, templates, api_base or "", max_steps)
     request = coordinator_pb2.SubmitRunRequest(
         tasks=tasks,
-        max_steps=max_steps if max_steps is not None else int(defaults.get("max_steps", 0)),
+        max_steps=max_steps,
         budget_usd=budget_per_worker
         if budget_per_worker is not None
         else float(defaults.get("budget_per_worker", 0)),

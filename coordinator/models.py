@@ -358,6 +358,7 @@ class Job:
     requires: str = ""  # an agent CLI the node must have, or "model:<model>" it must serve
     report_paths: Mapping[str, str] = field(default_factory=dict)
     allow_empty: bool = False  # a job that changed nothing still pushes its branch (an empty commit)
+    ignore_paths: tuple[str, ...] = ()  # an agent CLI's own files, kept out of the commit
 
 
 @dataclass(slots=True)

@@ -277,6 +277,7 @@ class Service:
                     check=sub.check,
                     requires=task.requires or self._model_requirement(task, sub.api_base),
                     report_paths=dict(task.report_paths),
+                    ignore_paths=task.ignore_paths,
                     status=JobStatus.QUEUED,
                     created_at=now,
                     updated_at=now,
@@ -285,7 +286,11 @@ class Service:
                     resume_from_partial=sub.resume_from_partial,
                     allow_empty=sub.allow_empty,
                     secrets=sub.secrets,
-                    env=dict(sub.env),
+                    # The template's variables, under the user's --env and --secret.
+                    env={
+                        **{k: v for k, v in task.env.items() if k not in sub.secrets},
+                        **sub.env,
+                    },
                     placement=sub.placement,
                     repo=repo,
                     wait_reason="waiting for a node",

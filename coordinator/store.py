@@ -86,6 +86,7 @@ _SPEC_FIELDS = (
     "requires",
     "report_paths",
     "allow_empty",
+    "ignore_paths",
 )
 # Columns added after the first release: (table, column, declaration). Added in place
 # when an older database is opened.
@@ -379,6 +380,7 @@ class Store:
         placement["avoid_networks"] = tuple(placement["avoid_networks"])
         repo = spec.pop("repo")
         spec["secrets"] = tuple(spec.get("secrets", ()))
+        spec["ignore_paths"] = tuple(spec.get("ignore_paths", ()))
         job = Job(
             id=row[0],
             run_id=row[1],

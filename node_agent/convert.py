@@ -64,6 +64,7 @@ def job_from_proto(spec: types_pb2.JobSpec) -> Job:
         check=spec.check,
         report_paths=dict(spec.report_paths),
         allow_empty=spec.allow_empty,
+        ignore_paths=tuple(spec.ignore_paths),
     )
 
 
@@ -88,6 +89,7 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
         check=job.check,
         report_paths=dict(job.report_paths),
         allow_empty=job.allow_empty,
+        ignore_paths=list(job.ignore_paths),
     )
     if job.repo is not None:
         spec.repo.CopyFrom(

@@ -58,6 +58,7 @@ class Job:
     check: str = ""  # run in the worktree after the agent
     report_paths: Mapping[str, str] = field(default_factory=dict)  # agent CLIs: where their JSON keeps counts
     allow_empty: bool = False  # push a commit even when the job changed nothing
+    ignore_paths: tuple[str, ...] = ()  # an agent CLI's own files: left out of the commit
 
 
 @dataclass(frozen=True)

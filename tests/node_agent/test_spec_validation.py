@@ -54,6 +54,7 @@ ACCEPTED: dict[str, types_pb2.JobSpec] = {
     "env-underscore": spec(env={"_X": "", "A_B_9": "x=y\nz"}),
     "env-128-chars": spec(env={"A" * 128: "1"}),
     "command-with-leading-space": spec(command="  true"),
+    "ignore-paths": spec(agent="aider", ignore_paths=[".aider*", ".architect", "sub/.cache", "[ab].log"]),
 }
 
 
@@ -65,6 +66,20 @@ def test_accepted(job: types_pb2.JobSpec) -> None:
 REJECTED: dict[str, tuple[types_pb2.JobSpec, str]] = {
     # ids
     "job-id-empty": (spec(job_id=""), "invalid job_id ''"),
+    "ignore-path-absolute": (
+        spec(ignore_paths=["/etc"]),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
+    "ignore-path-up": (spec(ignore_paths=["a/../.."]), "invalid ignore paths (relative globs, at most 32)"),
+    "ignore-path-magic": (
+        spec(ignore_paths=[":(top)*"]),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
+    "ignore-path-option": (spec(ignore_paths=["-f"]), "invalid ignore paths (relative globs, at most 32)"),
+    "ignore-paths-too-many": (
+        spec(ignore_paths=["a"] * 33),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
     "job-id-dotdot": (spec(job_id=".."), "invalid job_id '..'"),
     "job-id-dotdot-inside": (spec(job_id="a..b"), "invalid job_id 'a..b'"),
     "job-id-slash": (spec(job_id="a/b"), "invalid job_id 'a/b'"),
