@@ -96,10 +96,31 @@ TEMPLATES: dict[str, Template] = {
             "tokens_out": "usage.output_tokens",
         },
     ),
+    # aider 0.86.2: --message runs one request and exits; --yes-always answers its
+    # questions, the rest keeps it from asking others, opening a browser, fetching URLs
+    # in the prompt, committing, or adding itself to .gitignore. It prints no JSON.
     "aider": Template(
         "aider",
-        ("aider", "--yes-always", "--no-auto-commits", "--no-check-update", "--message", "{prompt}"),
+        (
+            "aider",
+            "--yes-always",
+            "--no-auto-commits",
+            "--no-dirty-commits",
+            "--no-gitignore",
+            "--no-check-update",
+            "--no-analytics",
+            "--no-show-release-notes",
+            "--no-show-model-warnings",
+            "--no-detect-urls",
+            "--no-fancy-input",
+            "--no-pretty",
+            "--no-stream",
+            "--message",
+            "{prompt}",
+        ),
         ("--model", "{model}"),
+        env={**_LITELLM_OFFLINE, "OPENAI_API_BASE": "{api_base}", "OPENAI_API_KEY": "{api_key}"},
+        ignore=(".aider*",),
     ),
     "codex": Template("codex", ("codex", "exec", "--full-auto", "{prompt}"), ("--model", "{model}")),
     "gemini": Template("gemini", ("gemini", "--yolo", "--prompt", "{prompt}"), ("--model", "{model}")),
