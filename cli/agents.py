@@ -25,7 +25,7 @@ import yaml
 from cli.client import CliError
 from protos.flota.v1 import coordinator_pb2
 
-__all__ = ["NO_KEY", "TEMPLATES", "RepoConfig", "Template", "fan_out", "load_repo_config"]
+__all__ = ["NO_KEY", "TEMPLATES", "RepoConfig", "Template", "fan_out", "load_repo_config", "takes"]
 
 CONFIG_FILE = "flota.yaml"
 # The API key a CLI is given with --api-base (a loopback server wants none, every CLI
@@ -266,6 +266,12 @@ def _agent(path: Path, name: str, spec: object) -> Template:
         raise CliError(f"{path}: agents.{name}.requires must be a string")
     argv = lists.pop("argv") + flags
     return Template(requires, argv, report=report, env=env, model=model, **lists)
+
+
+def takes(agent: str, templates: Mapping[str, Template], placeholder: str) -> bool:
+    """Whether the agent takes --api-base ("api_base") or --max-steps ("max_steps")."""
+    template = templates.get(agent)
+    return agent == "llm" or (template is not None and template.takes(placeholder))
 
 
 def fan_out(

@@ -140,7 +140,7 @@ def run(
     texts = ([command] if command else []) + list(task or [])
     if not texts:
         raise CliError("nothing to run: give a command or --task")
-    from cli.agents import TEMPLATES, fan_out, load_repo_config
+    from cli.agents import TEMPLATES, fan_out, load_repo_config, takes
 
     config = load_repo_config(Path(repo or ".").resolve())
     defaults = config.run
@@ -153,8 +153,9 @@ def run(
         raise CliError("--workers must be between 1 and 1000")
     network = network or list(defaults.get("networks", []))
     timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
-    max_steps = max_steps if max_steps is not None else int(defaults.get("max_steps", 0))
     templates = {**TEMPLATES, **config.agents}
+    if max_steps is None:  # flota.yaml's default, for the agents that take one
+        max_steps = int(defaults.get("max_steps", 0)) if takes(agent, templates, "max_steps") else 0
     tasks = fan_out(agent, texts, model_list, workers, templates, api_base or "", max_steps)
     request = coordinator_pb2.SubmitRunRequest(
         tasks=tasks,
