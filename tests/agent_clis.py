@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["BIN", "leftovers", "node_env", "require"]
+from tests.fake_openai import Reply, call, text
+
+__all__ = ["BIN", "FLOTA_YAML", "MODEL", "edit_script", "leftovers", "node_env", "require"]
 
 BIN = Path(__file__).resolve().parent.parent / ".clis" / "bin"
 INSTALL_HINT = "install it with: bash scripts/python_clis (scripts/test does)"
@@ -27,6 +29,20 @@ _AIDER_PRICES = {
         "output_cost_per_token": 2e-06,
     }
 }
+
+
+MODEL = "openai/fake"  # as the scripted server (tests/fake_openai.py) serves it
+# The repository's own settings for aider (flota.yaml travels with it): small models edit
+# best in the "whole" format.
+FLOTA_YAML = "agents:\n  aider:\n    flags: [--edit-format, whole]\n"
+
+
+def edit_script(cli: str) -> list[Reply]:
+    """The scripted model's answers that make ``cli`` create hello.txt in one step."""
+    if cli == "architect":
+        return [call("write_file", path="hello.txt", content="hello\n"), text("wrote hello.txt")]
+    # aider edits by its "whole file" format: the file's name, then its text fenced.
+    return [text("hello.txt\n```\nhello\n```\n")]
 
 
 def require(name: str) -> Path:

@@ -12,22 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.agent_clis import leftovers, node_env, require
-from tests.fake_openai import FakeOpenAI, Reply, call, text
+from tests.agent_clis import FLOTA_YAML, MODEL, edit_script, leftovers, node_env, require
+from tests.fake_openai import FakeOpenAI, text
 from tests.fleet import Fleet, git, make_repo, wait_until
 
 pytestmark = pytest.mark.timeout(300)
-
-MODEL = "openai/fake"
-# aider edits by its "whole file" format: the file's name, then its text fenced.
-AIDER_EDIT = "hello.txt\n```\nhello\n```\n"
-SCRIPTS: dict[str, list[Reply]] = {
-    "architect": [call("write_file", path="hello.txt", content="hello\n"), text("wrote hello.txt")],
-    "aider": [text(AIDER_EDIT)],
-}
-# The repository's own settings for aider (flota.yaml travels with it): small models edit
-# best in the "whole" format.
-FLOTA_YAML = "agents:\n  aider:\n    flags: [--edit-format, whole]\n"
 
 
 @pytest.fixture
@@ -66,7 +55,7 @@ def test_a_real_cli_edits_and_its_change_is_committed_alone(fleet: Fleet, tmp_pa
     work, remote = repo(tmp_path)
     assert cli in fleet.nodes()["n1"]["info"]["facts"]["agent_clis"]
     extra = ("--max-steps", "5") if cli == "architect" else ()
-    with FakeOpenAI(SCRIPTS[cli], default=text("done")) as server:
+    with FakeOpenAI(edit_script(cli), default=text("done")) as server:
         result = fleet.flota("--json", *run_args(cli, server, work, *extra), "create hello.txt", "--follow")
         assert "Traceback" not in result.stderr, result.stderr
         run = json.loads(result.stdout)
