@@ -295,10 +295,12 @@ def fan_out(
     ):
         takes = agent == "llm" or (template is not None and template.takes(placeholder))
         if value and not takes:
-            raise CliError(
-                f"{flag} does not reach the {agent} agent (its template has no {{{placeholder}}}; "
-                "see agents: in flota.yaml)"
+            why = (
+                f"its template has no {{{placeholder}}}; see agents: in flota.yaml"
+                if template
+                else "a shell command takes its own flags"
             )
+            raise CliError(f"{flag} does not reach the {agent} agent ({why})")
     models = list(models) or [template.model if template else ""]
     if workers:
         pairs = [(tasks[i % len(tasks)], models[i % len(models)]) for i in range(workers)]

@@ -15,8 +15,9 @@ import pytest
 from tests.agent_clis import FLOTA_YAML, MODEL, edit_script, leftovers, node_env, require
 from tests.fake_openai import FakeOpenAI, text
 from tests.fleet import Fleet, git, make_repo, wait_until
+from tests.real_model import smollm2_server
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture
@@ -34,19 +35,9 @@ def repo(tmp_path: Path) -> tuple[Path, Path]:
     return make_repo(tmp_path / "repo", {"README.md": "sample\n", "flota.yaml": FLOTA_YAML})
 
 
-def run_args(cli: str, server: FakeOpenAI, work: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--agent",
-        cli,
-        "--model",
-        MODEL,
-        "--api-base",
-        server.base_url,
-        "--repo",
-        str(work),
-        *extra,
-    ]
+def run_args(cli: str, server: FakeOpenAI | str, work: Path, *extra: str, model: str = MODEL) -> list[str]:
+    base = server if isinstance(server, str) else server.base_url
+    return ["run", "--agent", cli, "--model", model, "--api-base", base, "--repo", str(work), *extra]
 
 
 @pytest.mark.parametrize("cli", ["architect", "aider"])
@@ -114,3 +105,29 @@ def test_a_cancel_stops_the_real_cli_and_its_children(fleet: Fleet, tmp_path: Pa
             lambda: fleet.json("status", job["id"])["status"] == "cancelled", timeout=60, what="cancelled"
         )
         wait_until(lambda: not leftovers(job["id"]), timeout=15, what="no process of the job left")
+
+
+@pytest.mark.parametrize("cli", ["architect", "aider"])
+def test_a_real_cli_against_the_real_smollm2_ends_on_its_own(fleet: Fleet, tmp_path: Path, cli: str) -> None:
+    """A real model says what it says: the job ends (no prompt waits for an answer, no
+    timeout), the CLI's report is read, and its own files are not the job's work."""
+    require(cli)
+    work, _ = repo(tmp_path)
+    extra = ("--max-steps", "2") if cli == "architect" else ()
+    with smollm2_server(log_path=tmp_path / "llama.log") as (api_base, model):
+        result = fleet.flota(
+            "--json",
+            *run_args(cli, api_base, work, "--timeout", "300", *extra, model=f"openai/{model}"),
+            "Add a line saying hello to README.md",
+            "--follow",
+            timeout=400,
+        )
+    assert "Traceback" not in result.stderr, result.stderr
+    job = json.loads(result.stdout)["jobs"][0]
+    res = job["result"]
+    logs = fleet.flota("logs", job["id"]).stdout
+    assert job["status"] in ("success", "failed", "partial"), (job["status"], logs)
+    assert not [f for f in res["files_modified"] if f.startswith((".architect", ".aider"))], res
+    if cli == "architect":  # its JSON report, among LiteLLM's debug lines on stdout
+        assert int(res["tokens_in"]) > 0 and int(res["tokens_out"]) > 0, (res, logs)
+    print(f"\n[{cli} + smollm2] {job['status']}, {res['steps']} steps, files {res['files_modified']}")
