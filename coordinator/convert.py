@@ -144,6 +144,7 @@ def spec_to_pb(
         check=job.check,
         report_paths=dict(job.report_paths),
         allow_empty=job.allow_empty,
+        ignore_paths=list(job.ignore_paths),
         secrets=dict(secrets),
         resume_branches=list(resume_branches),
     )

@@ -383,6 +383,7 @@ class Job:
     depends_on: tuple[str, ...] = ()
     role: str = ""
     bases: tuple[tuple[str, str], ...] = ()
+    ignore_paths: tuple[str, ...] = ()  # an agent CLI's own files, kept out of the commit
 
 
 @dataclass(slots=True)

@@ -281,6 +281,7 @@ class Service:
                     status=JobStatus.WAITING if task.depends_on else JobStatus.QUEUED,
                     depends_on=tuple(ids[d] for d in task.depends_on),
                     role=task.role,
+                    ignore_paths=task.ignore_paths,
                     created_at=now,
                     updated_at=now,
                     timeout_s=sub.timeout_s,
@@ -288,7 +289,11 @@ class Service:
                     resume_from_partial=sub.resume_from_partial,
                     allow_empty=sub.allow_empty,
                     secrets=sub.secrets,
-                    env=dict(sub.env),
+                    # The template's variables, under the user's --env and --secret.
+                    env={
+                        **{k: v for k, v in task.env.items() if k not in sub.secrets},
+                        **sub.env,
+                    },
                     placement=sub.placement,
                     repo=repo,
                     wait_reason=outcomes.WAITING_ON_DEPS if task.depends_on else "waiting for a node",

@@ -89,6 +89,7 @@ _SPEC_FIELDS = (
     "allow_empty",
     "depends_on",
     "role",
+    "ignore_paths",
 )
 # Columns added after the first release: (table, column, declaration). Added in place
 # when an older database is opened.
@@ -393,6 +394,7 @@ class Store:
         repo = spec.pop("repo")
         spec["secrets"] = tuple(spec.get("secrets", ()))
         spec["depends_on"] = tuple(spec.get("depends_on", ()))
+        spec["ignore_paths"] = tuple(spec.get("ignore_paths", ()))
         job = Job(
             id=row[0],
             run_id=row[1],

@@ -24,6 +24,7 @@ from protos.limits import (
     LABEL_VALUE_RE,
     MAX_BUDGET_USD,
     MAX_DEPENDENCIES,
+    MAX_IGNORE_PATHS,
     MAX_STEPS,
     MAX_TIMEOUT_S,
     MODEL_RE,
@@ -32,6 +33,7 @@ from protos.limits import (
     show,
     valid_api_base,
     valid_id,
+    valid_ignore_path,
     valid_text,
 )
 
@@ -51,7 +53,8 @@ MAX_TASKS = 1000
 MAX_SECRETS = 64
 MAX_PRUNE_IDS = 100_000
 REPORT_KEYS = frozenset({"cost_usd", "steps", "tokens_in", "tokens_out"})
-_PATH_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}\Z")
+# A dotted path, or up to four separated by "|": the first one present is read.
+_PATH_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}(\|[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}){0,3}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class Task:
     depends_on: tuple[str, ...] = ()  # names of other tasks of the run
     role: str = ""
     check: str = ""  # this task's own check; empty: the run's
+    env: Mapping[str, str] = field(default_factory=dict)  # the template's; the run's wins
+    ignore_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +181,14 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
         raise InvalidRequest(f"a task depends on at most {MAX_DEPENDENCIES} others")
     if task.role and not NAME_RE.match(task.role):
         raise InvalidRequest(f"invalid role {show(task.role)} (letters, digits, . _ -)")
+    if (task.env or task.ignore_paths) and agent in ("shell", "llm"):
+        raise InvalidRequest(f"a template's env and ignore paths are for agent CLIs, not {agent}")
+    _env(task.env)
+    if len(task.ignore_paths) > MAX_IGNORE_PATHS:
+        raise InvalidRequest(f"at most {MAX_IGNORE_PATHS} ignore paths per task")
+    for path in task.ignore_paths:
+        if not valid_ignore_path(path):
+            raise InvalidRequest(f"invalid ignore path {show(path)} (a relative glob, no '..')")
     return Task(
         name=task.name,
         agent=agent,
@@ -187,6 +200,8 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
         depends_on=tuple(task.depends_on),
         role=task.role,
         check=task.check,
+        env=dict(task.env),
+        ignore_paths=tuple(task.ignore_paths),
     )
 
 
@@ -208,6 +223,14 @@ def _graph(tasks: tuple[Task, ...]) -> None:
         )
 
 
+def _env(env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not ENV_KEY_RE.match(key):
+            raise InvalidRequest(f"invalid environment variable name {show(key)}")
+        if "\0" in value:  # no environment can hold it; the node refuses the job
+            raise InvalidRequest(f"the value of {key} has a NUL byte")
+
+
 def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
     """A SubmitRun request checked whole, before anything is stored or pushed."""
     if not 0 < len(request.tasks) <= MAX_TASKS:
@@ -224,11 +247,7 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
         raise InvalidRequest("the check command is at most 64 KiB, without NUL")
     if CONTROL_RE.search(request.name):
         raise InvalidRequest("a run name has no control characters")
-    for key, value in request.env.items():
-        if not ENV_KEY_RE.match(key):
-            raise InvalidRequest(f"invalid environment variable name {show(key)}")
-        if "\0" in value:  # no environment can hold it; the node refuses the job
-            raise InvalidRequest(f"the value of {key} has a NUL byte")
+    _env(request.env)
     if not 0 <= request.timeout_s <= MAX_TIMEOUT_S:
         raise InvalidRequest("timeout must be between 0 (none) and 7 days")
     if len(request.secrets) > MAX_SECRETS:

@@ -65,6 +65,7 @@ def job_from_proto(spec: types_pb2.JobSpec) -> Job:
         report_paths=dict(spec.report_paths),
         allow_empty=spec.allow_empty,
         merges=tuple(Repo(m.url, m.base_ref, m.base_commit) for m in spec.merges),
+        ignore_paths=tuple(spec.ignore_paths),
     )
 
 
@@ -94,6 +95,7 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
         report_paths=dict(job.report_paths),
         allow_empty=job.allow_empty,
         merges=[_repo_pb(m) for m in job.merges],
+        ignore_paths=list(job.ignore_paths),
     )
     if job.repo is not None:
         spec.repo.CopyFrom(_repo_pb(job.repo))

@@ -59,6 +59,7 @@ class Job:
     report_paths: Mapping[str, str] = field(default_factory=dict)  # agent CLIs: where their JSON keeps counts
     allow_empty: bool = False  # push a commit even when the job changed nothing
     merges: tuple[Repo, ...] = ()  # a job of a graph: its other dependencies' results, merged in
+    ignore_paths: tuple[str, ...] = ()  # an agent CLI's own files: left out of the commit
 
 
 @dataclass(frozen=True)

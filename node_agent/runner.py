@@ -469,6 +469,7 @@ class Runner:
                 f"{title}\n\nstatus: {status}",
                 trailers,
                 allow_empty=job.allow_empty,
+                ignore=job.ignore_paths,
             )
         except WorkspaceError as exc:
             a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc}"))

@@ -37,6 +37,7 @@ from protos.limits import (
     MAX_BUDGET_USD,
     MAX_COMMAND,
     MAX_DEPENDENCIES,
+    MAX_IGNORE_PATHS,
     MAX_MODEL,
     MAX_RESUME_BRANCHES,
     MAX_SECRET_VALUE,
@@ -46,6 +47,7 @@ from protos.limits import (
     show,
     valid_api_base,
     valid_id,
+    valid_ignore_path,
     valid_ref,
     valid_url,
 )
@@ -109,6 +111,8 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
             return f"invalid environment variable name {show(key)}"
         if "\0" in value:
             return f"invalid value for environment variable {key} (a NUL byte)"
+    if len(spec.ignore_paths) > MAX_IGNORE_PATHS or not all(map(valid_ignore_path, spec.ignore_paths)):
+        return "invalid ignore paths (relative globs, at most 32)"
     for key, value in spec.secrets.items():
         if not ENV_KEY_RE.match(key):
             return f"invalid secret name {show(key)}"

@@ -281,11 +281,15 @@ class Workspace:
         trailers: Mapping[str, str],
         author: str = "flota <flota@localhost>",
         allow_empty: bool = False,
+        ignore: Sequence[str] = (),
     ) -> CommitOutcome:
         """Commit everything in ``worktree`` and push it to ``refs/heads/<branch>``; when its
         files are the base's (the job changed nothing, whatever it committed itself), nothing
         is committed or pushed (``empty``) unless ``allow_empty``: then an empty commit is.
 
+        ``ignore``: globs of an agent CLI's own files (".architect", ".aider*"), with what
+        is under them: files there that the base does not track are left out of the commit
+        (a file the base tracks is the user's, and its change is committed).
         ``trailers`` become ``Key: value`` lines in the message's last paragraph. The diff
         stat is taken from the base commit recorded by :meth:`prepare` to the new head.
         Local failures raise :class:`WorkspaceError`; a failed push is reported in the
@@ -319,6 +323,8 @@ class Workspace:
         with _mirror_lock(mirror):
             _write_attributes(mirror)
             self.git.output(["add", "--all"], cwd=worktree, env=env, what=what)
+            if ignore:
+                self._unstage_new(worktree, base, ignore, env, what)
             tree = self.git.output(["write-tree"], cwd=worktree, env=env, what=what).strip()
             start = self.git.output(["rev-parse", f"{base}^{{tree}}"], cwd=worktree, env=env, what=what)
             if tree == start.strip() and not allow_empty:  # the job changed nothing
@@ -363,6 +369,34 @@ class Workspace:
             pushed=not error,
             error=error,
         )
+
+    def _unstage_new(
+        self, worktree: Path, base: str, ignore: Sequence[str], env: Mapping[str, str], what: str
+    ) -> None:
+        specs = [spec for path in ignore for spec in (f":(glob){path}", f":(glob){path}/**")]
+        added = self.git.output(
+            ["diff", "--cached", "--name-only", "-z", "--no-renames", "--diff-filter=A", base, "--", *specs],
+            cwd=worktree,
+            env=env,
+            what=what,
+        )
+        names = [name for name in added.split("\0") if name]
+        if names:
+            self.git.output(
+                # literal: a file named "*" must not unstage the user's files beside it
+                [
+                    "--literal-pathspecs",
+                    "rm",
+                    "--cached",
+                    "--quiet",
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                ],
+                cwd=worktree,
+                env=env,
+                input="\0".join(names),
+                what=what,
+            )
 
     # ----- scratch and removal -----------------------------------------------------
 

@@ -57,6 +57,7 @@ ACCEPTED: dict[str, types_pb2.JobSpec] = {
     "graph-merges": spec(
         merges=[repo(base_ref="refs/heads/flota/r1/2"), repo(base_ref="refs/heads/flota/r1/3")]
     ),
+    "ignore-paths": spec(agent="aider", ignore_paths=[".aider*", ".architect", "sub/.cache", "[ab].log"]),
 }
 
 
@@ -68,6 +69,20 @@ def test_accepted(job: types_pb2.JobSpec) -> None:
 REJECTED: dict[str, tuple[types_pb2.JobSpec, str]] = {
     # ids
     "job-id-empty": (spec(job_id=""), "invalid job_id ''"),
+    "ignore-path-absolute": (
+        spec(ignore_paths=["/etc"]),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
+    "ignore-path-up": (spec(ignore_paths=["a/../.."]), "invalid ignore paths (relative globs, at most 32)"),
+    "ignore-path-magic": (
+        spec(ignore_paths=[":(top)*"]),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
+    "ignore-path-option": (spec(ignore_paths=["-f"]), "invalid ignore paths (relative globs, at most 32)"),
+    "ignore-paths-too-many": (
+        spec(ignore_paths=["a"] * 33),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
     "job-id-dotdot": (spec(job_id=".."), "invalid job_id '..'"),
     "job-id-dotdot-inside": (spec(job_id="a..b"), "invalid job_id 'a..b'"),
     "job-id-slash": (spec(job_id="a/b"), "invalid job_id 'a/b'"),

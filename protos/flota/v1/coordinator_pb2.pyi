@@ -229,6 +229,26 @@ class TaskSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -239,6 +259,8 @@ class TaskSpec(_message.Message):
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    IGNORE_PATHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     agent: _builtins.str
     """"shell" (command), "llm" (prompt + model), or an external agent CLI whose command
@@ -262,6 +284,16 @@ class TaskSpec(_message.Message):
         succeed before this one starts (it starts from their results), its role, its check.
         """
 
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """An agent CLI template's environment (OPENAI_BASE_URL ...), already filled in; the
+        run's env and secrets take precedence over it.
+        """
+
+    @_builtins.property
+    def ignore_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """see JobSpec.ignore_paths"""
+
     def __init__(
         self,
         *,
@@ -275,10 +307,12 @@ class TaskSpec(_message.Message):
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         role: _builtins.str = ...,
         check: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ignore_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "check", b"check", "command", b"command", "depends_on", b"depends_on", "model", b"model", "name", b"name", "prompt", b"prompt", "report_paths", b"report_paths", "requires", b"requires", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "check", b"check", "command", b"command", "depends_on", b"depends_on", "env", b"env", "ignore_paths", b"ignore_paths", "model", b"model", "name", b"name", "prompt", b"prompt", "report_paths", b"report_paths", "requires", b"requires", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -366,6 +366,7 @@ class JobSpec(_message.Message):
     REPORT_PATHS_FIELD_NUMBER: _builtins.int
     ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     MERGES_FIELD_NUMBER: _builtins.int
+    IGNORE_PATHS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     run_id: _builtins.str
     attempt_id: _builtins.str
@@ -413,8 +414,9 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def report_paths(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """External agent CLIs: where their JSON output (the last JSON object printed) keeps
-        cost_usd, steps, tokens_in, tokens_out, as dotted paths ("usage.input_tokens").
+        """External agent CLIs: where their JSON output (the last JSON object on stdout, one
+        line or indented) keeps cost_usd, steps, tokens_in, tokens_out, as dotted paths
+        ("usage.input_tokens"), alternatives separated by "|" ("cost|costs.total_cost_usd").
         """
 
     @_builtins.property
@@ -422,6 +424,12 @@ class JobSpec(_message.Message):
         """A job of a graph with several dependencies: their results (url, their branch's ref,
         its head commit), merged into the worktree after it is made at `repo`; a conflict
         fails the job naming the files.
+        """
+
+    @_builtins.property
+    def ignore_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """An agent CLI's own bookkeeping (".architect", ".aider*"): git pathspecs (glob) left
+        out of the job's commit unless the base already tracks them.
         """
 
     def __init__(
@@ -449,10 +457,11 @@ class JobSpec(_message.Message):
         report_paths: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         allow_empty: _builtins.bool = ...,
         merges: _abc.Iterable[Global___RepoSpec] | None = ...,
+        ignore_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["repo", b"repo", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "job_id", b"job_id", "max_steps", b"max_steps", "merges", b"merges", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "ignore_paths", b"ignore_paths", "job_id", b"job_id", "max_steps", b"max_steps", "merges", b"merges", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
