@@ -163,6 +163,8 @@ def run(
     network = network or list(defaults.get("networks", []))
     timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
     templates = {**TEMPLATES, **config.agents}
+    if max_steps is None:  # flota.yaml's default, for the agents that take one
+        max_steps = int(defaults.get("max_steps", 0)) if takes(agent, templates, "max_steps") else 0
     if plan is not None:
         from cli.plan.files import graph_run
 
@@ -170,8 +172,6 @@ def run(
         budget_per_worker = plan_budget if budget_per_worker is None else budget_per_worker
         check = plan_check if check is None else check
     else:
-        if max_steps is None:  # flota.yaml's default, for the agents that take one
-            max_steps = int(defaults.get("max_steps", 0)) if takes(agent, templates, "max_steps") else 0
         tasks = fan_out(agent, texts, model_list, workers, templates, api_base or "", max_steps)
     request = coordinator_pb2.SubmitRunRequest(
         tasks=tasks,
