@@ -22,6 +22,8 @@ from protos.limits import (
     LABEL_KEY_RE,
     LABEL_VALUE_RE,
     MAX_BUDGET_USD,
+    MAX_INPUT,
+    MAX_JOBS,
     MAX_STEPS,
     MAX_TIMEOUT_S,
     MODEL_RE,
@@ -30,6 +32,7 @@ from protos.limits import (
     show,
     valid_api_base,
     valid_id,
+    valid_input_path,
     valid_text,
 )
 
@@ -45,7 +48,7 @@ __all__ = [
     "submission",
 ]
 
-MAX_TASKS = 1000
+MAX_TASKS = MAX_JOBS
 MAX_SECRETS = 64
 MAX_PRUNE_IDS = 100_000
 REPORT_KEYS = frozenset({"cost_usd", "steps", "tokens_in", "tokens_out"})
@@ -61,6 +64,8 @@ class Task:
     model: str = ""
     requires: str = ""
     report_paths: Mapping[str, str] = field(default_factory=dict)
+    input: str = ""  # batch: the job's input text
+    input_path: str = ""  # batch: its file, in the worktree or written to the scratch directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,8 @@ class Submission:
     repo_remote: str = ""
     repo_ref: str = ""
     from_working_tree: bool = False
+    run_budget_usd: float = 0.0  # batch: the run's total; 0: none
+    brief: bool = False  # batch: a lean reply
 
 
 def check_id(value: str, what: str) -> str:
@@ -165,6 +172,10 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
                 )
     if CONTROL_RE.search(task.name) or "\0" in task.prompt:
         raise InvalidRequest("a task name has no control characters, a prompt no NUL")
+    if len(task.input.encode()) > MAX_INPUT or "\0" in task.input:
+        raise InvalidRequest(f"a job's input is at most {MAX_INPUT} bytes, without NUL")
+    if task.input_path and not valid_input_path(task.input_path):
+        raise InvalidRequest(f"invalid input path {show(task.input_path)} (a relative path, no ..)")
     return Task(
         name=task.name,
         agent=agent,
@@ -173,6 +184,8 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
         model=task.model,
         requires=task.requires,
         report_paths=dict(task.report_paths),
+        input=task.input,
+        input_path=task.input_path,
     )
 
 
@@ -185,6 +198,8 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
         raise InvalidRequest("max steps must be between 0 (the agent's default) and 10000")
     if not 0 <= request.budget_usd <= MAX_BUDGET_USD or request.budget_usd != request.budget_usd:
         raise InvalidRequest("budget must be between 0 (none) and 100000 USD")
+    if not 0 <= request.run_budget_usd <= MAX_BUDGET_USD:  # NaN fails it too
+        raise InvalidRequest("the run's budget must be between 0 (none) and 100000 USD")
     if request.api_base and not valid_api_base(request.api_base):
         raise InvalidRequest(f"invalid api base {request.api_base!r} (an http:// or https:// URL)")
     if request.check and not valid_text(request.check):
@@ -227,6 +242,8 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
         repo_remote=r.remote,
         repo_ref=r.ref,
         from_working_tree=r.from_working_tree,
+        run_budget_usd=request.run_budget_usd,
+        brief=request.brief,
     )
 
 

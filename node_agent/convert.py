@@ -64,6 +64,8 @@ def job_from_proto(spec: types_pb2.JobSpec) -> Job:
         check=spec.check,
         report_paths=dict(spec.report_paths),
         allow_empty=spec.allow_empty,
+        input=spec.input,
+        input_path=spec.input_path,
     )
 
 
@@ -88,6 +90,8 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
         check=job.check,
         report_paths=dict(job.report_paths),
         allow_empty=job.allow_empty,
+        input=job.input,
+        input_path=job.input_path,
     )
     if job.repo is not None:
         spec.repo.CopyFrom(

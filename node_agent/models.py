@@ -58,6 +58,8 @@ class Job:
     check: str = ""  # run in the worktree after the agent
     report_paths: Mapping[str, str] = field(default_factory=dict)  # agent CLIs: where their JSON keeps counts
     allow_empty: bool = False  # push a commit even when the job changed nothing
+    input: str = ""  # batch: its input text, written to the file $FLOTA_INPUT names
+    input_path: str = ""  # batch: that file, relative to its working directory
 
 
 @dataclass(frozen=True)

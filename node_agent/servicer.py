@@ -36,6 +36,7 @@ from protos.limits import (
     ENV_KEY_RE,
     MAX_BUDGET_USD,
     MAX_COMMAND,
+    MAX_INPUT,
     MAX_MODEL,
     MAX_RESUME_BRANCHES,
     MAX_SECRET_VALUE,
@@ -45,6 +46,7 @@ from protos.limits import (
     show,
     valid_api_base,
     valid_id,
+    valid_input_path,
     valid_ref,
     valid_url,
 )
@@ -91,6 +93,10 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
             return "invalid repo base_ref"
         if not valid_ref(spec.branch, BRANCH_RE):
             return f"invalid branch {show(spec.branch)}"
+    if len(spec.input.encode()) > MAX_INPUT or "\0" in spec.input:
+        return "input too long or with a NUL byte"
+    if spec.input_path and not valid_input_path(spec.input_path):
+        return f"invalid input path {show(spec.input_path)}"
     if len(spec.resume_branches) > MAX_RESUME_BRANCHES:
         return "too many resume branches"
     for branch in spec.resume_branches:

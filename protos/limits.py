@@ -22,6 +22,8 @@ __all__ = [
     "LABEL_VALUE_RE",
     "MAX_BUDGET_USD",
     "MAX_COMMAND",
+    "MAX_INPUT",
+    "MAX_JOBS",
     "MAX_MESSAGE_BYTES",
     "MAX_MODEL",
     "MAX_RESUME_BRANCHES",
@@ -37,6 +39,7 @@ __all__ = [
     "show",
     "valid_api_base",
     "valid_id",
+    "valid_input_path",
     "valid_ref",
     "valid_text",
     "valid_url",
@@ -62,6 +65,11 @@ CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, on every channel and server
 MAX_COMMAND = 64 * 1024  # a command, prompt or check
 MAX_MODEL = 200
+# batch: one job's input text (flota run --inputs, or --each without a repo): it travels in
+# the run's one SubmitRun request (itself at most MAX_MESSAGE_BYTES) and in each JobSpec.
+MAX_INPUT = 64 * 1024
+MAX_JOBS = 20_000  # jobs in one run (10,000 inputs x 2 models)
+MAX_INPUT_PATH = 1024
 MAX_URL = 4096
 MAX_RESUME_BRANCHES = 100  # the coordinator sends one per earlier attempt (at most 11)
 MAX_SECRET_VALUE = 65536
@@ -127,4 +135,15 @@ def valid_api_base(url: str) -> bool:
         url.startswith(("http://", "https://"))
         and len(url) <= 500
         and not any(ch.isspace() or ch == "\0" for ch in url)
+    )
+
+
+def valid_input_path(path: str) -> bool:
+    """A job's input file, relative to its worktree or scratch directory: no absolute
+    path, no `..`, no empty or dot part, no control character."""
+    return (
+        0 < len(path) <= MAX_INPUT_PATH
+        and not path.startswith(("/", "-"))
+        and not CONTROL_RE.search(path)
+        and all(part not in ("", ".", "..") for part in path.split("/"))
     )

@@ -75,6 +75,8 @@ class CoordinatorStub:
     name); the node sends its events (as Node.Session's stream) and each call's reply.
     Node certificates only; the node is the one its certificate names.
     """
+    BatchResults: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.BatchResultsRequest, _coordinator_pb2.Job]
+    """batch: a run's jobs in input (submission) order, each with its input and result."""
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -117,6 +119,8 @@ class CoordinatorAsyncStub(CoordinatorStub):
     name); the node sends its events (as Node.Session's stream) and each call's reply.
     Node certificates only; the node is the one its certificate names.
     """
+    BatchResults: _aio.UnaryStreamMultiCallable[_coordinator_pb2.BatchResultsRequest, _coordinator_pb2.Job]  # type: ignore[assignment]
+    """batch: a run's jobs in input (submission) order, each with its input and result."""
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -276,6 +280,14 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         name); the node sends its events (as Node.Session's stream) and each call's reply.
         Node certificates only; the node is the one its certificate names.
         """
+
+    @_abc_1.abstractmethod
+    def BatchResults(
+        self,
+        request: _coordinator_pb2.BatchResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.Job], _abc.AsyncIterator[_coordinator_pb2.Job]]:
+        """batch: a run's jobs in input (submission) order, each with its input and result."""
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
