@@ -659,6 +659,7 @@ def _coordinator_seeds(d: Daemons) -> dict[str, list[bytes]]:
         "DrainNode": [coordinator_pb2.DrainNodeRequest(node="ghost", undo=True)],
         "CreateToken": [coordinator_pb2.CreateTokenRequest(ttl_s=60)],
         "ListRuns": [coordinator_pb2.ListRunsRequest(limit=5)],
+        "BatchResults": [coordinator_pb2.BatchResultsRequest(run_id=d.final_run)],
     }
     out = {}
     for name, (cls, _) in COORDINATOR_METHODS.items():

@@ -54,6 +54,8 @@ ACCEPTED: dict[str, types_pb2.JobSpec] = {
     "env-underscore": spec(env={"_X": "", "A_B_9": "x=y\nz"}),
     "env-128-chars": spec(env={"A" * 128: "1"}),
     "command-with-leading-space": spec(command="  true"),
+    "input-text-and-path": spec(repo=None, branch="", input="a line ✓", input_path="docs/a b.md"),
+    "input-at-the-cap": spec(input="x" * 65536),
 }
 
 
@@ -87,6 +89,10 @@ REJECTED: dict[str, tuple[types_pb2.JobSpec, str]] = {
     "empty-agent": (spec(agent=""), "unknown agent ''"),
     "llm-without-model": (spec(agent="llm", prompt="p"), "an llm job needs a prompt and a model"),
     "empty-command": (spec(command=""), "empty command"),
+    "input-over-the-cap": (spec(input="é" * 32769), "input too long or with a NUL byte"),
+    "input-nul": (spec(input="a\0b"), "input too long or with a NUL byte"),
+    "input-path-up": (spec(input_path="../../etc/cron.d/x"), "invalid input path '../../etc/cron.d/x'"),
+    "input-path-absolute": (spec(input_path="/etc/passwd"), "invalid input path '/etc/passwd'"),
     "blank-command": (spec(command=" \t\n"), "empty command"),
     "negative-timeout": (spec(timeout_s=-1), "timeout_s out of range"),
     "timeout-over-a-week": (spec(timeout_s=7 * 86400 + 1), "timeout_s out of range"),
