@@ -9,6 +9,7 @@ job's output tail), tokens, cost, and for a row that did not succeed, why.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -72,10 +73,11 @@ def write_rows(jobs: Iterator[coordinator_pb2.Job], fmt: str, output: str | None
     if fmt not in FORMATS:
         raise CliError(f"unknown format {fmt!r} (jsonl, csv or md)")
     ok = True
+    first = next(jobs, None)  # an unknown run is one line, before any header is written
 
     def rows() -> Iterator[dict[str, Any]]:
         nonlocal ok
-        for job in jobs:
+        for job in itertools.chain([first] if first is not None else [], jobs):
             ok = ok and job.status == "success"
             yield result_row(job)
 

@@ -353,13 +353,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     @_stream_role("admin")
     async def BatchResults(
         self, request: coordinator_pb2.BatchResultsRequest, context: Any
-    ) -> AsyncIterator[coordinator_pb2.Job]:
-        """A run's jobs in input order, each with its input and result, one message each
-        (thousands of them would not fit in one GetRun reply)."""
+    ) -> AsyncIterator[coordinator_pb2.BatchResultsChunk]:
+        """A run's jobs in input order, each with its input and result, in chunks of about
+        a MiB (thousands of them would not fit in one GetRun reply)."""
         run = self.service.run(request.run_id)
         names = self._names()
+        chunk, size = coordinator_pb2.BatchResultsChunk(), 0
         for job in sorted(run.jobs, key=lambda j: j.index):
-            yield job_to_pb(job, names, with_input=True)
+            msg = job_to_pb(job, names, with_input=True)
+            size += msg.ByteSize() + 8
+            chunk.jobs.append(msg)
+            if size >= LOG_CHUNK_BYTES:
+                yield chunk
+                chunk, size = coordinator_pb2.BatchResultsChunk(), 0
+        if chunk.jobs:
+            yield chunk
 
 
 async def _with_progress(

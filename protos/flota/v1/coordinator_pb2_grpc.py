@@ -137,7 +137,7 @@ class CoordinatorStub:
         self.BatchResults = channel.unary_stream(
                 '/flota.v1.Coordinator/BatchResults',
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsRequest.SerializeToString,
-                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.Job.FromString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsChunk.FromString,
                 _registered_method=True)
 
 
@@ -279,7 +279,8 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchResults(self, request, context):
-        """batch: a run's jobs in input (submission) order, each with its input and result.
+        """batch: a run's jobs in input (submission) order, each with its input and result,
+        in chunks (a run of thousands would not fit in one GetRun reply).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -391,7 +392,7 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'BatchResults': grpc.unary_stream_rpc_method_handler(
                     servicer.BatchResults,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsRequest.FromString,
-                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -960,7 +961,7 @@ class Coordinator:
             target,
             '/flota.v1.Coordinator/BatchResults',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsRequest.SerializeToString,
-            protos_dot_flota_dot_v1_dot_coordinator__pb2.Job.FromString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsChunk.FromString,
             options,
             channel_credentials,
             insecure,

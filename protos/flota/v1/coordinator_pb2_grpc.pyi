@@ -75,8 +75,10 @@ class CoordinatorStub:
     name); the node sends its events (as Node.Session's stream) and each call's reply.
     Node certificates only; the node is the one its certificate names.
     """
-    BatchResults: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.BatchResultsRequest, _coordinator_pb2.Job]
-    """batch: a run's jobs in input (submission) order, each with its input and result."""
+    BatchResults: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.BatchResultsRequest, _coordinator_pb2.BatchResultsChunk]
+    """batch: a run's jobs in input (submission) order, each with its input and result,
+    in chunks (a run of thousands would not fit in one GetRun reply).
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -119,8 +121,10 @@ class CoordinatorAsyncStub(CoordinatorStub):
     name); the node sends its events (as Node.Session's stream) and each call's reply.
     Node certificates only; the node is the one its certificate names.
     """
-    BatchResults: _aio.UnaryStreamMultiCallable[_coordinator_pb2.BatchResultsRequest, _coordinator_pb2.Job]  # type: ignore[assignment]
-    """batch: a run's jobs in input (submission) order, each with its input and result."""
+    BatchResults: _aio.UnaryStreamMultiCallable[_coordinator_pb2.BatchResultsRequest, _coordinator_pb2.BatchResultsChunk]  # type: ignore[assignment]
+    """batch: a run's jobs in input (submission) order, each with its input and result,
+    in chunks (a run of thousands would not fit in one GetRun reply).
+    """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -286,8 +290,10 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _coordinator_pb2.BatchResultsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.Job], _abc.AsyncIterator[_coordinator_pb2.Job]]:
-        """batch: a run's jobs in input (submission) order, each with its input and result."""
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.BatchResultsChunk], _abc.AsyncIterator[_coordinator_pb2.BatchResultsChunk]]:
+        """batch: a run's jobs in input (submission) order, each with its input and result,
+        in chunks (a run of thousands would not fit in one GetRun reply).
+        """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
