@@ -16,11 +16,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from cli.client import CliError
+from cli.client import Client, CliError
 from cli.render import count
 from protos.flota.v1 import coordinator_pb2
+from protos.limits import MAX_FULL_RUN_JOBS
 
-__all__ = ["FIELDS", "FORMATS", "result_row", "waiting_lines", "write_rows"]
+__all__ = ["FIELDS", "FORMATS", "full_jobs", "result_row", "waiting_lines", "write_rows"]
 
 FIELDS = ("job", "input", "model", "status", "answer", "tokens_in", "tokens_out", "cost_usd", "reason")
 FORMATS = ("jsonl", "csv", "md")
@@ -106,3 +107,13 @@ def waiting_lines(jobs: list[coordinator_pb2.Job], batch: bool) -> list[str]:
     for job in jobs:
         reasons[job.wait_reason] = reasons.get(job.wait_reason, 0) + 1
     return [f"  {count(n, 'job')}: {why}" for why, n in reasons.items()]
+
+
+def full_jobs(client: Client, run: coordinator_pb2.Run) -> coordinator_pb2.Run:
+    """`run` with its jobs whole: a run of more than MAX_FULL_RUN_JOBS comes with brief
+    ones (they would not fit in one message), so they are fetched again, streamed."""
+    if len(run.jobs) > MAX_FULL_RUN_JOBS:
+        jobs = list(client.batch_results(run.id))
+        del run.jobs[:]
+        run.jobs.extend(jobs)
+    return run

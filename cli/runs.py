@@ -31,7 +31,7 @@ from cli.render import (
     runs_table,
     to_dict,
 )
-from cli.results import waiting_lines
+from cli.results import full_jobs, waiting_lines
 from protos.flota.v1 import coordinator_pb2, types_pb2
 
 __all__ = ["cancel", "cleanup", "compare", "logs", "prune", "results", "retry", "run", "status"]
@@ -238,6 +238,7 @@ def _follow(client: Client, run_msg: coordinator_pb2.Run, as_json: bool, done: s
         raise typer.Exit(130) from None
     except CliError as exc:
         raise CliError(f"{exc}; run {run_msg.id} {done} (flota status {run_msg.id})", exc.code) from None
+    final = full_jobs(client, final)
     if as_json:
         print_json(to_dict(final))
     else:
@@ -303,7 +304,8 @@ def results(
         if not write_rows(o.client().batch_results(run_id), fmt or "jsonl", output, sys.stdout):
             raise typer.Exit(EXIT_FAILED)
         return
-    run_msg = o.client().get_run(run_id)
+    client = o.client()
+    run_msg = full_jobs(client, client.get_run(run_id))
     if o.json:
         print_json([{"job": j.id, "node": j.node_name, **to_dict(j.result)} for j in run_msg.jobs])
     else:

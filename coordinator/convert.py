@@ -31,6 +31,7 @@ from coordinator.models import (
     shown_status,
 )
 from protos.flota.v1 import coordinator_pb2, node_pb2, types_pb2
+from protos.limits import MAX_FULL_RUN_JOBS
 
 __all__ = [
     "attempt_to_pb",
@@ -226,7 +227,8 @@ def job_to_pb(job: Job, node_names: dict[str, str], with_input: bool = False) ->
 
 
 def brief_job_to_pb(job: Job) -> coordinator_pb2.Job:
-    """A job as a large run's SubmitRun reply lists it (SubmitRunRequest.brief)."""
+    """A job as a batch's SubmitRun reply (SubmitRunRequest.brief), and any reply with a
+    run of more than MAX_FULL_RUN_JOBS jobs, lists it."""
     return coordinator_pb2.Job(
         id=job.id, run_id=job.run_id, name=job.name, status=job.status, wait_reason=job.wait_reason
     )
@@ -235,7 +237,7 @@ def brief_job_to_pb(job: Job) -> coordinator_pb2.Job:
 def run_to_pb(
     run: Run, node_names: dict[str, str], with_jobs: bool = True, brief: bool = False
 ) -> coordinator_pb2.Run:
-    if brief:
+    if brief or (with_jobs and len(run.jobs) > MAX_FULL_RUN_JOBS):
         jobs = [brief_job_to_pb(j) for j in run.jobs]
     else:
         jobs = [job_to_pb(j, node_names) for j in run.jobs] if with_jobs else []

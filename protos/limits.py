@@ -23,6 +23,7 @@ __all__ = [
     "MAX_BUDGET_USD",
     "MAX_COMMAND",
     "MAX_INPUT",
+    "MAX_FULL_RUN_JOBS",
     "MAX_JOBS",
     "MAX_MESSAGE_BYTES",
     "MAX_MODEL",
@@ -69,6 +70,9 @@ MAX_MODEL = 200
 # the run's one SubmitRun request (itself at most MAX_MESSAGE_BYTES) and in each JobSpec.
 MAX_INPUT = 64 * 1024
 MAX_JOBS = 20_000  # jobs in one run (10,000 inputs x 2 models)
+# A run with more jobs than this is sent with its jobs brief (id, name, status, wait reason):
+# whole, with their results, they might not fit in one message. BatchResults streams them.
+MAX_FULL_RUN_JOBS = 1000
 MAX_INPUT_PATH = 1024
 MAX_URL = 4096
 MAX_RESUME_BRANCHES = 100  # the coordinator sends one per earlier attempt (at most 11)

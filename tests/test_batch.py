@@ -261,3 +261,30 @@ def test_the_run_budget_stops_new_jobs_once_spent(fleet: Fleet, tmp_path: Path) 
     # A retry of a spent run is refused, in one line.
     again = fleet.flota("retry", run["id"], "--failed")
     assert again.returncode != 0 and "budget of $0.02 is spent" in again.stderr
+
+
+def test_a_run_too_big_for_one_message_lists_brief_jobs_and_results_stream_them(
+    shells: Fleet, tmp_path: Path
+) -> None:
+    count = 1001  # one more than protos.limits.MAX_FULL_RUN_JOBS
+    source = tmp_path / "many.txt"
+    source.write_text("".join(f"line {i}\n" for i in range(count)))
+    # Pinned to a label no node has: every job stays queued, nothing runs.
+    submitted = shells.json(
+        "run", "echo {input}", "--inputs", str(source), "--label", "never=here", check=True
+    )
+    assert len(submitted["jobs"]) == count and submitted["jobs"][0]["command"] == ""  # a batch's reply
+    try:
+        run = shells.json("status", submitted["id"], check=True)
+        assert len(run["jobs"]) == count
+        assert {j["command"] for j in run["jobs"]} == {""}  # brief: whole, they might not fit
+        assert run["jobs"][0]["wait_reason"] == "no node with label never=here"
+        rows = _rows(shells, run["id"])
+        assert [r["input"] for r in rows] == [f"line {i}" for i in range(count)]
+        assert {r["status"] for r in rows} == {"queued"}
+        assert {r["reason"] for r in rows} == {"no node with label never=here"}
+        # `results` (its JSON) lists every job too.
+        listed = shells.json("results", run["id"])
+        assert len(listed) == count and listed[-1]["job"] == f"{run['id']}.{count}"
+    finally:
+        shells.flota("cancel", submitted["id"], check=True)
