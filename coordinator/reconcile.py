@@ -366,13 +366,10 @@ class Reconciler:
     def _stop_if_spent(self, run: Run) -> None:
         """A run whose budget its ended attempts have spent starts nothing more (outcomes)."""
         why = outcomes.budget_spent(run.budget_usd, run.spent_usd)
-        stop = [
-            (j, _fields(outcomes.not_started(j, why, self.wall())))
-            for j in run.jobs
-            if why and j.status == "queued"
-        ]
-        if not stop:
+        queued = [j for j in run.jobs if j.status == JobStatus.QUEUED] if why else []
+        if not queued:
             return
+        stop = [(j, _fields(outcomes.not_started(j, why, self.wall()))) for j in queued]
         self.store.stop_jobs(run.id, why, [replace(job, **c) for job, c in stop])
         run.reason = why
         for job, c in stop:
@@ -411,7 +408,7 @@ class Reconciler:
     async def cancel(self, jobs: list[Job]) -> list[str]:
         """Cancel jobs: queued ones at once; running ones by telling their nodes, whose
         result then says cancelled. Attempts on nodes that cannot be told end now."""
-        cancelled, calls = [], []
+        cancelled, calls, runs = [], [], set()
         for job in jobs:
             job = self.jobs.get(job.id, job)
             if job.status in JOB_FINAL:
@@ -423,12 +420,14 @@ class Reconciler:
                 self.persist(job, {"cancel_requested": True, **ended})
                 self.planner.release(job.id)
                 self.hub.job(job, self.fleet.names)
-                self._maybe_finish_run(job.run_id)
+                runs.add(job.run_id)
             else:
                 self.persist(job, {"cancel_requested": True})
                 self.planner.release(job.id)
                 calls += [self._cancel_attempt(job, a) for a in active]
             cancelled.append(job.id)
+        for run_id in runs:  # once a run, not once a job: a run of 20,000 queued jobs
+            self._maybe_finish_run(run_id)
         await asyncio.gather(*calls)
         return cancelled
 
