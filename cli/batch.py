@@ -96,8 +96,10 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 def _git_paths(repo: Path, ref: str, working_tree: bool) -> list[str]:
     """The files a run based on `ref` (or on the working tree) will have in its worktree."""
-    args = ["ls-files", "-z", "--cached", "--others", "--exclude-standard"] if working_tree else []
-    args = args or ["ls-tree", "-r", "-z", "--name-only", "--end-of-options", ref]
+    # From the repository's top, whichever of its directories `repo` is: a job's worktree is all of it.
+    args = ["ls-files", "-z", "--full-name", "--cached", "--others", "--exclude-standard", "--", ":/"]
+    if not working_tree:
+        args = ["ls-tree", "-r", "-z", "--full-tree", "--name-only", "--end-of-options", ref]
     try:
         done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
