@@ -203,7 +203,7 @@ def run(
             )
         )
     if batch:
-        check_size(request, len(tasks))
+        check_size(request, len(items))
     client = o.client()
     submitted = client.submit_run(request)
     if not follow:

@@ -115,6 +115,16 @@ def test_jsonl_fields_and_stdin(shells: Fleet, tmp_path: Path) -> None:
     )
     assert [r["answer"] for r in _rows(shells, run["id"])] == ["n1", "n 2"]
 
+    # With --models: each input with each model, input by input.
+    run = _submit(shells, "echo {input}", "--inputs", "-", "--models", "m1,m2", input_text="x\ny\n")
+    rows = _rows(shells, run["id"])
+    assert [(r["input"], r["model"], r["answer"]) for r in rows] == [
+        ("x", "m1", "x"),
+        ("x", "m2", "x"),
+        ("y", "m1", "y"),
+        ("y", "m2", "y"),
+    ]
+
 
 def test_each_in_a_repository_each_job_sees_its_file(shells: Fleet, tmp_path: Path) -> None:
     files = {
@@ -167,12 +177,16 @@ def test_every_bad_input_is_one_line_and_submits_nothing(shells: Fleet, tmp_path
     big.write_text("small\n" + "x" * 70_000 + "\n")
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "huge.txt").write_text("y" * 70_000)
+    (tmp_path / "local" / "many").mkdir()
+    for i in range(70):  # each under the cap, together over the one request's 4 MiB
+        (tmp_path / "local" / "many" / f"{i}.dat").write_text("z" * 60_000)
     cases: list[tuple[tuple[str, ...], str, str | None]] = [
         (("--each", "docs/[a", "--repo", str(work)), "a [ without its ]", None),
         (("--each", "../*.md", "--repo", str(work)), "invalid glob", None),
         (("--each", "src/*.py", "--repo", str(work)), "no file matches 'src/*.py'", None),
         (("--each", "*.nothing"), "no file matches", None),
         (("--each", "*.txt"), "huge.txt is 70000 bytes", None),
+        (("--each", "many/*.dat"), "the 70 inputs make a request of 4.2 MB", None),
         (("--inputs", str(empty)), "has no inputs", None),
         (("--inputs", str(blank)), "has no inputs", None),
         (("--inputs", "-"), "stdin has no inputs", ""),
