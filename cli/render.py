@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from protos.contract import EndReason
-from protos.flota.v1 import coordinator_pb2
+from protos.flota.v1 import coordinator_pb2, types_pb2
 
 __all__ = [
     "NO_CHANGES",
@@ -27,6 +27,7 @@ __all__ = [
     "console",
     "count",
     "jobs_table",
+    "metered_line",
     "no_changes",
     "nodes_table",
     "print_json",
@@ -224,6 +225,22 @@ def no_changes(job: coordinator_pb2.Job) -> bool:
     return job.HasField("result") and bool(r.base_commit) and not r.files_modified
 
 
+def _cost(r: types_pb2.JobResult) -> str:
+    """A job's cost; "metered" when the node's metering proxy counted it (a job with a
+    budget), rather than the agent saying so itself."""
+    return f"${r.cost_usd:.4f} metered" if r.HasField("metered") else f"${r.cost_usd:.4f}"
+
+
+def metered_line(m: types_pb2.MeterUsage) -> str:
+    """What a job's metering proxy counted, as `flota status JOB` says it."""
+    refused = f", {m.refused} refused" if m.refused else ""
+    line = (
+        f"metered by the node: {m.calls} calls{refused}, {m.tokens_in} tokens in, {m.tokens_out} out, "
+        f"${m.cost_usd:.6f} of a ${m.budget_usd:g} budget"
+    )
+    return f"{line} ({m.note})" if m.note else line
+
+
 def _note(job: coordinator_pb2.Job) -> str:
     """A queued job's wait, an ended one's error; for a success, whether it changed nothing."""
     if job.status == "queued":
@@ -283,7 +300,7 @@ def jobs_table(run: coordinator_pb2.Run) -> FitTable:
 
 
 def results_table(run: coordinator_pb2.Run) -> FitTable:
-    agents = any(j.agent not in ("", "shell") for j in run.jobs)
+    agents = any(j.agent not in ("", "shell") or j.result.HasField("metered") for j in run.jobs)
     checks = any(j.check for j in run.jobs)
     cols = ["JOB", "TASK", "NODE", "BRANCH", "STATUS", "DURATION", "FILES"]
     cols += ["MODEL", "STEPS", "TOKENS", "COST"] if agents else ["EXIT"]
@@ -309,7 +326,7 @@ def results_table(run: coordinator_pb2.Run) -> FitTable:
             (f"{files} (+{r.insertions}/-{r.deletions})" if files else "0") if run.repo_url else "-",
         ]
         if agents:
-            row += [j.model or "-", str(r.steps), f"{r.tokens_in}/{r.tokens_out}", f"${r.cost_usd:.4f}"]
+            row += [j.model or "-", str(r.steps), f"{r.tokens_in}/{r.tokens_out}", _cost(r)]
         else:
             row += [str(r.exit_code) if done and j.status in ("success", "failed") else "-"]
         if checks:

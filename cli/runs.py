@@ -24,6 +24,7 @@ from cli.render import (
     console,
     count,
     jobs_table,
+    metered_line,
     no_changes,
     print_json,
     prune_lines,
@@ -69,7 +70,9 @@ def run(
     workers: Annotated[
         int | None, typer.Option(help="Jobs to run; tasks and models are dealt round-robin.")
     ] = None,
-    budget_per_worker: Annotated[float | None, typer.Option(help="USD budget of each llm job.")] = None,
+    budget_per_worker: Annotated[
+        float | None, typer.Option(help="USD budget of each job, kept by a metering proxy on its node.")
+    ] = None,
     budget: Annotated[float | None, typer.Option(help="USD for the whole run, all its jobs.")] = None,
     each: Annotated[str | None, typer.Option(metavar="GLOB", help="One job per file matching GLOB.")] = None,
     inputs: Annotated[
@@ -273,6 +276,8 @@ def status(
         console.print(f"job {job.id}  {job.status}{f' ({NO_CHANGES})' if unchanged else ''}  {job.name}")
         if job.wait_reason and job.status == "queued":
             console.print(f"waiting: {job.wait_reason}")
+        if job.result.HasField("metered"):
+            console.print(metered_line(job.result.metered))
         for a in job.attempts:
             # The winning attempt of a job that changed nothing pushed no branch (unless asked).
             branch = NO_CHANGES if unchanged and a.status == "success" and not job.branch else a.branch

@@ -21,6 +21,7 @@ from coordinator.models import (
     Job,
     LocalModel,
     LogLines,
+    Metered,
     NodeEvent,
     NodeInfo,
     NodeJob,
@@ -49,7 +50,8 @@ __all__ = [
     "spec_to_pb",
 ]
 
-_RESULT_FIELDS = tuple(f.name for f in fields(Result))
+_RESULT_FIELDS = tuple(f.name for f in fields(Result) if f.name != "metered")
+_METERED_FIELDS = tuple(f.name for f in fields(Metered))
 _FACT_SCALARS = tuple(f.name for f in fields(Facts) if f.name not in ("gpus", "agent_clis", "local_models"))
 _INFO_SCALARS = tuple(f.name for f in fields(NodeInfo) if f.name not in ("labels", "facts", "addresses"))
 
@@ -58,6 +60,9 @@ def result_from_pb(msg: types_pb2.JobResult) -> Result:
     values = {name: getattr(msg, name) for name in _RESULT_FIELDS}
     values["files_modified"] = tuple(msg.files_modified)
     values["reason"] = EndReason.read(msg.reason)
+    if msg.HasField("metered"):  # the proxy's count over the agent's own word
+        m = Metered(**{name: getattr(msg.metered, name) for name in _METERED_FIELDS})
+        values.update(metered=m, tokens_in=m.tokens_in, tokens_out=m.tokens_out, cost_usd=m.cost_usd)
     return Result(**values)
 
 
@@ -175,6 +180,9 @@ def node_status_to_pb(
 def result_to_pb(result: Result, job_id: str = "", attempt_id: str = "") -> types_pb2.JobResult:
     values = {name: getattr(result, name) for name in _RESULT_FIELDS}
     values["files_modified"] = list(result.files_modified)
+    m = result.metered
+    if m is not None:
+        values["metered"] = types_pb2.MeterUsage(**{name: getattr(m, name) for name in _METERED_FIELDS})
     return types_pb2.JobResult(job_id=job_id, attempt_id=attempt_id, **values)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "JobStatus",
     "LocalModel",
     "LogLines",
+    "Metered",
     "NodeEvent",
     "NodeInfo",
     "NodeJob",
@@ -256,8 +257,23 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Metered:
+    """What a job's metering proxy counted on its node (flota.v1.MeterUsage)."""
+
+    calls: int = 0
+    refused: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    priced: bool = True
+    note: str = ""
+    budget_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
-    """The outcome of one attempt; field names follow flota.v1.JobResult."""
+    """The outcome of one attempt; field names follow flota.v1.JobResult. With
+    ``metered``, tokens_in, tokens_out and cost_usd are the metering proxy's count."""
 
     status: ResultStatus
     exit_code: int = 0
@@ -283,6 +299,7 @@ class Result:
     answer: str = ""  # an agent's final answer
     reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say
     log_lines_marked: int = 0  # of log_lines_lost, those the log marks where they went missing
+    metered: Metered | None = None  # a job with a budget: what its node's metering proxy counted
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from coordinator.models import (
     Job,
     JobPlacement,
     JobStatus,
+    Metered,
     NodeRecord,
     Repo,
     Result,
@@ -95,14 +96,17 @@ _CAUSE_FROM_ERROR = (
 )
 
 
-_RESULT_FIELDS = tuple(f.name for f in fields(Result))
+_RESULT_FIELDS = tuple(f.name for f in fields(Result) if f.name != "metered")
 _PLACEMENT_FIELDS = tuple(f.name for f in fields(JobPlacement))
-_REPO_FIELDS = tuple(f.name for f in fields(Repo))
 
 
 def _result_json(result: Result | None) -> str | None:
     # Flat fields (files_modified is a tuple, a list in JSON): no need for asdict's deep copy.
-    return None if result is None else json.dumps({k: getattr(result, k) for k in _RESULT_FIELDS})
+    if result is None:
+        return None
+    data = {k: getattr(result, k) for k in _RESULT_FIELDS}
+    data["metered"] = None if result.metered is None else asdict(result.metered)
+    return json.dumps(data)
 
 
 def _result_from(text: str | None) -> Result | None:
@@ -112,6 +116,8 @@ def _result_from(text: str | None) -> Result | None:
     data["files_modified"] = tuple(data.get("files_modified", ()))
     data["status"] = ResultStatus(data["status"])
     data["reason"] = EndReason.read(data.get("reason", ""))  # absent before results had one
+    metered = data.get("metered")
+    data["metered"] = Metered(**metered) if isinstance(metered, dict) else None
     return Result(**data)
 
 
@@ -283,10 +289,9 @@ class Store:
         spec: dict[str, Any] = {k: getattr(job, k) for k in _SPEC_FIELDS}
         spec["env"] = dict(job.env)
         spec["report_paths"] = dict(job.report_paths)
-        # Flat records (labels the one mapping): asdict's deep copy was most of a 10,000-job submit.
-        spec["placement"] = {f: getattr(job.placement, f) for f in _PLACEMENT_FIELDS}
-        spec["placement"]["labels"] = dict(job.placement.labels)
-        spec["repo"] = {f: getattr(job.repo, f) for f in _REPO_FIELDS} if job.repo else None
+        p = job.placement  # flat, not asdict: its deep copy was most of a 10,000-job submit
+        spec["placement"] = {**{f: getattr(p, f) for f in _PLACEMENT_FIELDS}, "labels": dict(p.labels)}
+        spec["repo"] = asdict(job.repo) if job.repo else None
         return json.dumps(spec)
 
     def add_attempt(self, job: Job, attempt: Attempt) -> None:
@@ -372,8 +377,7 @@ class Store:
         "id, run_id, idx, status, spec, created_at, updated_at, wait_reason, node_id, branch, result, "
         "cancel_requested, budget_from"
     )
-    # What a run spent: the sum of its attempts' results (each stored as it arrives).
-    _RUN_COLS = (
+    _RUN_COLS = (  # and what the run spent: the sum of its attempts' results
         "id, name, status, created_at, finished_at, repo_url, base_commit, budget_usd, reason, "
         "(SELECT COALESCE(SUM(json_extract(a.result, '$.cost_usd')), 0) FROM attempts a "
         "JOIN jobs j ON a.job_id = j.id WHERE j.run_id = runs.id)"

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from node_agent.facts import Facts
 from node_agent.local_models import LocalModel
-from node_agent.models import Job, Repo, Resources, Result
+from node_agent.models import Job, Metered, Repo, Resources, Result
 from protos.contract import PROTOCOL, EndReason, ResultStatus
 from protos.flota.v1 import node_pb2, types_pb2
 
@@ -105,17 +105,22 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
 
 # Fields that cross as they are; the others need a type of their own on each side.
 _RESULT_SCALARS = tuple(
-    f.name for f in fields(Result) if f.name not in ("status", "reason", "files_modified", "log_lines")
+    f.name
+    for f in fields(Result)
+    if f.name not in ("status", "reason", "files_modified", "log_lines", "metered")
 )
+_METERED = tuple(f.name for f in fields(Metered) if f.name != "refusal")  # the refusal's line is the error's
 
 
 def result_to_proto(result: Result) -> types_pb2.JobResult:
+    m = result.metered
     return types_pb2.JobResult(
         **{name: getattr(result, name) for name in _RESULT_SCALARS},
         status=str(result.status),
         reason=str(result.reason),
         files_modified=list(result.files_modified),
         log_lines=list(result.log_lines),
+        metered=None if m is None else types_pb2.MeterUsage(**{name: getattr(m, name) for name in _METERED}),
     )
 
 
@@ -126,6 +131,11 @@ def result_from_proto(result: types_pb2.JobResult) -> Result:
         reason=EndReason.read(result.reason),
         files_modified=tuple(result.files_modified),
         log_lines=tuple(result.log_lines),
+        metered=(
+            Metered(**{name: getattr(result.metered, name) for name in _METERED})
+            if result.HasField("metered")
+            else None
+        ),
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.models import Attempt, EndReason, Job, JobPlacement, NodeRecord, Repo, Result, Run
+from coordinator.models import Attempt, EndReason, Job, JobPlacement, Metered, NodeRecord, Repo, Result, Run
 from coordinator.store import Store, StoreError
 
 T0 = 1_700_000_000.0
@@ -174,6 +174,9 @@ def test_attempts_and_result_round_trip(store: Store) -> None:
         cost_usd=0.25,
         node_id="n2",
         model="m-1",
+        metered=Metered(
+            calls=4, refused=1, tokens_in=100, tokens_out=50, cost_usd=0.25, note="n", budget_usd=1.0
+        ),
     )
     second.status, second.started_at, second.finished_at = "success", T0 + 22, T0 + 30
     job.status, job.result, job.updated_at, job.wait_reason = "success", result, T0 + 30, ""
@@ -583,3 +586,31 @@ def test_a_database_from_before_run_budgets_opens_with_none(db_path: Path) -> No
         assert run.jobs[0].input == "" and run.jobs[0].input_path == ""
     finally:
         again.close()
+
+
+def test_a_results_metered_figures_are_its_own_and_travel_on() -> None:
+    """coordinator/convert.py: a node's result with a meter count takes the metered
+    tokens and cost over the agent's own word, and keeps the count for the CLI."""
+    from coordinator import convert
+    from protos.flota.v1 import types_pb2
+
+    wire = types_pb2.JobResult(
+        status="partial",
+        tokens_in=5,
+        tokens_out=1,
+        cost_usd=0.001,  # what the agent said
+        metered=types_pb2.MeterUsage(
+            calls=4, refused=1, tokens_in=40, tokens_out=16000, cost_usd=0.0096, priced=True
+        ),
+    )
+    result = convert.result_from_pb(wire)
+    assert (result.tokens_in, result.tokens_out, result.cost_usd) == (40, 16000, 0.0096)
+    assert result.metered == Metered(calls=4, refused=1, tokens_in=40, tokens_out=16000, cost_usd=0.0096)
+    sent = convert.result_to_pb(result)
+    assert sent.metered == wire.metered and sent.cost_usd == 0.0096
+    plain = convert.result_from_pb(types_pb2.JobResult(status="success", cost_usd=0.5))
+    assert (
+        plain.metered is None
+        and plain.cost_usd == 0.5
+        and not convert.result_to_pb(plain).HasField("metered")
+    )

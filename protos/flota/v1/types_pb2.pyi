@@ -488,6 +488,7 @@ class JobResult(_message.Message):
     ANSWER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     LOG_LINES_MARKED_FIELD_NUMBER: _builtins.int
+    METERED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     attempt_id: _builtins.str
     status: _builtins.str
@@ -534,6 +535,13 @@ class JobResult(_message.Message):
         at most 1 MiB: stored before the result, so the log has no gap.
         """
 
+    @_builtins.property
+    def metered(self) -> Global___MeterUsage:
+        """Set for a job with a budget: what the node's metering proxy counted of the job's
+        model calls (the proxy between the job and its provider; docs/cli.md, "Budgets").
+        tokens_in, tokens_out and cost_usd above are the agent's own word, where it gave one.
+        """
+
     def __init__(
         self,
         *,
@@ -564,11 +572,59 @@ class JobResult(_message.Message):
         answer: _builtins.str = ...,
         reason: _builtins.str = ...,
         log_lines_marked: _builtins.int = ...,
+        metered: Global___MeterUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metered", b"metered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_lines_marked", b"log_lines_marked", "log_tail", b"log_tail", "model", b"model", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_lines_marked", b"log_lines_marked", "log_tail", b"log_tail", "metered", b"metered", "model", b"model", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
+
+@_typing.final
+class MeterUsage(_message.Message):
+    """What a job's metering proxy counted: every model call the job made went through it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    TOKENS_IN_FIELD_NUMBER: _builtins.int
+    TOKENS_OUT_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    PRICED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    calls: _builtins.int
+    """calls passed on to the provider"""
+    refused: _builtins.int
+    """calls refused: each would have passed the budget"""
+    tokens_in: _builtins.int
+    tokens_out: _builtins.int
+    cost_usd: _builtins.float
+    """by litellm's price map"""
+    priced: _builtins.bool
+    """false: a model called has no price in the map (its cost counted as 0)"""
+    note: _builtins.str
+    """e.g. which models had no price"""
+    budget_usd: _builtins.float
+    def __init__(
+        self,
+        *,
+        calls: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        tokens_in: _builtins.int = ...,
+        tokens_out: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+        priced: _builtins.bool = ...,
+        note: _builtins.str = ...,
+        budget_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "calls", b"calls", "cost_usd", b"cost_usd", "note", b"note", "priced", b"priced", "refused", b"refused", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeterUsage: _TypeAlias = MeterUsage  # noqa: Y015
