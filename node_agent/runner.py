@@ -34,7 +34,7 @@ from typing import Any
 
 from node_agent import lifecycle as lc
 from node_agent.agents.launch import command_for, read_report
-from node_agent.attempt import HELD_BYTES, Attempt, job_env, result_of, without_secrets
+from node_agent.attempt import HELD_BYTES, Attempt, input_file, job_env, result_of, without_secrets
 from node_agent.backlog import CAP_BYTES, Backlog, batches
 from node_agent.errors import SpawnError, WorkspaceError
 from node_agent.hub import Hub
@@ -371,6 +371,9 @@ class Runner:
         if a.meter is not None:
             env = meters.job_env(env, a.meter)
         try:
+            given = input_file(job, a.cwd, self.journal.dir(a.id))
+            if given is not None:
+                env["FLOTA_INPUT"] = str(given)
             a.proc = await self.keeper.spawn(
                 command.line,
                 a.cwd,
