@@ -47,7 +47,7 @@ __all__ = [
 
 # What the node daemon imports beyond the standard library (tests/cli/test_install_pure.py
 # checks this against node_agent/ and protos/), and what the llm agent adds.
-NODE_PACKAGES = ("grpcio", "protobuf", "zeroconf", "psutil", "cryptography")
+NODE_PACKAGES = ("grpcio", "protobuf", "zeroconf", "psutil", "cryptography", "aiohttp")
 LLM_PACKAGES = ("litellm",)
 EXTRAS = {"llm": LLM_PACKAGES}
 SOURCE_PACKAGES = ("protos", "coordinator", "node_agent", "cli")
