@@ -8,13 +8,27 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.fake_openai import Reply, call, text
+from tests import fake_anthropic, fake_gemini
+from tests.fake_openai import FakeOpenAI, Reply, call, response_call, response_text, text
 
-__all__ = ["BIN", "FLOTA_YAML", "MODEL", "NPM_CLIS", "edit_script", "leftovers", "node_env", "require"]
+__all__ = [
+    "BIN",
+    "FLOTA_YAML",
+    "MODEL",
+    "NPM_CLIS",
+    "NPM_KITS",
+    "Kit",
+    "edit_script",
+    "leftovers",
+    "node_env",
+    "require",
+]
 
 BIN = Path(__file__).resolve().parent.parent / ".clis" / "bin"
 NPM_CLIS = ("claude", "codex", "gemini")  # scripts/npm_clis; the others: scripts/python_clis
@@ -36,6 +50,34 @@ MODEL = "openai/fake"  # as the scripted server (tests/fake_openai.py) serves it
 # The repository's own settings for aider (flota.yaml travels with it): small models edit
 # best in the "whole" format.
 FLOTA_YAML = "agents:\n  aider:\n    flags: [--edit-format, whole]\n"
+
+
+@dataclass(frozen=True)
+class Kit:
+    """What one CLI needs: its API's server, a model it knows, and the scripted replies."""
+
+    server: type[FakeOpenAI]
+    model: str
+    shell: Callable[[str], Reply]  # the model asks the CLI to run this command
+    text: Callable[[str], Reply]  # the model's last word
+
+
+# The npm CLIs, each with a server in its provider's API (scripts/npm_clis installs them).
+NPM_KITS = {
+    "claude": Kit(
+        fake_anthropic.FakeAnthropic,
+        "claude-sonnet-4-5",
+        lambda cmd: fake_anthropic.tool_use("Bash", command=cmd, description="run it"),
+        fake_anthropic.text,
+    ),
+    "codex": Kit(FakeOpenAI, "gpt-4o", lambda cmd: response_call("exec_command", cmd=cmd), response_text),
+    "gemini": Kit(
+        fake_gemini.FakeGemini,
+        "gemini-2.5-flash",
+        lambda cmd: fake_gemini.function_call("run_shell_command", command=cmd, description="run it"),
+        fake_gemini.text,
+    ),
+}
 
 
 def edit_script(cli: str) -> list[Reply]:

@@ -10,46 +10,20 @@ import dataclasses
 import json
 import os
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import fake_anthropic, fake_gemini
+from tests.agent_clis import NPM_KITS as KITS
 from tests.agent_clis import leftovers, node_env, require
-from tests.fake_openai import FakeOpenAI, Reply, response_call, response_text
+from tests.fake_openai import FakeOpenAI, Reply
 from tests.fleet import Fleet, git, make_repo, wait_until
 
 pytestmark = pytest.mark.timeout(600)
 
 
-@dataclass(frozen=True)
-class Kit:
-    """What one CLI needs: its API's server, a model it knows, and the scripted replies."""
-
-    server: type[FakeOpenAI]
-    model: str
-    shell: Callable[[str], Reply]  # the model asks the CLI to run this command
-    text: Callable[[str], Reply]  # the model's last word
-
-
-KITS = {
-    "claude": Kit(
-        fake_anthropic.FakeAnthropic,
-        "claude-sonnet-4-5",
-        lambda cmd: fake_anthropic.tool_use("Bash", command=cmd, description="run it"),
-        fake_anthropic.text,
-    ),
-    "codex": Kit(FakeOpenAI, "gpt-4o", lambda cmd: response_call("exec_command", cmd=cmd), response_text),
-    "gemini": Kit(
-        fake_gemini.FakeGemini,
-        "gemini-2.5-flash",
-        lambda cmd: fake_gemini.function_call("run_shell_command", command=cmd, description="run it"),
-        fake_gemini.text,
-    ),
-}
 CLIS = sorted(KITS)
 # Where each reports: (steps, tokens_in, tokens_out, cost reported) for one command + an answer.
 REPORTS = {"claude": (2, "20", "10", True), "codex": (0, "20", "10", False), "gemini": (2, "20", "10", False)}
