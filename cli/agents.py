@@ -144,7 +144,8 @@ TEMPLATES: dict[str, Template] = {
     # Codex 0.171.0: exec runs one turn, --json prints its events as JSON lines on stdout,
     # the last one (turn.completed) with the turn's tokens. It speaks the Responses API
     # only; --api-base is a provider of its own for it, without the WebSocket transport
-    # (a server without one costs five reconnects first). No analytics, no update check.
+    # (a server without one costs five reconnects first). No analytics, no update check, no
+    # plugins (their marketplace is fetched from the internet at start).
     "codex": Template(
         "codex",
         (
@@ -157,6 +158,8 @@ TEMPLATES: dict[str, Template] = {
             "analytics.enabled=false",
             "-c",
             "check_for_update_on_startup=false",
+            "--disable",
+            "plugins",
             "{prompt}",
         ),
         ("--model", "{model}"),
