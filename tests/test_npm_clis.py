@@ -10,12 +10,15 @@ import dataclasses
 import json
 import os
 import random
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cli.agents import TEMPLATES
 from tests.agent_clis import NPM_KITS as KITS
 from tests.agent_clis import leftovers, node_env, require
 from tests.fake_openai import FakeOpenAI, Reply
@@ -156,3 +159,34 @@ def test_a_cancel_stops_the_real_cli_and_its_children(fleet: Fleet, tmp_path: Pa
             lambda: fleet.json("status", job["id"])["status"] == "cancelled", timeout=60, what="cancelled"
         )
         assert_all_gone(job, marker)
+
+
+def outside_loopback(trace: Path) -> list[str]:
+    """The connect/sendto calls of a strace log that name an address other than loopback."""
+    calls = [line for line in trace.read_text().splitlines() if "sin_addr" in line or "sin6_addr" in line]
+    return [c for c in calls if '"127.0.0.1"' not in c and '"::1"' not in c]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_the_template_sends_nothing_beyond_loopback(tmp_path: Path, cli: str) -> None:
+    """The template's own command line and variables, traced: no telemetry, update check
+    or marketplace fetch (not even a DNS query) leaves the machine."""
+    require(cli)
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.fail("strace is missing; install it with: apt-get install strace (scripts/test does)")
+    work, _ = make_repo(tmp_path / "repo", {"README.md": "sample\n"})
+    env = {**os.environ, **node_env(tmp_path / "home")}
+    kit, template = KITS[cli], TEMPLATES[cli]
+    with serve(cli, [kit.shell("printf 'hello\\n' > hello.txt"), kit.text("done")]) as server:
+        env.update(template.environment(kit.model, server.base_url))
+        line = template.command("create hello.txt", kit.model, server.base_url)
+        trace = tmp_path / "strace.txt"
+        argv = [strace, "-f", "-qq", "-e", "trace=connect,sendto", "-o", str(trace), "bash", "-c", line]
+        proc = subprocess.run(
+            argv, cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert server.requests, "the CLI asked the loopback server"
+    assert (work / "hello.txt").read_text() == "hello\n"
+    assert outside_loopback(trace) == []
