@@ -42,8 +42,10 @@ class CliAgent(ShellAgent):
     def command(self, job: Job, journal_dir: Path, local_models: Sequence[LocalModel]) -> Command:
         if not job.report_paths:
             return Command(job.command, {})
-        # The CLI's exit status (pipefail), its stdout both in the log and in the file.
-        line = f'set -o pipefail; {{ {job.command}\n}} | tee -- "$FLOTA_STDOUT_FILE"'
+        # The CLI's exit status (pipefail; a shell without it: tee's), its stdout both in the
+        # log and in the file.
+        pipefail = "(set -o pipefail) 2>/dev/null && set -o pipefail"
+        line = f'{pipefail}; {{ {job.command}\n}} | tee -- "$FLOTA_STDOUT_FILE"'
         return Command(line, {"FLOTA_STDOUT_FILE": str(journal_dir / STDOUT_FILE)})
 
     def report(self, job: Job, journal_dir: Path, output: Path) -> AgentReport:

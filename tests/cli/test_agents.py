@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.agents import NO_KEY, TEMPLATES, Template, fan_out, load_repo_config
+from cli.agents import NO_KEY, TEMPLATES, Template, fan_out, load_repo_config, takes
 from cli.client import CliError
 
 API = "http://127.0.0.1:9/v1"
@@ -48,6 +48,10 @@ def test_api_base_and_max_steps_reach_the_clis_that_take_them_and_are_refused_el
         fan_out("mine", ["go"], [], 0, {"mine": Template("", ("mine", "{prompt}"))}, "", 3)
     (llm,) = fan_out("llm", ["fix"], ["openai/m"], 0, TEMPLATES, API, 3)  # the llm agent takes both
     assert llm.agent == "llm" and not llm.env
+    # What `flota run` asks before giving flota.yaml's run.max_steps to an agent.
+    assert [takes(a, TEMPLATES, "max_steps") for a in ("llm", "architect", "aider", "shell")] == [
+        True, True, False, False
+    ]  # fmt: skip
 
 
 def test_flota_yaml_settings_for_a_builtin_agent_and_a_new_one(tmp_path: Path) -> None:
