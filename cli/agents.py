@@ -85,15 +85,34 @@ class Template:
 # Flags as the CLIs document them for one-shot, non-interactive runs.
 _LITELLM_OFFLINE = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # CLIs on litellm: no price-map fetch
 TEMPLATES: dict[str, Template] = {
+    # Claude Code 2.1.197: -p answers once and exits, its result as one JSON line on stdout.
+    # acceptEdits (+ Bash): edits and commands without asking; --dangerously-skip-permissions
+    # is refused for root. No telemetry, error reports or self-update (nonessential traffic).
     "claude": Template(
         "claude",
-        ("claude", "-p", "{prompt}", "--output-format", "json", "--dangerously-skip-permissions"),
+        (
+            "claude",
+            "-p",
+            "{prompt}",
+            "--output-format",
+            "json",
+            "--permission-mode",
+            "acceptEdits",
+            "--allowedTools",
+            "Bash",
+        ),
         ("--model", "{model}"),
         {
             "cost_usd": "total_cost_usd",
             "steps": "num_turns",
             "tokens_in": "usage.input_tokens",
             "tokens_out": "usage.output_tokens",
+        },
+        max_steps_args=("--max-turns", "{max_steps}"),
+        env={
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "ANTHROPIC_BASE_URL": "{api_base}",
+            "ANTHROPIC_API_KEY": "{api_key}",
         },
     ),
     # aider 0.86.2: --message runs one request and exits; --yes-always answers its
@@ -122,8 +141,52 @@ TEMPLATES: dict[str, Template] = {
         env={**_LITELLM_OFFLINE, "OPENAI_API_BASE": "{api_base}", "OPENAI_API_KEY": "{api_key}"},
         ignore=(".aider*",),
     ),
-    "codex": Template("codex", ("codex", "exec", "--full-auto", "{prompt}"), ("--model", "{model}")),
-    "gemini": Template("gemini", ("gemini", "--yolo", "--prompt", "{prompt}"), ("--model", "{model}")),
+    # Codex 0.171.0: exec runs one turn, --json prints its events as JSON lines on stdout,
+    # the last one (turn.completed) with the turn's tokens. It speaks the Responses API
+    # only; --api-base is a provider of its own for it, without the WebSocket transport
+    # (a server without one costs five reconnects first). No analytics, no update check, no
+    # plugins (their marketplace is fetched from the internet at start).
+    "codex": Template(
+        "codex",
+        (
+            "codex",
+            "exec",
+            "--json",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",
+            "-c",
+            "analytics.enabled=false",
+            "-c",
+            "check_for_update_on_startup=false",
+            "--disable",
+            "plugins",
+            "{prompt}",
+        ),
+        ("--model", "{model}"),
+        {"tokens_in": "usage.input_tokens", "tokens_out": "usage.output_tokens"},
+        api_base_args=(
+            "-c",
+            'model_provider="flota"',
+            "-c",
+            'model_providers.flota={name="flota", base_url="{api_base}", env_key="OPENAI_API_KEY", '
+            'wire_api="responses", supports_websockets=false}',
+        ),
+        env={"OPENAI_API_KEY": "{api_key}"},
+    ),
+    # Gemini CLI 0.43.0 (0.44 to 0.61 refuse a GOOGLE_GEMINI_BASE_URL without a settings
+    # file: "Invalid auth method selected"): --prompt answers once, json prints one
+    # indented object on stdout at the end, its counts per model (summed: "*").
+    "gemini": Template(
+        "gemini",
+        ("gemini", "--prompt", "{prompt}", "--yolo", "--skip-trust", "--output-format", "json"),
+        ("--model", "{model}"),
+        {
+            "steps": "stats.models.*.api.totalRequests",
+            "tokens_in": "stats.models.*.tokens.prompt",
+            "tokens_out": "stats.models.*.tokens.candidates",
+        },
+        env={"GOOGLE_GEMINI_BASE_URL": "{api_base}", "GEMINI_API_KEY": "{api_key}"},
+    ),
     # architect-cli 1.1.0: --json prints one indented object on stdout at the end (logs
     # go to stderr); yolo: edits without a terminal to confirm on (else tool.no_tty).
     "architect": Template(

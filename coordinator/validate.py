@@ -57,7 +57,10 @@ MAX_SECRETS = 64
 MAX_PRUNE_IDS = 100_000
 REPORT_KEYS = frozenset({"cost_usd", "steps", "tokens_in", "tokens_out"})
 # A dotted path, or up to four separated by "|": the first one present is read.
-_PATH_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}(\|[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}){0,3}\Z")
+# Dotted keys ("*": every entry of a mapping, summed), up to four alternatives ("a|b").
+_SEGMENT = r"(?:[A-Za-z0-9_]+|\*)"
+_DOTTED = rf"{_SEGMENT}(?:\.{_SEGMENT}){{0,7}}"
+_PATH_RE = re.compile(rf"^{_DOTTED}(?:\|{_DOTTED}){{0,3}}\Z")
 
 
 @dataclass(frozen=True, slots=True)

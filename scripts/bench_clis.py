@@ -1,6 +1,6 @@
 """The real agent CLIs through flota on a local fleet (one coordinator, one node), each on
-a one-step task (create a file) against a scripted OpenAI-compatible server on loopback
-that answers at once:
+a one-step task (create a file) against a scripted server on loopback that answers at
+once, in the CLI's own API (OpenAI's, or Anthropic's for claude, Google's for gemini):
 
 - to first request: from `flota run` to the first request the model server receives
   (submit, dispatch, worktree, the CLI's own start: Python, litellm, its repo scan);
@@ -8,7 +8,7 @@ that answers at once:
   and push included).
 
 The llm agent (built in) is measured the same way, for reference. The CLIs come from
-scripts/python_clis.
+scripts/python_clis and scripts/npm_clis.
 
     python scripts/bench_clis.py [--quick] [--json FILE]
 """
@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchreport  # noqa: E402
 
-from tests.agent_clis import BIN, FLOTA_YAML, MODEL, edit_script, node_env  # noqa: E402
+from tests.agent_clis import BIN, FLOTA_YAML, MODEL, NPM_KITS, edit_script, node_env  # noqa: E402
 from tests.fake_openai import FakeOpenAI, call, text  # noqa: E402
 from tests.fleet import Fleet, make_repo  # noqa: E402
 
-AGENTS = ("llm", "architect", "aider")
+AGENTS = ("llm", "architect", "aider", "claude", "codex", "gemini")
 
 
 def one(fleet: Fleet, agent: str, work: Path) -> tuple[float, float, str]:
@@ -42,9 +42,14 @@ def one(fleet: Fleet, agent: str, work: Path) -> tuple[float, float, str]:
         if agent == "llm"
         else edit_script(agent)
     )
-    with FakeOpenAI(script, default=text("done")) as server:
+    model, server = MODEL, FakeOpenAI(script, default=text("done"))
+    if agent in NPM_KITS:
+        kit = NPM_KITS[agent]
+        edit = [kit.shell("printf 'hello\\n' > hello.txt"), kit.text("done")]
+        model, server = kit.model, kit.server(by_model={kit.model: edit}, default=kit.text("ok"))
+    with server:
         start = time.monotonic()
-        args = ["--json", "run", "--agent", agent, "--model", MODEL, "--api-base", server.base_url]
+        args = ["--json", "run", "--agent", agent, "--model", model, "--api-base", server.base_url]
         done = fleet.flota(*args, "--repo", str(work), "create hello.txt", "--follow", timeout=300)
         total = time.monotonic() - start
         first = server.request_times[0] - start if server.request_times else float("nan")
@@ -65,7 +70,8 @@ def run(quick: bool) -> dict[str, Any]:
             work, _ = make_repo(Path(tmp) / "repo", {"README.md": "sample\n", "flota.yaml": FLOTA_YAML})
             for agent in AGENTS:
                 if agent != "llm" and not (BIN / agent).exists():
-                    report[agent] = {"missing": f"{BIN / agent} (bash scripts/python_clis)"}
+                    script = "npm_clis" if agent in NPM_KITS else "python_clis"
+                    report[agent] = {"missing": f"{BIN / agent} (bash scripts/{script})"}
                     continue
                 one(fleet, agent, work)  # warm: the node's mirror, the CLI's files in the page cache
                 runs = [one(fleet, agent, work) for _ in range(trials)]

@@ -1,22 +1,37 @@
 """The real agent CLIs the tests drive, where scripts/test puts them: venvs of their own
-under .clis/ (scripts/python_clis), their executables in .clis/bin, which a test node gets
-on its PATH. A test that needs a CLI fails with the install hint when it is missing."""
+under .clis/ (scripts/python_clis), an npm prefix for Claude Code, Codex and Gemini CLI
+(scripts/npm_clis), their executables in .clis/bin, which a test node gets on its PATH.
+A test that needs a CLI fails with the install hint when it is missing."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.fake_openai import Reply, call, text
+from tests import fake_anthropic, fake_gemini
+from tests.fake_openai import FakeOpenAI, Reply, call, response_call, response_text, text
 
-__all__ = ["BIN", "FLOTA_YAML", "MODEL", "edit_script", "leftovers", "node_env", "require"]
+__all__ = [
+    "BIN",
+    "FLOTA_YAML",
+    "MODEL",
+    "NPM_CLIS",
+    "NPM_KITS",
+    "Kit",
+    "edit_script",
+    "leftovers",
+    "node_env",
+    "require",
+]
 
 BIN = Path(__file__).resolve().parent.parent / ".clis" / "bin"
-INSTALL_HINT = "install it with: bash scripts/python_clis (scripts/test does)"
+NPM_CLIS = ("claude", "codex", "gemini")  # scripts/npm_clis; the others: scripts/python_clis
 # What aider would fetch from the internet at start (litellm's price list) when its cache
 # in ~/.aider is missing: a test node's HOME has it, so no traffic leaves the machine.
 _AIDER_PRICES = {
@@ -37,6 +52,34 @@ MODEL = "openai/fake"  # as the scripted server (tests/fake_openai.py) serves it
 FLOTA_YAML = "agents:\n  aider:\n    flags: [--edit-format, whole]\n"
 
 
+@dataclass(frozen=True)
+class Kit:
+    """What one CLI needs: its API's server, a model it knows, and the scripted replies."""
+
+    server: type[FakeOpenAI]
+    model: str
+    shell: Callable[[str], Reply]  # the model asks the CLI to run this command
+    text: Callable[[str], Reply]  # the model's last word
+
+
+# The npm CLIs, each with a server in its provider's API (scripts/npm_clis installs them).
+NPM_KITS = {
+    "claude": Kit(
+        fake_anthropic.FakeAnthropic,
+        "claude-sonnet-4-5",
+        lambda cmd: fake_anthropic.tool_use("Bash", command=cmd, description="run it"),
+        fake_anthropic.text,
+    ),
+    "codex": Kit(FakeOpenAI, "gpt-4o", lambda cmd: response_call("exec_command", cmd=cmd), response_text),
+    "gemini": Kit(
+        fake_gemini.FakeGemini,
+        "gemini-2.5-flash",
+        lambda cmd: fake_gemini.function_call("run_shell_command", command=cmd, description="run it"),
+        fake_gemini.text,
+    ),
+}
+
+
 def edit_script(cli: str) -> list[Reply]:
     """The scripted model's answers that make ``cli`` create hello.txt in one step."""
     if cli == "architect":
@@ -48,13 +91,20 @@ def edit_script(cli: str) -> list[Reply]:
 def require(name: str) -> Path:
     exe = BIN / name
     if not os.access(exe, os.X_OK):
-        pytest.fail(f"the real {name} CLI is missing ({exe}); {INSTALL_HINT}")
+        script = "scripts/npm_clis" if name in NPM_CLIS else "scripts/python_clis"
+        pytest.fail(
+            f"the real {name} CLI is missing ({exe}); install it with: bash {script} (scripts/test does)"
+        )
     return exe
 
 
 def node_env(home: Path) -> dict[str, str]:
     """A test node's environment: the CLIs on PATH, a HOME of its own (the CLIs write
-    their settings there), aider's price cache in it."""
+    their settings there), aider's price cache in it, Gemini CLI's usage statistics off
+    (a setting only: no flag or variable turns them off)."""
+    settings = home / ".gemini" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({"privacy": {"usageStatisticsEnabled": False}}))
     cache = home / ".aider" / "caches" / "model_prices_and_context_window.json"
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(_AIDER_PRICES))

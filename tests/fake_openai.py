@@ -1,12 +1,17 @@
-"""A fake OpenAI-compatible chat completions server on 127.0.0.1, for the llm agent's tests.
+"""A fake OpenAI-compatible server on 127.0.0.1, for the llm agent's and the agent CLIs' tests.
 
-It replays a script: each POST to ``/v1/chat/completions`` takes the next :class:`Reply`
-(a tool call, text, or a raw, possibly malformed, payload), after the reply's delay.
-When the script runs out it repeats ``default`` (or answers 500 when there is none).
-Every request body is recorded in :attr:`FakeOpenAI.requests` (messages, tools, model).
+It replays a script: each POST to ``/v1/chat/completions`` (or ``/v1/responses``, the
+Responses API Codex speaks) takes the next :class:`Reply` (a tool call, text, or a raw,
+possibly malformed, payload), after the reply's delay. When the script runs out it repeats
+``default`` (or answers 500 when there is none). Every request body is recorded in
+:attr:`FakeOpenAI.requests` (messages, tools, model), its path in :attr:`FakeOpenAI.paths`.
 
     with FakeOpenAI([call("write_file", path="a.txt", content="hi"), call("finish", summary="ok")]) as srv:
         env["FLOTA_LLM_API_BASE"] = srv.base_url
+
+The server itself is shared: :class:`Route` is one API's endpoint (which paths, the model a
+request names, how a scripted body goes on the wire, streamed as SSE when asked), and
+tests/fake_anthropic.py and tests/fake_gemini.py are this server with their own routes.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["FakeOpenAI", "Reply", "call", "calls", "raw", "text"]
+__all__ = ["FakeOpenAI", "Reply", "Route", "call", "calls", "raw", "response_call", "response_text", "text"]
 
 _ids = itertools.count(1)
 
@@ -87,13 +92,103 @@ def raw(body: dict[str, Any] | bytes, status: int = 200, delay_s: float = 0.0) -
     return Reply(body, status=status, delay_s=delay_s)
 
 
+def _response(output: list[dict[str, Any]], usage: tuple[int, int]) -> dict[str, Any]:
+    return {
+        "id": f"resp_{next(_ids)}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "model": "fake",
+        "output": output,
+        "usage": {
+            "input_tokens": usage[0],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": usage[1],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": sum(usage),
+        },
+    }
+
+
+def response_call(name: str, /, *, usage: tuple[int, int] = (10, 5), **arguments: Any) -> Reply:
+    """A Responses API reply with one function call (Codex's tools: ``exec_command`` ...)."""
+    n = next(_ids)
+    item = {
+        "type": "function_call",
+        "id": f"fc_{n}",
+        "call_id": f"call_{n}",
+        "name": name,
+        "arguments": json.dumps(arguments),
+        "status": "completed",
+    }
+    return Reply(_response([item], usage))
+
+
+def response_text(content: str, usage: tuple[int, int] = (10, 5)) -> Reply:
+    """A Responses API reply that is a final assistant message."""
+    item = {
+        "type": "message",
+        "id": f"msg_{next(_ids)}",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": content, "annotations": []}],
+    }
+    return Reply(_response([item], usage))
+
+
+Events = list[tuple[str, dict[str, Any]]]  # a streamed reply: (SSE event name or "", data)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint: the POST paths it answers, the model a request names, and how a
+    scripted 200 body is sent: as JSON, or as SSE events (a list) when the request streams."""
+
+    matches: Callable[[str], bool]
+    model: Callable[[str, dict[str, Any]], str]
+    render: Callable[[dict[str, Any], dict[str, Any], str], dict[str, Any] | Events]
+
+
+def _chat(body: dict[str, Any], request: dict[str, Any], model: str) -> dict[str, Any]:
+    return {**body, "model": model} if body.get("object") == "chat.completion" else body
+
+
+def _responses(body: dict[str, Any], request: dict[str, Any], model: str) -> dict[str, Any] | Events:
+    if body.get("object") != "response":
+        return body
+    done = {**body, "model": model}
+    if not request.get("stream"):
+        return done
+    events: Events = [("response.created", {"response": {**done, "status": "in_progress", "output": []}})]
+    for index, item in enumerate(done["output"]):
+        events.append(("response.output_item.added", {"output_index": index, "item": item}))
+        if item["type"] == "message":
+            delta = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            events.append(("response.output_text.delta", {**delta, "delta": item["content"][0]["text"]}))
+        events.append(("response.output_item.done", {"output_index": index, "item": item}))
+    events.append(("response.completed", {"response": done}))
+    return [(name, {"type": name, **data}) for name, data in events]
+
+
+def _body_model(path: str, request: dict[str, Any]) -> str:
+    return str(request.get("model", "fake"))
+
+
+OPENAI_ROUTES = (
+    Route(lambda p: p.endswith("/chat/completions"), _body_model, _chat),
+    Route(lambda p: p.endswith("/responses"), _body_model, _responses),
+)
+
+
 @dataclass
 class _State:
     script: list[Reply]
     default: Reply | None
     by_model: dict[str, list[Reply]] = field(default_factory=dict)  # scripts per requested model
+    routes: Sequence[Route] = OPENAI_ROUTES
     requests: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # each request's Authorization header
+    paths: list[str] = field(default_factory=list)
     request_times: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -121,7 +216,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(length)
-        if not self.path.rstrip("/").endswith("/chat/completions"):
+        state = self.server.state
+        path = self.path.split("?")[0].rstrip("/")
+        route = next((r for r in state.routes if r.matches(path)), None)
+        if route is None:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
             return
         try:
@@ -129,12 +227,13 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._send(400, {"error": {"message": "invalid JSON"}})
             return
-        state = self.server.state
+        model = route.model(path, request)
         with state.lock:
             state.requests.append(request)
             state.keys.append(self.headers.get("Authorization", ""))
+            state.paths.append(self.path)
             state.request_times.append(time.monotonic())
-            script = state.by_model.get(str(request.get("model")), state.script)
+            script = state.by_model.get(model, state.script)
             reply = script.pop(0) if script else state.default
         if reply is None:
             self._send(500, {"error": {"message": "fake server: script exhausted", "type": "server_error"}})
@@ -142,9 +241,28 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delay_s:
             time.sleep(reply.delay_s)
         body = reply.body
-        if isinstance(body, dict) and body.get("object") == "chat.completion":
-            body = {**body, "model": request.get("model", "fake")}
+        if isinstance(body, dict) and reply.status == 200:
+            rendered = route.render(body, request, model)
+            if isinstance(rendered, list):
+                self._stream(rendered)
+                return
+            body = rendered
         self._send(reply.status, body)
+
+    def _stream(self, events: Events) -> None:
+        chunks = [
+            (f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n" for name, data in events
+        ]
+        payload = "".join(chunks).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _send(self, status: int, body: dict[str, Any] | bytes) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -167,6 +285,9 @@ class _Server(ThreadingHTTPServer):
 class FakeOpenAI:
     """The server; a context manager. ``base_url`` is what FLOTA_LLM_API_BASE takes."""
 
+    routes: Sequence[Route] = OPENAI_ROUTES
+    url_path = "/v1"  # what base_url ends with: the part of the path the client does not add
+
     def __init__(
         self,
         script: Iterable[Reply] = (),
@@ -174,8 +295,9 @@ class FakeOpenAI:
         by_model: dict[str, list[Reply]] | None = None,
     ) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.state = _State(list(script), default, dict(by_model or {}))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-openai", daemon=True)
+        self._server.state = _State(list(script), default, dict(by_model or {}), self.routes)
+        name = type(self).__name__
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
 
     @property
     def port(self) -> int:
@@ -183,7 +305,7 @@ class FakeOpenAI:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://127.0.0.1:{self.port}{self.url_path}"
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -196,6 +318,10 @@ class FakeOpenAI:
         with self._server.state.lock:
             return list(self._server.state.keys)
 
+    def paths(self) -> list[str]:
+        with self._server.state.lock:
+            return list(self._server.state.paths)
+
     @property
     def request_times(self) -> list[float]:
         with self._server.state.lock:
@@ -205,7 +331,7 @@ class FakeOpenAI:
         with self._server.state.lock:
             self._server.state.script.extend(replies)
 
-    def start(self) -> FakeOpenAI:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -213,7 +339,7 @@ class FakeOpenAI:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> FakeOpenAI:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

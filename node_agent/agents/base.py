@@ -42,8 +42,15 @@ class Agent(Protocol):
 
 
 def dig(data: object, path: str) -> object:
-    """``data["a"]["b"]`` for the dotted path "a.b", or None."""
-    for part in path.split("."):
+    """``data["a"]["b"]`` for the dotted path "a.b", or None. A ``*`` stands for every
+    entry of a mapping: the sum of what the rest of the path finds in each (Gemini CLI
+    counts tokens per model), None if it finds nothing."""
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if part == "*" and isinstance(data, Mapping):
+            found = [dig(v, ".".join(parts[i + 1 :])) if i + 1 < len(parts) else v for v in data.values()]
+            present = [v for v in found if v is not None]
+            return sum(number(v) for v in present) if present else None
         if not isinstance(data, Mapping) or part not in data:
             return None
         data = data[part]

@@ -111,6 +111,26 @@ def test_cli_report_from_indented_json_after_debug_lines_with_alternative_paths(
     assert read_report(spec, tmp_path, tmp_path / "output").cost_usd == 0.25
 
 
+def test_cli_report_summed_over_every_entry_where_a_path_says_star(tmp_path: Path) -> None:
+    """Gemini CLI counts per model, under the model's name: ``*`` sums them."""
+    spec = job(
+        agent="gemini",
+        command="gemini --prompt x",
+        report_paths={
+            "steps": "stats.models.*.api.totalRequests",
+            "tokens_in": "stats.models.*.tokens.prompt",
+            "tokens_out": "stats.none.*.x|stats.models.*.tokens.candidates",
+        },
+    )
+    models = {
+        "gemini-2.5-flash": {"api": {"totalRequests": 2}, "tokens": {"prompt": 20, "candidates": 10}},
+        "gemini-2.5-flash-lite": {"api": {"totalRequests": 1}, "tokens": {"prompt": 5}},
+    }
+    (tmp_path / "stdout").write_text(json.dumps({"response": "done", "stats": {"models": models}}, indent=2))
+    expected = AgentReport(steps=3, tokens_in=25, tokens_out=10)
+    assert read_report(spec, tmp_path, tmp_path / "output") == expected
+
+
 def test_a_cli_runs_with_its_stdout_copied_apart_and_its_exit_status_kept(tmp_path: Path) -> None:
     spec = job(agent="x", command="echo out; echo err >&2; exit 3", report_paths={"steps": "s"})
     command = command_for(spec, tmp_path)
