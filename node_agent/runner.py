@@ -33,8 +33,10 @@ from typing import Any
 
 from node_agent import lifecycle as lc
 from node_agent.agents.launch import command_for, read_report
+from node_agent.agents.llm_agent import AGENT_ARGV, agent_host
 from node_agent.attempt import HELD_BYTES, Attempt, job_env, result_of, without_secrets
 from node_agent.backlog import CAP_BYTES, Backlog, batches
+from node_agent.commandline import argv_for
 from node_agent.errors import SpawnError, WorkspaceError
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
@@ -64,6 +66,7 @@ class Runner:
         local_models: Callable[[], Sequence[LocalModel]] = tuple,
         recheck_models: Callable[[], Awaitable[None]] | None = None,
         output_cap: int = CAP_BYTES,
+        agent_idle_s: float = 0.0,
     ) -> None:
         self.node_id = node_id
         self.node_name = node_name
@@ -76,6 +79,8 @@ class Runner:
         self._recheck_models = recheck_models
         self.output_cap = output_cap  # bytes of output kept per attempt while no coordinator listens
         self.keeper = KeeperClient()  # the parent of this daemon's job processes
+        # The parent of its llm jobs, forked warm (none: each imports litellm itself).
+        self.agent_host = agent_host(agent_idle_s) if agent_idle_s > 0 else None
         self.active: dict[str, Attempt] = {}
         self.finished: dict[str, Result] = {}  # attempt id -> result not yet acked
         self._group: asyncio.TaskGroup | None = None
@@ -189,7 +194,7 @@ class Runner:
         tasks = [a.task for a in self.active.values() if a.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self.keeper.close()
+        await self._let_keepers_go()
 
     async def detach(self) -> None:
         """Let every attempt go without stopping it (a restart that keeps the jobs): the
@@ -201,7 +206,12 @@ class Runner:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self._let_keepers_go()
+
+    async def _let_keepers_go(self) -> None:
         await self.keeper.close()
+        if self.agent_host is not None:
+            await self.agent_host.close()
 
     # --- the driver ----------------------------------------------------------------------
 
@@ -344,9 +354,13 @@ class Runner:
         job = a.job
         command = command_for(job, self.journal.dir(a.id), self._local_models())
         env = {**job_env(job, a.cwd, self.node_id, self.node_name), **command.env, **a.secrets}
+        if command.warm and self.agent_host is not None:
+            keeper, argv = self.agent_host, list(AGENT_ARGV)
+        else:  # directly, or through bash (node_agent.commandline)
+            keeper, argv = self.keeper, argv_for(command.line, a.cwd, env)
         try:
-            a.proc = await self.keeper.spawn(
-                command.line,
+            a.proc = await keeper.spawn(
+                argv,
                 a.cwd,
                 env,
                 self.journal.output(a.id),
