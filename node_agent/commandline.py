@@ -6,7 +6,7 @@ conservative: every word must be made of letters, digits and ``_ - . / : , + @ %
 (``=`` too, past the first word), so there is no quoting, expansion (``$``, ``~``,
 globs, braces), redirection, pipe, list, comment or assignment; the first word must
 not be a bash builtin or keyword (``cd``, ``exit``, ``true``, ``echo``: bash's own
-would behave differently); and it must name an executable file that the kernel can run
+would behave differently), nor may the environment export bash functions; and it must name an executable file that the kernel can run
 itself (an ELF binary or a ``#!`` script: bash would run any other file itself). In
 every other case, or when the program cannot be found, the line goes to ``bash -c``
 unchanged, so a missing program still exits 127 with bash's message.
@@ -32,15 +32,16 @@ SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
 _FIRST = re.compile(r"[A-Za-z0-9_./:,+@%-]+")
 _WORD = re.compile(r"[A-Za-z0-9_./:,+@%=-]+")
 # `compgen -b` and `compgen -k` of bash 5.
-_BASH_OWN = frozenset(
+_BASH_WORDS = (
     ". : [ alias bg bind break builtin caller cd command compgen complete compopt continue "
     "declare dirs disown echo enable eval exec exit export false fc fg getopts hash help "
     "history jobs kill let local logout mapfile popd printf pushd pwd read readarray "
     "readonly return set shift shopt source suspend test times trap true type typeset "
     "ulimit umask unalias unset wait "
     "if then else elif fi case esac for select while until do done in function time { } ! "
-    "[[ ]] coproc".split()
+    "[[ ]] coproc"
 )
+_BASH_OWN = frozenset(_BASH_WORDS.split())
 
 
 def _program(word: str, cwd: Path, path: str) -> str:
@@ -70,6 +71,8 @@ def direct_argv(line: str, cwd: Path, env: Mapping[str, str]) -> tuple[list[str]
     if not words:
         return None
     first, rest = words[0], words[1:]
+    if any(key.startswith("BASH_FUNC_") for key in env):  # an exported function may shadow it
+        return None
     if first in _BASH_OWN or not _FIRST.fullmatch(first) or not all(_WORD.fullmatch(w) for w in rest):
         return None
     program = _program(first, cwd, env.get("PATH", os.defpath))

@@ -230,7 +230,8 @@ def _model_slots(path: Path, servers: list[str], flags: list[int] | None, table:
     if flags:
         if len(flags) > len(servers):
             raise ConfigError(
-                f"--model-slots given {len(flags)} times for {len(servers)} --model-server: one per server, in order"
+                f"--model-slots given {len(flags)} times for {len(servers)} --model-server"
+                " (one per server, in order)"
             )
         pairs = list(zip(servers, flags, strict=False))
     elif isinstance(table, Mapping):

@@ -90,8 +90,10 @@ def test_a_job_from_the_host_outlives_a_daemon_killed_with_sigkill(fleet: Fleet)
         fleet.start_node("n", "--lost-after", "60", "--model-server", server.base_url, join=False)
         server.release()
         done = wait_until(
-            lambda: (j := fleet.json("status", job_id))["status"] not in ("running", "queued", "dispatching")
-            and j,
+            lambda: (
+                (j := fleet.json("status", job_id))["status"] not in ("running", "queued", "dispatching")
+                and j
+            ),
             timeout=90,
             what="the job's end",
         )
@@ -106,7 +108,9 @@ def test_a_job_from_the_host_outlives_a_daemon_killed_with_sigkill(fleet: Fleet)
 def test_the_host_starts_ahead_and_leaves_when_idle(fleet: Fleet) -> None:
     with FakeOpenAI(one_job()) as server:
         fleet.start_coordinator()
-        daemon = fleet.start_node("n", "--warm-agents", "--agent-idle", "2", "--model-server", server.base_url)
+        daemon = fleet.start_node(
+            "n", "--warm-agents", "--agent-idle", "2", "--model-server", server.base_url
+        )
         (host,) = wait_until(lambda: hosts_of(daemon.pid), timeout=30, what="the agent host, before any job")
         host.wait(60)  # no llm job for 2 s: it leaves
         assert daemon.poll() is None

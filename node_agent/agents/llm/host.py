@@ -100,7 +100,10 @@ def main(argv: list[str]) -> int:
     try:
         idle_s, fd = float(argv[1]), int(argv[2])
     except (IndexError, ValueError):
-        print("usage: python -m node_agent.agents.llm.host IDLE_S FD (started by the node daemon)", file=sys.stderr)
+        print(
+            "usage: python -m node_agent.agents.llm.host IDLE_S FD (the node daemon starts it)",
+            file=sys.stderr,
+        )
         return 2
     sock = socket.socket(fileno=fd)
     _warm()
