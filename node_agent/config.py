@@ -9,11 +9,12 @@ from pathlib import Path
 
 from node_agent.errors import ConfigError
 from node_agent.facts import NetworkRule, check_profile, parse_rule
+from node_agent.local_models import server_key
 from protos.contract import flota_home, parse_hostport
 from protos.entry import read_settings
 from protos.limits import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
 
-__all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen", "server_key"]
+__all__ = ["NodeConfig", "default_state_dir", "load_config", "parse_labels", "parse_listen"]
 
 DEFAULT_PORT = 7380
 # The keys node.toml may hold (docs/cli.md, "node.toml"); anything else is refused.
@@ -217,11 +218,6 @@ def load_config(
         warm_agents=warm,
         agent_idle_s=idle,
     )
-
-
-def server_key(url: str) -> str:
-    """One spelling of a model server's URL, to match --model-slots with what is probed."""
-    return url.rstrip("/")
 
 
 def _model_slots(path: Path, servers: list[str], flags: list[int] | None, table: object) -> dict[str, int]:
