@@ -157,7 +157,8 @@ class NodeDaemon:
             await asyncio.sleep(MODELS_PERIOD_S)
 
     async def _probe_models(self) -> None:
-        models = await asyncio.to_thread(probe_local_models, self.config.model_servers, self.config.model_slots)
+        cfg = self.config
+        models = await asyncio.to_thread(probe_local_models, cfg.model_servers, cfg.model_slots)
         if models != self.local_models:
             log.info("local models: %s", ", ".join(m.model for m in models) or "none")
             self.local_models = models

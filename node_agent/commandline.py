@@ -6,8 +6,9 @@ conservative: every word must be made of letters, digits and ``_ - . / : , + @ %
 (``=`` too, past the first word), so there is no quoting, expansion (``$``, ``~``,
 globs, braces), redirection, pipe, list, comment or assignment; the first word must
 not be a bash builtin or keyword (``cd``, ``exit``, ``true``, ``echo``: bash's own
-would behave differently), nor may the environment export bash functions; and it must name an executable file that the kernel can run
-itself (an ELF binary or a ``#!`` script: bash would run any other file itself). In
+would behave differently), nor may the environment export bash functions; and it must
+name an executable file that the kernel can run itself (an ELF binary or a ``#!``
+script: bash would run any other file itself). In
 every other case, or when the program cannot be found, the line goes to ``bash -c``
 unchanged, so a missing program still exits 127 with bash's message.
 

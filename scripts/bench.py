@@ -13,6 +13,9 @@ process of its own, so that none disturbs the next):
   lab        bench_faults.py     network-namespace lab (root): node start -> visible
                                  (mDNS), cut link -> unreachable / lost, coordinator restart
   workspace  bench_workspace.py  worktree ready for 3,000 and 30,000 files, cold and warm
+  agents     bench_agents.py     llm jobs on a warm agent host and without one: flota run ->
+                                 first model request (first_call_warm_s), per-step overhead,
+                                 the daemons' and the agent host's RSS
 
     python scripts/bench.py [--quick] [--only dispatch,placement,...] [--json bench.json]
 
@@ -44,6 +47,7 @@ SECTIONS = {
     "scale": ("bench_scale", "Coordinator with 200 node servers"),
     "lab": ("bench_faults", "Discovery and failure detection (netns lab, mDNS)"),
     "workspace": ("bench_workspace", "Workspace (git worktree ready)"),
+    "agents": ("bench_agents", "llm agents, warm host and cold, side by side"),
 }
 
 

@@ -23,10 +23,14 @@ process has the host's initial environment in ``/proc/PID/environ`` (its own
 from __future__ import annotations
 
 import contextlib
+import gc
+import http.server
 import importlib
+import json
 import os
 import socket
 import sys
+import threading
 import traceback
 
 from node_agent.keeper import Keeper
@@ -36,13 +40,73 @@ __all__ = ["AGENT_ARGV", "Host", "main"]
 AGENT_ARGV = ("-m", "node_agent.agents.llm")  # what a job asks for, after the interpreter
 
 
-def _warm() -> None:
-    """Import what every llm job needs, so that no forked job pays for it."""
-    importlib.import_module("node_agent.agents.llm.__main__")
-    import litellm  # noqa: F401
+_WARM_REPLY = json.dumps(
+    {
+        "id": "warm",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "flota-warm",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "w", "type": "function", "function": {"name": "finish", "arguments": "{}"}}
+                    ],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+).encode()
 
-    with contextlib.suppress(Exception):  # the token counter's first use loads its tables
-        litellm.token_counter(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(_WARM_REPLY)))
+        self.end_headers()
+        self.wfile.write(_WARM_REPLY)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _warm() -> None:
+    """Take the agent's own first-call path once, against a throwaway server on loopback
+    in this process: litellm's import and everything its first completion imports (the
+    OpenAI client, httpx, the response types: about 1.3 s more), so no forked job pays.
+    Then no client keeps a connection, and the heap is frozen so that the garbage
+    collector of a job does not copy its pages. (litellm's logging worker thread is left:
+    a job has none, and its best-effort logging starts another when it needs one.)"""
+    from node_agent.agents.llm.model import LiteLLMModel
+
+    importlib.import_module("node_agent.agents.llm.__main__")
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        model = LiteLLMModel("openai/flota-warm", f"http://127.0.0.1:{server.server_address[1]}/v1")
+        messages = [{"role": "user", "content": "warm up"}]
+        model.estimate_usd(messages, 16)
+        model.complete(messages, 16, 10.0)
+    except Exception as exc:  # a job still works, only colder
+        print(f"flota agent host: warming up failed: {exc}", file=sys.stderr)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    import litellm
+
+    with contextlib.suppress(Exception):
+        litellm.in_memory_llm_clients_cache.flush_cache()
+    gc.collect()
+    gc.freeze()
 
 
 class Host(Keeper):
