@@ -5,6 +5,7 @@ SIGKILL, and the host leaving after its idle period."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from tests.fleet import Fleet, wait_until
 pytestmark = pytest.mark.timeout(240)
 
 HOST = "node_agent.agents.llm.host"
-# The agent's run_command tool, asked to print its agent process's parent: the host.
-WHO = "cut -d' ' -f4 /proc/$PPID/stat"
+# The agent's run_command tool, asked to print its agent process's parent (the host) and
+# what that parent runs.
+WHO = "p=$(cut -d' ' -f4 /proc/$PPID/stat); echo \"parent=$p $(tr '\\0' ' ' < /proc/$p/cmdline)\""
 
 
 @pytest.fixture
@@ -45,12 +47,19 @@ def maps(pid: int) -> str:
 
 
 def parents_said(server: FakeOpenAI) -> list[int]:
-    """What each run_command printed, as its tool result came back to the model."""
+    """The agent processes' parents, as each run_command's output came back to the model;
+    each must be an agent host."""
     said = []
     for request in server.requests:
         for message in request["messages"]:
-            if message.get("role") == "tool" and "exit code 0" in str(message.get("content")):
-                said += [int(w) for w in str(message["content"]).split() if w.isdigit() and int(w) > 1]
+            found = (
+                re.search(r"parent=(\d+) (.*)", str(message.get("content")))
+                if message.get("role") == "tool"
+                else None
+            )
+            if found:
+                assert HOST in found[2], found[0]
+                said.append(int(found[1]))
     return said
 
 
@@ -126,6 +135,7 @@ def test_no_host_with_agent_idle_zero(fleet: Fleet) -> None:
         daemon = fleet.start_node("n", "--agent-idle", "0", "--model-server", server.base_url)
         job = run_llm(fleet, "hi")
         assert job["status"] == "success", job
-        (parent,) = parents_said(server)
+        assert [m for r in server.requests for m in r["messages"] if "parent=" in str(m.get("content"))]
+        with pytest.raises(AssertionError, match="keeper.py"):  # a fresh process, as before
+            parents_said(server)
         assert hosts_of(daemon.pid) == []
-        assert "keeper.py" in " ".join(psutil.Process(parent).cmdline())  # a fresh process, as before
