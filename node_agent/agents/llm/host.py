@@ -104,7 +104,7 @@ def _warm() -> None:
     import litellm
 
     with contextlib.suppress(Exception):
-        litellm.in_memory_llm_clients_cache.flush_cache()
+        litellm.in_memory_llm_clients_cache.flush_cache()  # type: ignore[no-untyped-call]
     gc.collect()
     gc.freeze()
 
