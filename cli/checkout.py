@@ -30,7 +30,7 @@ from protos.flota.v1 import coordinator_pb2
 
 __all__ = ["JobBranch", "checkout", "diff", "diff_text", "git_reason", "job_branch"]
 
-_ACTIVE = ("queued", "dispatching", "running")
+_ACTIVE = ("waiting", "queued", "dispatching", "running")
 _MAX_FILES = 10  # files named in a one-line reason
 
 

@@ -42,7 +42,11 @@ def describe(event: pb.Event) -> str:
     elif subject == "job":
         j = event.job
         where = f" on {j.node_name}" if j.node_name else ""
-        note = j.wait_reason if j.status == "queued" else (j.result.error if j.HasField("result") else "")
+        note = (
+            j.wait_reason
+            if j.status in ("queued", "waiting")
+            else (j.result.error if j.HasField("result") else "")
+        )
         what = f"{j.id} {j.status}{where} {j.name}" + (f" ({note})" if note else "")
     return f"{event.index} {when} {event.type:<14} {what}".rstrip()
 

@@ -59,7 +59,7 @@ def follow_run(
         def report(job: coordinator_pb2.Job) -> None:
             jobs[job.id] = job
             shown = job.status + (
-                f": {job.wait_reason}" if job.status == "queued" and job.wait_reason else ""
+                f": {job.wait_reason}" if job.status in ("queued", "waiting") and job.wait_reason else ""
             )
             if seen.get(job.id) != shown and not quiet:
                 seen[job.id] = shown

@@ -5,6 +5,7 @@ This module is the app: the global options, `main()`, and the table of nouns. Ea
 commands live in their own module (Nomad's `command/` layout):
 
     runs.py         run, status, results, compare, logs, cancel, retry, cleanup, prune
+    plan/           plan (a feature split into role tasks; `run --plan` runs them as a graph)
     checkout.py     checkout, diff (a job's branch in the user's repository)
     events.py       events
     dashboard/      dashboard (the web page; a package of its own)
@@ -44,6 +45,7 @@ from cli.coordinator import coordinator_app
 from cli.dashboard import dashboard
 from cli.nodes import list_nodes, node_app
 from cli.options import Options
+from cli.plan.command import plan
 from cli.secrets import secret_app
 from cli.tokens import token_app
 
@@ -60,6 +62,7 @@ app = typer.Typer(
 
 for _name, _command in (
     ("nodes", list_nodes),
+    ("plan", plan),
     ("run", runs.run),
     ("status", runs.status),
     ("results", runs.results),

@@ -15,6 +15,7 @@ from cli.daemon import exec_daemon
 from cli.install.commands import node_add, node_uninstall, node_upgrade
 from cli.options import check_address, json_flag, options
 from cli.render import console, count, nodes_table, print_json, to_dict
+from cli.version import cli_build
 
 __all__ = ["list_nodes", "node_app"]
 
@@ -34,7 +35,7 @@ def list_nodes(ctx: typer.Context) -> None:
     if not reply.nodes:
         console.print("no nodes yet: `flota token create` prints the command that adds one")
         return
-    console.print(nodes_table(reply))
+    console.print(nodes_table(reply, cli_build(reply)))
 
 
 @node_app.command("start")

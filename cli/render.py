@@ -15,8 +15,8 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from protos.contract import EndReason
-from protos.flota.v1 import coordinator_pb2
+from protos.contract import FLOTA_VERSION, EndReason
+from protos.flota.v1 import coordinator_pb2, types_pb2
 
 __all__ = [
     "NO_CHANGES",
@@ -27,7 +27,9 @@ __all__ = [
     "console",
     "count",
     "jobs_table",
+    "metered_line",
     "no_changes",
+    "node_version",
     "nodes_table",
     "print_json",
     "prune_lines",
@@ -56,6 +58,7 @@ STATUS_STYLE = {
     "running": "cyan",
     "dispatching": "cyan",
     "queued": "dim",
+    "waiting": "dim",
     "online": "green",
     "unreachable": "yellow",
     "offline": "dim",
@@ -224,16 +227,40 @@ def no_changes(job: coordinator_pb2.Job) -> bool:
     return job.HasField("result") and bool(r.base_commit) and not r.files_modified
 
 
+def _cost(r: types_pb2.JobResult) -> str:
+    """A job's cost; "metered" when the node's metering proxy counted it (a job with a
+    budget), rather than the agent saying so itself."""
+    return f"${r.cost_usd:.4f} metered" if r.HasField("metered") else f"${r.cost_usd:.4f}"
+
+
+def metered_line(m: types_pb2.MeterUsage) -> str:
+    """What a job's metering proxy counted, as `flota status JOB` says it."""
+    refused = f", {m.refused} refused" if m.refused else ""
+    line = (
+        f"metered by the node: {m.calls} calls{refused}, {m.tokens_in} tokens in, {m.tokens_out} out, "
+        f"${m.cost_usd:.6f} of a ${m.budget_usd:g} budget"
+    )
+    return f"{line} ({m.note})" if m.note else line
+
+
 def _note(job: coordinator_pb2.Job) -> str:
-    """A queued job's wait, an ended one's error; for a success, whether it changed nothing."""
-    if job.status == "queued":
+    """A queued (or waiting) job's wait, an ended one's error; for a success, whether it changed nothing."""
+    if job.status in ("queued", "waiting"):
         return job.wait_reason
     if job.status == "success":
         return NO_CHANGES if no_changes(job) else ""
     return job.result.error if job.HasField("result") else ""
 
 
-def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
+def node_version(info: types_pb2.NodeInfo, build: str) -> str:
+    """A node's version, with its build when it runs another build of this CLI's version
+    (`build`: the one this CLI would install)."""
+    if info.version == FLOTA_VERSION and info.build and build and info.build != build:
+        return f"{info.version} (build {info.build[:8]})"
+    return info.version
+
+
+def nodes_table(reply: coordinator_pb2.ListNodesReply, build: str = "") -> FitTable:
     t = FitTable(
         "NAME", "ADDRESS", "LINK", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS",
         "MODELS", "VERSION", "STATE",
@@ -261,7 +288,7 @@ def nodes_table(reply: coordinator_pb2.ListNodesReply) -> FitTable:
             ",".join(f.agent_clis) or "-",
             # Each local model and its server's slots: "openai/qwen(4)".
             ",".join(f"{m.model}({m.slots})" if m.slots else m.model for m in f.local_models) or "-",
-            i.version or "-",
+            node_version(i, build) or "-",
             state,
         )
     return t
@@ -276,16 +303,28 @@ def runs_table(runs: list[coordinator_pb2.Run]) -> FitTable:
 
 
 def jobs_table(run: coordinator_pb2.Run) -> FitTable:
-    t = FitTable(
-        "JOB", "TASK", "NODE", "STATUS", "ATTEMPTS", "NOTE", whole=("JOB",), text=("TASK", "NODE", "NOTE")
-    )
+    """A run's jobs; a graph's (flota run --plan) with each one's role and what it comes after."""
+    graph = any(j.depends_on or j.role for j in run.jobs)
+    names = {j.id: j.name for j in run.jobs}
+    cols = ["JOB", "TASK", *(["ROLE", "AFTER"] if graph else []), "NODE", "STATUS", "ATTEMPTS", "NOTE"]
+    t = FitTable(*cols, whole=("JOB",), text=("TASK", "AFTER", "NODE", "NOTE"))
     for j in run.jobs:
-        t.add_row(j.id, j.name, j.node_name or "-", _job_status(j), str(len(j.attempts)), _note(j))
+        after = [j.role or "-", ", ".join(names.get(d, d) for d in j.depends_on) or "-"] if graph else []
+        row: list[str | Text] = [
+            j.id,
+            j.name,
+            *after,
+            j.node_name or "-",
+            _job_status(j),
+            str(len(j.attempts)),
+            _note(j),
+        ]
+        t.add_row(*row)
     return t
 
 
 def results_table(run: coordinator_pb2.Run) -> FitTable:
-    agents = any(j.agent not in ("", "shell") for j in run.jobs)
+    agents = any(j.agent not in ("", "shell") or j.result.HasField("metered") for j in run.jobs)
     checks = any(j.check for j in run.jobs)
     cols = ["JOB", "TASK", "NODE", "BRANCH", "STATUS", "DURATION", "FILES"]
     cols += ["MODEL", "STEPS", "TOKENS", "COST"] if agents else ["EXIT"]
@@ -311,7 +350,7 @@ def results_table(run: coordinator_pb2.Run) -> FitTable:
             (f"{files} (+{r.insertions}/-{r.deletions})" if files else "0") if run.repo_url else "-",
         ]
         if agents:
-            row += [j.model or "-", str(r.steps), f"{r.tokens_in}/{r.tokens_out}", f"${r.cost_usd:.4f}"]
+            row += [j.model or "-", str(r.steps), f"{r.tokens_in}/{r.tokens_out}", _cost(r)]
         else:
             row += [str(r.exit_code) if done and j.status in ("success", "failed") else "-"]
         if checks:

@@ -24,6 +24,7 @@ from cli.render import (
     console,
     count,
     jobs_table,
+    metered_line,
     no_changes,
     print_json,
     prune_lines,
@@ -68,13 +69,19 @@ def run(
     workers: Annotated[
         int | None, typer.Option(help="Jobs to run; tasks and models are dealt round-robin.")
     ] = None,
-    budget_per_worker: Annotated[float | None, typer.Option(help="USD budget of each llm job.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Model calls allowed per llm job.")] = None,
+    budget_per_worker: Annotated[
+        float | None, typer.Option(help="USD budget of each job, kept by a metering proxy on its node.")
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(help="Model calls (steps) allowed per job: llm, or an agent CLI that has a limit."),
+    ] = None,
     check: Annotated[
         str | None, typer.Option(help="A command run in the worktree after the agent; pass/fail is recorded.")
     ] = None,
     api_base: Annotated[
-        str | None, typer.Option(help="An OpenAI-compatible server for the llm agent (http://host:port/v1).")
+        str | None,
+        typer.Option(help="The model server (http://host:port/v1) for the llm agent or an agent CLI."),
     ] = None,
     repo: Annotated[str | None, typer.Option(help="Git repository the tasks work on.")] = None,
     remote: Annotated[str, typer.Option(help="Remote name or URL the nodes use.")] = "origin",
@@ -130,13 +137,19 @@ def run(
     ] = None,
     name: Annotated[str, typer.Option(help="A name for the run.")] = "",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Show progress, then the results.")] = False,
+    plan: Annotated[
+        Path | None,
+        typer.Option(help="A plan file (flota plan): its tasks run as a graph, each after its dependencies."),
+    ] = None,
 ) -> None:
     """Run tasks on the fleet, each on its own branch when --repo is given."""
     o = options(ctx)
     texts = ([command] if command else []) + list(task or [])
-    if not texts:
+    if plan is not None and (texts or agent or model or models or workers):
+        raise CliError("a plan (--plan) names its own tasks, agents and models: give them in the plan file")
+    if not texts and plan is None:
         raise CliError("nothing to run: give a command or --task")
-    from cli.agents import TEMPLATES, fan_out, load_repo_config
+    from cli.agents import TEMPLATES, fan_out, load_repo_config, takes
 
     config = load_repo_config(Path(repo or ".").resolve())
     defaults = config.run
@@ -149,10 +162,20 @@ def run(
         raise CliError("--workers must be between 1 and 1000")
     network = network or list(defaults.get("networks", []))
     timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
-    tasks = fan_out(agent, texts, model_list, workers, {**TEMPLATES, **config.agents})
+    templates = {**TEMPLATES, **config.agents}
+    if plan is not None:
+        from cli.plan.files import graph_run
+
+        tasks, plan_budget, plan_check = graph_run(plan, repo, templates)
+        budget_per_worker = plan_budget if budget_per_worker is None else budget_per_worker
+        check = plan_check if check is None else check
+    else:
+        if max_steps is None:  # flota.yaml's default, for the agents that take one
+            max_steps = int(defaults.get("max_steps", 0)) if takes(agent, templates, "max_steps") else 0
+        tasks = fan_out(agent, texts, model_list, workers, templates, api_base or "", max_steps)
     request = coordinator_pb2.SubmitRunRequest(
         tasks=tasks,
-        max_steps=max_steps if max_steps is not None else int(defaults.get("max_steps", 0)),
+        max_steps=max_steps,
         budget_usd=budget_per_worker
         if budget_per_worker is not None
         else float(defaults.get("budget_per_worker", 0)),
@@ -250,8 +273,10 @@ def status(
             return
         unchanged = job.status == "success" and no_changes(job)
         console.print(f"job {job.id}  {job.status}{f' ({NO_CHANGES})' if unchanged else ''}  {job.name}")
-        if job.wait_reason and job.status == "queued":
+        if job.wait_reason and job.status in ("queued", "waiting"):
             console.print(f"waiting: {job.wait_reason}")
+        if job.result.HasField("metered"):
+            console.print(metered_line(job.result.metered))
         for a in job.attempts:
             # The winning attempt of a job that changed nothing pushed no branch (unless asked).
             branch = NO_CHANGES if unchanged and a.status == "success" and not job.branch else a.branch

@@ -21,6 +21,7 @@ from coordinator.models import (
     Job,
     LocalModel,
     LogLines,
+    Metered,
     NodeEvent,
     NodeInfo,
     NodeJob,
@@ -47,7 +48,8 @@ __all__ = [
     "spec_to_pb",
 ]
 
-_RESULT_FIELDS = tuple(f.name for f in fields(Result))
+_RESULT_FIELDS = tuple(f.name for f in fields(Result) if f.name != "metered")
+_METERED_FIELDS = tuple(f.name for f in fields(Metered))
 _FACT_SCALARS = tuple(f.name for f in fields(Facts) if f.name not in ("gpus", "agent_clis", "local_models"))
 _INFO_SCALARS = tuple(f.name for f in fields(NodeInfo) if f.name not in ("labels", "facts", "addresses"))
 
@@ -56,6 +58,9 @@ def result_from_pb(msg: types_pb2.JobResult) -> Result:
     values = {name: getattr(msg, name) for name in _RESULT_FIELDS}
     values["files_modified"] = tuple(msg.files_modified)
     values["reason"] = EndReason.read(msg.reason)
+    if msg.HasField("metered"):  # the proxy's count over the agent's own word
+        m = Metered(**{name: getattr(msg.metered, name) for name in _METERED_FIELDS})
+        values.update(metered=m, tokens_in=m.tokens_in, tokens_out=m.tokens_out, cost_usd=m.cost_usd)
     return Result(**values)
 
 
@@ -141,13 +146,15 @@ def spec_to_pb(
         check=job.check,
         report_paths=dict(job.report_paths),
         allow_empty=job.allow_empty,
+        ignore_paths=list(job.ignore_paths),
         secrets=dict(secrets),
         resume_branches=list(resume_branches),
     )
     if job.repo:
-        spec.repo.CopyFrom(
-            types_pb2.RepoSpec(url=job.repo.url, base_ref=job.repo.base_ref, base_commit=job.repo.base_commit)
-        )
+        # A job of a graph starts from its dependencies' results (outcomes.released).
+        (ref, commit), *merges = job.bases or [(job.repo.base_ref, job.repo.base_commit)]
+        spec.repo.CopyFrom(types_pb2.RepoSpec(url=job.repo.url, base_ref=ref, base_commit=commit))
+        spec.merges.extend(types_pb2.RepoSpec(url=job.repo.url, base_ref=r, base_commit=c) for r, c in merges)
     return spec
 
 
@@ -173,6 +180,9 @@ def node_status_to_pb(
 def result_to_pb(result: Result, job_id: str = "", attempt_id: str = "") -> types_pb2.JobResult:
     values = {name: getattr(result, name) for name in _RESULT_FIELDS}
     values["files_modified"] = list(result.files_modified)
+    m = result.metered
+    if m is not None:
+        values["metered"] = types_pb2.MeterUsage(**{name: getattr(m, name) for name in _METERED_FIELDS})
     return types_pb2.JobResult(job_id=job_id, attempt_id=attempt_id, **values)
 
 
@@ -213,6 +223,8 @@ def job_to_pb(job: Job, node_names: dict[str, str]) -> coordinator_pb2.Job:
         check=job.check,
         requires=job.requires,
         timeout_s=job.timeout_s,
+        depends_on=list(job.depends_on),
+        role=job.role,
     )
     if job.result is not None:
         last = job.attempts[-1].id if job.attempts else ""

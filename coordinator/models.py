@@ -25,6 +25,7 @@ __all__ = [
     "JobStatus",
     "LocalModel",
     "LogLines",
+    "Metered",
     "NodeEvent",
     "NodeInfo",
     "NodeJob",
@@ -55,6 +56,7 @@ __all__ = [
 
 
 class JobStatus(StrEnum):
+    WAITING = "waiting"  # waiting on dependencies: not placeable until they have succeeded
     QUEUED = "queued"
     DISPATCHING = "dispatching"  # placed; its StartJob is on its way
     RUNNING = "running"
@@ -259,11 +261,27 @@ class NodeInfo:
     unreachable_after_s: float = 0.0
     lost_after_s: float = 0.0
     protocol: int = 0  # 0: a node from before protocol numbers (it spoke 1)
+    build: str = ""  # its wheel's stamped build; "": run from a source tree
+
+
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """What a job's metering proxy counted on its node (flota.v1.MeterUsage)."""
+
+    calls: int = 0
+    refused: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    priced: bool = True
+    note: str = ""
+    budget_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """The outcome of one attempt; field names follow flota.v1.JobResult."""
+    """The outcome of one attempt; field names follow flota.v1.JobResult. With
+    ``metered``, tokens_in, tokens_out and cost_usd are the metering proxy's count."""
 
     status: ResultStatus
     exit_code: int = 0
@@ -289,6 +307,7 @@ class Result:
     answer: str = ""  # an agent's final answer
     reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say
     log_lines_marked: int = 0  # of log_lines_lost, those the log marks where they went missing
+    metered: Metered | None = None  # a job with a budget: what its node's metering proxy counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +383,13 @@ class Job:
     requires: str = ""  # an agent CLI the node must have, or "model:<model>" it must serve
     report_paths: Mapping[str, str] = field(default_factory=dict)
     allow_empty: bool = False  # a job that changed nothing still pushes its branch (an empty commit)
+    # A run as a graph: the jobs (ids, same run) that must succeed before this one starts,
+    # its role in the plan, and, once they have, what it starts from: (ref, commit) pairs,
+    # the first its base, the others merged in on the node. Empty: the run's base.
+    depends_on: tuple[str, ...] = ()
+    role: str = ""
+    bases: tuple[tuple[str, str], ...] = ()
+    ignore_paths: tuple[str, ...] = ()  # an agent CLI's own files, kept out of the commit
 
 
 @dataclass(slots=True)

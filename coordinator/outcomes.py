@@ -16,6 +16,9 @@ An attempt that no longer drives its job (an older one, or one whose job is alre
 decided) ends through :func:`late`: the first success wins, a later success is kept as
 "superseded", and the coordinator's own guess gives way to what really happened.
 
+:func:`released`: a run as a graph, what its jobs' ends do to the jobs waiting on them
+(queued from their results once all have succeeded, cancelled when one has not).
+
 :func:`reconnected` decides what to do with the jobs a node reports after a
 (re)connect. :func:`to_retry` and :func:`retried`: a user's `flota retry`, which jobs it
 takes and what it does to each. The reconcile loop persists each `Decision` (store first, then memory) and
@@ -47,16 +50,19 @@ __all__ = [
     "MAX_DISPATCH_FAILURES",
     "MAX_REFUSALS",
     "SUPERSEDED_ERROR",
+    "WAITING_ON_DEPS",
     "AttemptEnd",
     "Decision",
     "JobChange",
     "Reconnect",
+    "Released",
     "Retried",
     "checked",
     "ended",
     "late",
     "own_model_server",
     "reconnected",
+    "released",
     "retried",
     "retryable",
     "to_retry",
@@ -65,6 +71,7 @@ __all__ = [
 MAX_DISPATCH_FAILURES = 5  # StartJob calls that failed before the job gives up
 MAX_REFUSALS = 50  # "busy"/"stopping" refusals before a job gives up on being placed
 SUPERSEDED_ERROR = "another attempt of this job succeeded first; its branch is kept"
+WAITING_ON_DEPS = "waiting on its dependencies"  # until released() names which
 _FINAL_RESULTS = frozenset(s.value for s in ResultStatus)
 # The agent stopped at a limit the user set: another attempt would spend as much again.
 AGENT_LIMITS = frozenset({EndReason.MAX_STEPS, EndReason.BUDGET, EndReason.TIME_LIMIT})
@@ -245,6 +252,7 @@ class Retried:
     updated_at: float
     cancel_requested: bool
     budget_from: int
+    bases: tuple[tuple[str, str], ...] = ()
 
 
 def _busy(job: Job) -> str:
@@ -287,4 +295,87 @@ def to_retry(jobs: Sequence[Job], failed_only: bool, run_id: str = "") -> tuple[
 def retried(job: Job, now: float) -> Retried:
     """An ended job queued again by the user: no node, no result, no branch until its next
     attempt ends; a cancel is forgotten, and the retry budget starts over."""
+    if job.depends_on:  # it starts again from its dependencies' results: released() decides when
+        return Retried(JobStatus.WAITING, "", WAITING_ON_DEPS, None, "", now, False, len(job.attempts))
     return Retried(JobStatus.QUEUED, "", "waiting for a node", None, "", now, False, len(job.attempts))
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A waiting job's change after its dependencies moved: queued (all succeeded; what it
+    starts from), cancelled (one ended otherwise), or still waiting, on fewer of them."""
+
+    job_id: str
+    status: JobStatus
+    wait_reason: str
+    result: Result | None
+    bases: tuple[tuple[str, str], ...]
+    updated_at: float
+
+
+def _start(deps: Sequence[Job], bases: dict[str, tuple[tuple[str, str], ...]]) -> tuple[tuple[str, str], ...]:
+    """What a job whose dependencies all succeeded starts from: each one's pushed result
+    (its branch and head), or what that one started from when it pushed nothing; the
+    first is the base, the others are merged in on the node."""
+    found: dict[str, str] = {}  # commit -> ref, in order
+    for dep in deps:
+        r = dep.result
+        pairs = (
+            ((f"refs/heads/{r.branch}", r.head_commit),)
+            if r and r.branch and r.head_commit
+            else bases[dep.id]
+        )
+        for ref, commit in pairs:
+            found.setdefault(commit, ref)
+    return tuple((ref, commit) for commit, ref in found.items())
+
+
+def _ended_why(dep: Job, status: JobStatus, error: str) -> str:
+    if status == JobStatus.FAILED:
+        return f"dependency {dep.name} failed"
+    if status == JobStatus.CANCELLED:
+        return f"dependency {dep.name} was cancelled" + (
+            f" ({error})" if error.startswith("dependency ") else ""
+        )
+    return f"dependency {dep.name} ended {status}"
+
+
+def released(jobs: Sequence[Job], now: float) -> list[Released]:
+    """What the current statuses of a run's `jobs` do to those waiting on dependencies.
+    A job cancelled here cancels its own dependents in the same pass; a job queued here
+    carries its start (`_start`). Applying the changes and asking again gives none: the
+    loop asks after every change of a run, and once more at a restart."""
+    by_id = {j.id: j for j in jobs}
+    status = {j.id: j.status for j in jobs}
+    bases = {j.id: j.bases for j in jobs}
+    errors = {j.id: j.result.error if j.result else "" for j in jobs}
+    changes: dict[str, Released] = {}
+    moved = True
+    while moved:
+        moved = False
+        for job in jobs:
+            if status[job.id] != JobStatus.WAITING:
+                continue
+            deps = [by_id[d] for d in job.depends_on if d in by_id]
+            ended = next(
+                (d for d in deps if status[d.id] in JOB_FINAL and status[d.id] != JobStatus.SUCCESS), None
+            )
+            if ended is not None:
+                why = errors[job.id] = _ended_why(ended, status[ended.id], errors[ended.id])
+                change = Released(
+                    job.id, JobStatus.CANCELLED, "", Result(ResultStatus.CANCELLED, error=why), (), now
+                )
+            elif all(status[d.id] == JobStatus.SUCCESS for d in deps):
+                change = Released(
+                    job.id, JobStatus.QUEUED, "waiting for a node", None, _start(deps, bases), now
+                )
+            else:
+                names = [d.name for d in deps if status[d.id] != JobStatus.SUCCESS]
+                reason = "waiting on " + ", ".join(names)
+                if reason != changes.get(job.id, job).wait_reason:
+                    changes[job.id] = Released(job.id, JobStatus.WAITING, reason, None, (), now)
+                continue
+            changes[job.id] = change
+            status[job.id], bases[job.id] = change.status, change.bases
+            moved = True
+    return list(changes.values())

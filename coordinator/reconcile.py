@@ -57,8 +57,10 @@ log = logging.getLogger("flota.coordinator")
 TICK_S = 0.5
 
 
-def _fields(change: outcomes.AttemptEnd | outcomes.JobChange | outcomes.Retried) -> dict[str, Any]:
-    """A change record's fields (outcomes.AttemptEnd, JobChange, Retried) by name."""
+def _fields(
+    change: outcomes.AttemptEnd | outcomes.JobChange | outcomes.Retried | outcomes.Released,
+) -> dict[str, Any]:
+    """A change record's fields (outcomes.AttemptEnd, JobChange, Retried, Released) by name."""
     return {f.name: getattr(change, f.name) for f in fields(change)}
 
 
@@ -361,9 +363,12 @@ class Reconciler:
         self._apply(job, attempt, outcomes.late(job, attempt, result, self.wall()))
 
     def _maybe_finish_run(self, run_id: str) -> None:
+        """A job of the run changed: release the jobs waiting on it, then end the run if
+        every job has ended."""
         run = self.runs.get(run_id)
         if run is None:
             return
+        self._release(run)
         status = run_status([j.status for j in run.jobs])
         if status == "running":
             return
@@ -378,6 +383,16 @@ class Reconciler:
         del self.runs[run_id]
         self.hub.run_ended(run, self.fleet.names)
 
+    def _release(self, run: Run) -> None:
+        """Waiting jobs whose dependencies moved (outcomes.released): each stored, then
+        changed; a crash between two is made good by the same pass at the next start."""
+        for change in outcomes.released(run.jobs, self.wall()):
+            job = self.jobs[change.job_id]
+            self.persist(job, {k: v for k, v in _fields(change).items() if k != "job_id"})
+            self.hub.job(job, self.fleet.names)
+            if job.status == JobStatus.QUEUED:
+                self.wake()
+
     # --- requests (from the service) ------------------------------------------------------
 
     def submit(self, run: Run) -> None:
@@ -386,6 +401,7 @@ class Reconciler:
         for job in run.jobs:
             self.jobs[job.id] = job
         self.hub.run_created(run, self.fleet.names)
+        self._release(run)  # the jobs of a graph say which of their dependencies they wait on
         self.wake()
 
     async def cancel(self, jobs: list[Job]) -> list[str]:
@@ -403,12 +419,13 @@ class Reconciler:
                 self.persist(job, {"cancel_requested": True, **ended})
                 self.planner.release(job.id)
                 self.hub.job(job, self.fleet.names)
-                self._maybe_finish_run(job.run_id)
             else:
                 self.persist(job, {"cancel_requested": True})
                 self.planner.release(job.id)
                 calls += [self._cancel_attempt(job, a) for a in active]
             cancelled.append(job.id)
+        for run_id in {j.run_id for j in jobs}:  # after all: a job cancelled here is not a failed dependency
+            self._maybe_finish_run(run_id)
         await asyncio.gather(*calls)
         return cancelled
 
@@ -443,6 +460,7 @@ class Reconciler:
             self.planner.forget(job.id)
             self.hub.job(job, self.fleet.names)
         log.info("run %s: %d jobs queued again by the user", run.id, len(jobs))
+        self._release(run)  # a retried job of a graph whose dependencies have succeeded
         self.wake()
 
     async def _cancel_attempt(self, job: Job, attempt: Attempt) -> None:

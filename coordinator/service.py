@@ -260,6 +260,7 @@ class Service:
             repo_url=repo.url if repo else "",
             base_commit=repo.base_commit if repo else "",
         )
+        ids = {task.name: f"{run_id}.{i}" for i, task in enumerate(sub.tasks, 1) if task.name}
         for i, task in enumerate(sub.tasks, 1):
             run.jobs.append(
                 Job(
@@ -274,10 +275,13 @@ class Service:
                     max_steps=sub.max_steps,
                     budget_usd=sub.budget_usd,
                     api_base=sub.api_base,
-                    check=sub.check,
+                    check=task.check or sub.check,
                     requires=task.requires or self._model_requirement(task, sub.api_base),
                     report_paths=dict(task.report_paths),
-                    status=JobStatus.QUEUED,
+                    status=JobStatus.WAITING if task.depends_on else JobStatus.QUEUED,
+                    depends_on=tuple(ids[d] for d in task.depends_on),
+                    role=task.role,
+                    ignore_paths=task.ignore_paths,
                     created_at=now,
                     updated_at=now,
                     timeout_s=sub.timeout_s,
@@ -285,13 +289,19 @@ class Service:
                     resume_from_partial=sub.resume_from_partial,
                     allow_empty=sub.allow_empty,
                     secrets=sub.secrets,
-                    env=dict(sub.env),
+                    # The template's variables, under the user's --env and --secret.
+                    env={
+                        **{k: v for k, v in task.env.items() if k not in sub.secrets},
+                        **sub.env,
+                    },
                     placement=sub.placement,
                     repo=repo,
-                    wait_reason="waiting for a node",
+                    wait_reason=outcomes.WAITING_ON_DEPS if task.depends_on else "waiting for a node",
                 )
             )
-        self.rec.planner.explain_new(run.jobs)  # why a job cannot start now, in the reply
+        self.rec.planner.explain_new(
+            [j for j in run.jobs if j.status == JobStatus.QUEUED]
+        )  # why a job cannot start now, in the reply
         self.rec.submit(run)
         return run
 

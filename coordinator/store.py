@@ -26,6 +26,7 @@ from coordinator.models import (
     Job,
     JobPlacement,
     JobStatus,
+    Metered,
     NodeRecord,
     Repo,
     Result,
@@ -86,6 +87,9 @@ _SPEC_FIELDS = (
     "requires",
     "report_paths",
     "allow_empty",
+    "depends_on",
+    "role",
+    "ignore_paths",
 )
 # Columns added after the first release: (table, column, declaration). Added in place
 # when an older database is opened.
@@ -95,6 +99,9 @@ _ADDED_COLUMNS = (
     ("nodes", "lost_after", "REAL NOT NULL DEFAULT 0"),
     ("attempts", "cause", "TEXT NOT NULL DEFAULT ''"),
     ("jobs", "budget_from", "INTEGER NOT NULL DEFAULT 0"),
+    # graph (runs as a graph, issue 17): what a job of a graph starts from, as JSON
+    # [[ref, commit], ...], set when its dependencies have succeeded.
+    ("jobs", "bases", "TEXT NOT NULL DEFAULT '[]'"),
 )
 # Before `cause` was a column, who closed an attempt was read from its error's wording:
 # a database from then gets the column filled in once, from those same words.
@@ -105,12 +112,16 @@ _CAUSE_FROM_ERROR = (
 )
 
 
-_RESULT_FIELDS = tuple(f.name for f in fields(Result))
+_RESULT_FIELDS = tuple(f.name for f in fields(Result) if f.name != "metered")
 
 
 def _result_json(result: Result | None) -> str | None:
     # Flat fields (files_modified is a tuple, a list in JSON): no need for asdict's deep copy.
-    return None if result is None else json.dumps({k: getattr(result, k) for k in _RESULT_FIELDS})
+    if result is None:
+        return None
+    data = {k: getattr(result, k) for k in _RESULT_FIELDS}
+    data["metered"] = None if result.metered is None else asdict(result.metered)
+    return json.dumps(data)
 
 
 def _result_from(text: str | None) -> Result | None:
@@ -120,6 +131,8 @@ def _result_from(text: str | None) -> Result | None:
     data["files_modified"] = tuple(data.get("files_modified", ()))
     data["status"] = ResultStatus(data["status"])
     data["reason"] = EndReason.read(data.get("reason", ""))  # absent before results had one
+    metered = data.get("metered")
+    data["metered"] = Metered(**metered) if isinstance(metered, dict) else None
     return Result(**data)
 
 
@@ -337,7 +350,7 @@ class Store:
     def _update_job(db: sqlite3.Connection, job: Job) -> None:
         db.execute(
             "UPDATE jobs SET status = ?, updated_at = ?, wait_reason = ?, node_id = ?, branch = ?, "
-            "result = ?, cancel_requested = ?, budget_from = ? WHERE id = ?",
+            "result = ?, cancel_requested = ?, budget_from = ?, bases = ? WHERE id = ?",
             (
                 job.status,
                 job.updated_at,
@@ -347,6 +360,7 @@ class Store:
                 _result_json(job.result),
                 int(job.cancel_requested),
                 job.budget_from,
+                json.dumps(job.bases),
                 job.id,
             ),
         )
@@ -368,7 +382,7 @@ class Store:
 
     _JOB_COLS = (
         "id, run_id, idx, status, spec, created_at, updated_at, wait_reason, node_id, branch, result, "
-        "cancel_requested, budget_from"
+        "cancel_requested, budget_from, bases"
     )
     _RUN_COLS = "id, name, status, created_at, finished_at, repo_url, base_commit"
 
@@ -379,6 +393,8 @@ class Store:
         placement["avoid_networks"] = tuple(placement["avoid_networks"])
         repo = spec.pop("repo")
         spec["secrets"] = tuple(spec.get("secrets", ()))
+        spec["depends_on"] = tuple(spec.get("depends_on", ()))
+        spec["ignore_paths"] = tuple(spec.get("ignore_paths", ()))
         job = Job(
             id=row[0],
             run_id=row[1],
@@ -392,6 +408,7 @@ class Store:
             result=_result_from(row[10]),
             cancel_requested=bool(row[11]),
             budget_from=row[12],
+            bases=tuple((ref, commit) for ref, commit in json.loads(row[13])),
             placement=JobPlacement(**placement),
             repo=Repo(**repo) if repo else None,
             **spec,

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 from coordinator.errors import InvalidRequest
 from coordinator.models import JobPlacement
 from protos.flota.v1 import coordinator_pb2
+from protos.graph import graph_problems
 from protos.limits import (
     CONTROL_RE,
     ENV_KEY_RE,
     LABEL_KEY_RE,
     LABEL_VALUE_RE,
     MAX_BUDGET_USD,
+    MAX_DEPENDENCIES,
+    MAX_IGNORE_PATHS,
     MAX_STEPS,
     MAX_TIMEOUT_S,
     MODEL_RE,
@@ -30,6 +33,7 @@ from protos.limits import (
     show,
     valid_api_base,
     valid_id,
+    valid_ignore_path,
     valid_text,
 )
 
@@ -49,7 +53,8 @@ MAX_TASKS = 1000
 MAX_SECRETS = 64
 MAX_PRUNE_IDS = 100_000
 REPORT_KEYS = frozenset({"cost_usd", "steps", "tokens_in", "tokens_out"})
-_PATH_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}\Z")
+# A dotted path, or up to four separated by "|": the first one present is read.
+_PATH_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}(\|[A-Za-z0-9_]+(\.[A-Za-z0-9_]+){0,7}){0,3}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,11 @@ class Task:
     model: str = ""
     requires: str = ""
     report_paths: Mapping[str, str] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()  # names of other tasks of the run
+    role: str = ""
+    check: str = ""  # this task's own check; empty: the run's
+    env: Mapping[str, str] = field(default_factory=dict)  # the template's; the run's wins
+    ignore_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +175,20 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
                 )
     if CONTROL_RE.search(task.name) or "\0" in task.prompt:
         raise InvalidRequest("a task name has no control characters, a prompt no NUL")
+    if task.check and not valid_text(task.check):
+        raise InvalidRequest("a task's check command is at most 64 KiB, without NUL")
+    if len(task.depends_on) > MAX_DEPENDENCIES:
+        raise InvalidRequest(f"a task depends on at most {MAX_DEPENDENCIES} others")
+    if task.role and not NAME_RE.match(task.role):
+        raise InvalidRequest(f"invalid role {show(task.role)} (letters, digits, . _ -)")
+    if (task.env or task.ignore_paths) and agent in ("shell", "llm"):
+        raise InvalidRequest(f"a template's env and ignore paths are for agent CLIs, not {agent}")
+    _env(task.env)
+    if len(task.ignore_paths) > MAX_IGNORE_PATHS:
+        raise InvalidRequest(f"at most {MAX_IGNORE_PATHS} ignore paths per task")
+    for path in task.ignore_paths:
+        if not valid_ignore_path(path):
+            raise InvalidRequest(f"invalid ignore path {show(path)} (a relative glob, no '..')")
     return Task(
         name=task.name,
         agent=agent,
@@ -173,7 +197,38 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
         model=task.model,
         requires=task.requires,
         report_paths=dict(task.report_paths),
+        depends_on=tuple(task.depends_on),
+        role=task.role,
+        check=task.check,
+        env=dict(task.env),
+        ignore_paths=tuple(task.ignore_paths),
     )
+
+
+def _graph(tasks: tuple[Task, ...]) -> None:
+    """A run as a graph: dependencies name other tasks of the run, by unique names, with
+    no cycle (the CLI's plan check says the same, each problem on its line)."""
+    if not any(t.depends_on for t in tasks):
+        return
+    names = [t.name for t in tasks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice or not all(names):
+        raise InvalidRequest(
+            f"the tasks of a graph need unique names (given twice: {show(', '.join(twice))})"
+        )
+    problems = graph_problems({t.name: t.depends_on for t in tasks})
+    if problems:
+        raise InvalidRequest(
+            f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
+
+
+def _env(env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not ENV_KEY_RE.match(key):
+            raise InvalidRequest(f"invalid environment variable name {show(key)}")
+        if "\0" in value:  # no environment can hold it; the node refuses the job
+            raise InvalidRequest(f"the value of {key} has a NUL byte")
 
 
 def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
@@ -181,6 +236,7 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
     if not 0 < len(request.tasks) <= MAX_TASKS:
         raise InvalidRequest(f"a run needs 1 to {MAX_TASKS} tasks")
     tasks = tuple(_task(t) for t in request.tasks)
+    _graph(tasks)
     if not 0 <= request.max_steps <= MAX_STEPS:
         raise InvalidRequest("max steps must be between 0 (the agent's default) and 10000")
     if not 0 <= request.budget_usd <= MAX_BUDGET_USD or request.budget_usd != request.budget_usd:
@@ -191,11 +247,7 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
         raise InvalidRequest("the check command is at most 64 KiB, without NUL")
     if CONTROL_RE.search(request.name):
         raise InvalidRequest("a run name has no control characters")
-    for key, value in request.env.items():
-        if not ENV_KEY_RE.match(key):
-            raise InvalidRequest(f"invalid environment variable name {show(key)}")
-        if "\0" in value:  # no environment can hold it; the node refuses the job
-            raise InvalidRequest(f"the value of {key} has a NUL byte")
+    _env(request.env)
     if not 0 <= request.timeout_s <= MAX_TIMEOUT_S:
         raise InvalidRequest("timeout must be between 0 (none) and 7 days")
     if len(request.secrets) > MAX_SECRETS:

@@ -48,7 +48,7 @@ from node_agent.servicer import NodeCalls, NodeServicer
 from node_agent.workspace import Workspace
 from protos import statelock
 from protos.channels import SERVER_OPTIONS, CallGate, client_options
-from protos.contract import COORDINATOR_SERVER_NAME, ResultStatus, fingerprint
+from protos.contract import COORDINATOR_SERVER_NAME, ResultStatus, build, fingerprint
 from protos.flota.v1 import node_pb2_grpc, types_pb2
 
 __all__ = ["NodeDaemon", "serve"]
@@ -98,6 +98,7 @@ class NodeDaemon:
             node_id=self.identity.id,
             name=cfg.name,
             version=__version__,
+            build=build(),
             network=self.network,
             network_source=self.network_source,
             labels=cfg.labels,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from node_agent import lifecycle as lc
 from node_agent.backlog import Backlog
+from node_agent.meter.control import Meter
 from node_agent.models import Job, Result
 from node_agent.process import JobProcess, OutputTail
 from node_agent.workspace import CommitOutcome
@@ -50,6 +51,7 @@ class Attempt:
     # Output read while no coordinator listened: sent when one does, or in the result.
     backlog: Backlog = field(default_factory=Backlog)
     secrets: Mapping[str, str] = field(default_factory=dict)  # in memory only, never journaled
+    meter: Meter | None = None  # a job with a budget: its metering proxy, while it runs
 
     @property
     def id(self) -> str:
@@ -82,6 +84,7 @@ def result_of(
         attempt_id=job.attempt_id,
         status=finish.status,
         reason=finish.reason,
+        metered=a.state.meter,
         exit_code=exit_code,
         error=redact(finish.error, a.secrets),
         branch=job.branch if pushed else "",

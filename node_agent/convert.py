@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 
 from node_agent.facts import Facts
 from node_agent.local_models import LocalModel
-from node_agent.models import Job, Repo, Resources, Result
+from node_agent.models import Job, Metered, Repo, Resources, Result
 from protos.contract import PROTOCOL, EndReason, ResultStatus
 from protos.flota.v1 import node_pb2, types_pb2
 
@@ -64,7 +64,13 @@ def job_from_proto(spec: types_pb2.JobSpec) -> Job:
         check=spec.check,
         report_paths=dict(spec.report_paths),
         allow_empty=spec.allow_empty,
+        merges=tuple(Repo(m.url, m.base_ref, m.base_commit) for m in spec.merges),
+        ignore_paths=tuple(spec.ignore_paths),
     )
+
+
+def _repo_pb(repo: Repo) -> types_pb2.RepoSpec:
+    return types_pb2.RepoSpec(url=repo.url, base_ref=repo.base_ref, base_commit=repo.base_commit)
 
 
 def job_to_proto(job: Job) -> types_pb2.JobSpec:
@@ -88,11 +94,11 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
         check=job.check,
         report_paths=dict(job.report_paths),
         allow_empty=job.allow_empty,
+        merges=[_repo_pb(m) for m in job.merges],
+        ignore_paths=list(job.ignore_paths),
     )
     if job.repo is not None:
-        spec.repo.CopyFrom(
-            types_pb2.RepoSpec(url=job.repo.url, base_ref=job.repo.base_ref, base_commit=job.repo.base_commit)
-        )
+        spec.repo.CopyFrom(_repo_pb(job.repo))
     if job.resources is not None:
         res = job.resources
         spec.resources.CopyFrom(types_pb2.Resources(cpus=res.cpus, memory_mb=res.memory_mb, gpus=res.gpus))
@@ -101,17 +107,22 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
 
 # Fields that cross as they are; the others need a type of their own on each side.
 _RESULT_SCALARS = tuple(
-    f.name for f in fields(Result) if f.name not in ("status", "reason", "files_modified", "log_lines")
+    f.name
+    for f in fields(Result)
+    if f.name not in ("status", "reason", "files_modified", "log_lines", "metered")
 )
+_METERED = tuple(f.name for f in fields(Metered) if f.name != "refusal")  # the refusal's line is the error's
 
 
 def result_to_proto(result: Result) -> types_pb2.JobResult:
+    m = result.metered
     return types_pb2.JobResult(
         **{name: getattr(result, name) for name in _RESULT_SCALARS},
         status=str(result.status),
         reason=str(result.reason),
         files_modified=list(result.files_modified),
         log_lines=list(result.log_lines),
+        metered=None if m is None else types_pb2.MeterUsage(**{name: getattr(m, name) for name in _METERED}),
     )
 
 
@@ -122,6 +133,11 @@ def result_from_proto(result: types_pb2.JobResult) -> Result:
         reason=EndReason.read(result.reason),
         files_modified=tuple(result.files_modified),
         log_lines=tuple(result.log_lines),
+        metered=(
+            Metered(**{name: getattr(result.metered, name) for name in _METERED})
+            if result.HasField("metered")
+            else None
+        ),
     )
 
 
@@ -170,6 +186,7 @@ def node_info(
     node_id: str,
     name: str,
     version: str,
+    build: str,
     network: str,
     network_source: str,
     labels: dict[str, str],
@@ -186,6 +203,7 @@ def node_info(
         id=node_id,
         name=name,
         version=version,
+        build=build,
         network=network,
         network_source=network_source,
         labels=labels,

@@ -66,6 +66,14 @@ _GIT_ENV: dict[str, str] = {
     "GIT_NO_REPLACE_OBJECTS": "1",
     # Error lines are shown to users and matched by nobody; C keeps them stable.
     "LC_ALL": "C",
+    # An identity for what git records besides commits (the reflog of `worktree add -B`):
+    # without one git makes its default, user@<the host's FQDN>, and looks that name up in
+    # DNS; where the name server drops packets (a NAT'd laptop offline), each such command
+    # waits 10-20 s. The commit step sets the job's author over these.
+    "GIT_AUTHOR_NAME": "flota",
+    "GIT_AUTHOR_EMAIL": "flota@localhost",
+    "GIT_COMMITTER_NAME": "flota",
+    "GIT_COMMITTER_EMAIL": "flota@localhost",
 }
 
 # The operator may choose how ssh runs (keys, jump hosts); any other GIT_* variable in

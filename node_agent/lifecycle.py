@@ -26,7 +26,11 @@ the agent said about its own run arrives with :class:`Exited` (its report, read 
 runner once the process has ended): an agent that stopped on its steps or budget turns a
 failed exit into ``partial`` with the agent's reason (max_steps, budget ...: its own limit,
 final), an agent's own error line replaces a bare "exit code N", and a model server it
-could not reach is reason model_unreachable. A stop for being cut off is ``partial`` with
+could not reach is reason model_unreachable. A job with a budget has its metering proxy's
+word too (with :class:`Exited`): a failed job whose proxy refused a call for the budget is
+``partial`` with reason budget, and one whose proxy stopped by itself failed for that
+(a stop with status ``failed`` too, when the daemon sees the proxy go while the job runs).
+A stop for being cut off is ``partial`` with
 reason cut_off (a retry can go on from it). A bug in the runner itself arrives as :class:`Crashed`
 and ends the attempt as failed at once.
 
@@ -40,7 +44,7 @@ import signal
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from node_agent.models import AgentReport
+from node_agent.models import AgentReport, Metered
 from protos.contract import EndReason, ResultStatus
 
 __all__ = [
@@ -68,7 +72,13 @@ __all__ = [
 
 # The reasons a stop may have; each is also the status of the attempt it stops.
 STOP_REASONS = frozenset(
-    {ResultStatus.CANCELLED, ResultStatus.TIMEOUT, ResultStatus.LOST, ResultStatus.PARTIAL}
+    {
+        ResultStatus.CANCELLED,
+        ResultStatus.TIMEOUT,
+        ResultStatus.LOST,
+        ResultStatus.PARTIAL,
+        ResultStatus.FAILED,
+    }
 )
 STOP_ERROR = {
     ResultStatus.CANCELLED: "cancelled",
@@ -96,6 +106,8 @@ class State:
     stop_detail: str = ""  # e.g. "timed out after 30 s"
     exit_code: int | None = None
     report: AgentReport = field(default_factory=AgentReport)  # what the agent said, once it ended
+    meter: Metered | None = None  # a job with a budget: what its metering proxy counted
+    meter_down: str = ""  # the line of a metering proxy that stopped by itself
 
 
 # --- events ------------------------------------------------------------------------------
@@ -124,6 +136,8 @@ class Exited:
 
     code: int | None
     report: AgentReport = field(default_factory=AgentReport)
+    meter: Metered | None = None
+    meter_down: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,10 +235,17 @@ def _outcome(state: State) -> _Outcome:
 
 
 def _judged(state: State, status: ResultStatus, error: str, reason: EndReason) -> _Outcome:
-    """The agent's word on a failure: it knows why it stopped better than its exit code."""
-    report = state.report
+    """The agent's word on a failure: it knows why it stopped better than its exit code;
+    and the metering proxy's, above it."""
+    report, meter = state.report, state.meter
+    if status == ResultStatus.FAILED and state.meter_down:
+        return status, state.meter_down, EndReason.NONE
+    if state.stop == ResultStatus.FAILED:  # the daemon failed it (its proxy went): that says why
+        return status, error, reason
     if status == ResultStatus.FAILED and report.status == ResultStatus.PARTIAL:  # its steps or budget
         return ResultStatus.PARTIAL, report.error or AGENT_STOPPED, report.reason
+    if status == ResultStatus.FAILED and meter is not None and meter.refused:  # the proxy's budget
+        return ResultStatus.PARTIAL, meter.refusal or AGENT_STOPPED, EndReason.BUDGET
     if status == ResultStatus.FAILED and report.status == ResultStatus.FAILED and report.error:
         return status, report.error, report.reason
     return status, error, reason
@@ -266,7 +287,15 @@ def step(state: State, event: Event) -> tuple[State, list[Action]]:
     if isinstance(event, SpawnFailed) and phase in (Phase.RUNNING, Phase.STOPPING):
         return _finish(state, ResultStatus.FAILED, event.error, EndReason.NONE)
     if isinstance(event, Exited) and phase in (Phase.RUNNING, Phase.STOPPING):
-        return _ended(replace(state, exit_code=event.code, report=event.report))
+        return _ended(
+            replace(
+                state,
+                exit_code=event.code,
+                report=event.report,
+                meter=event.meter,
+                meter_down=event.meter_down,
+            )
+        )
     if isinstance(event, GraceOver) and phase == Phase.STOPPING:
         return state, [Kill()]
     if isinstance(event, Committed) and phase == Phase.FINISHING:
@@ -285,12 +314,13 @@ def recovered(
     stop: ResultStatus | None,
     stop_detail: str,
     report: AgentReport | None = None,
+    meter: Metered | None = None,
 ) -> tuple[State, list[Action]]:
     """The state of a journaled, unfinished attempt after a daemon restart, and what to do.
 
     ``spawned``: its process was started; ``alive``: that very process still runs;
     ``exit_code``: what its keeper recorded, if it ended; ``report``: what its agent
-    wrote then (read only when it is not alive).
+    wrote then (read only when it is not alive); ``meter``: its metering proxy's count then.
     """
     state = State(attempt_id, has_repo, stop=stop, stop_detail=stop_detail)
     if not spawned:
@@ -301,4 +331,7 @@ def recovered(
         if stop:  # the stop was under way: it goes on (SIGTERM again, a new grace)
             return replace(state, phase=Phase.STOPPING), [Terminate()]
         return replace(state, phase=Phase.RUNNING), []
-    return _ended(replace(state, phase=Phase.RUNNING, exit_code=exit_code, report=report or AgentReport()))
+    ended = replace(
+        state, phase=Phase.RUNNING, exit_code=exit_code, report=report or AgentReport(), meter=meter
+    )
+    return _ended(ended)

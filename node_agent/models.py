@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from protos.contract import EndReason, ResultStatus
 
-__all__ = ["AgentReport", "Job", "Repo", "Resources", "Result"]
+__all__ = ["AgentReport", "Job", "Metered", "Repo", "Resources", "Result"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class Job:
     check: str = ""  # run in the worktree after the agent
     report_paths: Mapping[str, str] = field(default_factory=dict)  # agent CLIs: where their JSON keeps counts
     allow_empty: bool = False  # push a commit even when the job changed nothing
+    merges: tuple[Repo, ...] = ()  # a job of a graph: its other dependencies' results, merged in
+    ignore_paths: tuple[str, ...] = ()  # an agent CLI's own files: left out of the commit
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,21 @@ class AgentReport:
     cost_usd: float = 0.0
     check: str = ""  # passed | failed | "" (no check)
     answer: str = ""
+
+
+@dataclass(frozen=True)
+class Metered:
+    """What a job's metering proxy counted (a job with a budget; node_agent.meter)."""
+
+    calls: int = 0  # passed on to the provider
+    refused: int = 0  # refused: each would have passed the budget
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    priced: bool = True  # False: a model called has no price (its cost counted as 0)
+    note: str = ""
+    budget_usd: float = 0.0
+    refusal: str = ""  # the line the last refused call was told (not on the wire)
 
 
 @dataclass(frozen=True)
@@ -106,3 +123,4 @@ class Result:
     check: str = ""
     answer: str = ""
     reason: EndReason = EndReason.NONE  # why it ended so, where the status does not say
+    metered: Metered | None = None  # a job with a budget: its metering proxy's count

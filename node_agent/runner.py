@@ -28,6 +28,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from node_agent.errors import SpawnError, WorkspaceError
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
 from node_agent.local_models import LocalModel
+from node_agent.meter import control as meters
 from node_agent.models import Job, Result
 from node_agent.process import KeeperClient, OutputTail, attach, kill_escaped, signal_group
 from node_agent.workspace import Workspace
@@ -111,9 +113,15 @@ class Runner:
         stop, detail = entry.stop, entry.stop_detail
         if job.secrets and not entry.pid and not stop:
             stop, detail = ResultStatus.LOST, _LOST_BEFORE_START
-        report = None
+        report = meter = None
+        found = meters.find(self.journal.dir(job.attempt_id)) if meters.metered(job) and entry.pid else None
         if entry.pid and proc is None:  # it ended while no daemon watched: what did it say?
             report = read_report(job, self.journal.dir(job.attempt_id), self.journal.output(job.attempt_id))
+            meter = meters.read(self.journal.dir(job.attempt_id) / meters.STATE_FILE)
+            if found is not None:
+                found.stop()
+        elif proc is not None and meters.metered(job) and found is None and not stop:
+            stop, detail = ResultStatus.FAILED, meters.DOWN
         state, actions = lc.recovered(
             job.attempt_id,
             job.repo is not None,
@@ -123,8 +131,10 @@ class Runner:
             stop=stop,
             stop_detail=detail,
             report=report,
+            meter=meter,
         )
         a = Attempt(job, state, started_at=entry.spawned_at or time.time())
+        a.meter = found if proc is not None else None
         a.backlog = Backlog.resumed(self.output_cap, entry.offset, entry.dropped, entry.marked)
         a.proc, a.spawned_at, a.reattach = proc, entry.spawned_at, proc is not None
         if entry.pid:
@@ -142,7 +152,10 @@ class Runner:
             return False, "the node is stopping"
         if self.running >= self._slots():
             return False, f"no free slot ({self.running} of {self._slots()} busy)"
-        secrets = dict(job.secrets)
+        job, keys = meters.split_keys(job) if meters.metered(job) else (job, {})
+        secrets = {**keys, **job.secrets}
+        if keys:
+            job = replace(job, secrets={**dict.fromkeys(keys, ""), **job.secrets})
         if secrets:  # the journal (and ListJobs) keep the names, never the values
             job = without_secrets(job)
         self.journal.begin(job)
@@ -336,6 +349,7 @@ class Runner:
                     job.branch,
                     job.attempt_id,
                     found[1] if found else "",
+                    [(m.base_ref, m.base_commit) for m in job.merges],
                 )
                 if found:
                     line = f"[flota: resuming from {found[0]} at {found[1][:12]}]"
@@ -352,8 +366,20 @@ class Runner:
     async def _spawn(self, a: Attempt) -> None:
         assert a.cwd is not None
         job = a.job
-        command = command_for(job, self.journal.dir(a.id), self._local_models())
+        local_models = self._local_models()
+        if meters.metered(job):
+            local = next((m.api_base for m in local_models if m.model == job.model), "")
+            env = {**job_env(job, a.cwd, self.node_id, self.node_name), **a.secrets}
+            try:
+                a.meter = await meters.start(job, self.journal.dir(a.id), env, local)
+            except SpawnError as exc:
+                a.events.put_nowait(lc.SpawnFailed(str(exc)))
+                return
+            job = meters.for_agent(job, a.meter)
+        command = command_for(job, self.journal.dir(a.id), local_models)
         env = {**job_env(job, a.cwd, self.node_id, self.node_name), **command.env, **a.secrets}
+        if a.meter is not None:
+            env = meters.job_env(env, a.meter)
         if command.warm and self.agent_host is not None:
             keeper, argv = self.agent_host, list(AGENT_ARGV)
         else:  # directly, or through bash (node_agent.commandline)
@@ -367,11 +393,11 @@ class Runner:
                 self.journal.exit_file(a.id),
                 self.journal.proc_file(a.id),  # the keeper journals the process as it starts it
             )
-        except SpawnError as exc:
-            a.events.put_nowait(lc.SpawnFailed(str(exc)))
-            return
-        except OSError as exc:  # the journal directory: disk full
-            a.events.put_nowait(lc.SpawnFailed(f"cannot start the job: {exc.strerror or exc}"))
+        except (SpawnError, OSError) as exc:  # OSError: the journal directory, disk full
+            if a.meter is not None:
+                a.meter.stop()
+            why = str(exc) if isinstance(exc, SpawnError) else f"cannot start the job: {exc.strerror or exc}"
+            a.events.put_nowait(lc.SpawnFailed(why))
             return
         a.spawned_at = a.proc.spawned_at
         a.tail = self._tail(a, 0)
@@ -379,7 +405,7 @@ class Runner:
 
     def _follow(self, a: Attempt) -> None:
         """The process runs: read its output, wait for its end, and time it."""
-        proc, tail = a.proc, a.tail
+        proc, tail, meter = a.proc, a.tail, a.meter
         assert proc is not None and tail is not None
         tail.start(a.helpers)
 
@@ -388,9 +414,17 @@ class Runner:
             recorded = self.journal.exit_code(a.id)  # the command's own status, if it got to write it
             # Small files (a shell job's: one stat), read on the loop as the daemon always has.
             report = read_report(a.job, self.journal.dir(a.id), self.journal.output(a.id))
-            a.events.put_nowait(lc.Exited(recorded if recorded is not None else code, report))
+            figures, down = await meter.end() if meter else (None, "")
+            a.events.put_nowait(lc.Exited(recorded if recorded is not None else code, report, figures, down))
+
+        async def watch_meter(meter: meters.Meter) -> None:
+            await meter.wait()
+            if not meter.stopping:  # it went by itself: the job cannot go on unmetered
+                a.events.put_nowait(lc.Stop(ResultStatus.FAILED, meters.DOWN))
 
         self._helper(a, watch())
+        if meter is not None:
+            self._helper(a, watch_meter(meter))
         limit = a.job.timeout_s
         if limit > 0:
             left = max(0.0, a.spawned_at + limit - time.time())
@@ -449,6 +483,7 @@ class Runner:
                 f"{title}\n\nstatus: {status}",
                 trailers,
                 allow_empty=job.allow_empty,
+                ignore=job.ignore_paths,
             )
         except WorkspaceError as exc:
             a.events.put_nowait(lc.Committed(f"cannot commit the result: {exc}"))

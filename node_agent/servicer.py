@@ -36,6 +36,8 @@ from protos.limits import (
     ENV_KEY_RE,
     MAX_BUDGET_USD,
     MAX_COMMAND,
+    MAX_DEPENDENCIES,
+    MAX_IGNORE_PATHS,
     MAX_MODEL,
     MAX_RESUME_BRANCHES,
     MAX_SECRET_VALUE,
@@ -45,6 +47,7 @@ from protos.limits import (
     show,
     valid_api_base,
     valid_id,
+    valid_ignore_path,
     valid_ref,
     valid_url,
 )
@@ -91,6 +94,13 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
             return "invalid repo base_ref"
         if not valid_ref(spec.branch, BRANCH_RE):
             return f"invalid branch {show(spec.branch)}"
+    if len(spec.merges) > MAX_DEPENDENCIES or (spec.merges and not spec.HasField("repo")):
+        return "too many merges, or merges without a repo"
+    for merge in spec.merges:
+        if merge.url != spec.repo.url or not COMMIT_RE.match(merge.base_commit):
+            return "a merge must be a full hex commit id on the job's own remote"
+        if not valid_ref(merge.base_ref, BASE_REF_RE):
+            return "invalid merge ref"
     if len(spec.resume_branches) > MAX_RESUME_BRANCHES:
         return "too many resume branches"
     for branch in spec.resume_branches:
@@ -101,6 +111,8 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
             return f"invalid environment variable name {show(key)}"
         if "\0" in value:
             return f"invalid value for environment variable {key} (a NUL byte)"
+    if len(spec.ignore_paths) > MAX_IGNORE_PATHS or not all(map(valid_ignore_path, spec.ignore_paths)):
+        return "invalid ignore paths (relative globs, at most 32)"
     for key, value in spec.secrets.items():
         if not ENV_KEY_RE.match(key):
             return f"invalid secret name {show(key)}"

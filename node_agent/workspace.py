@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node_agent.checks import check_commit, check_job_key, check_ref, check_url
+from node_agent.combine import merge_all
 from node_agent.errors import WorkspaceError
 from node_agent.git import Git, commit_message, parse_author, parse_numstat
 from protos.limits import COMMIT_RE, ID_RE, valid_id
@@ -62,9 +63,6 @@ class CommitOutcome:
 
 # Outranks in-tree .gitattributes, so no filter driver named by the repository can run.
 _ATTRIBUTES = "# written by flota: repository content must not pick commands to run\n* !filter\n"
-
-# Any ref the workspace may be asked for; the servicer holds a job to the narrower
-# shapes of protos.limits (flota/... branches, refs/... base refs).
 
 # Checking out a job's worktree is bound by creating files; parallel checkout spreads that
 # over processes. scripts/bench_workspace.py on 2 CPUs: warm prepare of 30,000 files
@@ -126,8 +124,6 @@ class Workspace:
         for leftover in self.mirrors.glob("*.git.tmp-*"):
             _rmtree(leftover)
 
-    # ----- paths -------------------------------------------------------------------
-
     def mirror_path(self, url: str) -> Path:
         """Where the bare mirror of ``url`` lives."""
         return self.mirrors / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.git"
@@ -136,10 +132,15 @@ class Workspace:
         """Where the worktree of ``job_key`` lives; raises on a key that could escape the root."""
         return self.worktrees / check_job_key(job_key)
 
-    # ----- prepare -----------------------------------------------------------------
-
-    def prepare(
-        self, url: str, base_ref: str, base_commit: str, branch: str, job_key: str, start: str = ""
+    def prepare(  # noqa: PLR0913
+        self,
+        url: str,
+        base_ref: str,
+        base_commit: str,
+        branch: str,
+        job_key: str,
+        start: str = "",
+        merges: Sequence[tuple[str, str]] = (),
     ) -> Path:
         """Make a worktree for ``job_key`` on a new ``branch`` at ``base_commit`` and return it.
 
@@ -150,14 +151,16 @@ class Workspace:
         mirror of ``url`` unless the commit is already there. An existing local
         ``branch`` (an earlier attempt) is reset; its old tip stays in the mirror's
         reflog. A worktree left for the same ``job_key`` is an error: call
-        :meth:`remove` first, so that uncommitted work is never dropped silently.
+        :meth:`remove` first, so that uncommitted work is never dropped silently. ``merges``
+        (a job of a graph): (ref, commit) pairs fetched like the base, merged in after.
         """
         self._check_url(url)
-        if base_ref:
-            check_ref(base_ref, "base ref")
-            if not base_ref.startswith("refs/"):
-                raise WorkspaceError(f"invalid base ref {base_ref!r}: must start with refs/")
-        check_commit(base_commit)
+        for ref, commit in [(base_ref, base_commit), *merges]:
+            if ref:
+                check_ref(ref, "base ref")
+                if not ref.startswith("refs/"):
+                    raise WorkspaceError(f"invalid base ref {ref!r}: must start with refs/")
+            check_commit(commit)
         check_ref(branch, "branch")
         path = self.worktree_path(job_key)
         mirror = self.mirror_path(url)
@@ -165,11 +168,11 @@ class Workspace:
             if not mirror.is_dir():
                 self._create_mirror(mirror, url)
             _write_attributes(mirror)
-            if not self._has_commit(mirror, base_commit):
-                self._fetch(mirror, url, base_ref, base_commit)
-                if not self._has_commit(mirror, base_commit):
-                    source = base_ref or "the remote"
-                    raise WorkspaceError(f"commit {base_commit} is not in {source} of {url}")
+            for ref, commit in [(base_ref, base_commit), *merges]:
+                if not self._has_commit(mirror, commit):
+                    self._fetch(mirror, url, ref, commit)
+                    if not self._has_commit(mirror, commit):
+                        raise WorkspaceError(f"commit {commit} is not in {ref or 'the remote'} of {url}")
             if path.exists() or path.is_symlink():
                 raise WorkspaceError(f"a worktree for job {job_key} already exists; remove it first")
             self.git.output(
@@ -190,6 +193,9 @@ class Workspace:
                 what=f"cannot create worktree for job {job_key} on branch {branch}",
             )
             _, admin = self._locate(path)
+            if merges:
+                env = {"GIT_DIR": str(admin), "GIT_COMMON_DIR": str(mirror), "GIT_WORK_TREE": str(path)}
+                base_commit = merge_all(self.git, path, env, merges)
             (admin / _BASE_FILE).write_text(base_commit + "\n")
         return path
 
@@ -275,11 +281,15 @@ class Workspace:
         trailers: Mapping[str, str],
         author: str = "flota <flota@localhost>",
         allow_empty: bool = False,
+        ignore: Sequence[str] = (),
     ) -> CommitOutcome:
         """Commit everything in ``worktree`` and push it to ``refs/heads/<branch>``; when its
         files are the base's (the job changed nothing, whatever it committed itself), nothing
         is committed or pushed (``empty``) unless ``allow_empty``: then an empty commit is.
 
+        ``ignore``: globs of an agent CLI's own files (".architect", ".aider*"), with what
+        is under them: files there that the base does not track are left out of the commit
+        (a file the base tracks is the user's, and its change is committed).
         ``trailers`` become ``Key: value`` lines in the message's last paragraph. The diff
         stat is taken from the base commit recorded by :meth:`prepare` to the new head.
         Local failures raise :class:`WorkspaceError`; a failed push is reported in the
@@ -313,6 +323,8 @@ class Workspace:
         with _mirror_lock(mirror):
             _write_attributes(mirror)
             self.git.output(["add", "--all"], cwd=worktree, env=env, what=what)
+            if ignore:
+                self._unstage_new(worktree, base, ignore, env, what)
             tree = self.git.output(["write-tree"], cwd=worktree, env=env, what=what).strip()
             start = self.git.output(["rev-parse", f"{base}^{{tree}}"], cwd=worktree, env=env, what=what)
             if tree == start.strip() and not allow_empty:  # the job changed nothing
@@ -357,6 +369,34 @@ class Workspace:
             pushed=not error,
             error=error,
         )
+
+    def _unstage_new(
+        self, worktree: Path, base: str, ignore: Sequence[str], env: Mapping[str, str], what: str
+    ) -> None:
+        specs = [spec for path in ignore for spec in (f":(glob){path}", f":(glob){path}/**")]
+        added = self.git.output(
+            ["diff", "--cached", "--name-only", "-z", "--no-renames", "--diff-filter=A", base, "--", *specs],
+            cwd=worktree,
+            env=env,
+            what=what,
+        )
+        names = [name for name in added.split("\0") if name]
+        if names:
+            self.git.output(
+                # literal: a file named "*" must not unstage the user's files beside it
+                [
+                    "--literal-pathspecs",
+                    "rm",
+                    "--cached",
+                    "--quiet",
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                ],
+                cwd=worktree,
+                env=env,
+                input="\0".join(names),
+                what=what,
+            )
 
     # ----- scratch and removal -----------------------------------------------------
 

@@ -6,6 +6,7 @@ Both sides import this module; neither imports the other.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 from collections.abc import Mapping
@@ -14,7 +15,9 @@ from enum import StrEnum
 from pathlib import Path
 
 __all__ = [
+    "BUILD_MODULE",
     "FLOTA_VERSION",
+    "build",
     "OLDEST_PROTOCOL",
     "PROTOCOL",
     "RUN_ACTIVE",
@@ -46,6 +49,21 @@ RUN_ACTIVE = ("running", "waiting")
 
 # The release, for every part (pyproject.toml reads it from here).
 FLOTA_VERSION = "0.1.0"
+
+# The build of a wheel `flota node add` makes: a digest of the source it was made from,
+# stamped into the wheel as protos/_build.py (`BUILD = "..."`; no such file in a source
+# tree). With the version it names an install: a same-version build of other source is
+# another install (`flota node upgrade` installs it; `flota nodes` shows the build).
+BUILD_MODULE = "protos._build"
+
+
+def build() -> str:
+    """This flota's stamped build ("" when it runs from a source tree)."""
+    try:
+        return str(importlib.import_module(BUILD_MODULE).BUILD)
+    except (ImportError, AttributeError):
+        return ""
+
 
 # The wire contract between a coordinator and its nodes. It goes up by one when a release
 # changes what the other side must understand; a coordinator takes nodes that speak

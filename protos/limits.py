@@ -26,6 +26,7 @@ __all__ = [
     "MAX_MODEL",
     "MAX_RESUME_BRANCHES",
     "MAX_SECRET_VALUE",
+    "MAX_IGNORE_PATHS",
     "MAX_STEPS",
     "MAX_TIMEOUT_S",
     "MAX_URL",
@@ -37,6 +38,7 @@ __all__ = [
     "show",
     "valid_api_base",
     "valid_id",
+    "valid_ignore_path",
     "valid_ref",
     "valid_text",
     "valid_url",
@@ -58,12 +60,17 @@ BASE_REF_RE = re.compile(r"^refs/[A-Za-z0-9._/-]{1,200}\Z")
 REF_RE = re.compile(r"^[A-Za-z0-9._/-]{1,255}\Z")  # any branch or ref name git is handed
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?\Z")  # a full SHA-1 or SHA-256 id
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# An agent CLI's bookkeeping left out of a job's commit: a relative glob (".aider*",
+# ".architect"), never pathspec magic (":..."), an option, an absolute path or "..".
+IGNORE_PATH_RE = re.compile(r"^[A-Za-z0-9._*?\[\]-][A-Za-z0-9._*?\[\]/-]{0,199}\Z")
+MAX_IGNORE_PATHS = 32
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, on every channel and server
 MAX_COMMAND = 64 * 1024  # a command, prompt or check
 MAX_MODEL = 200
 MAX_URL = 4096
 MAX_RESUME_BRANCHES = 100  # the coordinator sends one per earlier attempt (at most 11)
+MAX_DEPENDENCIES = 100  # a task of a graph waits on at most this many (and so merges as many)
 MAX_SECRET_VALUE = 65536
 MAX_STEPS = 10_000
 MAX_BUDGET_USD = 100_000
@@ -85,6 +92,11 @@ def show(value: str) -> str:
 def valid_id(value: str) -> bool:
     """A run, job or attempt id: safe as a file name and in a ref."""
     return bool(ID_RE.match(value)) and ".." not in value
+
+
+def valid_ignore_path(path: str) -> bool:
+    """A path an agent CLI writes for itself (JobSpec.ignore_paths)."""
+    return bool(IGNORE_PATH_RE.match(path)) and not path.startswith("-") and ".." not in path.split("/")
 
 
 def valid_ref(name: str, shape: re.Pattern[str]) -> bool:

@@ -10,7 +10,12 @@ A coordinator and the CLI on lab host "ws", a real OpenSSH server and a throwawa
 2. `flota node add --service none` of a fresh host with the wheelhouse cached: from the
    command's start to its exit (it exits once the node is online), then `flota node
    uninstall`; repeated `--trials` times on the same box.
-3. The wheelhouse's size (files and bytes), with and (`--llm`) without the llm agent's.
+3. `flota node upgrade` of that box (added once more, `--service none`): each upgrade goes
+   to another release (tests/lab/release.py: a copy of this tree with another version, run
+   as the CLI), alternating between two, from the command's start to its exit (it exits
+   once the node is online with the new version). The first upgrade to each release builds
+   its wheel and is not counted, so the counted ones find their wheelhouse cached.
+4. The wheelhouse's size (files and bytes), with and (`--llm`) without the llm agent's.
 
     python scripts/bench_install.py [--trials 5] [--llm] [--json install.json]
 """
@@ -34,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from cli.install import preflight, wheelhouse  # noqa: E402
 from tests.fleet import Fleet  # noqa: E402
 from tests.lab.netlab import Lab, cleanup_stale  # noqa: E402
+from tests.lab.release import release  # noqa: E402
 from tests.lab.sshhost import SshHost, remove_stale_users  # noqa: E402
 
 
@@ -47,6 +53,23 @@ def _wheelhouse(cache: Path, extras: tuple[str, ...]) -> dict[str, Any]:
     t0 = time.monotonic()
     wh = wheelhouse.build(facts, facts.python, extras, online=False)
     return {"seconds": time.monotonic() - t0, "files": len(wh.files()), "bytes": wh.size}
+
+
+def _upgrades(fleet: Fleet, box: SshHost, env: dict[str, str], tmp: Path, trials: int) -> dict[str, Any]:
+    add = ["node", "add", box.target, "--identity", str(box.key), "--service", "none", "--name", "box"]
+    res = fleet.flota(*add, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    releases = [release(tmp, "9.8.0"), release(tmp, "9.8.1")]
+    times = []
+    for i in range(trials + 2):  # the first two build each release's wheel
+        t0 = time.monotonic()
+        res = fleet.flota("node", "upgrade", "box", env=env | releases[i % 2], timeout=600)
+        assert res.returncode == 0 and "upgraded from" in res.stdout, res.stdout + res.stderr
+        if i >= 2:
+            times.append(time.monotonic() - t0)
+    res = fleet.flota("node", "uninstall", "box", env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return {"p50": statistics.median(times), "max": max(times), "trials": times}
 
 
 def bench(trials: int, llm: bool) -> dict[str, Any]:
@@ -82,6 +105,7 @@ def bench(trials: int, llm: bool) -> dict[str, Any]:
                     res = fleet.flota("node", "uninstall", "box", env=env, timeout=300)
                     assert res.returncode == 0, res.stderr
                     removes.append(time.monotonic() - t0)
+                report["upgrade_s"] = _upgrades(fleet, box, env, Path(tmp), trials)
             finally:
                 fleet.close()
                 box.close()
@@ -106,7 +130,11 @@ def main() -> int:
         if key in report:
             w = report[key]
             print(f"{what}: {w['seconds']:.1f} s, {w['files']} wheels, {w['bytes'] / 2**20:.1f} MiB")
-    for key, what in (("add_cached_s", "node add (cached)"), ("uninstall_s", "node uninstall")):
+    for key, what in (
+        ("add_cached_s", "node add (cached)"),
+        ("uninstall_s", "node uninstall"),
+        ("upgrade_s", "node upgrade (cached)"),
+    ):
         r = report[key]
         print(f"{what}: p50 {r['p50']:.1f} s, max {r['max']:.1f} s over {len(r['trials'])}")
     return 0

@@ -96,6 +96,7 @@ class _State:
     default: Reply | None
     by_model: dict[str, list[Reply]] = field(default_factory=dict)  # scripts per requested model
     requests: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # each request's Authorization header
     request_times: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     total_slots: int = 0  # 0: no /props or /slots (not llama.cpp)
@@ -144,6 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.requests.append(request)
+            state.keys.append(self.headers.get("Authorization", ""))
             state.request_times.append(time.monotonic())
             script = state.by_model.get(str(request.get("model")), state.script)
             reply = script.pop(0) if script else state.default
@@ -212,6 +214,12 @@ class FakeOpenAI:
     def requests(self) -> list[dict[str, Any]]:
         with self._server.state.lock:
             return list(self._server.state.requests)
+
+    @property
+    def keys(self) -> list[str]:
+        """The Authorization header of each request, in order."""
+        with self._server.state.lock:
+            return list(self._server.state.keys)
 
     @property
     def request_times(self) -> list[float]:

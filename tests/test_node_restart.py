@@ -79,9 +79,16 @@ def test_the_upgrade_stop_command_restarts_a_real_daemon_keeping_its_job(
     assert [a["status"] for a in done["attempts"]] == ["success"]
 
 
-def test_plan_is_empty_at_the_same_version() -> None:
-    m = {"version": "0.3.0", "root": "/h/.local/share/flota"}
-    assert plan(m, "0.3.0") == []
-    steps = plan(m, "0.4.0")
+def test_plan_is_empty_at_the_same_version_and_build_only() -> None:
+    m = {"version": "0.3.0", "build": "1a2b3c4d5e6f7a8b", "root": "/h/.local/share/flota"}
+    assert plan(m, "0.3.0", "1a2b3c4d5e6f7a8b") == []
+    steps = plan(m, "0.4.0", "9999999999999999")
     assert steps[0] == "install flota 0.4.0 into /h/.local/share/flota/versions/0.4.0 (beside 0.3.0)"
     assert steps[-1] == "wait for the node to be online with flota 0.4.0; else roll back to 0.3.0"
+    # Another build of the same version: an upgrade, into a directory of its own.
+    steps = plan(m, "0.3.0", "5e6f7a8b00000000")
+    assert steps[0] == (
+        "install flota 0.3.0 (build 5e6f7a8b) into /h/.local/share/flota/versions/0.3.0+5e6f7a8b "
+        "(beside 0.3.0 (build 1a2b3c4d))"
+    )
+    assert steps[2] == "point /h/.local/share/flota/current at versions/0.3.0+5e6f7a8b"

@@ -379,12 +379,9 @@ class _Install:
                 if not self.remote.exists(wants):
                     svc["created"].append(wants)  # `systemctl enable` makes it; rmdir'ed if empty
         self._save()
-        text = (
-            launchd_plist(L, self.kind.startswith("system"))
-            if self.kind.endswith("launchd")
-            else systemd_unit(L, self.kind.startswith("system")).encode()
-        )
-        if self.kind.startswith("system-"):
+        system = self.kind.startswith("system-")  # not "systemd": that is the user's unit
+        text = launchd_plist(L, system) if self.kind.endswith("launchd") else systemd_unit(L, system).encode()
+        if system:
             must(
                 self.remote,
                 f"sudo -n tee {shlex.quote(path)} >/dev/null && sudo -n chmod 644 {shlex.quote(path)}",

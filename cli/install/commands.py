@@ -13,7 +13,7 @@ from cli.install.add import AddArgs, add
 from cli.install.preflight import SERVICES
 from cli.install.ssh import SshOptions, parse_target
 from cli.install.uninstall import uninstall
-from cli.install.upgrade import upgrade, upgrade_all
+from cli.install.upgrade import label, upgrade, upgrade_all
 from cli.install.wheelhouse import EXTRAS
 from cli.options import check_address, options
 from cli.render import console, print_json
@@ -246,8 +246,11 @@ def _upgrade_line(s: dict[str, Any]) -> str:
         return f"node {s['name']}: not upgraded: {s['error']}"
     if s["state"] == "already":
         return f"node {s['name']} is already at flota {s['to']}; nothing changed"
+    # A build is named only beside another build of the same version.
+    was = label(s["from"], s["from_build"], s["to"], s["build"])
+    to = label(s["to"], s["build"], s["from"], s["from_build"])
     if s["state"] == "dry-run":
-        return f"would upgrade node {s['name']} from flota {s['from']} to {s['to']}:\n" + "\n".join(
+        return f"would upgrade node {s['name']} from flota {was} to {to}:\n" + "\n".join(
             f"  {c}" for c in s["changes"]
         )
-    return f"node {s['name']} upgraded from flota {s['from']} to {s['to']} in {s['seconds']} s; its jobs kept"
+    return f"node {s['name']} upgraded from flota {was} to {to} in {s['seconds']} s; its jobs kept"

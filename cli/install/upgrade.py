@@ -29,24 +29,41 @@ from cli.install.service import Layout, restart_stop, resume_commands
 from cli.install.ssh import Remote, SshOptions, connect
 from cli.install.uninstall import read_manifest
 
-__all__ = ["plan", "upgrade", "upgrade_all"]
+__all__ = ["label", "plan", "upgrade", "upgrade_all", "version_dir"]
 
 Say = Callable[[str], None]
 
 
-def plan(m: dict[str, Any], new: str) -> list[str]:
-    """What an upgrade of the install `m` to flota `new` does, one line each; [] when it
-    is at `new` already."""
-    old = str(m.get("version", ""))
-    if old == new:
+def label(version: str, build: str, other_version: str, other_build: str) -> str:
+    """`version`, with its build when only that tells it from the other (version, build)."""
+    if version == other_version and build and other_build and build != other_build:
+        return f"{version} (build {build[:8]})"
+    return version
+
+
+def version_dir(m: dict[str, Any], new: str, build: str) -> str:
+    """The directory under versions/ for flota `new` of `build`: the version's own name,
+    or `VERSION+BUILD` for another build of the version the node runs (whose directory is
+    in use)."""
+    return f"{new}+{build[:8]}" if new == str(m.get("version", "")) else new
+
+
+def plan(m: dict[str, Any], new: str, build: str) -> list[str]:
+    """What an upgrade of the install `m` to flota `new` of `build` does, one line each; []
+    when it runs that already. An install is its version and its build: another build of
+    the same version is an upgrade too (as `add` says)."""
+    old, had = str(m.get("version", "")), str(m.get("build", ""))
+    if old == new and (had == build or not build):
         return []
     root = str(m.get("root", ""))
+    to, was = label(new, build, old, had), label(old, had, new, build)
+    vdir = version_dir(m, new, build)
     return [
-        f"install flota {new} into {root}/versions/{new} (beside {old})",
+        f"install flota {to} into {root}/versions/{vdir} (beside {was})",
         "stop the node daemon keeping its jobs (SIGUSR1)",
-        f"point {root}/current at versions/{new}",
+        f"point {root}/current at versions/{vdir}",
         "start the node daemon again",
-        f"wait for the node to be online with flota {new}; else roll back to {old}",
+        f"wait for the node to be online with flota {to}; else roll back to {was}",
     ]
 
 
@@ -104,7 +121,9 @@ def _upgrade(
         "from": old,
         "to": new,
     }
-    changes = plan(m, new)
+    build = wheelhouse.local_build()
+    summary |= {"from_build": str(m.get("build", "")), "build": build}
+    changes = plan(m, new, build)
     if not changes:
         return summary | {"state": "already", "changes": []}
     if dry_run:
@@ -119,9 +138,10 @@ def _upgrade(
     wh = wheelhouse.build(facts, py, tuple(m.get("extras") or ()), bool(m.get("online")))
     how = "cached" if wh.cached else "built"
     say(f"wheelhouse: {len(wh.files())} wheels, {wh.size / 1048576:.1f} MB ({how})")
-    vdir, incoming = layout.version_dir(new), f"{layout.root}/incoming"
+    new_dir, old_dir = version_dir(m, new, wh.build), str(m.get("dir") or old)
+    vdir, incoming = layout.version_dir(new_dir), f"{layout.root}/incoming"
     say(changes[0])
-    versions = list(dict.fromkeys([*(m.get("versions") or [old]), new]))
+    versions = list(dict.fromkeys([*(m.get("versions") or [old]), new_dir]))
     m["versions"] = versions  # recorded first: the dir is there from now on
     _save(remote, layout, m)
     remote.run(f"rm -rf -- {shlex.quote(vdir)} {shlex.quote(incoming)}")  # a failed try's leftovers
@@ -130,25 +150,25 @@ def _upgrade(
         make_venv(remote, layout, py.path, vdir)
         pip_install(remote, wh, incoming, vdir, tuple(m.get("extras") or ()), bool(m.get("online")))
     except (CliError, OSError) as exc:
-        _forget(remote, layout, m, new, vdir, incoming)
+        _forget(remote, layout, m, new_dir, vdir, incoming)
         raise CliError(f"{exc} (flota {old} runs on, unchanged)") from None
     started = time.time()
-    _switch(remote, layout, kind, path, str(m["python"]), new, say)
+    _switch(remote, layout, kind, path, str(m["python"]), new_dir, say)
     try:
-        _wait_version(client, str(node.get("id")), new, wait_s)
+        _wait_version(client, str(node.get("id")), new, wh.build, wait_s)
     except CliError as why:
         tail = remote.run(f"tail -n 1 {shlex.quote(layout.log)} 2>/dev/null").out.strip()
         say(f"flota {new} did not come online: rolling back to {old}")
-        _switch(remote, layout, kind, path, str(m["python"]), old, say)
-        _forget(remote, layout, m, new, vdir, incoming)
+        _switch(remote, layout, kind, path, str(m["python"]), old_dir, say)
+        _forget(remote, layout, m, new_dir, vdir, incoming)
         m.setdefault("upgrades", []).append({"from": old, "to": new, "at": started, "state": "rolled back"})
         _save(remote, layout, m)
-        _wait_version(client, str(node.get("id")), old, max(wait_s, 30.0))
+        _wait_version(client, str(node.get("id")), old, "", max(wait_s, 30.0))
         raise CliError(
             f"{why}" + (f" (its log ends: {tail[-200:]})" if tail else "") + f"; rolled back: node {name} "
             f"runs flota {old} again"
         ) from None
-    m["version"], m["build"] = new, wh.build
+    m["version"], m["build"], m["dir"] = new, wh.build, new_dir
     m.setdefault("upgrades", []).append({"from": old, "to": new, "at": started, "state": "upgraded"})
     _save(remote, layout, m)
     return summary | {"state": "upgraded", "changes": changes, "seconds": round(time.time() - started, 1)}
@@ -181,11 +201,18 @@ def _switch(
     say(f"started flota {version}")
 
 
-def _wait_version(client: Client, node_id: str, version: str, wait_s: float) -> None:
+def _wait_version(client: Client, node_id: str, version: str, build: str, wait_s: float) -> None:
+    """Until the node is online with `version` (and `build`, unless ""): the new daemon."""
     deadline = time.monotonic() + wait_s
     while True:
         for n in client.list_nodes().nodes:
-            if n.info.id == node_id and n.state == "online" and n.info.version == version:
+            i = n.info
+            if (
+                i.id == node_id
+                and n.state == "online"
+                and i.version == version
+                and (not build or i.build == build)
+            ):
                 return
         if time.monotonic() >= deadline:
             raise CliError(f"the node did not come online with flota {version} within {wait_s:.0f} s")

@@ -30,6 +30,8 @@ from pathlib import Path
 from cli import __version__
 from cli.client import CliError
 from cli.install.preflight import Facts, Python
+from protos.contract import BUILD_MODULE
+from protos.contract import build as stamped_build
 
 __all__ = [
     "LLM_PACKAGES",
@@ -37,6 +39,7 @@ __all__ = [
     "Wheelhouse",
     "build",
     "cache_dir",
+    "local_build",
     "platform_tags",
     "requirements",
     "source_hash",
@@ -86,6 +89,18 @@ def source_hash(root: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def local_build() -> str:
+    """The build this CLI would install: its own stamp, or its source's digest ("" when
+    it has neither)."""
+    stamp = stamped_build()
+    if stamp:
+        return stamp
+    try:
+        return source_hash(source_root())
+    except CliError:
+        return ""
+
+
 def _pip(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     try:
@@ -97,7 +112,7 @@ def _pip(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
 
 
 def _flota_wheel(root: Path, build_id: str) -> Path:
-    out = cache_dir() / "wheels" / f"flota-{build_id}"
+    out = cache_dir() / "wheels" / f"stamped-{build_id}"
     found = sorted(out.glob("flota-*.whl")) if out.is_dir() else []
     if found:
         return found[0]
@@ -107,6 +122,9 @@ def _flota_wheel(root: Path, build_id: str) -> Path:
             target = src / path.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+        # The daemon reports this (protos/contract.py build()): `upgrade` waits for it.
+        stamp = src / (BUILD_MODULE.replace(".", "/") + ".py")
+        stamp.write_text(f'"""The build of this wheel (flota node add)."""\n\nBUILD = "{build_id}"\n')
         built = Path(tmp) / "out"
         res = _pip(
             ["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(built), str(src)], "flota's wheel"
@@ -196,7 +214,7 @@ def build(facts: Facts, py: Python, extras: tuple[str, ...], online: bool) -> Wh
     """flota's wheel and the wheels the node needs, for the host's Python (cached)."""
     root = source_root()
     build_id = source_hash(root)
-    had_wheel = (cache_dir() / "wheels" / f"flota-{build_id}").is_dir()
+    had_wheel = (cache_dir() / "wheels" / f"stamped-{build_id}").is_dir()
     wheel = _flota_wheel(root, build_id)
     reqs = requirements(extras, online)
     tags = platform_tags(facts, py)

@@ -10,7 +10,7 @@ from protos.flota.v1 import coordinator_pb2 as pb
 
 __all__ = ["ACTIVE", "MAX_JOBS", "FleetState", "job_row", "node_row"]
 
-ACTIVE = ("queued", "dispatching", "running")
+ACTIVE = ("waiting", "queued", "dispatching", "running")
 MAX_JOBS = 500  # ended jobs beyond this are forgotten, oldest first
 
 
@@ -66,16 +66,16 @@ class FleetState:
         return sorted(self.nodes.values(), key=lambda n: n.info.name)
 
     def sorted_jobs(self, text: str = "") -> list[pb.Job]:
-        """Active jobs first (running, then placed, then queued), then the latest ended;
+        """Active jobs first (running, then placed, queued, waiting on others), then the latest ended;
         `text` keeps those whose id, task, node or status contains it."""
-        order = {"running": 0, "dispatching": 1, "queued": 2}
+        order = {"running": 0, "dispatching": 1, "queued": 2, "waiting": 3}  # then ended (4)
         wanted = text.lower()
         jobs = [
             j
             for j in self.jobs.values()
             if not wanted or any(wanted in f.lower() for f in (j.id, j.name, j.node_name, j.status))
         ]
-        return sorted(jobs, key=lambda j: (order.get(j.status, 3), -j.updated_at, j.id))
+        return sorted(jobs, key=lambda j: (order.get(j.status, 4), -j.updated_at, j.id))
 
 
 def node_row(n: pb.NodeStatus, now: float | None = None) -> tuple[str, ...]:
@@ -113,7 +113,7 @@ def job_row(j: pb.Job, now: float | None = None) -> tuple[str, ...]:
     cost = f"${r.cost_usd:.4f}" if r.cost_usd else "-"
     note = (
         j.wait_reason
-        if j.status == "queued" and j.wait_reason
+        if j.status in ("queued", "waiting") and j.wait_reason
         else (r.error.splitlines()[0] if r.error else "")
     )
     task = j.name + (f" ({note})" if note else "")

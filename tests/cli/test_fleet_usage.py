@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from cli import __version__
+from cli.install.wheelhouse import local_build
 from protos.contract import OLDEST_PROTOCOL, PROTOCOL
 from tests.fleet import Fleet, wait_until
 
@@ -77,10 +78,18 @@ def test_logs_of_a_run_print_every_job_prefixed_and_version_lists_the_nodes(flee
         data = fleet.json("version", check=True)
         assert data == {
             "cli": __version__,
+            "build": local_build(),  # this source tree's digest
             "protocol": PROTOCOL,
             "coordinator": {"version": __version__, "protocol": PROTOCOL, "oldest_protocol": OLDEST_PROTOCOL},
             "nodes": [
-                {"name": "n1", "version": __version__, "protocol": PROTOCOL, "state": "online", "refused": ""}
+                {
+                    "name": "n1",
+                    "version": __version__,
+                    "build": "",
+                    "protocol": PROTOCOL,
+                    "state": "online",
+                    "refused": "",
+                }
             ],
         }
     finally:

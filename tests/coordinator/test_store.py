@@ -13,7 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.models import Attempt, EndReason, Job, JobPlacement, NodeRecord, Repo, Result, Run
+from coordinator.models import (
+    Attempt,
+    EndReason,
+    Job,
+    JobPlacement,
+    JobStatus,
+    Metered,
+    NodeRecord,
+    Repo,
+    Result,
+    Run,
+)
 from coordinator.store import Store, StoreError
 
 T0 = 1_700_000_000.0
@@ -171,6 +182,9 @@ def test_attempts_and_result_round_trip(store: Store) -> None:
         cost_usd=0.25,
         node_id="n2",
         model="m-1",
+        metered=Metered(
+            calls=4, refused=1, tokens_in=100, tokens_out=50, cost_usd=0.25, note="n", budget_usd=1.0
+        ),
     )
     second.status, second.started_at, second.finished_at = "success", T0 + 22, T0 + 30
     job.status, job.result, job.updated_at, job.wait_reason = "success", result, T0 + 30, ""
@@ -542,3 +556,58 @@ def test_parent_is_a_file_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("a file where the state directory should be")
     with pytest.raises(StoreError):
         Store(blocker / "flota.db")
+
+
+def test_a_results_metered_figures_are_its_own_and_travel_on() -> None:
+    """coordinator/convert.py: a node's result with a meter count takes the metered
+    tokens and cost over the agent's own word, and keeps the count for the CLI."""
+    from coordinator import convert
+    from protos.flota.v1 import types_pb2
+
+    wire = types_pb2.JobResult(
+        status="partial",
+        tokens_in=5,
+        tokens_out=1,
+        cost_usd=0.001,  # what the agent said
+        metered=types_pb2.MeterUsage(
+            calls=4, refused=1, tokens_in=40, tokens_out=16000, cost_usd=0.0096, priced=True
+        ),
+    )
+    result = convert.result_from_pb(wire)
+    assert (result.tokens_in, result.tokens_out, result.cost_usd) == (40, 16000, 0.0096)
+    assert result.metered == Metered(calls=4, refused=1, tokens_in=40, tokens_out=16000, cost_usd=0.0096)
+    sent = convert.result_to_pb(result)
+    assert sent.metered == wire.metered and sent.cost_usd == 0.0096
+    plain = convert.result_from_pb(types_pb2.JobResult(status="success", cost_usd=0.5))
+    assert (
+        plain.metered is None
+        and plain.cost_usd == 0.5
+        and not convert.result_to_pb(plain).HasField("metered")
+    )
+
+
+def test_a_graphs_jobs_keep_their_dependencies_role_and_bases(db_path: Path) -> None:
+    store = Store(db_path)
+    run = make_run("r1", 2)
+    waiting = run.jobs[1]
+    waiting.status, waiting.depends_on, waiting.role = JobStatus.WAITING, ("r1.0",), "tester"
+    store.create_run(run)
+    assert store.get_job("r1.1") == waiting
+    waiting.status, waiting.bases = JobStatus.QUEUED, (("refs/heads/flota/r1/0", "b" * 40),)
+    store.save_job(waiting)
+    back = store.get_job("r1.1")
+    assert (back.status, back.depends_on, back.role, back.bases) == (
+        JobStatus.QUEUED,
+        ("r1.0",),
+        "tester",
+        (("refs/heads/flota/r1/0", "b" * 40),),
+    )
+    store.close()
+    # A database from before graphs (issue 17): no `bases` column, no graph keys in a spec.
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE jobs SET spec = json_remove(spec, '$.depends_on', '$.role')")
+        db.execute("ALTER TABLE jobs DROP COLUMN bases")
+    older = Store(db_path)
+    job = older.get_job("r1.1")
+    assert (job.depends_on, job.role, job.bases) == ((), "", ())
+    older.close()

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from tests.lab.netlab import Host, LineTail
+from tests.lab.systemdhost import Systemd
 
 __all__ = ["SshHost", "keygen", "listing", "remove_stale_users"]
 
@@ -61,9 +62,13 @@ def listing(root: Path) -> list[str]:
 
 
 class SshHost:
-    """`host` runs sshd as root; `user` (with `home`) logs in with `key`."""
+    """`host` runs sshd as root; `user` (with `home`) logs in with `key`.
 
-    def __init__(self, host: Host, workdir: Path) -> None:
+    With `systemd`, the host boots a real systemd first (tests/lab/systemdhost.py: the
+    user may `sudo -n`, and has a systemd user instance through PAM and logind), and sshd
+    runs inside it."""
+
+    def __init__(self, host: Host, workdir: Path, systemd: bool = False) -> None:
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not os.access(sshd, os.X_OK):
             raise RuntimeError("the install lab test needs sshd (openssh-server; scripts/test installs it)")
@@ -101,6 +106,10 @@ class SshHost:
         self.host_key = workdir / "host_key"
         keygen(self.host_key)
         self.proc: subprocess.Popen[str] | None = None
+        self.systemd: Systemd | None = None
+        if systemd:
+            binds = [self.home, self.keys_dir, workdir]
+            self.systemd = Systemd(host, workdir / "systemd", binds, sudo_user=self.user)
         self.start()
 
     @property
@@ -122,14 +131,19 @@ class SshHost:
         (d / "sshd_config").write_text(
             f"ListenAddress {self.address}\nHostKey {self.host_key}\n"
             f"AuthorizedKeysFile {self.authorized}\nPidFile {d / 'sshd.pid'}\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n"
+            # PAM (pam_systemd) gives a session its systemd user instance.
+            f"UsePAM {'yes' if self.systemd else 'no'}\n"
             "Subsystem sftp internal-sftp\n"
             f"AllowUsers {self.user}\n"
         )
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-        self.proc = self.host.popen(
-            [self.sshd, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True
-        )
+        argv = [self.sshd, "-D", "-e", "-f", str(d / "sshd_config")]
+        if self.systemd is not None:
+            self.systemd.run(["mkdir", "-p", "/run/sshd"])
+            self.proc = self.systemd.popen(argv, stderr=subprocess.PIPE, text=True)
+        else:
+            Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+            self.proc = self.host.popen(argv, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         LineTail(self.proc.stderr).wait_for("Server listening", timeout=15)
 
@@ -161,6 +175,8 @@ class SshHost:
 
     def close(self) -> None:
         self.stop()
+        if self.systemd is not None:
+            self.systemd.close()
         for pid in self.processes():
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -10,6 +10,7 @@ retried on another node, and its own late result is recorded once the link heals
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from tests.lab.test_multihost import job_if, node_state, poll
 pytestmark = pytest.mark.lab
 
 PORT = 7370
+DNS = "198.51.100.53"  # TEST-NET-2: the laptop's name server, which never answers
 
 
 @dataclass
@@ -72,6 +74,11 @@ table ip cafe {{
     type nat hook postrouting priority srcnat; policy accept;
     oifname "{out}" masquerade
   }}
+  counter dns {{ }}
+  chain prerouting {{
+    type filter hook prerouting priority raw; policy accept;
+    ip daddr {DNS} counter name "dns" drop
+  }}
   chain forward {{
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
@@ -81,28 +88,28 @@ table ip cafe {{
 """
     nat.run([_nft(), "-f", "-"], input=rules)
     laptop.run(["ip", "route", "add", "default", "via", nat.address(inside)])
-    # The machine's own name servers are nowhere in the lab: refused at once, as on a
-    # host without a default route, not after the resolver's timeouts (the router would
-    # otherwise swallow the queries).
-    for server in _name_servers():
-        laptop.run(["ip", "route", "add", "unreachable", f"{server}/32"], check=False)
+    # The laptop's name server (ip netns exec mounts /etc/netns/NS/resolv.conf on
+    # /etc/resolv.conf) is beyond the router, which drops what goes to it (a DNS server
+    # that does not answer, as on a captive or broken network): a lookup there waits for
+    # the resolver's timeouts. No job step may look up a name (the counter says whether
+    # one tried).
+    etc = Path("/etc/netns") / laptop.ns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(f"nameserver {DNS}\n")
     fleet = Fleet(ws.dir / "home", cli_prefix=ws.command([]))
     try:
         yield Cafe(fleet, ws, nat, laptop, desk)
     finally:
         fleet.close()
+        shutil.rmtree(etc, ignore_errors=True)
 
 
-def _name_servers() -> list[str]:
-    try:
-        lines = Path("/etc/resolv.conf").read_text().splitlines()
-    except OSError:
-        return []
-    return [
-        f[1]
-        for f in (line.split() for line in lines)
-        if len(f) > 1 and f[0] == "nameserver" and ":" not in f[1]
-    ]
+def _dns_dropped(cafe: Cafe) -> int:
+    """Packets the router dropped on their way to the laptop's name server."""
+    out = cafe.nat.run([_nft(), "list", "counter", "ip", "cafe", "dns"]).stdout
+    found = re.search(r"packets (\d+)", out)
+    assert found, out
+    return int(found.group(1))
 
 
 def _connects(host: Host, address: str, port: int) -> bool:
@@ -146,6 +153,7 @@ def test_a_node_behind_nat_dials_home_and_behaves_as_a_direct_node(cafe: Cafe, t
     job = final(fleet, run["jobs"][0]["id"])
     assert (job["status"], job["node_name"]) == ("success", "laptop"), job
     assert remote_file(remote, job["branch"], "who.txt") == "laptop\n"
+    assert _dns_dropped(cafe) == 0, "a step of the job looked a name up"
 
     # Cancel reaches it.
     job_id = fleet.json("run", "--on", "laptop", "sleep 300")["jobs"][0]["id"]
@@ -188,6 +196,14 @@ def test_a_node_behind_nat_dials_home_and_behaves_as_a_direct_node(cafe: Cafe, t
     assert remote_file(remote, first["branch"], "who.txt") == "laptop\n"
     assert remote_file(remote, retry["branch"], "who.txt") == "desk\n"
     assert git("--git-dir", str(remote), "rev-parse", first["branch"]).strip()  # its work is kept
+
+    # No step of those jobs looked a name up (git's default identity did: the host's FQDN,
+    # 10-20 s per command here); and the counter counts what the laptop sends there.
+    assert _dns_dropped(cafe) == 0
+    send = f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'?', ({DNS!r}, 53))"
+    cafe.laptop.run(["python3", "-c", send])
+    poll(lambda: _dns_dropped(cafe), what="the probe counted")  # it may wait for ARP
+    assert _dns_dropped(cafe) == 1
 
 
 def _port(host: Host) -> int | None:

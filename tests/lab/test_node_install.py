@@ -6,13 +6,15 @@ and has a throwaway user whose home is the host's file system as far as the inst
 The CLI's own HOME (its ~/.ssh) is a temporary directory; its wheel cache is shared by the
 tests of a session (so only the first builds the wheelhouse).
 
-systemd is not PID 1 here, so the node runs with `--service none` end to end; the unit
-files are checked in tests/cli/test_install_units.py, and the preflight's refusal when
-there is no systemd user instance is checked here, for real.
+Here the node runs with `--service none`; tests/lab/test_node_service.py boots a real
+systemd on the box for `--service system` and `systemd`. The unit files are checked in
+tests/cli/test_install_units.py, and the preflight's refusal when there is no systemd user
+instance is checked here, for real.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
@@ -73,13 +75,14 @@ class Site:
     cache: Path
     remote: Path  # the bare repository the git daemon serves
     url: str
+    service: str = "none"  # add's --service
 
     def flota(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         env = {"HOME": str(self.dev_home), "XDG_CACHE_HOME": str(self.cache)}
         return self.fleet.flota(*args, timeout=timeout, env=env)
 
     def add(self, *args: str, known: bool = True) -> subprocess.CompletedProcess[str]:
-        extra = ["--identity", str(self.box.key), "--service", "none"]
+        extra = ["--identity", str(self.box.key), "--service", self.service]
         return self.flota("node", "add", self.box.target, *extra, *args)
 
     def trust(self) -> None:
@@ -91,12 +94,14 @@ class Site:
         return listing(self.box.home)
 
 
-@pytest.fixture
-def site(lab: Lab, tmp_path: Path, wheel_cache: Path) -> Iterator[Site]:
+@contextlib.contextmanager
+def make_site(lab: Lab, tmp_path: Path, wheel_cache: Path, systemd: bool = False) -> Iterator[Site]:
+    """The lab of the module's note; with `systemd`, the box boots a real systemd
+    (tests/lab/systemdhost.py) and `add` installs the service kind asked for."""
     lan = lab.add_network("lan")
     ws, box_host = lab.add_host("ws", [lan]), lab.add_host("box", [lan])
     lab.add_host("empty", [lan])  # nothing listens there
-    box = SshHost(box_host, tmp_path / "ssh")
+    box = SshHost(box_host, tmp_path / "ssh", systemd=systemd)
     fleet = Fleet(ws.dir / "home", cli_prefix=ws.command([]))
     served = tmp_path / "served"
     served.mkdir()
@@ -118,6 +123,12 @@ def site(lab: Lab, tmp_path: Path, wheel_cache: Path) -> Iterator[Site]:
         fleet.close()
         daemon.terminate()
         box.close()
+
+
+@pytest.fixture
+def site(lab: Lab, tmp_path: Path, wheel_cache: Path) -> Iterator[Site]:
+    with make_site(lab, tmp_path, wheel_cache) as made:
+        yield made
 
 
 class TokenWatch:

@@ -4,7 +4,9 @@ report is read, with no processes."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,14 +72,59 @@ def test_llm_report(tmp_path: Path) -> None:
     assert read_report(spec, tmp_path, tmp_path / "output") == AgentReport()
 
 
-def test_cli_report_from_its_last_json_object(tmp_path: Path) -> None:
+def test_cli_report_from_its_last_json_object_on_stdout(tmp_path: Path) -> None:
     spec = job(
         agent="claude", command="claude -p x", report_paths={"cost_usd": "usage.cost", "steps": "turns"}
     )
-    output = tmp_path / "output"
-    output.write_text('working\n{"usage": {"cost": 0.02}, "turns": 4}\nbye\n')
+    output = tmp_path / "output"  # stdout and stderr together: never read for the report
+    output.write_text('{"usage": {"cost": 9}, "turns": 9}\n')
+    (tmp_path / "stdout").write_text('working\n{"usage": {"cost": 0.02}, "turns": 4}\nbye\n')
     assert read_report(spec, tmp_path, output) == AgentReport(steps=4, cost_usd=0.02)
     assert read_report(job(agent="claude", command="c"), tmp_path, output) == AgentReport()  # no paths
+
+
+def test_cli_report_from_indented_json_after_debug_lines_with_alternative_paths(tmp_path: Path) -> None:
+    spec = job(
+        agent="architect",
+        command="architect run x",
+        report_paths={
+            "cost_usd": "costs.total_cost_usd|cost",
+            "steps": "steps",
+            "tokens_in": "costs.total_input_tokens",
+            "tokens_out": "nowhere|costs.total_output_tokens",
+        },
+    )
+    final = {
+        "status": "success",
+        "steps": 3,
+        "tools_used": [{"name": "write_file", "steps": 99}],
+        "costs": {"total_input_tokens": 20, "total_output_tokens": 10, "total_cost_usd": 0.5},
+        "cost": 0.25,
+    }
+    debug = '21:48:51 - LiteLLM:DEBUG: {"steps": 7}\n{"steps": 8, "cost": 1}\n'
+    (tmp_path / "stdout").write_text(debug + json.dumps(final, indent=2) + "\n")
+    expected = AgentReport(steps=3, tokens_in=20, tokens_out=10, cost_usd=0.5)
+    assert read_report(spec, tmp_path, tmp_path / "output") == expected
+    # The first alternative present wins; the second when the first is missing.
+    del final["costs"]["total_cost_usd"]  # type: ignore[attr-defined]
+    (tmp_path / "stdout").write_text(debug + json.dumps(final, indent=2))
+    assert read_report(spec, tmp_path, tmp_path / "output").cost_usd == 0.25
+
+
+def test_a_cli_runs_with_its_stdout_copied_apart_and_its_exit_status_kept(tmp_path: Path) -> None:
+    spec = job(agent="x", command="echo out; echo err >&2; exit 3", report_paths={"steps": "s"})
+    command = command_for(spec, tmp_path)
+    proc = subprocess.run(
+        ["/bin/bash", "-c", command.line],
+        env={**os.environ, **command.env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "out\n", "err\n")  # the log has both
+    assert (tmp_path / "stdout").read_text() == "out\n"
+    # Without report paths nothing is read, and the command is the job's as it is.
+    assert command_for(job(agent="x", command="make"), tmp_path).line == "make"
 
 
 def test_a_check_wraps_any_agent_and_lands_in_the_report(tmp_path: Path) -> None:

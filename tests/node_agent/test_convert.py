@@ -72,12 +72,21 @@ def test_a_result_round_trips() -> None:
         check="failed",
         answer="done",
         reason="max_steps",
+        metered=types_pb2.MeterUsage(
+            calls=4, refused=1, tokens_in=40, cost_usd=0.0096, priced=True, note="n"
+        ),
     )
     result = convert.result_from_proto(wire)
+    assert result.metered is not None and (result.metered.calls, result.metered.refused) == (4, 1)
     assert result.status is ResultStatus.PARTIAL and result.files_modified == ("a", "b")
     assert result.reason is EndReason.MAX_STEPS
     assert convert.result_to_proto(result) == wire
     assert convert.result_from_bytes(convert.result_to_bytes(result)) == result
+
+
+def test_a_result_without_a_meter_has_none() -> None:
+    result = convert.result_from_proto(types_pb2.JobResult(status="success", cost_usd=0.5))
+    assert result.metered is None and not convert.result_to_proto(result).HasField("metered")
 
 
 def test_what_is_no_message_is_a_value_error() -> None:

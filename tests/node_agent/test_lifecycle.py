@@ -30,7 +30,8 @@ from node_agent.lifecycle import (
     recovered,
     step,
 )
-from node_agent.models import AgentReport
+from node_agent.meter.control import DOWN
+from node_agent.models import AgentReport, Metered
 from protos.contract import EndReason, ResultStatus
 
 VANISHED = "the job's process vanished without an exit status"
@@ -43,6 +44,7 @@ NO_SERVER = AgentReport(
     reason=EndReason.MODEL_UNREACHABLE,
 )
 MAX_STEPS, CUT_OFF = EndReason.MAX_STEPS, EndReason.CUT_OFF
+REFUSED = Metered(calls=4, refused=1, refusal="flota: budget $0.01 reached: ...")
 
 
 def state(has_repo: bool = False, **kw: object) -> State:
@@ -356,6 +358,49 @@ STEPS = [
             report=STOPPED_EARLY,
         ),
         [Kill(), Finish("timeout", "timed out after 5 s", -15)],
+    ),
+    # A job with a budget: its metering proxy's word (node_agent.meter).
+    (
+        "a-failed-job-whose-proxy-refused-a-call-is-partial-for-the-budget",
+        state(phase="running"),
+        Exited(1, meter=REFUSED),
+        state(phase="finished", exit_code=1, meter=REFUSED),
+        [Kill(), Finish("partial", REFUSED.refusal, 1, EndReason.BUDGET)],
+    ),
+    (
+        "a-refusal-does-not-change-a-success",
+        state(phase="running"),
+        Exited(0, meter=REFUSED),
+        state(phase="finished", exit_code=0, meter=REFUSED),
+        [Kill(), Finish("success", "", 0)],
+    ),
+    (
+        "the-agents-own-budget-stop-keeps-its-words",
+        state(phase="running"),
+        Exited(3, STOPPED_EARLY, REFUSED),
+        state(phase="finished", exit_code=3, report=STOPPED_EARLY, meter=REFUSED),
+        [Kill(), Finish("partial", "stopped after 30 steps", 3, MAX_STEPS)],
+    ),
+    (
+        "a-proxy-that-stopped-by-itself-fails-the-job-over-the-agents-words",
+        state(phase="running"),
+        Exited(1, NO_SERVER, Metered(calls=1), DOWN),
+        state(phase="finished", exit_code=1, report=NO_SERVER, meter=Metered(calls=1), meter_down=DOWN),
+        [Kill(), Finish("failed", DOWN, 1)],
+    ),
+    (
+        "the-daemon-stops-a-job-whose-proxy-went",
+        state(phase="running"),
+        Stop(ResultStatus.FAILED, DOWN),
+        state(phase="stopping", stop="failed", stop_detail=DOWN),
+        [Terminate()],
+    ),
+    (
+        "and-it-ends-failed-for-that",
+        state(phase="stopping", stop="failed", stop_detail=DOWN),
+        Exited(-15, NO_SERVER),
+        state(phase="finished", stop="failed", stop_detail=DOWN, exit_code=-15, report=NO_SERVER),
+        [Kill(), Finish("failed", DOWN, -15)],
     ),
     # The runner failing while it drives an attempt (a bug) ends it at once.
     (

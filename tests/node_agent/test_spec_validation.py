@@ -54,6 +54,10 @@ ACCEPTED: dict[str, types_pb2.JobSpec] = {
     "env-underscore": spec(env={"_X": "", "A_B_9": "x=y\nz"}),
     "env-128-chars": spec(env={"A" * 128: "1"}),
     "command-with-leading-space": spec(command="  true"),
+    "graph-merges": spec(
+        merges=[repo(base_ref="refs/heads/flota/r1/2"), repo(base_ref="refs/heads/flota/r1/3")]
+    ),
+    "ignore-paths": spec(agent="aider", ignore_paths=[".aider*", ".architect", "sub/.cache", "[ab].log"]),
 }
 
 
@@ -65,6 +69,20 @@ def test_accepted(job: types_pb2.JobSpec) -> None:
 REJECTED: dict[str, tuple[types_pb2.JobSpec, str]] = {
     # ids
     "job-id-empty": (spec(job_id=""), "invalid job_id ''"),
+    "ignore-path-absolute": (
+        spec(ignore_paths=["/etc"]),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
+    "ignore-path-up": (spec(ignore_paths=["a/../.."]), "invalid ignore paths (relative globs, at most 32)"),
+    "ignore-path-magic": (
+        spec(ignore_paths=[":(top)*"]),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
+    "ignore-path-option": (spec(ignore_paths=["-f"]), "invalid ignore paths (relative globs, at most 32)"),
+    "ignore-paths-too-many": (
+        spec(ignore_paths=["a"] * 33),
+        "invalid ignore paths (relative globs, at most 32)",
+    ),
     "job-id-dotdot": (spec(job_id=".."), "invalid job_id '..'"),
     "job-id-dotdot-inside": (spec(job_id="a..b"), "invalid job_id 'a..b'"),
     "job-id-slash": (spec(job_id="a/b"), "invalid job_id 'a/b'"),
@@ -92,6 +110,19 @@ REJECTED: dict[str, tuple[types_pb2.JobSpec, str]] = {
     "timeout-over-a-week": (spec(timeout_s=7 * 86400 + 1), "timeout_s out of range"),
     "timeout-nan": (spec(timeout_s=float("nan")), "timeout_s out of range"),
     "timeout-inf": (spec(timeout_s=float("inf")), "timeout_s out of range"),
+    # a graph's merges
+    "merges-without-repo": (spec(repo=None, merges=[repo()]), "too many merges, or merges without a repo"),
+    "merges-too-many": (spec(merges=[repo()] * 101), "too many merges, or merges without a repo"),
+    "merge-other-remote": (
+        spec(merges=[repo(url="/srv/other.git")]),
+        "a merge must be a full hex commit id on the job's own remote",
+    ),
+    "merge-short-commit": (
+        spec(merges=[repo(base_commit="abc")]),
+        "a merge must be a full hex commit id on the job's own remote",
+    ),
+    "merge-ref-option": (spec(merges=[repo(base_ref="--upload-pack=x")]), "invalid merge ref"),
+    "merge-no-ref": (spec(merges=[repo(base_ref="")]), "invalid merge ref"),
     # repo
     "repo-url-missing": (spec(repo=repo(url="")), "repo url missing or invalid"),
     "repo-url-option": (spec(repo=repo(url="--upload-pack=touch /tmp/x")), "repo url missing or invalid"),

@@ -167,6 +167,30 @@ def test_what_counts_as_a_change_is_the_tree_against_the_base(ws: Workspace, rem
     assert not remote.has("refs/heads/flota/r1/4")
 
 
+def test_an_agents_own_files_are_not_its_work_unless_the_base_tracks_them(
+    tmp_path: Path, ws: Workspace
+) -> None:
+    remote = make_remote(tmp_path, {"a.txt": b"a\n", ".architect/config.yaml": b"mine\n"})
+    wt = ws.prepare(remote.url, BASE_REF, remote.base, "flota/r1/5", "r1.5.a1")
+    (wt / ".architect" / "sessions").mkdir()
+    (wt / ".architect" / "sessions" / "s1.json").write_text("{}")
+    (wt / ".architect" / "config.yaml").write_text("changed by the agent\n")  # the user's file
+    (wt / ".aider.chat.history.md").write_text("chat\n")
+    (wt / ".aider.tags.cache.v3").mkdir()
+    (wt / ".aider.tags.cache.v3" / "cache.db").write_bytes(b"\0")
+    (wt / ".architect" / "*").write_text("named like a glob\n")  # dropped as a name, not a pattern
+    (wt / "a.txt").write_text("the work\n")
+    outcome = ws.commit_and_push(wt, "flota/r1/5", "result", TRAILERS, ignore=(".architect", ".aider*"))
+    assert outcome.files_modified == (".architect/config.yaml", "a.txt")
+    assert remote.show("flota/r1/5:.architect/config.yaml") == "changed by the agent\n"
+    assert not remote.has("flota/r1/5:.architect/sessions/s1.json")
+    # Nothing but the agent's own files: nothing changed.
+    wt = ws.prepare(remote.url, BASE_REF, remote.base, "flota/r1/6", "r1.6.a1")
+    (wt / ".aider.chat.history.md").write_text("chat\n")
+    outcome = ws.commit_and_push(wt, "flota/r1/6", "result", TRAILERS, ignore=(".architect", ".aider*"))
+    assert (outcome.pushed, outcome.empty) == (False, True)
+
+
 def test_commits_made_by_the_agent_count_from_base(ws: Workspace, remote: Remote) -> None:
     wt = ws.prepare(remote.url, BASE_REF, remote.base, "flota/r1/2", "r1.2.a1")
     (wt / "agent.txt").write_text("1\n2\n3\n")

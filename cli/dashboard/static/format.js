@@ -33,7 +33,7 @@ export function jobNumber(id) {
 }
 
 export const FINAL = new Set(["success", "failed", "timeout", "cancelled", "lost", "partial"]);
-export const ACTIVE = new Set(["queued", "dispatching", "running"]);
+export const ACTIVE = new Set(["waiting", "queued", "dispatching", "running"]);
 
 /**
  * A time that grows: "12 s", or "3.2s of 5.0m". The page's ticker (app.js) rewrites every

@@ -29,6 +29,7 @@ from node_agent.agents.llm.contract import (
 from node_agent.agents.llm.errors import (
     AgentError,
     BadInput,
+    BudgetRefused,
     ModelError,
     ModelTimeout,
     PathEscape,
@@ -47,6 +48,7 @@ __all__ = [
     "EXIT_SUCCESS",
     "AgentError",
     "BadInput",
+    "BudgetRefused",
     "Completion",
     "Config",
     "Model",

@@ -3,6 +3,7 @@
 AgentError
 ├── BadInput              the environment does not describe a run: exit 2
 ├── ModelError            the provider refused for good (auth, bad request, ...): "failed"
+│   └── BudgetRefused     HTTP 402: the node's metering proxy keeps the budget: "partial"
 ├── TransientModelError   the provider failed this time: retried, counts a bad reply
 │   ├── ModelTimeout      the call did not answer in the time it was given
 │   └── Unreachable       no connection to the model server: retried a few times, not a step
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "AgentError",
     "BadInput",
+    "BudgetRefused",
     "Interrupted",
     "ModelError",
     "ModelTimeout",
@@ -42,6 +44,11 @@ class BadInput(AgentError):
 
 class ModelError(AgentError):
     """The model provider refused in a way retrying cannot fix (auth, bad request, ...)."""
+
+
+class BudgetRefused(ModelError):
+    """HTTP 402 (payment required): the call would pass the budget the node's metering
+    proxy keeps for the job (or the provider's own quota); final."""
 
 
 class TransientModelError(AgentError):

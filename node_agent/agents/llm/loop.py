@@ -31,6 +31,7 @@ from typing import Any, Final, TextIO
 
 from node_agent.agents.llm.contract import Config, Report
 from node_agent.agents.llm.errors import (
+    BudgetRefused,
     Interrupted,
     ModelError,
     ModelTimeout,
@@ -210,6 +211,10 @@ def _loop(
                 pause = min(pause, max(deadline - clock(), 0.0))
             sleep(pause)
             continue
+        except BudgetRefused as exc:  # the node's metering proxy keeps the budget
+            state.steps -= 1  # refused before any model saw it: not a step
+            say(one_line(str(exc)))
+            return state.report(ResultStatus.PARTIAL, str(exc), clock(), EndReason.BUDGET)
         except ModelError as exc:
             say(f"model error: {one_line(str(exc))}")
             return state.report(ResultStatus.FAILED, str(exc), clock())

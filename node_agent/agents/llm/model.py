@@ -12,6 +12,8 @@ price map). A model without a price costs 0.
 Error handling: litellm's exceptions become :class:`ModelError` (retrying cannot help:
 authentication, bad request, unknown model, context overflow), :class:`TransientModelError`
 (5xx, rate limit, a dropped connection, an unparseable response) or :class:`ModelTimeout`;
+HTTP 402 (the node's metering proxy refused the call for the job's budget) is
+:class:`BudgetRefused`;
 a call that could not connect at all is :class:`Unreachable`, read from the exception's
 chain (litellm reports a refused connection as an InternalServerError), never from its
 wording. A model litellm cannot route, or a missing API key, is :class:`BadInput`.
@@ -29,7 +31,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from node_agent.agents.llm.errors import BadInput, ModelError, ModelTimeout, TransientModelError, Unreachable
+from node_agent.agents.llm.errors import (
+    BadInput,
+    BudgetRefused,
+    ModelError,
+    ModelTimeout,
+    TransientModelError,
+    Unreachable,
+)
 from node_agent.agents.llm.tools import TOOL_SCHEMAS
 
 __all__ = ["Completion", "LiteLLMModel", "Model", "ToolCall"]
@@ -158,7 +167,7 @@ class LiteLLMModel:
             litellm.BadRequestError,
             litellm.UnsupportedParamsError,
         ) as exc:
-            raise ModelError(_first_line(exc)) from exc
+            raise _budget(exc) or ModelError(_first_line(exc)) from exc
         except (
             litellm.RateLimitError,
             litellm.APIConnectionError,
@@ -167,7 +176,7 @@ class LiteLLMModel:
             litellm.BadGatewayError,
             litellm.APIError,
         ) as exc:
-            raise self._unreachable(exc) or TransientModelError(_first_line(exc)) from exc
+            raise _budget(exc) or self._unreachable(exc) or TransientModelError(_first_line(exc)) from exc
         except Exception as exc:  # anything else litellm lets through: a garbled response
             raise self._unreachable(exc) or TransientModelError(
                 f"{type(exc).__name__}: {_first_line(exc)}"
@@ -223,6 +232,15 @@ class LiteLLMModel:
         return Completion(
             True, content if isinstance(content, str) else None, tuple(calls), tokens_in, tokens_out, cost
         )
+
+
+def _budget(exc: BaseException) -> BudgetRefused | None:
+    """HTTP 402, payment required (litellm raises it as an APIError for OpenAI, a
+    BadRequestError for Anthropic): the metering proxy refused the call for the budget."""
+    if getattr(exc, "status_code", None) != 402:
+        return None
+    line = _first_line(exc)  # the proxy's line, without litellm's prefixes
+    return BudgetRefused(line[line.find("flota: ") :] if "flota: " in line else line)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

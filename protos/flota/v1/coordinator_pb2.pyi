@@ -229,6 +229,26 @@ class TaskSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
@@ -236,6 +256,11 @@ class TaskSpec(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     REQUIRES_FIELD_NUMBER: _builtins.int
     REPORT_PATHS_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    IGNORE_PATHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     agent: _builtins.str
     """"shell" (command), "llm" (prompt + model), or an external agent CLI whose command
@@ -246,9 +271,28 @@ class TaskSpec(_message.Message):
     model: _builtins.str
     requires: _builtins.str
     """an agent CLI the node must have (e.g. "claude")"""
+    role: _builtins.str
+    check: _builtins.str
+    """this task's check; empty: the run's"""
     @_builtins.property
     def report_paths(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """see JobSpec.report_paths"""
+
+    @_builtins.property
+    def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A run as a graph (flota run --plan): the names of the tasks of this run that must
+        succeed before this one starts (it starts from their results), its role, its check.
+        """
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """An agent CLI template's environment (OPENAI_BASE_URL ...), already filled in; the
+        run's env and secrets take precedence over it.
+        """
+
+    @_builtins.property
+    def ignore_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """see JobSpec.ignore_paths"""
 
     def __init__(
         self,
@@ -260,10 +304,15 @@ class TaskSpec(_message.Message):
         model: _builtins.str = ...,
         requires: _builtins.str = ...,
         report_paths: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        depends_on: _abc.Iterable[_builtins.str] | None = ...,
+        role: _builtins.str = ...,
+        check: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        ignore_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "command", b"command", "model", b"model", "name", b"name", "prompt", b"prompt", "report_paths", b"report_paths", "requires", b"requires"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "check", b"check", "command", b"command", "depends_on", b"depends_on", "env", b"env", "ignore_paths", b"ignore_paths", "model", b"model", "name", b"name", "prompt", b"prompt", "report_paths", b"report_paths", "requires", b"requires", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -613,6 +662,8 @@ class Job(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     REQUIRES_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     run_id: _builtins.str
     name: _builtins.str
@@ -620,7 +671,7 @@ class Job(_message.Message):
     command: _builtins.str
     model: _builtins.str
     status: _builtins.str
-    """queued | dispatching | running | success | failed | timeout | cancelled | lost"""
+    """waiting | queued | dispatching | running | success | failed | timeout | cancelled | lost"""
     node_id: _builtins.str
     node_name: _builtins.str
     branch: _builtins.str
@@ -636,10 +687,17 @@ class Job(_message.Message):
     """what a node must offer: an agent CLI, or "model:<model>" """
     timeout_s: _builtins.float
     """each attempt's time limit; 0: none"""
+    role: _builtins.str
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
     @_builtins.property
     def result(self) -> _types_pb2.JobResult: ...
+    @_builtins.property
+    def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A run as a graph: the ids of the jobs this one waits on (status "waiting" until they
+        have succeeded), and its role in the plan.
+        """
+
     def __init__(
         self,
         *,
@@ -664,10 +722,12 @@ class Job(_message.Message):
         check: _builtins.str = ...,
         requires: _builtins.str = ...,
         timeout_s: _builtins.float = ...,
+        depends_on: _abc.Iterable[_builtins.str] | None = ...,
+        role: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "created_at", b"created_at", "id", b"id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "node_id", b"node_id", "node_name", b"node_name", "prompt", b"prompt", "requires", b"requires", "result", b"result", "run_id", b"run_id", "status", b"status", "timeout_s", b"timeout_s", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "created_at", b"created_at", "depends_on", b"depends_on", "id", b"id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "node_id", b"node_id", "node_name", b"node_name", "prompt", b"prompt", "requires", b"requires", "result", b"result", "role", b"role", "run_id", b"run_id", "status", b"status", "timeout_s", b"timeout_s", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

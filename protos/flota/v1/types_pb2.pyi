@@ -204,6 +204,7 @@ class NodeInfo(_message.Message):
     UNREACHABLE_AFTER_S_FIELD_NUMBER: _builtins.int
     LOST_AFTER_S_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
+    BUILD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     version: _builtins.str
@@ -221,6 +222,8 @@ class NodeInfo(_message.Message):
     lost_after_s: _builtins.float
     protocol: _builtins.int
     """the wire contract it speaks (protos/contract.py PROTOCOL); 0: 1"""
+    build: _builtins.str
+    """the build of flota it runs (protos/contract.py build()); "": a source tree"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -245,10 +248,11 @@ class NodeInfo(_message.Message):
         unreachable_after_s: _builtins.float = ...,
         lost_after_s: _builtins.float = ...,
         protocol: _builtins.int = ...,
+        build: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "facts", b"facts", "id", b"id", "labels", b"labels", "lost_after_s", b"lost_after_s", "name", b"name", "network", b"network", "network_source", b"network_source", "protocol", b"protocol", "running", b"running", "slots", b"slots", "unreachable_after_s", b"unreachable_after_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "build", b"build", "facts", b"facts", "id", b"id", "labels", b"labels", "lost_after_s", b"lost_after_s", "name", b"name", "network", b"network", "network_source", b"network_source", "protocol", b"protocol", "running", b"running", "slots", b"slots", "unreachable_after_s", b"unreachable_after_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,6 +372,8 @@ class JobSpec(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     REPORT_PATHS_FIELD_NUMBER: _builtins.int
     ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
+    MERGES_FIELD_NUMBER: _builtins.int
+    IGNORE_PATHS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     run_id: _builtins.str
     attempt_id: _builtins.str
@@ -415,8 +421,22 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def report_paths(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """External agent CLIs: where their JSON output (the last JSON object printed) keeps
-        cost_usd, steps, tokens_in, tokens_out, as dotted paths ("usage.input_tokens").
+        """External agent CLIs: where their JSON output (the last JSON object on stdout, one
+        line or indented) keeps cost_usd, steps, tokens_in, tokens_out, as dotted paths
+        ("usage.input_tokens"), alternatives separated by "|" ("cost|costs.total_cost_usd").
+        """
+
+    @_builtins.property
+    def merges(self) -> _containers.RepeatedCompositeFieldContainer[Global___RepoSpec]:
+        """A job of a graph with several dependencies: their results (url, their branch's ref,
+        its head commit), merged into the worktree after it is made at `repo`; a conflict
+        fails the job naming the files.
+        """
+
+    @_builtins.property
+    def ignore_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """An agent CLI's own bookkeeping (".architect", ".aider*"): git pathspecs (glob) left
+        out of the job's commit unless the base already tracks them.
         """
 
     def __init__(
@@ -443,10 +463,12 @@ class JobSpec(_message.Message):
         check: _builtins.str = ...,
         report_paths: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         allow_empty: _builtins.bool = ...,
+        merges: _abc.Iterable[Global___RepoSpec] | None = ...,
+        ignore_paths: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["repo", b"repo", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "job_id", b"job_id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "ignore_paths", b"ignore_paths", "job_id", b"job_id", "max_steps", b"max_steps", "merges", b"merges", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -485,6 +507,7 @@ class JobResult(_message.Message):
     ANSWER_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     LOG_LINES_MARKED_FIELD_NUMBER: _builtins.int
+    METERED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     attempt_id: _builtins.str
     status: _builtins.str
@@ -531,6 +554,13 @@ class JobResult(_message.Message):
         at most 1 MiB: stored before the result, so the log has no gap.
         """
 
+    @_builtins.property
+    def metered(self) -> Global___MeterUsage:
+        """Set for a job with a budget: what the node's metering proxy counted of the job's
+        model calls (the proxy between the job and its provider; docs/cli.md, "Budgets").
+        tokens_in, tokens_out and cost_usd above are the agent's own word, where it gave one.
+        """
+
     def __init__(
         self,
         *,
@@ -561,11 +591,59 @@ class JobResult(_message.Message):
         answer: _builtins.str = ...,
         reason: _builtins.str = ...,
         log_lines_marked: _builtins.int = ...,
+        metered: Global___MeterUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metered", b"metered"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_lines_marked", b"log_lines_marked", "log_tail", b"log_tail", "model", b"model", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "attempt_id", b"attempt_id", "base_commit", b"base_commit", "branch", b"branch", "check", b"check", "cost_usd", b"cost_usd", "deletions", b"deletions", "duration_s", b"duration_s", "error", b"error", "exit_code", b"exit_code", "files_modified", b"files_modified", "finished_at", b"finished_at", "head_commit", b"head_commit", "insertions", b"insertions", "job_id", b"job_id", "log_lines", b"log_lines", "log_lines_lost", b"log_lines_lost", "log_lines_marked", b"log_lines_marked", "log_tail", b"log_tail", "metered", b"metered", "model", b"model", "node_id", b"node_id", "reason", b"reason", "started_at", b"started_at", "status", b"status", "steps", b"steps", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobResult: _TypeAlias = JobResult  # noqa: Y015
+
+@_typing.final
+class MeterUsage(_message.Message):
+    """What a job's metering proxy counted: every model call the job made went through it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    TOKENS_IN_FIELD_NUMBER: _builtins.int
+    TOKENS_OUT_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    PRICED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_FIELD_NUMBER: _builtins.int
+    calls: _builtins.int
+    """calls passed on to the provider"""
+    refused: _builtins.int
+    """calls refused: each would have passed the budget"""
+    tokens_in: _builtins.int
+    tokens_out: _builtins.int
+    cost_usd: _builtins.float
+    """by litellm's price map"""
+    priced: _builtins.bool
+    """false: a model called has no price in the map (its cost counted as 0)"""
+    note: _builtins.str
+    """e.g. which models had no price"""
+    budget_usd: _builtins.float
+    def __init__(
+        self,
+        *,
+        calls: _builtins.int = ...,
+        refused: _builtins.int = ...,
+        tokens_in: _builtins.int = ...,
+        tokens_out: _builtins.int = ...,
+        cost_usd: _builtins.float = ...,
+        priced: _builtins.bool = ...,
+        note: _builtins.str = ...,
+        budget_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_usd", b"budget_usd", "calls", b"calls", "cost_usd", b"cost_usd", "note", b"note", "priced", b"priced", "refused", b"refused", "tokens_in", b"tokens_in", "tokens_out", b"tokens_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeterUsage: _TypeAlias = MeterUsage  # noqa: Y015

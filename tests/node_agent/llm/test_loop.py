@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from node_agent.agents.llm import (
+    BudgetRefused,
     Completion,
     Config,
     ModelError,
@@ -299,3 +300,21 @@ def test_a_model_error_fails_at_once(box: tuple[Path, Path]) -> None:
     report, sleeps, out = _run(wt, ScriptedModel([ModelError("invalid api key")]))
     assert (report.status, report.error, report.steps, sleeps) == ("failed", "invalid api key", 1, [])
     assert out == "step 1: model error: invalid api key\n"
+
+
+def test_a_402_from_the_metering_proxy_is_the_budget_final(box: tuple[Path, Path]) -> None:
+    wt, _ = box
+    refusal = "flota: budget $0.01 reached: $0.0098 spent (metered by the node), ..."
+    write = Completion(
+        True, None, (ToolCall("c1", "write_file", json.dumps({"path": "a", "content": "x"})),), 10, 2, 0.0
+    )
+    report, sleeps, out = _run(wt, ScriptedModel([write, BudgetRefused(refusal), _finish("never asked")]))
+    # Not retried, not a step: the run ends partial for the budget, with the proxy's line.
+    assert (report.status, report.reason, report.error, report.steps, sleeps) == (
+        "partial",
+        "budget",
+        refusal,
+        1,
+        [],
+    )
+    assert out.endswith(f"{refusal}\n")

@@ -26,7 +26,7 @@ function facts(job, repoUrl, at) {
     field("tokens", job.result ? `${r.tokens_in || 0} in, ${r.tokens_out || 0} out` : "-"),
     field("branch", job.branch || r.branch || "-"),
     field("check", r.check || (job.check ? "pending" : "-")),
-    job.status === "queued" && job.wait_reason ? field("waiting", job.wait_reason) : null,
+    (job.status === "queued" || job.status === "waiting") && job.wait_reason ? field("waiting", job.wait_reason) : null,
     job.result ? field("exit code", String(r.exit_code ?? 0)) : null,
     r.error ? field("error", h("span", { class: "error" }, r.error)) : null,
     r.answer ? field("answer", h("span", { class: "answer" }, r.answer)) : null,

@@ -48,7 +48,7 @@ function jobActions(job) {
 function jobRow(job, run, at) {
   const r = job.result || {};
   const files = (r.files_modified || []).length;
-  const note = job.status === "queued" ? job.wait_reason : r.error || "";
+  const note = job.status === "queued" || job.status === "waiting" ? job.wait_reason : r.error || "";
   return h(
     "tr",
     { "data-job": job.id, class: `st-${job.status}` },
