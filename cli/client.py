@@ -141,6 +141,11 @@ class Client:
     def get_run(self, run_id: str) -> pb.Run:
         return self._unary(self._stub.GetRun, pb.GetRunRequest(run_id=run_id))
 
+    def batch_results(self, run_id: str) -> Iterator[pb.Job]:
+        """A run's jobs in input order, with their inputs and results (they come in chunks)."""
+        for chunk in self._stream(self._stub.BatchResults, pb.BatchResultsRequest(run_id=run_id), 120.0):
+            yield from chunk.jobs
+
     def list_runs(self, limit: int) -> pb.ListRunsReply:
         return self._unary(self._stub.ListRuns, pb.ListRunsRequest(limit=limit))
 

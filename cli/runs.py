@@ -32,6 +32,7 @@ from cli.render import (
     runs_table,
     to_dict,
 )
+from cli.results import full_jobs, waiting_lines
 from protos.flota.v1 import coordinator_pb2, types_pb2
 
 __all__ = ["cancel", "cleanup", "compare", "logs", "prune", "results", "retry", "run", "status"]
@@ -72,6 +73,12 @@ def run(
     budget_per_worker: Annotated[
         float | None, typer.Option(help="USD budget of each job, kept by a metering proxy on its node.")
     ] = None,
+    budget: Annotated[float | None, typer.Option(help="USD for the whole run, all its jobs.")] = None,
+    each: Annotated[str | None, typer.Option(metavar="GLOB", help="One job per file matching GLOB.")] = None,
+    inputs: Annotated[
+        str | None, typer.Option(metavar="FILE|-", help="One job per line (.jsonl: per JSON object).")
+    ] = None,
+    jsonl: Annotated[bool, typer.Option(help="--inputs are JSON objects, one a line ({field}).")] = False,
     max_steps: Annotated[
         int | None,
         typer.Option(help="Model calls (steps) allowed per job: llm, or an agent CLI that has a limit."),
@@ -162,16 +169,26 @@ def run(
         raise CliError("--workers must be between 1 and 1000")
     network = network or list(defaults.get("networks", []))
     timeout = timeout if timeout is not None else float(defaults.get("timeout_per_worker", 0))
+    if budget is not None and not budget > 0:
+        raise CliError("--budget is a positive number of USD for the whole run")
     templates = {**TEMPLATES, **config.agents}
+    if max_steps is None:  # flota.yaml's default, for the agents that take one
+        max_steps = int(defaults.get("max_steps", 0)) if takes(agent, templates, "max_steps") else 0
+    batch = each is not None or inputs is not None or jsonl
     if plan is not None:
+        if batch:
+            raise CliError("--plan runs the plan's tasks: it takes no --each, --inputs or --jsonl")
         from cli.plan.files import graph_run
 
         tasks, plan_budget, plan_check = graph_run(plan, repo, templates)
         budget_per_worker = plan_budget if budget_per_worker is None else budget_per_worker
         check = plan_check if check is None else check
+    elif batch:
+        from cli.batch import batch_inputs, batch_tasks, check_size
+
+        items = batch_inputs(texts, workers, each, inputs, jsonl, repo, ref, from_working_tree)
+        tasks = batch_tasks(agent, texts[0], items, model_list, templates, api_base or "", max_steps)
     else:
-        if max_steps is None:  # flota.yaml's default, for the agents that take one
-            max_steps = int(defaults.get("max_steps", 0)) if takes(agent, templates, "max_steps") else 0
         tasks = fan_out(agent, texts, model_list, workers, templates, api_base or "", max_steps)
     request = coordinator_pb2.SubmitRunRequest(
         tasks=tasks,
@@ -197,6 +214,8 @@ def run(
         secrets=secret or [],
         name=name,
         env=_parse_pairs(env, "environment variable"),
+        run_budget_usd=budget or 0.0,
+        brief=batch,
     )
     if repo:
         path = os.path.abspath(repo)
@@ -207,6 +226,8 @@ def run(
                 path=path, remote=remote, ref=ref, from_working_tree=from_working_tree
             )
         )
+    if batch:
+        check_size(request, len(items))
     client = o.client()
     submitted = client.submit_run(request)
     if not follow:
@@ -216,9 +237,9 @@ def run(
             queued = count(len(submitted.jobs), "job")
             console.print(f"run {submitted.id}: {queued} queued (see: flota status {submitted.id})")
             # The coordinator tried each job against the fleet as it is: say which cannot run yet.
-            for job in submitted.jobs:
-                if job.wait_reason and job.wait_reason != "waiting for a node":
-                    console.print(f"  {job.id}: {job.wait_reason}", markup=False, highlight=False)
+            waiting = [j for j in submitted.jobs if j.wait_reason and j.wait_reason != "waiting for a node"]
+            for line in waiting_lines(waiting, batch):
+                console.print(line, markup=False, highlight=False)
         return
     _follow(client, submitted, o.json, "was submitted")
 
@@ -241,6 +262,7 @@ def _follow(client: Client, run_msg: coordinator_pb2.Run, as_json: bool, done: s
         raise typer.Exit(130) from None
     except CliError as exc:
         raise CliError(f"{exc}; run {run_msg.id} {done} (flota status {run_msg.id})", exc.code) from None
+    final = full_jobs(client, final)
     if as_json:
         print_json(to_dict(final))
     else:
@@ -292,10 +314,24 @@ def status(
     console.print(jobs_table(run_msg))
 
 
-def results(ctx: typer.Context, run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
+def results(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", metavar="jsonl|csv|md", help="Rows, one a job.")
+    ] = None,
+    output: Annotated[str | None, typer.Option(metavar="FILE", help="Write the rows to FILE.")] = None,
+) -> None:
     """The results of a run: node, branch, status, duration, files modified."""
     o = options(ctx)
-    run_msg = o.client().get_run(run_id)
+    if fmt is not None or output is not None:
+        from cli.results import write_rows
+
+        if not write_rows(o.client().batch_results(run_id), fmt or "jsonl", output, sys.stdout):
+            raise typer.Exit(EXIT_FAILED)
+        return
+    client = o.client()
+    run_msg = full_jobs(client, client.get_run(run_id))
     if o.json:
         print_json([{"job": j.id, "node": j.node_name, **to_dict(j.result)} for j in run_msg.jobs])
     else:

@@ -205,8 +205,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     @_role("admin")
     async def SubmitRun(self, request: coordinator_pb2.SubmitRunRequest, context: Any) -> coordinator_pb2.Run:
-        run = await self.service.submit(validate.submission(request))
-        return run_to_pb(run, self._names())
+        sub = validate.submission(request)
+        run = await self.service.submit(sub)
+        return run_to_pb(run, self._names(), brief=sub.brief)
 
     @_role("admin")
     async def GetRun(self, request: coordinator_pb2.GetRunRequest, context: Any) -> coordinator_pb2.Run:
@@ -348,6 +349,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 yield coordinator_pb2.PruneEvent(progress=step)
             elif done is not None:
                 yield coordinator_pb2.PruneEvent(done=pruning_to_pb(done, self._names()))
+
+    @_stream_role("admin")
+    async def BatchResults(
+        self, request: coordinator_pb2.BatchResultsRequest, context: Any
+    ) -> AsyncIterator[coordinator_pb2.BatchResultsChunk]:
+        """A run's jobs in input order, each with its input and result, in chunks of about
+        a MiB (thousands of them would not fit in one GetRun reply)."""
+        run = self.service.run(request.run_id)
+        names = self._names()
+        chunk, size = coordinator_pb2.BatchResultsChunk(), 0
+        for job in sorted(run.jobs, key=lambda j: j.index):
+            msg = job_to_pb(job, names, with_input=True)
+            size += msg.ByteSize() + 8
+            chunk.jobs.append(msg)
+            if size >= LOG_CHUNK_BYTES:
+                yield chunk
+                chunk, size = coordinator_pb2.BatchResultsChunk(), 0
+        if chunk.jobs:
+            yield chunk
 
 
 async def _with_progress(

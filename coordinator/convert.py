@@ -32,9 +32,11 @@ from coordinator.models import (
     shown_status,
 )
 from protos.flota.v1 import coordinator_pb2, node_pb2, types_pb2
+from protos.limits import MAX_FULL_RUN_JOBS
 
 __all__ = [
     "attempt_to_pb",
+    "brief_job_to_pb",
     "event_from_pb",
     "job_to_pb",
     "node_info_from_pb",
@@ -149,6 +151,8 @@ def spec_to_pb(
         ignore_paths=list(job.ignore_paths),
         secrets=dict(secrets),
         resume_branches=list(resume_branches),
+        input=job.input,
+        input_path=job.input_path,
     )
     if job.repo:
         # A job of a graph starts from its dependencies' results (outcomes.released).
@@ -201,7 +205,9 @@ def attempt_to_pb(attempt: Attempt, node_names: dict[str, str]) -> coordinator_p
     )
 
 
-def job_to_pb(job: Job, node_names: dict[str, str]) -> coordinator_pb2.Job:
+def job_to_pb(job: Job, node_names: dict[str, str], with_input: bool = False) -> coordinator_pb2.Job:
+    """A job for a reply; its input text only `with_input` (BatchResults: thousands of
+    them would not fit in one run's reply)."""
     msg = coordinator_pb2.Job(
         id=job.id,
         run_id=job.run_id,
@@ -225,6 +231,8 @@ def job_to_pb(job: Job, node_names: dict[str, str]) -> coordinator_pb2.Job:
         timeout_s=job.timeout_s,
         depends_on=list(job.depends_on),
         role=job.role,
+        input=job.input if with_input else "",
+        input_path=job.input_path,
     )
     if job.result is not None:
         last = job.attempts[-1].id if job.attempts else ""
@@ -232,8 +240,22 @@ def job_to_pb(job: Job, node_names: dict[str, str]) -> coordinator_pb2.Job:
     return msg
 
 
-def run_to_pb(run: Run, node_names: dict[str, str], with_jobs: bool = True) -> coordinator_pb2.Run:
-    return coordinator_pb2.Run(
+def brief_job_to_pb(job: Job) -> coordinator_pb2.Job:
+    """A job as a batch's SubmitRun reply (SubmitRunRequest.brief), and any reply with a
+    run of more than MAX_FULL_RUN_JOBS jobs, lists it."""
+    return coordinator_pb2.Job(
+        id=job.id, run_id=job.run_id, name=job.name, status=job.status, wait_reason=job.wait_reason
+    )
+
+
+def run_to_pb(
+    run: Run, node_names: dict[str, str], with_jobs: bool = True, brief: bool = False
+) -> coordinator_pb2.Run:
+    if brief or (with_jobs and len(run.jobs) > MAX_FULL_RUN_JOBS):
+        jobs = [brief_job_to_pb(j) for j in run.jobs]
+    else:
+        jobs = [job_to_pb(j, node_names) for j in run.jobs] if with_jobs else []
+    msg = coordinator_pb2.Run(
         id=run.id,
         name=run.name,
         status=shown_status(run),
@@ -241,8 +263,12 @@ def run_to_pb(run: Run, node_names: dict[str, str], with_jobs: bool = True) -> c
         finished_at=run.finished_at,
         repo_url=run.repo_url,
         base_commit=run.base_commit,
-        jobs=[job_to_pb(j, node_names) for j in run.jobs] if with_jobs else [],
+        jobs=jobs,
+        reason=run.reason,
     )
+    if run.budget_usd:
+        msg.budget.CopyFrom(coordinator_pb2.BatchBudget(limit_usd=run.budget_usd, spent_usd=run.spent_usd))
+    return msg
 
 
 def pruning_to_pb(out: Pruning, node_names: dict[str, str]) -> coordinator_pb2.PruneReply:

@@ -390,6 +390,8 @@ class Job:
     role: str = ""
     bases: tuple[tuple[str, str], ...] = ()
     ignore_paths: tuple[str, ...] = ()  # an agent CLI's own files, kept out of the commit
+    input: str = ""  # batch: its input text (flota run --inputs / --each), in $FLOTA_INPUT on the node
+    input_path: str = ""  # batch: its input file, in the worktree (or written to the scratch directory)
 
 
 @dataclass(slots=True)
@@ -402,6 +404,9 @@ class Run:
     repo_url: str = ""
     base_commit: str = ""
     jobs: list[Job] = field(default_factory=list)
+    budget_usd: float = 0.0  # batch: a total for all its jobs; 0: none
+    spent_usd: float = 0.0  # what its ended attempts spent (summed from their results)
+    reason: str = ""  # why it stopped short (its budget is spent), "" otherwise
 
 
 @dataclass(slots=True)

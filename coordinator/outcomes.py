@@ -21,7 +21,9 @@ decided) ends through :func:`late`: the first success wins, a later success is k
 
 :func:`reconnected` decides what to do with the jobs a node reports after a
 (re)connect. :func:`to_retry` and :func:`retried`: a user's `flota retry`, which jobs it
-takes and what it does to each. The reconcile loop persists each `Decision` (store first, then memory) and
+takes and what it does to each. :func:`budget_spent` and :func:`not_started`: a run's
+total budget (`flota run --budget`), once its ended attempts have spent it, ends its
+queued jobs unstarted. The reconcile loop persists each `Decision` (store first, then memory) and
 performs its effects; nothing here touches either.
 """
 
@@ -57,9 +59,11 @@ __all__ = [
     "Reconnect",
     "Released",
     "Retried",
+    "budget_spent",
     "checked",
     "ended",
     "late",
+    "not_started",
     "own_model_server",
     "reconnected",
     "released",
@@ -379,3 +383,18 @@ def released(jobs: Sequence[Job], now: float) -> list[Released]:
             status[job.id], bases[job.id] = change.status, change.bases
             moved = True
     return list(changes.values())
+
+
+def budget_spent(budget_usd: float, spent_usd: float) -> str:
+    """Why a run starts no more jobs: its total budget (`--budget`; 0: none) is spent by
+    the attempts that ended. "" while some is left. Jobs already running go on (each has
+    its own --budget-per-worker), so the total may pass the budget by what they spend."""
+    if budget_usd <= 0 or spent_usd < budget_usd:
+        return ""
+    return f"the run's budget of ${budget_usd:.2f} is spent (${spent_usd:.4f} by its ended jobs)"
+
+
+def not_started(job: Job, why: str, now: float) -> JobChange:
+    """A queued job its run will not start (`why`: budget_spent's line): it ends cancelled."""
+    result = Result(ResultStatus.CANCELLED, error=f"not started: {why}", reason=EndReason.RUN_BUDGET)
+    return JobChange(JobStatus.CANCELLED, "", "", result, job.branch, now)

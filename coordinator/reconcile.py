@@ -138,7 +138,8 @@ class Reconciler:
                         self.attempts[attempt.id] = (job, attempt)
                         self.fleet.reserve(attempt.node_id, attempt.id, job)
         for run_id in list(self.runs):
-            self._maybe_finish_run(run_id)  # a crash between a job's end and its run's
+            self._stop_if_spent(self.runs[run_id])  # a crash between a job's end and the stop
+            self._maybe_finish_run(run_id)  # or its run's
         if self.runs:
             log.info("resumed %d runs, %d active attempts", len(self.runs), len(self.attempts))
 
@@ -338,6 +339,8 @@ class Reconciler:
             self.spawn(self.cancel_quietly(node_id, other))
         self.hub.job(job, self.fleet.names)
         if job.run_id in self.runs:
+            self.runs[job.run_id].spent_usd += d.result.cost_usd
+            self._stop_if_spent(self.runs[job.run_id])
             self._maybe_finish_run(job.run_id)
         elif d.run_changed:
             run = self.store.get_run(job.run_id)
@@ -361,6 +364,20 @@ class Reconciler:
             self.logs.append_late(job, attempt.id, event.log_lines)
         result = self.logs.scrub(job, outcomes.checked(event.result))
         self._apply(job, attempt, outcomes.late(job, attempt, result, self.wall()))
+
+    def _stop_if_spent(self, run: Run) -> None:
+        """A run whose budget its ended attempts have spent starts nothing more (outcomes)."""
+        why = outcomes.budget_spent(run.budget_usd, run.spent_usd)
+        queued = [j for j in run.jobs if j.status == JobStatus.QUEUED] if why else []
+        if not queued:
+            return
+        stop = [(j, _fields(outcomes.not_started(j, why, self.wall()))) for j in queued]
+        self.store.stop_jobs(run.id, why, [replace(job, **c) for job, c in stop])
+        run.reason = why
+        for job, c in stop:
+            _set(job, c)
+            self.planner.release(job.id)
+            self.hub.job(job, self.fleet.names)
 
     def _maybe_finish_run(self, run_id: str) -> None:
         """A job of the run changed: release the jobs waiting on it, then end the run if

@@ -259,6 +259,7 @@ class Service:
             created_at=now,
             repo_url=repo.url if repo else "",
             base_commit=repo.base_commit if repo else "",
+            budget_usd=sub.run_budget_usd,
         )
         ids = {task.name: f"{run_id}.{i}" for i, task in enumerate(sub.tasks, 1) if task.name}
         for i, task in enumerate(sub.tasks, 1):
@@ -297,6 +298,8 @@ class Service:
                     placement=sub.placement,
                     repo=repo,
                     wait_reason=outcomes.WAITING_ON_DEPS if task.depends_on else "waiting for a node",
+                    input=task.input,
+                    input_path=task.input_path,
                 )
             )
         self.rec.planner.explain_new(
@@ -365,8 +368,9 @@ class Service:
             if run is None:
                 raise NotFound(f"no run {ident!r} (see: flota status)")
             jobs, why = outcomes.to_retry(run.jobs, failed_only, run.id)
-        if why:
-            raise InvalidRequest(why)
+        spent = outcomes.budget_spent(run.budget_usd, run.spent_usd)
+        if why or spent:
+            raise InvalidRequest(why or f"{spent}; nothing was retried")
         self.rec.retry(run, jobs)
         return run, jobs
 

@@ -69,27 +69,11 @@ CREATE INDEX IF NOT EXISTS logs_job ON logs(job_id, seq);
 """
 
 # What a job row keeps as JSON: everything the user asked for.
-_SPEC_FIELDS = (
-    "name",
-    "agent",
-    "command",
-    "prompt",
-    "model",
-    "timeout_s",
-    "max_attempts",
-    "env",
-    "resume_from_partial",
-    "secrets",
-    "max_steps",
-    "budget_usd",
-    "api_base",
-    "check",
-    "requires",
-    "report_paths",
-    "allow_empty",
-    "depends_on",
-    "role",
-    "ignore_paths",
+_NOT_SPEC = "id run_id index status created_at updated_at placement repo wait_reason node_id branch result"
+_SPEC_FIELDS = tuple(
+    f.name
+    for f in fields(Job)
+    if f.name not in (*_NOT_SPEC.split(), "attempts", "cancel_requested", "budget_from", "bases")
 )
 # Columns added after the first release: (table, column, declaration). Added in place
 # when an older database is opened.
@@ -102,6 +86,9 @@ _ADDED_COLUMNS = (
     # graph (runs as a graph, issue 17): what a job of a graph starts from, as JSON
     # [[ref, commit], ...], set when its dependencies have succeeded.
     ("jobs", "bases", "TEXT NOT NULL DEFAULT '[]'"),
+    # batch: a run's total budget, and why it stopped short (its budget was spent)
+    ("runs", "budget_usd", "REAL NOT NULL DEFAULT 0"),
+    ("runs", "reason", "TEXT NOT NULL DEFAULT ''"),
 )
 # Before `cause` was a column, who closed an attempt was read from its error's wording:
 # a database from then gets the column filled in once, from those same words.
@@ -113,6 +100,7 @@ _CAUSE_FROM_ERROR = (
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(Result) if f.name != "metered")
+_PLACEMENT_FIELDS = tuple(f.name for f in fields(JobPlacement))
 
 
 def _result_json(result: Result | None) -> str | None:
@@ -277,8 +265,9 @@ class Store:
         """The run and all its jobs, in one transaction, before anything is dispatched."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO runs (id, name, status, created_at, repo_url, base_commit) VALUES (?,?,?,?,?,?)",
-                (run.id, run.name, run.status, run.created_at, run.repo_url, run.base_commit),
+                "INSERT INTO runs (id, name, status, created_at, repo_url, base_commit, budget_usd) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (run.id, run.name, run.status, run.created_at, run.repo_url, run.base_commit, run.budget_usd),
             )
             db.executemany(
                 "INSERT INTO jobs (id, run_id, idx, status, spec, created_at, updated_at, wait_reason) "
@@ -303,7 +292,8 @@ class Store:
         spec: dict[str, Any] = {k: getattr(job, k) for k in _SPEC_FIELDS}
         spec["env"] = dict(job.env)
         spec["report_paths"] = dict(job.report_paths)
-        spec["placement"] = asdict(job.placement)
+        p = job.placement  # flat, not asdict: its deep copy was most of a 10,000-job submit
+        spec["placement"] = {**{f: getattr(p, f) for f in _PLACEMENT_FIELDS}, "labels": dict(p.labels)}
         spec["repo"] = asdict(job.repo) if job.repo else None
         return json.dumps(spec)
 
@@ -372,6 +362,13 @@ class Store:
             for job in jobs:
                 self._update_job(db, job)
 
+    def stop_jobs(self, run_id: str, reason: str, jobs: Sequence[Job]) -> None:
+        """Queued jobs a run will not start (its budget is spent) and why: one transaction."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET reason = ? WHERE id = ?", (reason, run_id))
+            for job in jobs:
+                self._update_job(db, job)
+
     def finish_run(self, run_id: str, status: str, finished_at: float) -> None:
         with self._tx() as db:
             db.execute(
@@ -384,7 +381,11 @@ class Store:
         "id, run_id, idx, status, spec, created_at, updated_at, wait_reason, node_id, branch, result, "
         "cancel_requested, budget_from, bases"
     )
-    _RUN_COLS = "id, name, status, created_at, finished_at, repo_url, base_commit"
+    _RUN_COLS = (  # and what the run spent: the sum of its attempts' results
+        "id, name, status, created_at, finished_at, repo_url, base_commit, budget_usd, reason, "
+        "(SELECT COALESCE(SUM(json_extract(a.result, '$.cost_usd')), 0) FROM attempts a "
+        "JOIN jobs j ON a.job_id = j.id WHERE j.run_id = runs.id)"
+    )
 
     def _job(self, row: tuple[Any, ...]) -> Job:
         spec = json.loads(row[4])
@@ -436,7 +437,8 @@ class Store:
         return job
 
     def _run(self, row: tuple[Any, ...], with_jobs: bool) -> Run:
-        run = Run(row[0], row[1], RunStatus(row[2]), *row[3:])
+        run = Run(row[0], row[1], RunStatus(row[2]), row[3], row[4], row[5], row[6])
+        run.budget_usd, run.reason, run.spent_usd = row[7], row[8], row[9]
         if with_jobs:
             rows = self._query(f"SELECT {self._JOB_COLS} FROM jobs WHERE run_id = ? ORDER BY idx", (run.id,))
             run.jobs = [self._job(r) for r in rows]

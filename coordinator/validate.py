@@ -25,6 +25,8 @@ from protos.limits import (
     MAX_BUDGET_USD,
     MAX_DEPENDENCIES,
     MAX_IGNORE_PATHS,
+    MAX_INPUT,
+    MAX_JOBS,
     MAX_STEPS,
     MAX_TIMEOUT_S,
     MODEL_RE,
@@ -34,6 +36,7 @@ from protos.limits import (
     valid_api_base,
     valid_id,
     valid_ignore_path,
+    valid_input_path,
     valid_text,
 )
 
@@ -49,7 +52,7 @@ __all__ = [
     "submission",
 ]
 
-MAX_TASKS = 1000
+MAX_TASKS = MAX_JOBS
 MAX_SECRETS = 64
 MAX_PRUNE_IDS = 100_000
 REPORT_KEYS = frozenset({"cost_usd", "steps", "tokens_in", "tokens_out"})
@@ -71,6 +74,8 @@ class Task:
     check: str = ""  # this task's own check; empty: the run's
     env: Mapping[str, str] = field(default_factory=dict)  # the template's; the run's wins
     ignore_paths: tuple[str, ...] = ()
+    input: str = ""  # batch: the job's input text
+    input_path: str = ""  # batch: its file, in the worktree or written to the scratch directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,8 @@ class Submission:
     repo_remote: str = ""
     repo_ref: str = ""
     from_working_tree: bool = False
+    run_budget_usd: float = 0.0  # batch: the run's total; 0: none
+    brief: bool = False  # batch: a lean reply
 
 
 def check_id(value: str, what: str) -> str:
@@ -189,6 +196,10 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
     for path in task.ignore_paths:
         if not valid_ignore_path(path):
             raise InvalidRequest(f"invalid ignore path {show(path)} (a relative glob, no '..')")
+    if len(task.input.encode()) > MAX_INPUT or "\0" in task.input:
+        raise InvalidRequest(f"a job's input is at most {MAX_INPUT} bytes, without NUL")
+    if task.input_path and not valid_input_path(task.input_path):
+        raise InvalidRequest(f"invalid input path {show(task.input_path)} (a relative path, no ..)")
     return Task(
         name=task.name,
         agent=agent,
@@ -202,6 +213,8 @@ def _task(task: coordinator_pb2.TaskSpec) -> Task:
         check=task.check,
         env=dict(task.env),
         ignore_paths=tuple(task.ignore_paths),
+        input=task.input,
+        input_path=task.input_path,
     )
 
 
@@ -241,6 +254,8 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
         raise InvalidRequest("max steps must be between 0 (the agent's default) and 10000")
     if not 0 <= request.budget_usd <= MAX_BUDGET_USD or request.budget_usd != request.budget_usd:
         raise InvalidRequest("budget must be between 0 (none) and 100000 USD")
+    if not 0 <= request.run_budget_usd <= MAX_BUDGET_USD:  # NaN fails it too
+        raise InvalidRequest("the run's budget must be between 0 (none) and 100000 USD")
     if request.api_base and not valid_api_base(request.api_base):
         raise InvalidRequest(f"invalid api base {request.api_base!r} (an http:// or https:// URL)")
     if request.check and not valid_text(request.check):
@@ -279,6 +294,8 @@ def submission(request: coordinator_pb2.SubmitRunRequest) -> Submission:
         repo_remote=r.remote,
         repo_ref=r.ref,
         from_working_tree=r.from_working_tree,
+        run_budget_usd=request.run_budget_usd,
+        brief=request.brief,
     )
 
 

@@ -4,7 +4,8 @@
 state, its process, its output, its helpers); :func:`result_of` writes the result down
 from a lifecycle :class:`~node_agent.lifecycle.Finish` (which says how it ended) and
 the facts the attempt gathered (commit, output, times, the agent's counts), deciding
-nothing; :func:`job_env` is the environment every job gets.
+nothing; :func:`job_env` is the environment every job gets, :func:`input_file` the file
+a batch job's input is in.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from node_agent.process import JobProcess, OutputTail
 from node_agent.workspace import CommitOutcome
 from protos.contract import ResultStatus, redact
 
-__all__ = ["HELD_BYTES", "Attempt", "job_env", "result_of", "without_secrets"]
+__all__ = ["HELD_BYTES", "Attempt", "input_file", "job_env", "result_of", "without_secrets"]
 
 # Output held while no coordinator listens (node_agent.backlog): the newest of it, at
 # most this much, travels in the result (well under the 4 MiB message limit); the older
@@ -125,6 +126,22 @@ def job_env(job: Job, cwd: Path, node_id: str, node_name: str) -> dict[str, str]
         FLOTA_WORKTREE=str(cwd),
     )
     return env
+
+
+def input_file(job: Job, cwd: Path, journal_dir: Path) -> Path | None:
+    """Where a batch job's input is (its $FLOTA_INPUT), written there first if it travelled
+    with the job: at its input path in a scratch directory, else in the attempt's journal
+    directory. With a repository and a path only, the file in the worktree. None: no input.
+    Error handling: OSError from writing (the caller fails the spawn with it)."""
+    if job.repo is not None and job.input_path and not job.input:
+        return cwd / job.input_path
+    if not job.input and not job.input_path:
+        return None
+    # input_path is checked (protos.limits.valid_input_path) and a scratch directory is new.
+    path = cwd / job.input_path if job.repo is None and job.input_path else journal_dir / "input"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(job.input, encoding="utf-8")
+    return path
 
 
 def without_secrets(job: Job) -> Job:

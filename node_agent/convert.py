@@ -66,6 +66,8 @@ def job_from_proto(spec: types_pb2.JobSpec) -> Job:
         allow_empty=spec.allow_empty,
         merges=tuple(Repo(m.url, m.base_ref, m.base_commit) for m in spec.merges),
         ignore_paths=tuple(spec.ignore_paths),
+        input=spec.input,
+        input_path=spec.input_path,
     )
 
 
@@ -96,6 +98,8 @@ def job_to_proto(job: Job) -> types_pb2.JobSpec:
         allow_empty=job.allow_empty,
         merges=[_repo_pb(m) for m in job.merges],
         ignore_paths=list(job.ignore_paths),
+        input=job.input,
+        input_path=job.input_path,
     )
     if job.repo is not None:
         spec.repo.CopyFrom(_repo_pb(job.repo))

@@ -60,6 +60,8 @@ class Job:
     allow_empty: bool = False  # push a commit even when the job changed nothing
     merges: tuple[Repo, ...] = ()  # a job of a graph: its other dependencies' results, merged in
     ignore_paths: tuple[str, ...] = ()  # an agent CLI's own files: left out of the commit
+    input: str = ""  # batch: its input text, written to the file $FLOTA_INPUT names
+    input_path: str = ""  # batch: that file, relative to its working directory
 
 
 @dataclass(frozen=True)

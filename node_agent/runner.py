@@ -35,7 +35,7 @@ from typing import Any
 from node_agent import lifecycle as lc
 from node_agent.agents.launch import command_for, read_report
 from node_agent.agents.llm_agent import AGENT_ARGV, agent_host
-from node_agent.attempt import HELD_BYTES, Attempt, job_env, result_of, without_secrets
+from node_agent.attempt import HELD_BYTES, Attempt, input_file, job_env, result_of, without_secrets
 from node_agent.backlog import CAP_BYTES, Backlog, batches
 from node_agent.commandline import argv_for
 from node_agent.errors import SpawnError, WorkspaceError
@@ -385,6 +385,9 @@ class Runner:
         else:  # directly, or through bash (node_agent.commandline)
             keeper, argv = self.keeper, argv_for(command.line, a.cwd, env)
         try:
+            given = input_file(job, a.cwd, self.journal.dir(a.id))
+            if given is not None:
+                env["FLOTA_INPUT"] = str(given)
             a.proc = await keeper.spawn(
                 argv,
                 a.cwd,

@@ -38,6 +38,7 @@ from protos.limits import (
     MAX_COMMAND,
     MAX_DEPENDENCIES,
     MAX_IGNORE_PATHS,
+    MAX_INPUT,
     MAX_MODEL,
     MAX_RESUME_BRANCHES,
     MAX_SECRET_VALUE,
@@ -48,6 +49,7 @@ from protos.limits import (
     valid_api_base,
     valid_id,
     valid_ignore_path,
+    valid_input_path,
     valid_ref,
     valid_url,
 )
@@ -101,6 +103,10 @@ def validate_spec(spec: types_pb2.JobSpec) -> str:
             return "a merge must be a full hex commit id on the job's own remote"
         if not valid_ref(merge.base_ref, BASE_REF_RE):
             return "invalid merge ref"
+    if len(spec.input.encode()) > MAX_INPUT or "\0" in spec.input:
+        return "input too long or with a NUL byte"
+    if spec.input_path and not valid_input_path(spec.input_path):
+        return f"invalid input path {show(spec.input_path)}"
     if len(spec.resume_branches) > MAX_RESUME_BRANCHES:
         return "too many resume branches"
     for branch in spec.resume_branches:

@@ -109,6 +109,7 @@ class EndReason(StrEnum):
     TIME_LIMIT = "time_limit"  # partial: the agent's own time limit ran out
     CUT_OFF = "cut_off"  # partial: the node stopped it, cut off from the coordinator too long
     MODEL_UNREACHABLE = "model_unreachable"  # failed: the model server could not be reached
+    RUN_BUDGET = "run_budget"  # cancelled, never started: its run's --budget was spent (the coordinator's)
 
     @classmethod
     def read(cls, word: str) -> EndReason:

@@ -22,6 +22,9 @@ __all__ = [
     "LABEL_VALUE_RE",
     "MAX_BUDGET_USD",
     "MAX_COMMAND",
+    "MAX_INPUT",
+    "MAX_FULL_RUN_JOBS",
+    "MAX_JOBS",
     "MAX_MESSAGE_BYTES",
     "MAX_MODEL",
     "MAX_RESUME_BRANCHES",
@@ -39,6 +42,7 @@ __all__ = [
     "valid_api_base",
     "valid_id",
     "valid_ignore_path",
+    "valid_input_path",
     "valid_ref",
     "valid_text",
     "valid_url",
@@ -68,6 +72,14 @@ MAX_IGNORE_PATHS = 32
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, on every channel and server
 MAX_COMMAND = 64 * 1024  # a command, prompt or check
 MAX_MODEL = 200
+# batch: one job's input text (flota run --inputs, or --each without a repo): it travels in
+# the run's one SubmitRun request (itself at most MAX_MESSAGE_BYTES) and in each JobSpec.
+MAX_INPUT = 64 * 1024
+MAX_JOBS = 20_000  # jobs in one run (10,000 inputs x 2 models)
+# A run with more jobs than this is sent with its jobs brief (id, name, status, wait reason):
+# whole, with their results, they might not fit in one message. BatchResults streams them.
+MAX_FULL_RUN_JOBS = 1000
+MAX_INPUT_PATH = 1024
 MAX_URL = 4096
 MAX_RESUME_BRANCHES = 100  # the coordinator sends one per earlier attempt (at most 11)
 MAX_DEPENDENCIES = 100  # a task of a graph waits on at most this many (and so merges as many)
@@ -139,4 +151,15 @@ def valid_api_base(url: str) -> bool:
         url.startswith(("http://", "https://"))
         and len(url) <= 500
         and not any(ch.isspace() or ch == "\0" for ch in url)
+    )
+
+
+def valid_input_path(path: str) -> bool:
+    """A job's input file, relative to its worktree or scratch directory: no absolute
+    path, no `..`, no empty or dot part, no control character."""
+    return (
+        0 < len(path) <= MAX_INPUT_PATH
+        and not path.startswith(("/", "-"))
+        and not CONTROL_RE.search(path)
+        and all(part not in ("", ".", "..") for part in path.split("/"))
     )

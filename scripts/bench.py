@@ -16,6 +16,9 @@ process of its own, so that none disturbs the next):
   agents     bench_agents.py     llm jobs on a warm agent host and without one: flota run ->
                                  first model request (first_call_warm_s), per-step overhead,
                                  the daemons' and the agent host's RSS
+  batch      bench_batch.py      `flota run --inputs` of 10,000 lines: all queued
+                                 (submit_10k_s), the one SubmitRun call, coordinator RSS,
+                                 `flota results --format jsonl` of the 10,000 rows
 
     python scripts/bench.py [--quick] [--only dispatch,placement,...] [--json bench.json]
 
@@ -48,6 +51,7 @@ SECTIONS = {
     "lab": ("bench_faults", "Discovery and failure detection (netns lab, mDNS)"),
     "workspace": ("bench_workspace", "Workspace (git worktree ready)"),
     "agents": ("bench_agents", "llm agents, warm host and cold, side by side"),
+    "batch": ("bench_batch", "Batch (10,000 inputs in one run)"),
 }
 
 

@@ -41,7 +41,16 @@ from node_agent.servicer import validate_spec
 from protos.channels import client_options
 from protos.contract import COORDINATOR_SERVER_NAME, node_server_name
 from protos.flota.v1 import coordinator_pb2, node_pb2, types_pb2
-from protos.limits import ENV_KEY_RE, LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, NODE_ID_RE, PROFILE_RE
+from protos.limits import (
+    ENV_KEY_RE,
+    LABEL_KEY_RE,
+    LABEL_VALUE_RE,
+    MAX_INPUT,
+    MAX_JOBS,
+    NAME_RE,
+    NODE_ID_RE,
+    PROFILE_RE,
+)
 from tests.fleet import Fleet, git, make_repo, wait_until
 
 S = grpc.StatusCode
@@ -659,6 +668,7 @@ def _coordinator_seeds(d: Daemons) -> dict[str, list[bytes]]:
         "DrainNode": [coordinator_pb2.DrainNodeRequest(node="ghost", undo=True)],
         "CreateToken": [coordinator_pb2.CreateTokenRequest(ttl_s=60)],
         "ListRuns": [coordinator_pb2.ListRunsRequest(limit=5)],
+        "BatchResults": [coordinator_pb2.BatchResultsRequest(run_id=d.final_run)],
     }
     out = {}
     for name, (cls, _) in COORDINATOR_METHODS.items():
@@ -1006,8 +1016,11 @@ def test_submit_run_refuses_hostile_values(daemons: Daemons, findings: Findings)
     d = daemons
     task = coordinator_pb2.TaskSpec
     edge: list[tuple[str, bool, Callable[[coordinator_pb2.SubmitRunRequest], object]]] = [
-        ("1000 tasks", True, lambda r: r.tasks.extend([task(command="true")] * 999)),
-        ("1001 tasks", False, lambda r: r.tasks.extend([task(command="true")] * 1000)),
+        (f"{MAX_JOBS} tasks", True, lambda r: r.tasks.extend([task(command="true")] * (MAX_JOBS - 1))),
+        (f"{MAX_JOBS + 1} tasks", False, lambda r: r.tasks.extend([task(command="true")] * MAX_JOBS)),
+        ("input over the cap", False, lambda r: setattr(r.tasks[0], "input", "x" * (MAX_INPUT + 1))),
+        ("input path up", False, lambda r: setattr(r.tasks[0], "input_path", "../../x")),
+        ("run budget negative", False, lambda r: setattr(r, "run_budget_usd", -1.0)),
         ("5000 env entries", True, lambda r: r.env.update({f"K{i}": "v" for i in range(5000)})),
         ("5000 labels", True, lambda r: r.placement.labels.update({f"k{i}": "v" for i in range(5000)})),
         ("2000 networks", True, lambda r: r.placement.networks.extend(["lan"] * 2000)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from coordinator import outcomes
 from coordinator.models import (
     Attempt,
     AttemptStatus,
@@ -375,3 +376,31 @@ def test_reconnected_sorts_what_the_node_has_against_what_we_think_it_has() -> N
     assert plan.cancel == (a_cancel.id, "r9.1.a1")
     assert plan.resend == (a_resend.id,)
     assert plan.forgotten == (a_forgot.id,)
+
+
+# --- a run's total budget ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("budget", "spent", "stops"),
+    [
+        (0.0, 100.0, False),  # no budget: never
+        (5.0, 0.0, False),
+        (5.0, 4.9999, False),
+        (5.0, 5.0, True),  # spent exactly: nothing more starts
+        (5.0, 7.25, True),
+    ],
+)
+def test_a_run_budget_is_spent_once_its_ended_jobs_reach_it(budget: float, spent: float, stops: bool) -> None:
+    why = outcomes.budget_spent(budget, spent)
+    assert bool(why) is stops
+    if stops:
+        assert why == f"the run's budget of ${budget:.2f} is spent (${spent:.4f} by its ended jobs)"
+
+
+def test_a_job_not_started_for_the_budget_ends_cancelled_with_the_reason() -> None:
+    change = outcomes.not_started(job(status=JobStatus.QUEUED), "the run's budget of $1.00 is spent", 50.0)
+    assert (change.status, change.node_id, change.updated_at) == (JobStatus.CANCELLED, "", 50.0)
+    assert change.result is not None
+    assert change.result.status == ResultStatus.CANCELLED and change.result.reason == EndReason.RUN_BUDGET
+    assert change.result.error == "not started: the run's budget of $1.00 is spent"

@@ -1131,3 +1131,61 @@ def test_a_run_whose_finish_failed_to_store_is_finished_on_a_later_tick(h: Harne
         assert run.id not in h.rec.runs and h.stored_run(run.id).status == "success"
 
     h.run(scenario)
+
+
+# --- a run's total budget (flota run --budget) -------------------------------------------------
+
+
+def test_a_spent_run_budget_ends_its_queued_jobs_unstarted(h: Harness) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a", slots=1)
+        run = make_run(jobs=3)
+        run.budget_usd = 1.0
+        h.rec.submit(run)
+        first, second, third = run.jobs
+        await dispatch(h, link)
+        h.rec.sessions.on_event("nA", result_event(first.id, first.attempts[0].id, "success", cost_usd=0.4))
+        assert run.reason == "" and second.status == "queued"  # $0.60 left: the next job starts
+        await dispatch(h, link, 2)
+        h.rec.sessions.on_event("nA", result_event(second.id, second.attempts[0].id, "success", cost_usd=0.7))
+        assert third.status == "cancelled" and not third.attempts
+        assert third.result is not None and third.result.reason == "run_budget"
+        assert third.result.error == "not started: " + run.reason
+        assert run.reason.startswith("the run's budget of $1.00 is spent ($1.1000")
+        h.step()
+        await idle()
+        assert len(link.starts) == 2  # nothing more was sent
+        stored = h.stored_run(run.id)
+        assert (stored.status, stored.reason, stored.budget_usd) == ("cancelled", run.reason, 1.0)
+        assert stored.spent_usd == pytest.approx(1.1)
+        assert h.stored(third).status == "cancelled"
+
+    h.run(scenario)
+
+
+def test_a_run_found_spent_at_load_starts_nothing_more(h: Harness, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        link = h.node("nA", "node-a", slots=1)
+        run = make_run(jobs=2)
+        run.budget_usd = 0.5
+        h.rec.submit(run)
+        first = run.jobs[0]
+        await dispatch(h, link)
+        # The coordinator dies after storing the result, before the run's jobs were stopped.
+        crash = _failing("the process died here")
+        h.store.stop_jobs = crash  # type: ignore[method-assign]
+        with pytest.raises(StoreError):
+            h.rec.sessions.on_event(
+                "nA", result_event(first.id, first.attempts[0].id, "success", cost_usd=0.9)
+            )
+        del h.store.stop_jobs
+        assert h.stored(run.jobs[1]).status == "queued"
+        restarted = Harness(tmp_path, store=h.store, clock=h.clock)
+        await restarted.start()
+        restarted.rec.load()
+        assert run.id not in restarted.rec.runs  # its last job stopped, it ended
+        stored = h.stored_run(run.id)
+        assert stored.status == "cancelled" and stored.reason.startswith("the run's budget of $0.50 is spent")
+        assert h.stored(run.jobs[1]).status == "cancelled"
+
+    h.run(scenario)

@@ -91,6 +91,8 @@ def rich_job(run_id: str) -> Job:
         repo=Repo(url="/srv/repo.git", base_ref=f"refs/flota/base/{run_id}", base_commit="a" * 40),
         wait_reason="no node with 1 gpus",
         allow_empty=True,
+        input="it's a line: $(not run) ✓",
+        input_path="docs/a b.md",
     )
 
 
@@ -105,6 +107,7 @@ def test_create_run_round_trips_every_field(store: Store) -> None:
         created_at=T0,
         repo_url="/srv/repo.git",
         base_commit="a" * 40,
+        budget_usd=12.5,
     )
     run.jobs = [rich_job("r1"), make_job("r1", 1)]
     store.create_run(run)
@@ -556,6 +559,44 @@ def test_parent_is_a_file_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("a file where the state directory should be")
     with pytest.raises(StoreError):
         Store(blocker / "flota.db")
+
+
+def test_a_runs_budget_reason_and_spending_round_trip(store: Store) -> None:
+    run = make_run("r1", n_jobs=2)
+    run.budget_usd = 2.5
+    store.create_run(run)
+    for job, cost in zip(run.jobs, (0.75, 1.0), strict=True):
+        attempt = Attempt(f"{job.id}.a1", job.id, 1, "n1", "dispatching", "", T0)  # type: ignore[arg-type]
+        store.add_attempt(job, attempt)
+        attempt.status = "success"  # type: ignore[assignment]
+        store.save_attempt(job, attempt, Result(status="success", cost_usd=cost))  # type: ignore[arg-type]
+    stored = store.get_run("r1")
+    assert stored is not None
+    assert (stored.budget_usd, stored.spent_usd, stored.reason) == (2.5, 1.75, "")
+    job = run.jobs[1]
+    job.status = "cancelled"  # type: ignore[assignment]
+    store.stop_jobs("r1", "the run's budget of $2.50 is spent", [job])
+    (active,) = store.active_runs()
+    assert active.reason == "the run's budget of $2.50 is spent" and active.jobs[1].status == "cancelled"
+    assert active.spent_usd == 1.75
+
+
+def test_a_database_from_before_run_budgets_opens_with_none(db_path: Path) -> None:
+    store = Store(db_path)
+    store.create_run(make_run("r1", n_jobs=1))
+    store.close()
+    db = sqlite3.connect(db_path)
+    with db:  # the runs table as it was before the batch columns
+        db.execute("ALTER TABLE runs DROP COLUMN budget_usd")
+        db.execute("ALTER TABLE runs DROP COLUMN reason")
+    db.close()
+    again = Store(db_path)
+    try:
+        run = again.get_run("r1")
+        assert run is not None and (run.budget_usd, run.spent_usd, run.reason) == (0.0, 0.0, "")
+        assert run.jobs[0].input == "" and run.jobs[0].input_path == ""
+    finally:
+        again.close()
 
 
 def test_a_results_metered_figures_are_its_own_and_travel_on() -> None:

@@ -58,6 +58,8 @@ ACCEPTED: dict[str, types_pb2.JobSpec] = {
         merges=[repo(base_ref="refs/heads/flota/r1/2"), repo(base_ref="refs/heads/flota/r1/3")]
     ),
     "ignore-paths": spec(agent="aider", ignore_paths=[".aider*", ".architect", "sub/.cache", "[ab].log"]),
+    "input-text-and-path": spec(repo=None, branch="", input="a line ✓", input_path="docs/a b.md"),
+    "input-at-the-cap": spec(input="x" * 65536),
 }
 
 
@@ -105,6 +107,10 @@ REJECTED: dict[str, tuple[types_pb2.JobSpec, str]] = {
     "empty-agent": (spec(agent=""), "unknown agent ''"),
     "llm-without-model": (spec(agent="llm", prompt="p"), "an llm job needs a prompt and a model"),
     "empty-command": (spec(command=""), "empty command"),
+    "input-over-the-cap": (spec(input="é" * 32769), "input too long or with a NUL byte"),
+    "input-nul": (spec(input="a\0b"), "input too long or with a NUL byte"),
+    "input-path-up": (spec(input_path="../../etc/cron.d/x"), "invalid input path '../../etc/cron.d/x'"),
+    "input-path-absolute": (spec(input_path="/etc/passwd"), "invalid input path '/etc/passwd'"),
     "blank-command": (spec(command=" \t\n"), "empty command"),
     "negative-timeout": (spec(timeout_s=-1), "timeout_s out of range"),
     "timeout-over-a-week": (spec(timeout_s=7 * 86400 + 1), "timeout_s out of range"),

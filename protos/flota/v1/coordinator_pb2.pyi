@@ -261,6 +261,8 @@ class TaskSpec(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     IGNORE_PATHS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    INPUT_PATH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     agent: _builtins.str
     """"shell" (command), "llm" (prompt + model), or an external agent CLI whose command
@@ -274,6 +276,12 @@ class TaskSpec(_message.Message):
     role: _builtins.str
     check: _builtins.str
     """this task's check; empty: the run's"""
+    input: _builtins.str
+    """batch: the job's input (flota run --inputs / --each): its text travels with the job
+    and is in the file $FLOTA_INPUT names (at most limits.MAX_INPUT bytes); input_path:
+    a path in the repository (--each --repo), or where the text is written (no repo).
+    """
+    input_path: _builtins.str
     @_builtins.property
     def report_paths(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """see JobSpec.report_paths"""
@@ -309,10 +317,12 @@ class TaskSpec(_message.Message):
         check: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ignore_paths: _abc.Iterable[_builtins.str] | None = ...,
+        input: _builtins.str = ...,
+        input_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "check", b"check", "command", b"command", "depends_on", b"depends_on", "env", b"env", "ignore_paths", b"ignore_paths", "model", b"model", "name", b"name", "prompt", b"prompt", "report_paths", b"report_paths", "requires", b"requires", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "check", b"check", "command", b"command", "depends_on", b"depends_on", "env", b"env", "ignore_paths", b"ignore_paths", "input", b"input", "input_path", b"input_path", "model", b"model", "name", b"name", "prompt", b"prompt", "report_paths", b"report_paths", "requires", b"requires", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,6 +465,8 @@ class SubmitRunRequest(_message.Message):
     API_BASE_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
     ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
+    RUN_BUDGET_USD_FIELD_NUMBER: _builtins.int
+    BRIEF_FIELD_NUMBER: _builtins.int
     timeout_s: _builtins.float
     retries: _builtins.int
     """extra attempts after a lost node; -1: default"""
@@ -470,6 +482,12 @@ class SubmitRunRequest(_message.Message):
     """A job that changed nothing still pushes its branch (an empty commit); without it
     such a job pushes no branch and its result says "no changes".
     """
+    run_budget_usd: _builtins.float
+    """batch: a total in USD for the run across all its jobs (0: none); once the ended
+    jobs have spent it, queued jobs are not started.
+    """
+    brief: _builtins.bool
+    """batch: the reply's jobs carry only id, name, status and wait reason (a large run)."""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSpec]: ...
     @_builtins.property
@@ -501,10 +519,12 @@ class SubmitRunRequest(_message.Message):
         api_base: _builtins.str = ...,
         check: _builtins.str = ...,
         allow_empty: _builtins.bool = ...,
+        run_budget_usd: _builtins.float = ...,
+        brief: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "repo", b"repo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "api_base", b"api_base", "budget_usd", b"budget_usd", "check", b"check", "env", b"env", "max_steps", b"max_steps", "name", b"name", "placement", b"placement", "repo", b"repo", "resume_from_partial", b"resume_from_partial", "retries", b"retries", "secrets", b"secrets", "tasks", b"tasks", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_empty", b"allow_empty", "api_base", b"api_base", "brief", b"brief", "budget_usd", b"budget_usd", "check", b"check", "env", b"env", "max_steps", b"max_steps", "name", b"name", "placement", b"placement", "repo", b"repo", "resume_from_partial", b"resume_from_partial", "retries", b"retries", "run_budget_usd", b"run_budget_usd", "secrets", b"secrets", "tasks", b"tasks", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -664,6 +684,8 @@ class Job(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    INPUT_PATH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     run_id: _builtins.str
     name: _builtins.str
@@ -688,6 +710,11 @@ class Job(_message.Message):
     timeout_s: _builtins.float
     """each attempt's time limit; 0: none"""
     role: _builtins.str
+    input: _builtins.str
+    """batch: the job's input, as TaskSpec.input and input_path (in BatchResults only:
+    other replies leave the text out).
+    """
+    input_path: _builtins.str
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
     @_builtins.property
@@ -724,10 +751,12 @@ class Job(_message.Message):
         timeout_s: _builtins.float = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         role: _builtins.str = ...,
+        input: _builtins.str = ...,
+        input_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "created_at", b"created_at", "depends_on", b"depends_on", "id", b"id", "max_steps", b"max_steps", "model", b"model", "name", b"name", "node_id", b"node_id", "node_name", b"node_name", "prompt", b"prompt", "requires", b"requires", "result", b"result", "role", b"role", "run_id", b"run_id", "status", b"status", "timeout_s", b"timeout_s", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "created_at", b"created_at", "depends_on", b"depends_on", "id", b"id", "input", b"input", "input_path", b"input_path", "max_steps", b"max_steps", "model", b"model", "name", b"name", "node_id", b"node_id", "node_name", b"node_name", "prompt", b"prompt", "requires", b"requires", "result", b"result", "role", b"role", "run_id", b"run_id", "status", b"status", "timeout_s", b"timeout_s", "updated_at", b"updated_at", "wait_reason", b"wait_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -745,6 +774,8 @@ class Run(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     REPO_URL_FIELD_NUMBER: _builtins.int
     BASE_COMMIT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     status: _builtins.str
@@ -753,8 +784,14 @@ class Run(_message.Message):
     finished_at: _builtins.float
     repo_url: _builtins.str
     base_commit: _builtins.str
+    reason: _builtins.str
+    """batch: why the run stopped short, e.g. "the run's budget of $5.00 is spent" """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    @_builtins.property
+    def budget(self) -> Global___BatchBudget:
+        """batch: unset when the run has no budget"""
+
     def __init__(
         self,
         *,
@@ -766,14 +803,83 @@ class Run(_message.Message):
         jobs: _abc.Iterable[Global___Job] | None = ...,
         repo_url: _builtins.str = ...,
         base_commit: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        budget: Global___BatchBudget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_commit", b"base_commit", "created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "jobs", b"jobs", "name", b"name", "repo_url", b"repo_url", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_commit", b"base_commit", "budget", b"budget", "created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "jobs", b"jobs", "name", b"name", "reason", b"reason", "repo_url", b"repo_url", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class BatchBudget(_message.Message):
+    """batch: a run's total budget and what its ended attempts spent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_USD_FIELD_NUMBER: _builtins.int
+    SPENT_USD_FIELD_NUMBER: _builtins.int
+    limit_usd: _builtins.float
+    spent_usd: _builtins.float
+    def __init__(
+        self,
+        *,
+        limit_usd: _builtins.float = ...,
+        spent_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_usd", b"limit_usd", "spent_usd", b"spent_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchBudget: _TypeAlias = BatchBudget  # noqa: Y015
+
+@_typing.final
+class BatchResultsRequest(_message.Message):
+    """batch: BatchResults' request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchResultsRequest: _TypeAlias = BatchResultsRequest  # noqa: Y015
+
+@_typing.final
+class BatchResultsChunk(_message.Message):
+    """batch: some of a run's jobs, in order; each chunk well under the message limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchResultsChunk: _TypeAlias = BatchResultsChunk  # noqa: Y015
 
 @_typing.final
 class GetRunRequest(_message.Message):

@@ -134,6 +134,11 @@ class CoordinatorStub:
                 request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.HomeFrame.SerializeToString,
                 response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CoordinatorFrame.FromString,
                 _registered_method=True)
+        self.BatchResults = channel.unary_stream(
+                '/flota.v1.Coordinator/BatchResults',
+                request_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsRequest.SerializeToString,
+                response_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsChunk.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -273,6 +278,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchResults(self, request, context):
+        """batch: a run's jobs in input (submission) order, each with its input and result,
+        in chunks (a run of thousands would not fit in one GetRun reply).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +388,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DialHome,
                     request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.HomeFrame.FromString,
                     response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.CoordinatorFrame.SerializeToString,
+            ),
+            'BatchResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.BatchResults,
+                    request_deserializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsRequest.FromString,
+                    response_serializer=protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -917,6 +935,33 @@ class Coordinator:
             '/flota.v1.Coordinator/DialHome',
             protos_dot_flota_dot_v1_dot_coordinator__pb2.HomeFrame.SerializeToString,
             protos_dot_flota_dot_v1_dot_coordinator__pb2.CoordinatorFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flota.v1.Coordinator/BatchResults',
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsRequest.SerializeToString,
+            protos_dot_flota_dot_v1_dot_coordinator__pb2.BatchResultsChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,10 @@ class CoordinatorStub:
     name); the node sends its events (as Node.Session's stream) and each call's reply.
     Node certificates only; the node is the one its certificate names.
     """
+    BatchResults: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.BatchResultsRequest, _coordinator_pb2.BatchResultsChunk]
+    """batch: a run's jobs in input (submission) order, each with its input and result,
+    in chunks (a run of thousands would not fit in one GetRun reply).
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -116,6 +120,10 @@ class CoordinatorAsyncStub(CoordinatorStub):
     coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
     name); the node sends its events (as Node.Session's stream) and each call's reply.
     Node certificates only; the node is the one its certificate names.
+    """
+    BatchResults: _aio.UnaryStreamMultiCallable[_coordinator_pb2.BatchResultsRequest, _coordinator_pb2.BatchResultsChunk]  # type: ignore[assignment]
+    """batch: a run's jobs in input (submission) order, each with its input and result,
+    in chunks (a run of thousands would not fit in one GetRun reply).
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -275,6 +283,16 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         coordinator sends `open` (as Node.Session's request), then calls (Node's methods, by
         name); the node sends its events (as Node.Session's stream) and each call's reply.
         Node certificates only; the node is the one its certificate names.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchResults(
+        self,
+        request: _coordinator_pb2.BatchResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.BatchResultsChunk], _abc.AsyncIterator[_coordinator_pb2.BatchResultsChunk]]:
+        """batch: a run's jobs in input (submission) order, each with its input and result,
+        in chunks (a run of thousands would not fit in one GetRun reply).
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

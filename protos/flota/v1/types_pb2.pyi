@@ -374,6 +374,8 @@ class JobSpec(_message.Message):
     ALLOW_EMPTY_FIELD_NUMBER: _builtins.int
     MERGES_FIELD_NUMBER: _builtins.int
     IGNORE_PATHS_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    INPUT_PATH_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     run_id: _builtins.str
     attempt_id: _builtins.str
@@ -399,6 +401,12 @@ class JobSpec(_message.Message):
     """Push a commit even when the job changed nothing (its tree is the base's); without
     it such a job pushes no branch.
     """
+    input: _builtins.str
+    """batch: the job's input text, written to a file whose path is in $FLOTA_INPUT (at
+    `input_path` in the scratch directory when there is no repo); with a repo and no
+    text, $FLOTA_INPUT names `input_path` in the worktree.
+    """
+    input_path: _builtins.str
     @_builtins.property
     def repo(self) -> Global___RepoSpec:
         """unset: the job runs in a scratch directory"""
@@ -465,10 +473,12 @@ class JobSpec(_message.Message):
         allow_empty: _builtins.bool = ...,
         merges: _abc.Iterable[Global___RepoSpec] | None = ...,
         ignore_paths: _abc.Iterable[_builtins.str] | None = ...,
+        input: _builtins.str = ...,
+        input_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["repo", b"repo", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "ignore_paths", b"ignore_paths", "job_id", b"job_id", "max_steps", b"max_steps", "merges", b"merges", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "allow_empty", b"allow_empty", "api_base", b"api_base", "attempt_id", b"attempt_id", "branch", b"branch", "budget_usd", b"budget_usd", "check", b"check", "command", b"command", "env", b"env", "ignore_paths", b"ignore_paths", "input", b"input", "input_path", b"input_path", "job_id", b"job_id", "max_steps", b"max_steps", "merges", b"merges", "model", b"model", "name", b"name", "prompt", b"prompt", "repo", b"repo", "report_paths", b"report_paths", "resources", b"resources", "resume_branches", b"resume_branches", "run_id", b"run_id", "secrets", b"secrets", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
