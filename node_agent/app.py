@@ -220,8 +220,8 @@ class NodeDaemon:
             async with asyncio.TaskGroup() as jobs:
                 # Jobs a previous daemon left running: found again, not restarted.
                 self.runner.resume(jobs)
-                if cfg.warm_agents and self.runner.agent_host is not None:
-                    jobs.create_task(self._warm(self.runner.agent_host))
+                if cfg.warm_agents and self.runner.parents.agent_host is not None:
+                    jobs.create_task(self._warm(self.runner.parents.agent_host))
                 await self._serve(server, stop, ready)
         except BaseExceptionGroup as group:  # what failed in the body, as itself (one line for the user)
             (first, *others) = group.exceptions

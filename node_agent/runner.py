@@ -34,17 +34,16 @@ from typing import Any
 
 from node_agent import lifecycle as lc
 from node_agent.agents.launch import command_for, read_report
-from node_agent.agents.llm_agent import AGENT_ARGV, agent_host
 from node_agent.attempt import HELD_BYTES, Attempt, input_file, job_env, result_of, without_secrets
 from node_agent.backlog import CAP_BYTES, Backlog, batches
-from node_agent.commandline import argv_for
 from node_agent.errors import SpawnError, WorkspaceError
 from node_agent.hub import Hub
 from node_agent.journal import Entry, Journal
 from node_agent.local_models import LocalModel
 from node_agent.meter import control as meters
 from node_agent.models import Job, Result
-from node_agent.process import KeeperClient, OutputTail, attach, kill_escaped, signal_group
+from node_agent.parents import Parents
+from node_agent.process import OutputTail, attach, kill_escaped, signal_group
 from node_agent.workspace import Workspace
 from protos.contract import EndReason, ResultStatus, redact
 
@@ -80,9 +79,7 @@ class Runner:
         self._local_models = local_models
         self._recheck_models = recheck_models
         self.output_cap = output_cap  # bytes of output kept per attempt while no coordinator listens
-        self.keeper = KeeperClient()  # the parent of this daemon's job processes
-        # The parent of its llm jobs, forked warm (none: each imports litellm itself).
-        self.agent_host = agent_host(agent_idle_s) if agent_idle_s > 0 else None
+        self.parents = Parents(agent_idle_s)  # the keeper, and the llm agent host if any
         self.active: dict[str, Attempt] = {}
         self.finished: dict[str, Result] = {}  # attempt id -> result not yet acked
         self._group: asyncio.TaskGroup | None = None
@@ -207,7 +204,7 @@ class Runner:
         tasks = [a.task for a in self.active.values() if a.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._let_keepers_go()
+        await self.parents.close()
 
     async def detach(self) -> None:
         """Let every attempt go without stopping it (a restart that keeps the jobs): the
@@ -219,12 +216,7 @@ class Runner:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self._let_keepers_go()
-
-    async def _let_keepers_go(self) -> None:
-        await self.keeper.close()
-        if self.agent_host is not None:
-            await self.agent_host.close()
+        await self.parents.close()
 
     # --- the driver ----------------------------------------------------------------------
 
@@ -380,22 +372,14 @@ class Runner:
         env = {**job_env(job, a.cwd, self.node_id, self.node_name), **command.env, **a.secrets}
         if a.meter is not None:
             env = meters.job_env(env, a.meter)
-        if command.warm and self.agent_host is not None:
-            keeper, argv = self.agent_host, list(AGENT_ARGV)
-        else:  # directly, or through bash (node_agent.commandline)
-            keeper, argv = self.keeper, argv_for(command.line, a.cwd, env)
+        keeper, argv = self.parents.for_command(command, a.cwd, env)
         try:
             given = input_file(job, a.cwd, self.journal.dir(a.id))
             if given is not None:
                 env["FLOTA_INPUT"] = str(given)
-            a.proc = await keeper.spawn(
-                argv,
-                a.cwd,
-                env,
-                self.journal.output(a.id),
-                self.journal.exit_file(a.id),
-                self.journal.proc_file(a.id),  # the keeper journals the process as it starts it
-            )
+            # The keeper (or host) journals the process (proc_file) as it starts it.
+            files = self.journal.output(a.id), self.journal.exit_file(a.id), self.journal.proc_file(a.id)
+            a.proc = await keeper.spawn(argv, a.cwd, env, *files)
         except (SpawnError, OSError) as exc:  # OSError: the journal directory, disk full
             if a.meter is not None:
                 a.meter.stop()
