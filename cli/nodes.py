@@ -78,6 +78,24 @@ def node_start(
             metavar="URL", help="An OpenAI-compatible server here (http://127.0.0.1:PORT/v1); repeatable."
         ),
     ] = None,
+    model_slots: Annotated[
+        list[int] | None,
+        typer.Option(
+            metavar="N",
+            help="Jobs at once for the --model-server at the same place (default: what it reports, "
+            "else 1); repeatable.",
+        ),
+    ] = None,
+    warm_agents: Annotated[
+        bool,
+        typer.Option("--warm-agents", help="Start the llm agent host now, not at the first llm job."),
+    ] = False,
+    agent_idle: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS", help="Idle time before the llm agent host exits (0: no host; default 600)."
+        ),
+    ] = None,
     coordinator: Annotated[
         str | None,
         typer.Option(metavar="HOST:PORT", help="The coordinator's API, if it moved since the join."),
@@ -124,6 +142,7 @@ def node_start(
         ("--unreachable-after", unreachable_after),
         ("--lost-after", lost_after),
         ("--stop-after-disconnect", stop_after_disconnect),
+        ("--agent-idle", agent_idle),
     ):
         if value is not None:
             args += [flag, str(value)]
@@ -133,13 +152,16 @@ def node_start(
         ("--allow-remote", allow_remote),
         ("--agent-cli", agent_cli),
         ("--model-server", model_server),
+        ("--model-slots", model_slots),
     ):
         for item in values or []:
-            args += [flag, item]
+            args += [flag, str(item)]
     if no_mdns:
         args.append("--no-mdns")
     if dial_home:
         args.append("--dial-home")
+    if warm_agents:
+        args.append("--warm-agents")
     exec_daemon("node_agent", [*args, *json_flag(ctx)])
 
 

@@ -263,10 +263,10 @@ def node_version(info: types_pb2.NodeInfo, build: str) -> str:
 def nodes_table(reply: coordinator_pb2.ListNodesReply, build: str = "") -> FitTable:
     t = FitTable(
         "NAME", "ADDRESS", "LINK", "NETWORK", "LABELS", "CPU", "RAM", "GPU", "LOAD", "SLOTS", "AGENTS",
-        "VERSION", "STATE",
+        "MODELS", "VERSION", "STATE",
         whole=("NAME",),
-        text=("ADDRESS", "NETWORK", "LABELS", "GPU", "AGENTS", "STATE"),
-        drop=("LOAD", "AGENTS", "LABELS", "GPU", "RAM", "VERSION", "LINK"),
+        text=("ADDRESS", "NETWORK", "LABELS", "GPU", "AGENTS", "MODELS", "STATE"),
+        drop=("LOAD", "AGENTS", "MODELS", "LABELS", "GPU", "RAM", "VERSION", "LINK"),
     )  # fmt: skip
     for n in reply.nodes:
         i, f = n.info, n.info.facts
@@ -286,6 +286,8 @@ def nodes_table(reply: coordinator_pb2.ListNodesReply, build: str = "") -> FitTa
             f"{f.load_1m:.2f}" if f.cpu_count else "-",
             f"{i.running}/{i.slots}" if i.slots else "-",
             ",".join(f.agent_clis) or "-",
+            # Each local model and its server's slots: "openai/qwen(4)".
+            ",".join(f"{m.model}({m.slots})" if m.slots else m.model for m in f.local_models) or "-",
             node_version(i, build) or "-",
             state,
         )

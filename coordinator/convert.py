@@ -72,7 +72,7 @@ def node_info_from_pb(msg: types_pb2.NodeInfo) -> NodeInfo:
         **{name: getattr(f, name) for name in _FACT_SCALARS},
         gpus=tuple(Gpu(g.name, g.memory_mb) for g in f.gpus),
         agent_clis=tuple(f.agent_clis),
-        local_models=tuple(LocalModel(m.model, m.api_base) for m in f.local_models),
+        local_models=tuple(LocalModel(m.model, m.api_base, m.slots) for m in f.local_models),
     )
     return NodeInfo(
         **{name: getattr(msg, name) for name in _INFO_SCALARS},
@@ -88,7 +88,9 @@ def node_info_to_pb(info: NodeInfo) -> types_pb2.NodeInfo:
         **{name: getattr(f, name) for name in _FACT_SCALARS},
         gpus=[types_pb2.Gpu(name=g.name, memory_mb=g.memory_mb) for g in f.gpus],
         agent_clis=list(f.agent_clis),
-        local_models=[types_pb2.LocalModel(model=m.model, api_base=m.api_base) for m in f.local_models],
+        local_models=[
+            types_pb2.LocalModel(model=m.model, api_base=m.api_base, slots=m.slots) for m in f.local_models
+        ],
     )
     return types_pb2.NodeInfo(
         **{name: getattr(info, name) for name in _INFO_SCALARS},

@@ -13,10 +13,10 @@ on a cut link), never from mDNS. States (models.NodeState):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from coordinator.models import Job, NodeInfo, NodeState, NodeView, Reservation
+from coordinator.models import Job, LocalModel, NodeInfo, NodeState, NodeView, Reservation
 from protos.contract import FLOTA_VERSION, OLDEST_PROTOCOL, PROTOCOL, node_protocol
 
 __all__ = ["GOODBYE_WINDOW_S", "Fleet", "NodeEntry", "liveness", "node_view", "protocol_problem"]
@@ -87,6 +87,7 @@ def node_view(entry: NodeEntry) -> NodeView:
         run_counts[r.run_id] = run_counts.get(r.run_id, 0) + 1
     facts = info.facts
     cpus = facts.cpu_count or 1
+    servers, free = model_capacity(facts.local_models, res)
     return NodeView(
         id=entry.id,
         name=entry.name,
@@ -106,7 +107,23 @@ def node_view(entry: NodeEntry) -> NodeView:
         # What a job may require: an agent CLI, or a model this node serves locally.
         agents=frozenset([*facts.agent_clis, *(f"model:{m.model}" for m in facts.local_models)]),
         load=facts.load_1m / cpus,
+        servers=servers,
+        server_free=free,
     )
+
+
+def model_capacity(
+    models: Iterable[LocalModel], held: Iterable[Reservation]
+) -> tuple[dict[str, str], dict[str, int]]:
+    """NodeView's servers and server_free: which server each local model is on (those
+    whose node said their slots) and how many of its slots the node's attempts leave."""
+    servers = {f"model:{m.model}": m.api_base for m in models if m.slots > 0}
+    free = {m.api_base: m.slots for m in models if m.slots > 0}
+    for r in held:
+        server = servers.get(r.requires)
+        if server is not None:
+            free[server] -= 1
+    return servers, free
 
 
 class Fleet:
@@ -147,7 +164,9 @@ class Fleet:
         entry = self._entries.get(node_id)
         if entry is not None:
             p = job.placement
-            entry.reservations[attempt_id] = Reservation(job.run_id, p.cpus, p.memory_mb, p.gpus, p.exclusive)
+            entry.reservations[attempt_id] = Reservation(
+                job.run_id, p.cpus, p.memory_mb, p.gpus, p.exclusive, job.requires
+            )
 
     def release(self, node_id: str, attempt_id: str) -> None:
         entry = self._entries.get(node_id)

@@ -149,6 +149,10 @@ class NodeView:
     run_counts: Mapping[str, int] = field(default_factory=dict)  # run id -> jobs of that run on the node
     agents: frozenset[str] = frozenset()  # agent CLIs installed
     load: float = 0.0  # 1-minute load average / cpus, a tie-breaker only
+    # Local model servers with a capacity: "model:<model>" -> its server, and each
+    # server's free slots (its slots less the jobs for its models running here).
+    servers: Mapping[str, str] = field(default_factory=dict)
+    server_free: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +209,7 @@ class Reservation:
     memory_mb: int = 0
     gpus: int = 0
     exclusive: bool = False
+    requires: str = ""  # "model:<model>": it holds one of its model server's slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +222,7 @@ class Gpu:
 class LocalModel:
     model: str = ""  # a litellm model string
     api_base: str = ""
+    slots: int = 0  # jobs its server (its api_base) takes at once; 0: not said, no limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ Rules (every node in the snapshot is online and schedulable; the caller filters)
    in `Snapshot.unavailable` waits with the reason given there), allowed
    networks, avoided networks, labels, agent CLI, total cpus / memory / gpus.
 3. Dynamic filters ("busy right now"), in order: a free slot on a node that is not
-   `exclusive_busy`; free cpus (small epsilon), memory (if asked), gpus; an idle
+   `exclusive_busy`; for a job that requires a local model ("model:<m>"), a free slot
+   on the node's server of that model (`NodeView.server_free`, shared by the server's
+   models; a placement takes one); free cpus (small epsilon), memory (if asked), gpus; an idle
    node for an exclusive job, which then closes it for the pass; for a hard-spread
    job, no job of its run on the node.
 4. Then: fewest jobs of the same run (soft spread), least busy (used_slots / slots),
@@ -111,6 +113,8 @@ class _State:
         self.mem = [n.memory_mb - n.used_memory_mb for n in nodes]
         self.gpu = [n.gpus - n.used_gpus for n in nodes]
         self.closed = [n.exclusive_busy for n in nodes]
+        self.servers = [n.servers for n in nodes]
+        self.server_free = [dict(n.server_free) for n in nodes]
         self.sizes = [(n.cpus, n.memory_mb, n.gpus) for n in nodes]  # each host's totals
         # Lets the pass stop looking once the whole fleet is full.
         self.free_total = sum(max(n.slots - n.used_slots, 0) for n in nodes if not n.exclusive_busy)
@@ -162,7 +166,15 @@ class _State:
             and self.gpu[i] >= gpus
         )
 
+    def model_full(self, i: int, requires: str) -> bool:
+        """Node i's server of the model `requires` names has no free slot."""
+        server = self.servers[i].get(requires)
+        return server is not None and self.server_free[i][server] <= 0
+
     def place(self, i: int, job: JobView) -> None:
+        server = self.servers[i].get(job.agent_cli)
+        if server is not None:
+            self.server_free[i][server] -= 1
         self.used[i] += 1
         self.cpu[i] -= job.cpus
         if job.memory_mb > 0:
@@ -210,6 +222,7 @@ class _Heap:
         closed, used, slots, cpu, mem, gpu = st.closed, st.used, st.slots, st.cpu, st.mem, st.gpu
         c_excl, c_cpus, c_mem, c_gpus = self.cls
         j_excl, j_cpus, j_mem, j_gpus = job.exclusive, job.cpus, job.memory_mb, job.gpus
+        j_model = job.agent_cli if job.agent_cli.startswith("model:") else ""
         small: list[_Entry] = []
         held: list[_Entry] = []
         best = -1
@@ -231,7 +244,11 @@ class _Heap:
             if fresh != top:
                 heapq.heapreplace(items, fresh)
             elif (
-                (j_excl and u) or cpu[i] + _EPS < j_cpus or (j_mem > 0 and mem[i] < j_mem) or gpu[i] < j_gpus
+                (j_excl and u)
+                or cpu[i] + _EPS < j_cpus
+                or (j_mem > 0 and mem[i] < j_mem)
+                or gpu[i] < j_gpus
+                or (j_model and st.model_full(i, j_model))
             ):
                 small.append(heapq.heappop(items))
             elif not by_run and i in counts:
@@ -293,6 +310,10 @@ def _explain(
         if all(st.closed[i] for i in members):
             return f"every matching node runs an exclusive job ({matching} nodes)"
         return f"all matching nodes are busy ({matching} nodes, 0 free slots)"
+    if job.agent_cli.startswith("model:"):
+        left = [i for i in left if not st.model_full(i, job.agent_cli)]
+        if not left:
+            return f"every slot of the model servers of {job.agent_cli[6:]} is in use ({matching} nodes)"
     frees: tuple[Sequence[float], ...] = (st.cpu, st.mem, st.gpu)
     for need, have, what in zip(needs, frees, _FREE, strict=True):
         if need > 0:

@@ -64,6 +64,23 @@ def _parser() -> argparse.ArgumentParser:
         help="an OpenAI-compatible model server on this machine (http://127.0.0.1:PORT/v1); repeatable",
     )
     start.add_argument(
+        "--model-slots",
+        action="append",
+        type=int,
+        default=[],
+        help="jobs at once for the --model-server given at the same place (default: what it reports, else 1)",
+    )
+    start.add_argument(
+        "--warm-agents",
+        action="store_true",
+        help="start the llm agent host (litellm imported) with the daemon, not at the first llm job",
+    )
+    start.add_argument(
+        "--agent-idle",
+        type=float,
+        help="seconds without an llm job before the agent host exits (0: no host; 600)",
+    )
+    start.add_argument(
         "--stop-after-disconnect",
         type=float,
         help="cut off from the coordinator this long, stop jobs and push their work (0: never; 600)",
@@ -145,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             model_servers=args.model_server,
             agent_clis=args.agent_cli,
             dial_home=True if args.dial_home else None,
+            model_slots=args.model_slots,
+            warm_agents=True if args.warm_agents else None,
+            agent_idle_s=args.agent_idle,
         )
         check_port_free(config.state_dir, config.listen_host, config.listen_port)
         asyncio.run(

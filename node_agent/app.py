@@ -34,13 +34,14 @@ import grpc
 from node_agent import __version__, convert
 from node_agent.announce import Announcer
 from node_agent.config import NodeConfig
-from node_agent.errors import ConfigError, NodeRefused
+from node_agent.errors import ConfigError, NodeRefused, SpawnError
 from node_agent.facts import derive_network, interfaces, listen_addresses, probe_gpus, read_facts
 from node_agent.home import DialHome
 from node_agent.hub import Hub
 from node_agent.identity import Identity, load_identity
 from node_agent.journal import Journal
 from node_agent.local_models import LocalModel, probe_local_models
+from node_agent.process import KeeperClient
 from node_agent.register import Registration
 from node_agent.runner import Runner
 from node_agent.servicer import NodeCalls, NodeServicer
@@ -82,6 +83,7 @@ class NodeDaemon:
             local_models=lambda: self.local_models,
             recheck_models=self._probe_models,
             output_cap=int(config.output_cap_mb * (1 << 20)),
+            agent_idle_s=config.agent_idle_s,
         )
         self.addresses: list[str] = []
         self.local_models: tuple[LocalModel, ...] = ()
@@ -156,7 +158,8 @@ class NodeDaemon:
             await asyncio.sleep(MODELS_PERIOD_S)
 
     async def _probe_models(self) -> None:
-        models = await asyncio.to_thread(probe_local_models, self.config.model_servers)
+        cfg = self.config
+        models = await asyncio.to_thread(probe_local_models, cfg.model_servers, cfg.model_slots)
         if models != self.local_models:
             log.info("local models: %s", ", ".join(m.model for m in models) or "none")
             self.local_models = models
@@ -217,6 +220,8 @@ class NodeDaemon:
             async with asyncio.TaskGroup() as jobs:
                 # Jobs a previous daemon left running: found again, not restarted.
                 self.runner.resume(jobs)
+                if cfg.warm_agents and self.runner.parents.agent_host is not None:
+                    jobs.create_task(self._warm(self.runner.parents.agent_host))
                 await self._serve(server, stop, ready)
         except BaseExceptionGroup as group:  # what failed in the body, as itself (one line for the user)
             (first, *others) = group.exceptions
@@ -225,6 +230,13 @@ class NodeDaemon:
             raise
         if self._refused is not None:
             raise self._refused
+
+    @staticmethod
+    async def _warm(host: KeeperClient) -> None:
+        try:
+            await host.open()
+        except SpawnError as exc:  # the first llm job tries again
+            log.error("%s", exc)
 
     async def _serve(
         self,

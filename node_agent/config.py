@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_agent.errors import ConfigError
 from node_agent.facts import NetworkRule, check_profile, parse_rule
+from node_agent.local_models import server_key
 from protos.contract import flota_home, parse_hostport
 from protos.entry import read_settings
 from protos.limits import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE
@@ -34,6 +36,9 @@ FILE_KEYS = frozenset(
         "agent_clis",
         "dial_home",
         "output_cap_mb",
+        "model_slots",
+        "warm_agents",
+        "agent_idle_s",
     }
 )
 
@@ -70,6 +75,14 @@ class NodeConfig:
     # Output of one attempt kept on disk (and in memory) while no coordinator takes it:
     # the newest lines; older ones are dropped, counted and marked in the log.
     output_cap_mb: float = 4.0
+    # Jobs at once per local model server (its api_base -> slots); a server not named
+    # here: what it reports (llama.cpp's total_slots), else 1.
+    model_slots: Mapping[str, int] = field(default_factory=dict)
+    # The llm agent host (node_agent/agents/llm/host.py): started with the daemon, not at
+    # the first llm job; it leaves after agent_idle_s without one (0: no host, each llm
+    # job imports litellm itself).
+    warm_agents: bool = False
+    agent_idle_s: float = 600.0
 
 
 def default_state_dir() -> Path:
@@ -111,6 +124,9 @@ def load_config(
     model_servers: list[str] | None = None,
     agent_clis: list[str] | None = None,
     dial_home: bool | None = None,
+    model_slots: list[int] | None = None,
+    warm_agents: bool | None = None,
+    agent_idle_s: float | None = None,
 ) -> NodeConfig:
     path = state_dir / "node.toml"
     try:
@@ -148,15 +164,23 @@ def load_config(
         raise ConfigError("invalid allow-remote pattern")
     servers = model_servers or [str(r) for r in file.get("model_servers", [])]
     for server in servers:
-        if not server.startswith(("http://127.0.0.1:", "http://localhost:", "http://[::1]:")):
-            raise ConfigError(f"invalid model server {server!r}: a loopback http:// URL (this machine)")
+        _check_server(server)
     clis = agent_clis or [str(c) for c in file.get("agent_clis", [])]
     for cli in clis:
         if not NAME_RE.match(cli):
             raise ConfigError(f"invalid agent CLI name {cli!r}")
     home = dial_home if dial_home is not None else file.get("dial_home", False)
-    if not isinstance(home, bool):
-        raise ConfigError(f"invalid value in {path}: dial_home must be true or false")
+    warm = warm_agents if warm_agents is not None else file.get("warm_agents", False)
+    for key, value in (("dial_home", home), ("warm_agents", warm)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"invalid value in {path}: {key} must be true or false")
+    capacities = _model_slots(path, servers, model_slots, file.get("model_slots", {}))
+    try:
+        idle = agent_idle_s if agent_idle_s is not None else float(file.get("agent_idle_s", 600.0))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value in {path}: agent_idle_s: {exc}") from exc
+    if not 0 <= idle <= 7 * 86400:
+        raise ConfigError(f"invalid agent idle time {idle:g} (0: no agent host, up to 7 days)")
     merged = parse_labels([f"{k}={v}" for k, v in from_file.items()])
     merged.update(parse_labels(labels or []))
     if not 1 <= slots <= 256:
@@ -190,4 +214,35 @@ def load_config(
         agent_clis=tuple(clis),
         dial_home=home,
         output_cap_mb=output_cap,
+        model_slots=capacities,
+        warm_agents=warm,
+        agent_idle_s=idle,
     )
+
+
+def _model_slots(path: Path, servers: list[str], flags: list[int] | None, table: object) -> dict[str, int]:
+    """--model-slots N, the k-th for the k-th --model-server; else node.toml's table
+    `model_slots = {"http://127.0.0.1:1234/v1" = 4}` (LM Studio's, Ollama's or another's)."""
+    if flags:
+        if len(flags) > len(servers):
+            raise ConfigError(
+                f"--model-slots given {len(flags)} times for {len(servers)} --model-server"
+                " (one per server, in order)"
+            )
+        pairs = list(zip(servers, flags, strict=False))
+    elif isinstance(table, Mapping):
+        pairs = [(str(k), v) for k, v in table.items()]
+    else:
+        raise ConfigError(f"invalid value in {path}: model_slots must be a table of URL = slots")
+    slots: dict[str, int] = {}
+    for url, count in pairs:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 256:
+            raise ConfigError(f"invalid model slots {count!r} for {url} (1 to 256)")
+        _check_server(url)
+        slots[server_key(url)] = count
+    return slots
+
+
+def _check_server(server: str) -> None:
+    if not server.startswith(("http://127.0.0.1:", "http://localhost:", "http://[::1]:")):
+        raise ConfigError(f"invalid model server {server!r}: a loopback http:// URL (this machine)")

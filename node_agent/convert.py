@@ -227,7 +227,9 @@ def node_info(
             on_battery=f.on_battery,
             battery_percent=f.battery_percent,
             agent_clis=list(f.agent_clis),
-            local_models=[types_pb2.LocalModel(model=m.model, api_base=m.api_base) for m in local_models],
+            local_models=[
+                types_pb2.LocalModel(model=m.model, api_base=m.api_base, slots=m.slots) for m in local_models
+            ],
             os=f.os,
             arch=f.arch,
             hostname=f.hostname,

@@ -17,6 +17,11 @@ Wire, one JSON object per line each way:
   daemon -> keeper  {"id": n, "argv": [...], "cwd": s, "env": {...}, "output": s, "exit": s, "proc": s}
   keeper -> daemon  {"id": n, "pid": p, "create_time": t, "spawned_at": t}  or  {"id": n, "error": s}
                     {"ended": p, "code": c}   (the exit status, or -N for signal N)
+                    {"leaving": true}         (idle, with no job: it reads nothing more and exits;
+                                               a request it has not answered, it never saw)
+
+The llm agent host (:mod:`node_agent.agents.llm.host`) is this program with another
+``launch``: it forks the job from itself, litellm already imported, and leaves when idle.
 """
 
 from __future__ import annotations
@@ -87,11 +92,21 @@ class Keeper:
         self.connected = True
         self.children = 0
         self.boot = boot_time()
+        self.idle_since = time.monotonic()
         self._buffer = b""
 
-    def run(self) -> None:
+    def run(self, idle_s: float = 0.0) -> None:
+        """Until the daemon has gone and the last job ended; with ``idle_s``, also once no
+        job has run for that long (it says "leaving" first, and reads nothing more)."""
         while self.connected or self.children:
-            for key, _ in self.selector.select():
+            timeout = None
+            if idle_s > 0 and not self.children:
+                timeout = self.idle_since + idle_s - time.monotonic()
+                if timeout <= 0:
+                    self._send({"leaving": True})
+                    self._disconnect()
+                    break
+            for key, _ in self.selector.select(timeout):
                 if key.data is None:
                     self._receive()
                 else:
@@ -115,53 +130,62 @@ class Keeper:
                 reply = self._start(request)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # only our daemon writes here
                 reply = {"id": -1, "error": f"bad request: {exc}"}
+            self.idle_since = time.monotonic()
             self._send(reply)
+
+    def launch(self, argv: list[str], cwd: str, env: dict[str, str], output: str) -> int:
+        """Start the job in a session of its own, its output appended to ``output``: its pid.
+        Raises OSError or ValueError when it cannot start."""
+        with open(output, "ab", buffering=0) as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        proc.returncode = 0  # reaped by pid below, not by this object
+        return proc.pid
 
     def _start(self, request: dict[str, Any]) -> dict[str, object]:
         argv = [str(arg) for arg in request["argv"]]
         env = {str(name): str(value) for name, value in request["env"].items()}
         try:
-            with open(str(request["output"]), "ab", buffering=0) as out:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=str(request["cwd"]),
-                    env=env,
-                    start_new_session=True,
-                )
+            pid = self.launch(argv, str(request["cwd"]), env, str(request["output"]))
         except (OSError, ValueError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             return {"id": request["id"], "error": detail}
         try:
-            ended = os.pidfd_open(proc.pid)  # readable once it has ended
+            ended = os.pidfd_open(pid)  # readable once it has ended
         except (OSError, AttributeError):  # no pidfd (Linux < 5.3): a thread waits, then says so
-            ended = _watch(proc.pid)
-        self.selector.register(ended, selectors.EVENT_READ, (proc, str(request["exit"])))
+            ended = _watch(pid)
+        self.selector.register(ended, selectors.EVENT_READ, (pid, str(request["exit"])))
         self.children += 1
-        started, spawned_at = create_time(proc.pid, self.boot), time.time()
-        reply: dict[str, object] = {"id": request["id"], "pid": proc.pid, "create_time": started}
+        started, spawned_at = create_time(pid, self.boot), time.time()
+        reply: dict[str, object] = {"id": request["id"], "pid": pid, "create_time": started}
         reply["spawned_at"] = spawned_at
         if request.get("proc"):  # the format of node_agent.journal.Journal.spawned
             try:
-                _write(str(request["proc"]), f"{proc.pid} {started!r} {spawned_at!r}")
+                _write(str(request["proc"]), f"{pid} {started!r} {spawned_at!r}")
             except OSError as exc:
                 reply["proc_error"] = exc.strerror or str(exc)
         return reply
 
-    def _ended(self, fd: int, proc: subprocess.Popen[bytes], exit_file: str) -> None:
+    def _ended(self, fd: int, pid: int, exit_file: str) -> None:
         self.selector.unregister(fd)
         os.close(fd)
-        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # still a zombie: not yet reaped
-        code = status_of(info) if info is not None else proc.wait()
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # still a zombie: not yet reaped
+        code = status_of(info) if info is not None else -1
         try:
             _write(exit_file, f"{code}\n")
         except OSError:
             pass  # its journal directory is gone: nobody will ask
-        proc.wait()  # reaped only now: a process that is gone has its status on disk
+        os.waitpid(pid, 0)  # reaped only now: a process that is gone has its status on disk
         self.children -= 1
-        self._send({"ended": proc.pid, "code": code})
+        self.idle_since = time.monotonic()
+        self._send({"ended": pid, "code": code})
 
     def _send(self, message: dict[str, object]) -> None:
         if not self.connected:

@@ -31,13 +31,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from node_agent.commandline import SHELL
 from node_agent.errors import SpawnError
 
 __all__ = [
@@ -53,7 +55,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
 _KEEPER = Path(__file__).with_name("keeper.py")
 _REAPED_WAIT_S = 5.0  # how long an ended job may stay a zombie before its status counts as lost
 _MAX_LINE_BYTES = 8192
@@ -139,39 +140,70 @@ class _Link:
     replies: dict[int, asyncio.Future[_Reply]] = dataclasses.field(default_factory=dict)
     ended: dict[int, asyncio.Future[int | None]] = dataclasses.field(default_factory=dict)
     alive: bool = True
+    leaving: bool = False  # it said it leaves: what it has not answered, it never saw
+
+
+class _Gone(Exception):
+    """The keeper said it leaves (an idle agent host) before it read the request."""
 
 
 class KeeperClient:
-    """The daemon's end of its keeper: started at the first spawn, and again if it died."""
+    """The daemon's end of its keeper: started at the first spawn, and again if it died.
 
-    def __init__(self) -> None:
+    ``program`` is what to start instead of the keeper (the llm agent host,
+    :mod:`node_agent.agents.llm.host`, which speaks the same wire), with the socket's
+    descriptor appended to it; ``env`` its environment (default: the daemon's)."""
+
+    def __init__(
+        self,
+        program: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        what: str = "job keeper",
+    ) -> None:
+        self.program = list(program) or [sys.executable, "-I", "-S", str(_KEEPER)]
+        self.env = env
+        self.what = what
         self._link: _Link | None = None
         self._ready: asyncio.Task[_Link] | None = None
         self._ids = itertools.count(1)
 
     async def spawn(
         self,
-        command: str,
+        argv: Sequence[str],
         cwd: Path,
         env: Mapping[str, str],
         output: Path,
         exit_file: Path,
         proc_file: Path | None = None,
     ) -> JobProcess:
-        """Start ``command`` in ``cwd`` with exactly ``env``, appending its output to ``output``;
+        """Start ``argv`` in ``cwd`` with exactly ``env``, appending its output to ``output``;
         its status goes to ``exit_file``, and "pid create_time spawned_at" to ``proc_file``
         before this returns (by the keeper, so that it is there even if we die waiting)."""
-        link = await self._connect()
-        if not link.alive:  # it died while we waited for it to start: once more
+        for _ in range(3):
             link = await self._connect()
-            if not link.alive:
-                raise SpawnError("cannot start the job keeper: it exited at once")
+            if link.alive:
+                try:
+                    return await self._ask(link, argv, cwd, env, output, exit_file, proc_file)
+                except _Gone:  # it left (idle) without reading the request: a new one takes it
+                    continue
+        raise SpawnError(f"cannot start the {self.what}: it exited at once")
+
+    async def _ask(
+        self,
+        link: _Link,
+        argv: Sequence[str],
+        cwd: Path,
+        env: Mapping[str, str],
+        output: Path,
+        exit_file: Path,
+        proc_file: Path | None,
+    ) -> JobProcess:
         request_id = next(self._ids)
         reply: asyncio.Future[_Reply] = link.loop.create_future()
         link.replies[request_id] = reply
         request = {
             "id": request_id,
-            "argv": [SHELL, "-c", command],
+            "argv": list(argv),
             "cwd": str(cwd),
             "env": dict(env),
             "output": str(output),
@@ -181,8 +213,10 @@ class KeeperClient:
         assert link.writer is not None
         link.writer.write(json.dumps(request).encode() + b"\n")
         answer, ended = await reply
+        if answer.get("gone"):
+            raise _Gone
         if "error" in answer:
-            raise SpawnError(f"cannot start {SHELL} in {cwd}: {answer['error']}")
+            raise SpawnError(f"cannot start {argv[0]} in {cwd}: {answer['error']}")
         if "proc_error" in answer:  # disk full: it runs; only a daemon restart would miss it
             log.error("cannot journal the process of %s: %s", proc_file, answer["proc_error"])
         pid, started, spawned_at = (
@@ -191,6 +225,10 @@ class KeeperClient:
             float(answer["spawned_at"]),
         )
         return JobProcess(pid, started, ended, spawned_at)
+
+    async def open(self) -> None:
+        """Start it now rather than at the first spawn (``--warm-agents``)."""
+        await self._connect()
 
     async def close(self) -> None:
         """Let the keeper go: it leaves at once, or when the jobs it still keeps have ended."""
@@ -222,15 +260,16 @@ class KeeperClient:
         ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_KEEPER), str(theirs.fileno())],
+                [*self.program, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
+                env=None if self.env is None else dict(self.env),
                 stdin=subprocess.DEVNULL,
                 cwd="/",  # it may outlive the daemon: it must not hold a directory busy
                 start_new_session=True,  # no terminal's Ctrl-C or group signal reaches it
             )
         except OSError as exc:
             ours.close()
-            raise SpawnError(f"cannot start the job keeper: {exc.strerror or exc}") from exc
+            raise SpawnError(f"cannot start the {self.what}: {exc.strerror or exc}") from exc
         finally:
             theirs.close()
         link = _Link(proc, ours, loop)
@@ -243,6 +282,9 @@ class KeeperClient:
         try:
             while line := await reader.readline():
                 message = json.loads(line)
+                if "leaving" in message:  # idle: it answers nothing more, and exits
+                    link.leaving, link.alive = True, False
+                    continue
                 if "ended" in message:
                     done = link.ended.pop(int(message["ended"]), None)
                     if done is not None and not done.done():
@@ -255,14 +297,17 @@ class KeeperClient:
                 if waiting is not None and not waiting.done():
                     waiting.set_result((message, ended))
             if link is self._link:
-                log.warning("the job keeper (pid %d) has gone; a new one takes the next job", link.proc.pid)
+                log.info("the %s (pid %d) has gone; a new one takes the next job", self.what, link.proc.pid)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("the job keeper's connection failed: %s", exc)
+            log.error("the %s's connection failed: %s", self.what, exc)
         finally:
             link.alive = False
+            if link.leaving:  # it exits now: reaped, not left a zombie
+                threading.Thread(target=_reap, args=(link.proc,), daemon=True).start()
             for waiting in link.replies.values():
                 if not waiting.done():
-                    waiting.set_result(({"error": "the job keeper exited"}, None))
+                    gone = {"gone": True} if link.leaving else {"error": f"the {self.what} exited"}
+                    waiting.set_result((gone, None))
             for done in link.ended.values():
                 if not done.done():
                     done.set_result(None)
@@ -278,6 +323,11 @@ class KeeperClient:
             if link.writer is not None and not link.loop.is_closed():
                 link.writer.close()
         link.sock.close()  # the keeper sees its daemon gone
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(30)
 
 
 def attach(pid: int, create_time: float) -> JobProcess | None:

@@ -42,7 +42,8 @@ from node_agent.journal import Entry, Journal
 from node_agent.local_models import LocalModel
 from node_agent.meter import control as meters
 from node_agent.models import Job, Result
-from node_agent.process import KeeperClient, OutputTail, attach, kill_escaped, signal_group
+from node_agent.parents import Parents
+from node_agent.process import OutputTail, attach, kill_escaped, signal_group
 from node_agent.workspace import Workspace
 from protos.contract import EndReason, ResultStatus, redact
 
@@ -66,6 +67,7 @@ class Runner:
         local_models: Callable[[], Sequence[LocalModel]] = tuple,
         recheck_models: Callable[[], Awaitable[None]] | None = None,
         output_cap: int = CAP_BYTES,
+        agent_idle_s: float = 0.0,
     ) -> None:
         self.node_id = node_id
         self.node_name = node_name
@@ -77,7 +79,7 @@ class Runner:
         self._local_models = local_models
         self._recheck_models = recheck_models
         self.output_cap = output_cap  # bytes of output kept per attempt while no coordinator listens
-        self.keeper = KeeperClient()  # the parent of this daemon's job processes
+        self.parents = Parents(agent_idle_s)  # the keeper, and the llm agent host if any
         self.active: dict[str, Attempt] = {}
         self.finished: dict[str, Result] = {}  # attempt id -> result not yet acked
         self._group: asyncio.TaskGroup | None = None
@@ -202,7 +204,7 @@ class Runner:
         tasks = [a.task for a in self.active.values() if a.task]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self.keeper.close()
+        await self.parents.close()
 
     async def detach(self) -> None:
         """Let every attempt go without stopping it (a restart that keeps the jobs): the
@@ -214,7 +216,7 @@ class Runner:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self.keeper.close()
+        await self.parents.close()
 
     # --- the driver ----------------------------------------------------------------------
 
@@ -370,18 +372,14 @@ class Runner:
         env = {**job_env(job, a.cwd, self.node_id, self.node_name), **command.env, **a.secrets}
         if a.meter is not None:
             env = meters.job_env(env, a.meter)
+        keeper, argv = self.parents.for_command(command, a.cwd, env)
         try:
             given = input_file(job, a.cwd, self.journal.dir(a.id))
             if given is not None:
                 env["FLOTA_INPUT"] = str(given)
-            a.proc = await self.keeper.spawn(
-                command.line,
-                a.cwd,
-                env,
-                self.journal.output(a.id),
-                self.journal.exit_file(a.id),
-                self.journal.proc_file(a.id),  # the keeper journals the process as it starts it
-            )
+            # The keeper (or host) journals the process (proc_file) as it starts it.
+            files = self.journal.output(a.id), self.journal.exit_file(a.id), self.journal.proc_file(a.id)
+            a.proc = await keeper.spawn(argv, a.cwd, env, *files)
         except (SpawnError, OSError) as exc:  # OSError: the journal directory, disk full
             if a.meter is not None:
                 a.meter.stop()

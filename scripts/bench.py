@@ -13,6 +13,9 @@ process of its own, so that none disturbs the next):
   lab        bench_faults.py     network-namespace lab (root): node start -> visible
                                  (mDNS), cut link -> unreachable / lost, coordinator restart
   workspace  bench_workspace.py  worktree ready for 3,000 and 30,000 files, cold and warm
+  agents     bench_agents.py     llm jobs on a warm agent host and without one: flota run ->
+                                 first model request (first_call_warm_s), per-step overhead,
+                                 the daemons' and the agent host's RSS
   batch      bench_batch.py      `flota run --inputs` of 10,000 lines: all queued
                                  (submit_10k_s), the one SubmitRun call, coordinator RSS,
                                  `flota results --format jsonl` of the 10,000 rows
@@ -47,6 +50,7 @@ SECTIONS = {
     "scale": ("bench_scale", "Coordinator with 200 node servers"),
     "lab": ("bench_faults", "Discovery and failure detection (netns lab, mDNS)"),
     "workspace": ("bench_workspace", "Workspace (git worktree ready)"),
+    "agents": ("bench_agents", "llm agents, warm host and cold, side by side"),
     "batch": ("bench_batch", "Batch (10,000 inputs in one run)"),
 }
 

@@ -38,6 +38,7 @@ import benchreport  # noqa: E402  (the table and JSON of every bench script)
 from bench_ray import latency  # noqa: E402  (the same figures for both sides)
 
 from cli.client import Client  # noqa: E402
+from node_agent.commandline import SHELL  # noqa: E402
 from node_agent.process import KeeperClient as Keeper  # noqa: E402
 from protos.contract import RUN_ACTIVE  # noqa: E402
 from protos.flota.v1 import coordinator_pb2 as pb  # noqa: E402
@@ -118,10 +119,11 @@ def floor(count: int) -> list[float]:
         keeper, times = Keeper(), []
         with tempfile.TemporaryDirectory(prefix="flota-floor-") as tmp:
             cwd = Path(tmp)
-            await keeper.spawn("true", cwd, os.environ, cwd / "output", cwd / "exit")  # start the keeper
+            true = [SHELL, "-c", "true"]  # a builtin: bash runs it, as the node would
+            await keeper.spawn(true, cwd, os.environ, cwd / "output", cwd / "exit")  # start the keeper
             for _ in range(count):
                 t0 = time.perf_counter()
-                proc = await keeper.spawn("true", cwd, os.environ, cwd / "output", cwd / "exit")
+                proc = await keeper.spawn(true, cwd, os.environ, cwd / "output", cwd / "exit")
                 if await proc.wait() != 0:
                     raise RuntimeError("`true` failed")
                 times.append((time.perf_counter() - t0) * 1000)

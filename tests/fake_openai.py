@@ -4,7 +4,10 @@ It replays a script: each POST to ``/v1/chat/completions`` (or ``/v1/responses``
 Responses API Codex speaks) takes the next :class:`Reply` (a tool call, text, or a raw,
 possibly malformed, payload), after the reply's delay. When the script runs out it repeats
 ``default`` (or answers 500 when there is none). Every request body is recorded in
-:attr:`FakeOpenAI.requests` (messages, tools, model), its path in :attr:`FakeOpenAI.paths`.
+:attr:`FakeOpenAI.requests` (messages, tools, model), its path in :attr:`FakeOpenAI.paths`,
+and the most requests it served at once in :attr:`FakeOpenAI.peak`. ``total_slots`` makes it
+answer llama.cpp's ``GET /props`` (and ``/slots``) with that capacity; :meth:`FakeOpenAI.hold`
+keeps every reply back until :meth:`FakeOpenAI.release`.
 
     with FakeOpenAI([call("write_file", path="a.txt", content="hi"), call("finish", summary="ok")]) as srv:
         env["FLOTA_LLM_API_BASE"] = srv.base_url
@@ -191,6 +194,10 @@ class _State:
     paths: list[str] = field(default_factory=list)
     request_times: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    total_slots: int = 0  # 0: no /props or /slots (not llama.cpp)
+    serving: int = 0
+    peak: int = 0
+    gate: threading.Event = field(default_factory=threading.Event)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -208,8 +215,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/").endswith("/models"):
+        slots = self.server.state.total_slots
+        path = self.path.rstrip("/")
+        if path.endswith("/models"):
             self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        elif slots and path == "/props":
+            self._send(200, {"total_slots": slots, "default_generation_settings": {"n_ctx": 2048}})
+        elif slots and path == "/slots":
+            self._send(200, [{"id": i, "is_processing": False} for i in range(slots)])
         else:
             self._send(404, {"error": {"message": "not found"}})
 
@@ -235,6 +248,16 @@ class _Handler(BaseHTTPRequestHandler):
             state.request_times.append(time.monotonic())
             script = state.by_model.get(model, state.script)
             reply = script.pop(0) if script else state.default
+            state.serving += 1
+            state.peak = max(state.peak, state.serving)
+        try:
+            self._answer(request, reply, route, model)
+        finally:
+            with state.lock:
+                state.serving -= 1
+
+    def _answer(self, request: dict[str, Any], reply: Reply | None, route: Route, model: str) -> None:
+        self.server.state.gate.wait()
         if reply is None:
             self._send(500, {"error": {"message": "fake server: script exhausted", "type": "server_error"}})
             return
@@ -264,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _send(self, status: int, body: dict[str, Any] | bytes) -> None:
+    def _send(self, status: int, body: object) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
             self.send_response(status)
@@ -293,9 +316,13 @@ class FakeOpenAI:
         script: Iterable[Reply] = (),
         default: Reply | None = None,
         by_model: dict[str, list[Reply]] | None = None,
+        total_slots: int = 0,
     ) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.state = _State(list(script), default, dict(by_model or {}), self.routes)
+        self._server.state = _State(
+            list(script), default, dict(by_model or {}), self.routes, total_slots=total_slots
+        )
+        self._server.state.gate.set()
         name = type(self).__name__
         self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
 
@@ -327,6 +354,19 @@ class FakeOpenAI:
         with self._server.state.lock:
             return list(self._server.state.request_times)
 
+    @property
+    def peak(self) -> int:
+        """The most requests it was serving at one time."""
+        with self._server.state.lock:
+            return self._server.state.peak
+
+    def hold(self) -> None:
+        """Keep every reply back (requests are still recorded) until :meth:`release`."""
+        self._server.state.gate.clear()
+
+    def release(self) -> None:
+        self._server.state.gate.set()
+
     def add(self, *replies: Reply) -> None:
         with self._server.state.lock:
             self._server.state.script.extend(replies)
@@ -336,6 +376,7 @@ class FakeOpenAI:
         return self
 
     def close(self) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 

@@ -206,7 +206,7 @@ def test_a_local_model_job_goes_to_the_node_that_serves_it(fleet: Fleet, tmp_pat
             lambda: fleet.nodes()["gpu-box"]["info"]["facts"].get("local_models"),
             what="local models reported",
         )
-        assert models == [{"model": "openai/fake", "api_base": server.base_url}]
+        assert models == [{"model": "openai/fake", "api_base": server.base_url, "slots": 1}]
         code, run = follow(fleet, "--agent", "llm", "--model", "openai/fake", "write local.txt")
         assert code == 0, run
         job = run["jobs"][0]

@@ -104,3 +104,16 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     """The rule is not vacuous: the edge modules it allows to import gRPC do."""
     assert "grpc" in _imports("coordinator.api")
     assert any(n.startswith("protos.flota") for n in _imports("coordinator.convert"))
+
+
+@pytest.mark.parametrize("entry", ["node_agent.__main__", "node_agent.app"])
+def test_the_node_daemon_never_imports_litellm(entry: str) -> None:
+    """litellm (~2 s, 150 MB) lives in the llm agent's processes only: the agent host
+    and the agent itself, never the daemon, even inside a function."""
+    reached = _closure(entry)
+    assert "node_agent.runner" in reached  # the closure does walk the daemon
+    bad = sorted(
+        m for m, names in reached.items() if "litellm" in names or m.startswith("node_agent.agents.llm.")
+    )
+    assert not bad, bad
+    assert "litellm" in _imports("node_agent.agents.llm.host")  # the checker sees it where it is

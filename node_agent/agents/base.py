@@ -23,10 +23,12 @@ __all__ = ["Agent", "Command", "dig", "number"]
 
 @dataclass(frozen=True)
 class Command:
-    """A shell command line and the variables it adds to the job's environment."""
+    """A shell command line and the variables it adds to the job's environment; ``warm``:
+    it is the llm agent, which the node's agent host may fork instead (already warm)."""
 
     line: str
     env: Mapping[str, str]
+    warm: bool = False
 
 
 class Agent(Protocol):

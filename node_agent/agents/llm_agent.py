@@ -2,7 +2,8 @@
 
 The agent itself is ``python -m node_agent.agents.llm``, configured through FLOTA_LLM_*
 variables; it writes a JSON report (steps, tokens, cost, status, answer) into the
-attempt's journal directory. The daemon never imports it (litellm costs ~3 s and 180 MB).
+attempt's journal directory. The daemon never imports it (litellm costs ~3 s and 180 MB):
+the node's agent host (:func:`agent_host`) forks each llm job from a process that has.
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ from pathlib import Path
 from node_agent.agents.base import Command, number
 from node_agent.local_models import LocalModel
 from node_agent.models import AgentReport, Job
+from node_agent.process import KeeperClient
 from protos.contract import EndReason, ResultStatus
 
-__all__ = ["REPORT_FILE", "LlmAgent"]
+__all__ = ["AGENT_ARGV", "REPORT_FILE", "LlmAgent", "agent_host"]
 
 REPORT_FILE = "report.json"
 _VERDICTS = (ResultStatus.SUCCESS, ResultStatus.PARTIAL, ResultStatus.FAILED)
+AGENT_ARGV = (sys.executable, "-m", "node_agent.agents.llm")
+
+
+def agent_host(idle_s: float) -> KeeperClient:
+    """The client of this node's llm agent host (node_agent.agents.llm.host), which forks
+    each llm job warm and leaves after ``idle_s`` seconds without one; started at the
+    first llm job (or by ``open``)."""
+    program = [sys.executable, "-m", "node_agent.agents.llm.host", f"{idle_s:g}"]
+    return KeeperClient(program, {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}, "llm agent host")
 
 
 class LlmAgent:
@@ -46,7 +57,7 @@ class LlmAgent:
             local_kind = job.model.startswith(("lm_studio/", "ollama/", "openai/"))
             if local_kind and "OPENAI_API_KEY" not in os.environ:
                 env["OPENAI_API_KEY"] = "none"  # a local server wants some key (a secret still wins)
-        return Command(shlex.join([sys.executable, "-m", "node_agent.agents.llm"]), env)
+        return Command(shlex.join(AGENT_ARGV), env, warm=True)
 
     def report(self, job: Job, journal_dir: Path, output: Path) -> AgentReport:
         try:

@@ -34,6 +34,10 @@ class Case:
     unavailable: dict[str, str] = field(default_factory=dict)  # Snapshot.unavailable
 
 
+# One model server "s" with 2 slots, serving m1 and m2.
+SERVER: dict[str, Any] = {"servers": {"model:m1": "s", "model:m2": "s"}, "server_free": {"s": 2}}
+
+
 def placed(plan: Plan) -> dict[str, str]:
     return {p.job_id: p.node_id for p in plan.placements}
 
@@ -285,6 +289,45 @@ CASES: dict[str, Case] = {
         [N("n2", name="same"), N("n1", name="same")],
         [J("j1")],
         {"j1": "n1"},
+    ),
+    # --- a local model server's slots (shared by its models) --------------------------
+    "model-slots-cap-the-node": Case(
+        [N("gpu", slots=8, agents=frozenset({"model:m1"}), **SERVER)],
+        [
+            J("j1", agent_cli="model:m1"),
+            J("j2", agent_cli="model:m1"),
+            J("j3", agent_cli="model:m1"),
+            J("j4"),
+        ],
+        {"j1": "gpu", "j2": "gpu", "j4": "gpu"},  # a job for no model still takes a node slot
+        {"j3": "every slot of the model servers of m1 is in use (1 nodes)"},
+    ),
+    "model-slots-shared-by-the-servers-models": Case(
+        [
+            N(
+                "gpu",
+                slots=8,
+                agents=frozenset({"model:m1", "model:m2"}),
+                servers=SERVER["servers"],
+                server_free={"s": 1},
+            )
+        ],
+        [J("j1", agent_cli="model:m2"), J("j2", agent_cli="model:m1")],
+        {"j1": "gpu"},
+        {"j2": "every slot of the model servers of m1 is in use"},
+    ),
+    "model-slots-full-sends-it-to-another-server": Case(
+        [
+            N("a", slots=8, agents=frozenset({"model:m1"}), servers=SERVER["servers"], server_free={"s": 0}),
+            N("b", slots=8, load=0.9, agents=frozenset({"model:m1"}), **SERVER),
+        ],
+        [J("j1", agent_cli="model:m1")],
+        {"j1": "b"},
+    ),
+    "model-slots-not-said-no-limit": Case(
+        [N("old", slots=3, agents=frozenset({"model:m1"}))],
+        [J("j1", agent_cli="model:m1"), J("j2", agent_cli="model:m1"), J("j3", agent_cli="model:m1")],
+        {"j1": "old", "j2": "old", "j3": "old"},
     ),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,51 @@ def test_docs_list_exactly_the_keys_node_toml_takes() -> None:
 def test_output_cap_from_the_file(tmp_path: Path, text: str) -> None:
     _write(tmp_path, text)
     assert load_config(tmp_path, name="n1").output_cap_mb == float(text.split("= ")[1])
+
+
+# --- a model server's slots, the llm agent host -------------------------------------------
+
+LMS = "http://127.0.0.1:1234/v1"
+OTHER = "http://127.0.0.1:8080/v1"
+
+
+def test_model_slots_pair_with_the_servers_in_order(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, name="n", model_servers=[LMS, OTHER], model_slots=[4])
+    assert cfg.model_slots == {"http://127.0.0.1:1234": 4}  # the second server: its own word
+    _write(tmp_path, f'model_slots = {{ "{OTHER}" = 2, "http://127.0.0.1:11434" = 3 }}\n')
+    cfg = load_config(tmp_path, name="n")
+    assert cfg.model_slots == {"http://127.0.0.1:8080": 2, "http://127.0.0.1:11434": 3}
+    assert load_config(tmp_path, name="n", model_servers=[LMS], model_slots=[1]).model_slots == {
+        "http://127.0.0.1:1234": 1
+    }  # the flags win
+
+
+@pytest.mark.parametrize(
+    ("flags", "toml", "message"),
+    [
+        ({"model_servers": [LMS], "model_slots": [0]}, "", "invalid model slots 0 for"),
+        ({"model_servers": [LMS], "model_slots": [257]}, "", "invalid model slots 257"),
+        ({"model_slots": [2]}, "", "--model-slots given 1 times for 0 --model-server"),
+        ({}, 'model_slots = { "http://10.0.0.1:1234/v1" = 2 }\n', "a loopback http:// URL"),
+        ({}, 'model_slots = { "http://127.0.0.1:1234/v1" = "two" }\n', "invalid model slots 'two'"),
+        ({}, "model_slots = 4\n", "model_slots must be a table of URL = slots"),
+        ({}, "warm_agents = 1\n", "warm_agents must be true or false"),
+        ({}, 'agent_idle_s = "x"\n', "agent_idle_s"),
+        ({"agent_idle_s": -1.0}, "", "invalid agent idle time -1"),
+    ],
+)
+def test_bad_model_slots_and_agent_settings(
+    tmp_path: Path, flags: dict[str, Any], toml: str, message: str
+) -> None:
+    _write(tmp_path, toml)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(tmp_path, name="n", **flags)
+
+
+def test_agent_host_settings(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, name="n")
+    assert (cfg.warm_agents, cfg.agent_idle_s) == (False, 600.0)
+    _write(tmp_path, "warm_agents = true\nagent_idle_s = 30\n")
+    cfg = load_config(tmp_path, name="n")
+    assert (cfg.warm_agents, cfg.agent_idle_s) == (True, 30.0)
+    assert load_config(tmp_path, name="n", agent_idle_s=0.0).agent_idle_s == 0.0

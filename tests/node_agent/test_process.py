@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import psutil
 import pytest
 
+from node_agent.commandline import SHELL
 from node_agent.errors import SpawnError
 from node_agent.keeper import boot_time, create_time
 from node_agent.lifecycle import describe_exit
@@ -84,7 +85,8 @@ class Job:
     def spawn(self, command: str, **paths: Any) -> JobProcess:
         where = {"cwd": self.cwd, "output": self.output, "exit_file": self.exit, **paths}
         env = paths.get("env", self.env)
-        return self.run(self.keeper.spawn(command, where["cwd"], env, where["output"], where["exit_file"]))
+        argv = [SHELL, "-c", command]
+        return self.run(self.keeper.spawn(argv, where["cwd"], env, where["output"], where["exit_file"]))
 
     def wait(self, proc: JobProcess) -> int | None:
         return self.run(asyncio.wait_for(proc.wait(), 10))
@@ -162,7 +164,7 @@ def test_many_jobs_at_once_each_get_their_own_status(job: Job, tmp_path: Path) -
         procs = await asyncio.gather(
             *(
                 job.keeper.spawn(
-                    f"while [ ! -e go ]; do sleep 0.01; done; exit {i}",
+                    [SHELL, "-c", f"while [ ! -e go ]; do sleep 0.01; done; exit {i}"],
                     job.cwd,
                     job.env,
                     tmp_path / f"out{i}",

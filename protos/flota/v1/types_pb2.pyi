@@ -140,19 +140,26 @@ class LocalModel(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     API_BASE_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """litellm model string: lm_studio/<id>, ollama/<name>, openai/<id>"""
     api_base: _builtins.str
     """where a job on this node reaches it"""
+    slots: _builtins.int
+    """Jobs its server takes at once (--model-slots, else what the server reports, e.g.
+    llama.cpp's total_slots, else 1); the models of one server (one api_base) share
+    them. 0: not said (an older node): no limit but the node's slots.
+    """
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         api_base: _builtins.str = ...,
+        slots: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_base", b"api_base", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_base", b"api_base", "model", b"model", "slots", b"slots"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
