@@ -5,6 +5,7 @@ This module is the app: the global options, `main()`, and the table of nouns. Ea
 commands live in their own module (Nomad's `command/` layout):
 
     runs.py         run, status, results, compare, logs, cancel, retry, cleanup, prune
+    merge/          merge, pick (a run's branches through a merge queue on the fleet; the PR)
     plan/           plan (a feature split into role tasks; `run --plan` runs them as a graph)
     checkout.py     checkout, diff (a job's branch in the user's repository)
     events.py       events
@@ -45,6 +46,7 @@ from cli.coordinator import coordinator_app
 from cli.dashboard import dashboard
 from cli.nodes import list_nodes, node_app
 from cli.options import Options
+from cli.merge.command import merge, pick
 from cli.plan.command import plan
 from cli.secrets import secret_app
 from cli.tokens import token_app
@@ -67,6 +69,8 @@ for _name, _command in (
     ("status", runs.status),
     ("results", runs.results),
     ("compare", runs.compare),
+    ("merge", merge),
+    ("pick", pick),
     ("logs", runs.logs),
     ("cancel", runs.cancel),
     ("retry", runs.retry),
