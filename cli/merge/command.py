@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.client import EXIT_FAILED, CliError
+from cli.client import EXIT_FAILED, Client, CliError
+from cli.merge.engine import FixSpec
 from cli.options import options
 from cli.render import console, print_json
 from protos.contract import RUN_ACTIVE, flota_home
+from protos.flota.v1 import coordinator_pb2
 
-__all__ = ["merge", "pick", "picks_of"]
+__all__ = ["fixer", "merge", "merge_run", "pick", "picks_of"]
 
 
 def _picks_file() -> Path:
@@ -73,7 +76,7 @@ def pick(
         console.print(f"run {run.id}: {job.id} ({job.result.branch}) is the result", markup=False)
 
 
-def _fixer(spec: str, repo: Path) -> object:
+def fixer(spec: str, repo: Path) -> Callable[[str], coordinator_pb2.TaskSpec]:
     """--fix-with AGENT:MODEL -> prompt -> TaskSpec (llm, or an agent CLI's template)."""
     from cli.agents import TEMPLATES, fan_out, load_repo_config
 
@@ -83,7 +86,7 @@ def _fixer(spec: str, repo: Path) -> object:
     templates = {**TEMPLATES, **load_repo_config(repo).agents}
     fan_out(agent, ["check"], [model], 0, templates)  # an unknown agent: its one line now
 
-    def task(prompt: str) -> object:
+    def task(prompt: str) -> coordinator_pb2.TaskSpec:
         return fan_out(agent, [prompt or "-"], [model], 0, templates)[0]
 
     return task
@@ -119,11 +122,53 @@ def merge(  # noqa: PLR0913
     ] = 0.0,
 ) -> None:
     """Merge a run's branches into flota/RUN/merged on the fleet, a check after each; write the PR."""
-    from cli.merge.engine import FixSpec, run_merge
+    o = options(ctx)
+
+    def say(line: str) -> None:
+        if not o.json:
+            console.print(line, markup=False, highlight=False)
+
+    fix = FixSpec(fixer(fix_with, repo.resolve()), max_fix_rounds, api_base) if fix_with else None
+    report = merge_run(
+        o.client(), run_id, repo, check=check, picks=pick_job or [], fix=fix, pr=pr, forge=forge,
+        base_branch=base_branch, output=output, timeout_s=timeout, say=say, max_fix_rounds=max_fix_rounds,
+    )  # fmt: skip
+    if o.json:
+        print_json(report)
+    else:
+        merged = sum(1 for x in report["outcomes"] if x["state"] == "merged")
+        say(
+            f"{report['branch']} pushed at {report['head'][:12]}: "
+            f"{merged} merged, {report['evicted']} evicted"
+        )
+        say(f"description: {report['description']}")
+        if report["pr"]:
+            say(report["pr"])
+    if report["evicted"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def merge_run(  # noqa: PLR0913
+    client: Client,
+    run_id: str,
+    repo: Path,
+    *,
+    check: str = "",
+    picks: list[str] | None = None,
+    fix: FixSpec | None = None,
+    max_fix_rounds: int = 1,
+    pr: bool = False,
+    forge: str = "",
+    base_branch: str = "main",
+    output: Path | None = None,
+    timeout_s: float = 0.0,
+    say: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """The merge queue over a run (flota merge, and the MCP server's merge tool): its report."""
+    from cli.merge.engine import run_merge
     from cli.merge.pr import open_pr
     from cli.merge.queue import description, merged_branch, select
 
-    o = options(ctx)
     if forge not in ("", "github", "gitlab"):
         raise CliError(f"--forge is github or gitlab, not {forge!r}")
     if max_fix_rounds < 0 or max_fix_rounds > 10:
@@ -131,27 +176,19 @@ def merge(  # noqa: PLR0913
     repo_path = repo.resolve()
     if not (repo_path / ".git").exists():
         raise CliError(f"{repo} is not a git repository (give the run's repository: --repo)")
-    fix = FixSpec(_fixer(fix_with, repo_path), max_fix_rounds, api_base) if fix_with else None  # type: ignore[arg-type]
-    client = o.client()
     run = client.get_run(run_id)
     if run.status in RUN_ACTIVE:
         raise CliError(f"run {run.id} is still {run.status}: merge it once it has ended")
     if not run.repo_url:
         raise CliError(f"run {run.id} has no repository: there is nothing to merge")
-    picks = [*picks_of(run.id), *(pick_job or [])]
-    ids = {j.id for j in run.jobs}
-    stray = [p for p in picks if p not in ids]
+    chosen = [*picks_of(run.id), *(picks or [])]
+    stray = [p for p in chosen if p not in {j.id for j in run.jobs}]
     if stray:
         raise CliError(f"--pick {stray[0]} is not a job of run {run.id}")
-    entries, skipped = select(run, picks)
+    entries, skipped = select(run, chosen)
     if not entries:
         raise CliError(f"run {run.id} has no successful branch to merge", EXIT_FAILED)
-
-    def say(line: str) -> None:
-        if not o.json:
-            console.print(line, markup=False, highlight=False)
-
-    state = run_merge(client, run, str(repo_path), entries, check, fix, timeout, say)
+    state = run_merge(client, run, str(repo_path), entries, check, fix, timeout_s, say)
     branch = merged_branch(run.id)
     text = description(
         run, entries, state.outcomes, skipped, state.fixes, branch, state.head, check, state.node
@@ -160,35 +197,18 @@ def merge(  # noqa: PLR0913
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     evicted = [x for x in state.outcomes.values() if x.state == "evicted" and not x.fixed_by]
-    opened = (
-        open_pr(
-            forge or run.repo_url, str(repo_path), f"flota: {run.name or run.id}", path, base_branch, branch
-        )
-        if pr
-        else ""
-    )
-    if o.json:
-        print_json(
-            {
-                "run": run.id,
-                "branch": branch,
-                "head": state.head,
-                "description": str(path),
-                "merge_jobs": [j.id for j in state.merge_jobs],
-                "outcomes": [vars(x) for x in state.outcomes.values()],
-                "fixes": {k: v.id for k, v in state.fixes.items()},
-                "fix_jobs": [j.id for j in state.fix_jobs],
-                "skipped": skipped,
-                "pr": opened,
-            }
-        )
-    else:
-        say(
-            f"{branch} pushed at {state.head[:12]}: "
-            f"{len(state.outcomes) - len(evicted)} merged, {len(evicted)} evicted"
-        )
-        say(f"description: {path}")
-        if opened:
-            say(opened)
-    if evicted:
-        raise typer.Exit(EXIT_FAILED)
+    title = f"flota: {run.name or run.id}"
+    opened = open_pr(forge or run.repo_url, str(repo_path), title, path, base_branch, branch) if pr else ""
+    return {
+        "run": run.id,
+        "branch": branch,
+        "head": state.head,
+        "description": str(path),
+        "merge_jobs": [j.id for j in state.merge_jobs],
+        "outcomes": [vars(x) for x in state.outcomes.values()],
+        "evicted": len(evicted),
+        "fixes": {k: v.id for k, v in state.fixes.items()},
+        "fix_jobs": [j.id for j in state.fix_jobs],
+        "skipped": skipped,
+        "pr": opened,
+    }
