@@ -5,6 +5,8 @@ This module is the app: the global options, `main()`, and the table of nouns. Ea
 commands live in their own module (Nomad's `command/` layout):
 
     runs.py         run, status, results, compare, logs, cancel, retry, cleanup, prune
+    mcpserver.py    mcp (flota's tools for an orchestrating agent, over MCP on stdio)
+    merge/          merge, pick, feature (a run's branches through a merge queue on the fleet; the PR)
     plan/           plan (a feature split into role tasks; `run --plan` runs them as a graph)
     checkout.py     checkout, diff (a job's branch in the user's repository)
     events.py       events
@@ -43,6 +45,9 @@ from cli.client import CliError
 from cli.config import load_defaults
 from cli.coordinator import coordinator_app
 from cli.dashboard import dashboard
+from cli.mcpserver import mcp
+from cli.merge.command import merge, pick
+from cli.merge.feature import feature
 from cli.nodes import list_nodes, node_app
 from cli.options import Options
 from cli.plan.command import plan
@@ -67,6 +72,10 @@ for _name, _command in (
     ("status", runs.status),
     ("results", runs.results),
     ("compare", runs.compare),
+    ("merge", merge),
+    ("pick", pick),
+    ("feature", feature),
+    ("mcp", mcp),
     ("logs", runs.logs),
     ("cancel", runs.cancel),
     ("retry", runs.retry),

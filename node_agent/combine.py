@@ -13,9 +13,9 @@ from pathlib import Path
 from node_agent.errors import WorkspaceError
 from node_agent.git import Git, summarise
 
-__all__ = ["merge_all"]
+__all__ = ["IDENTITY", "merge_all"]
 
-_IDENTITY = {
+IDENTITY = {
     "GIT_AUTHOR_NAME": "flota",
     "GIT_AUTHOR_EMAIL": "flota@localhost",
     "GIT_COMMITTER_NAME": "flota",
@@ -30,7 +30,7 @@ def _short(ref: str) -> str:
 def merge_all(git: Git, worktree: Path, env: Mapping[str, str], merges: Sequence[tuple[str, str]]) -> str:
     """Merge each (ref, commit) of `merges` into the worktree's branch, in order; return
     the new head. `env` chooses the repository (GIT_DIR, GIT_COMMON_DIR, GIT_WORK_TREE)."""
-    env = {**env, **_IDENTITY}
+    env = {**env, **IDENTITY}
     for ref, commit in merges:
         proc = git.run(
             [

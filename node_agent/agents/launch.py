@@ -6,6 +6,8 @@ base.Agent` protocol, and :data:`AGENTS` maps a job's ``agent`` to one:
 
 - ``shell``: the job's command (:class:`~node_agent.agents.shell.ShellAgent`).
 - ``llm``: ``python -m node_agent.agents.llm`` (:class:`~node_agent.agents.llm_agent.LlmAgent`).
+- ``merge``: ``python -m node_agent.agents.merge_queue``, a run's branches merged one by
+  one with a check between (``flota merge``; :class:`~node_agent.agents.merge.MergeAgent`).
 - any other name, an agent CLI (claude, aider, codex ...): the command line the
   coordinator built from its template (:class:`~node_agent.agents.shell.CliAgent`).
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from node_agent.agents.base import Agent, Command
 from node_agent.agents.llm_agent import LlmAgent
+from node_agent.agents.merge import MergeAgent
 from node_agent.agents.shell import CliAgent, ShellAgent
 from node_agent.local_models import LocalModel
 from node_agent.models import AgentReport, Job
@@ -30,7 +33,7 @@ __all__ = ["AGENTS", "agent_for", "command_for", "read_report"]
 
 CHECK_FILE = "check"
 
-AGENTS: Mapping[str, Agent] = {"shell": ShellAgent(), "llm": LlmAgent()}
+AGENTS: Mapping[str, Agent] = {"shell": ShellAgent(), "llm": LlmAgent(), "merge": MergeAgent()}
 _TEMPLATE = CliAgent()  # every other name is an agent CLI's template
 
 # The agent in a child shell, so that its `exit` does not skip the check.
