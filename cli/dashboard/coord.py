@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
-from cli.client import CALL_TIMEOUT_S, EXIT_UNAVAILABLE, CliError, admin_credentials, translate
+from cli.client import CALL_TIMEOUT_S, EXIT_UNAVAILABLE, CliError, admin_credentials, translate, unbatch
 from protos.channels import client_options
 from protos.contract import COORDINATOR_SERVER_NAME
 from protos.flota.v1 import coordinator_pb2 as pb
@@ -65,8 +65,12 @@ class Coordinator:
     async def get_job(self, job_id: str) -> pb.Job:
         return await self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
 
-    def stream_events(self, since: int) -> AsyncIterator[pb.Event]:
-        return self._stream(self._stub.StreamEvents, pb.StreamEventsRequest(since=since))
+    async def stream_events(self, since: int) -> AsyncIterator[pb.Event]:
+        """The fleet's events after `since`, one by one (the coordinator's batches opened)."""
+        request = pb.StreamEventsRequest(since=since, batch=True)
+        async for message in self._stream(self._stub.StreamEvents, request):
+            for event in unbatch(message):
+                yield event
 
     def stream_logs(self, job_id: str) -> AsyncIterator[pb.LogChunk]:
         """Every attempt's output, then the lines as they come, until the job ends."""
