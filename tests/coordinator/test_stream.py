@@ -146,3 +146,20 @@ def test_batches_stay_under_their_size() -> None:
     assert len(out) > 1 and all(len(m) < BATCH_BYTES + 110_000 for m in out)
     opened = [e for m in out for e in (pb.Event.FromString(m).batch or [pb.Event.FromString(m)])]
     assert [e.index for e in opened] == list(range(7))
+
+
+def test_a_batching_reader_gathers_what_comes_within_its_interval() -> None:
+    async def takes(batched: bool) -> list[int]:
+        log = EventLog(wall=lambda: 1.0, clock=Clock())
+        reader = log.attach(parse_topics([]), batched=batched)
+        loop = asyncio.get_running_loop()
+        log.publish("job.running", lambda: job("r0.1"))
+        sizes = [len(await reader.take() or [])]  # after a quiet spell: at once
+        log.publish("job.running", lambda: job("r1.1"))
+        for i in range(2, 5):  # each in a later turn of the loop, within BATCH_EVERY_S
+            loop.call_soon(lambda i=i: log.publish("job.running", lambda: job(f"r{i}.1")))  # type: ignore[misc]
+        sizes.append(len(await reader.take() or []))
+        return sizes
+
+    assert asyncio.run(takes(True)) == [1, 4]  # the next message waited for the interval
+    assert asyncio.run(takes(False)) == [1, 1]  # no interval: taken as soon as there
