@@ -28,6 +28,7 @@ __all__ = ["CODES", "CoordinatorServicer", "EnrollmentServicer", "add_to_server"
 
 T = TypeVar("T")
 SNAPSHOT_RUNS = 100  # the most recent runs in an event stream's snapshot (live ones with their jobs)
+SNAPSHOT_ENDED_JOBS = 2_000  # and the jobs of the ended ones among them, newest first, up to this many
 
 LOG_CHUNK_BYTES = 1 << 20
 
@@ -273,7 +274,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def _snapshot(self, topics: Topics) -> list[Item]:
         names = self._names()
         nodes = [self._status(s) for s in self.service.nodes()] if topics.wants_kind("node") else []
-        runs = self.service.runs(SNAPSHOT_RUNS) if topics.wants_kind("run", "job") else []
+        runs = (
+            self.service.snapshot_runs(SNAPSHOT_RUNS, SNAPSHOT_ENDED_JOBS if topics.wants_kind("job") else 0)
+            if topics.wants_kind("run", "job")
+            else []
+        )
         jobs = [job_to_pb(j, names) for r in runs for j in r.jobs] if topics.wants_kind("job") else []
         runs_pb = [run_to_pb(r, names, with_jobs=False) for r in runs]
         return self.service.rec.hub.stream.snapshot(nodes, runs_pb, jobs, topics)

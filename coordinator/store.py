@@ -433,6 +433,16 @@ class Store:
         rows = self._query(f"SELECT {self._RUN_COLS} FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
         return [self._run(r, with_jobs=False) for r in rows]
 
+    def job_counts(self, run_ids: Sequence[str]) -> dict[str, int]:
+        """How many jobs each of these runs has."""
+        if not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        rows = self._query(
+            f"SELECT run_id, COUNT(*) FROM jobs WHERE run_id IN ({marks}) GROUP BY run_id", run_ids
+        )
+        return {run_id: n for run_id, n in rows}
+
     def get_job(self, job_id: str) -> Job | None:
         rows = self._query(f"SELECT {self._JOB_COLS} FROM jobs WHERE id = ?", (job_id,))
         return self._job(rows[0]) if rows else None

@@ -247,3 +247,24 @@ def test_the_wire_plain_events_or_batches_as_the_reader_asks(
     assert {e.job.id for e in plain if e.type == "job.success"} == {
         f"{plain[-1].run.id}.{i}" for i in range(1, 31)
     }
+
+
+def test_a_fresh_readers_snapshot_has_the_jobs_of_recently_ended_runs(fleet: Fleet) -> None:
+    """After a resync, `flota top` and the dashboard see what a reader that was there all
+    along saw: the jobs of the latest ended runs too, in their last state."""
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    along = Events(fleet, "--topic", "job", "--topic", "run")
+    try:
+        along.until(_of("live"))
+        runs = [fleet.json("run", "-t", "echo a", "-t", "exit 3"), fleet.json("run", "echo b")]
+        for run in runs:
+            along.until(_of("run.ended", run["id"]))
+    finally:
+        along.stop()
+    last = {e["job"]["id"]: e["job"] for e in along.seen if "job" in e}
+    assert {j["status"] for j in last.values()} == {"success", "failed"}
+    fresh = fleet.flota("--json", "events", "--snapshot", check=True)
+    snapshot = [json.loads(line) for line in fresh.stdout.splitlines()]
+    jobs = {e["job"]["id"]: e["job"] for e in snapshot if e["type"] == "job.snapshot"}
+    assert jobs == last
