@@ -28,7 +28,7 @@ __all__ = ["CODES", "CoordinatorServicer", "EnrollmentServicer", "add_to_server"
 
 T = TypeVar("T")
 SNAPSHOT_RUNS = 100  # the most recent runs in an event stream's snapshot (live ones with their jobs)
-SNAPSHOT_ENDED_JOBS = 2_000  # and the jobs of the ended ones among them, newest first, up to this many
+SNAPSHOT_JOBS = 2_000  # and the jobs of the newest of them (ended ones too), up to this many
 
 LOG_CHUNK_BYTES = 1 << 20
 
@@ -275,7 +275,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         names = self._names()
         nodes = [self._status(s) for s in self.service.nodes()] if topics.wants_kind("node") else []
         runs = (
-            self.service.snapshot_runs(SNAPSHOT_RUNS, SNAPSHOT_ENDED_JOBS if topics.wants_kind("job") else 0)
+            self.service.runs(SNAPSHOT_RUNS, SNAPSHOT_JOBS if topics.wants_kind("job") else 0)
             if topics.wants_kind("run", "job")
             else []
         )

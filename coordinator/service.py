@@ -322,27 +322,11 @@ class Service:
             raise NotFound(f"no job {job_id!r} (job ids look like r1a2b3c.1)")
         return job
 
-    def runs(self, limit: int) -> list[Run]:
-        stored = self.rec.store.list_runs(min(limit, 1000) if limit > 0 else 20)
+    def runs(self, limit: int, jobs_up_to: int = 0) -> list[Run]:
+        """The latest runs; a live one with its jobs, the newest others too while all these
+        jobs add up to `jobs_up_to` (the event stream's snapshot)."""
+        stored = self.rec.store.list_runs(min(limit, 1000) if limit > 0 else 20, jobs_up_to)
         return [self.rec.runs.get(r.id, r) for r in stored]  # a live run with its jobs
-
-    def snapshot_runs(self, limit: int, ended_jobs: int) -> list[Run]:
-        """The latest runs (as `runs`), with their jobs: a live run's always; ended runs',
-        newest first, while they add up to `ended_jobs` at most (a run's all or none; the
-        first that does not fit ends them)."""
-        runs = self.runs(limit)
-        counts = self.rec.store.job_counts([r.id for r in runs if r.id not in self.rec.runs])
-        out: list[Run] = []
-        for run in runs:
-            if run.id in self.rec.runs:  # live: its jobs are at hand
-                out.append(run)
-            elif counts.get(run.id, 0) <= ended_jobs:
-                ended_jobs -= counts.get(run.id, 0)
-                out.append(self.rec.store.get_run(run.id) or run)
-            else:
-                ended_jobs = -1  # older ended runs go without their jobs
-                out.append(run)
-        return out
 
     def job_active(self, job_id: str) -> bool:
         """Whether a job may still log more."""

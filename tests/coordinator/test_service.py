@@ -109,11 +109,11 @@ def test_a_token_lifetime_of_0_means_the_default(
     assert expires_at - h.clock.time() == (h.config.token_ttl_s if lasts is None else lasts)
 
 
-def test_the_stream_snapshot_carries_the_jobs_of_recent_ended_runs_up_to_its_cap(
+def test_the_stream_snapshot_carries_the_jobs_of_the_latest_runs_up_to_its_cap(
     h: Harness, ca: CertificateAuthority
 ) -> None:
-    """Newest first, a run's jobs all or none; past the cap, older ended runs come without
-    theirs; a live run always has its jobs."""
+    """Newest first, a run's jobs all or none, ended runs too; past the cap the older runs
+    come without theirs; a live run always has its jobs (from memory)."""
     for i, jobs in enumerate([3, 2, 4, 1]):  # oldest first: r00000a (3 jobs) ... r00000d (1)
         run = make_run(f"r00000{'abcd'[i]}", jobs)
         run.created_at += i
@@ -124,8 +124,13 @@ def test_the_stream_snapshot_carries_the_jobs_of_recent_ended_runs_up_to_its_cap
     h.store.create_run(live)
     h.rec.runs[live.id] = live
     service = Service(h.rec, ca, h.config)
-    got = {r.id: len(r.jobs) for r in service.snapshot_runs(10, 5)}
+
+    def sizes(up_to: int) -> dict[str, int]:
+        return {r.id: len(r.jobs) for r in service.runs(10, up_to)}
+
+    got = sizes(7)  # e (2) + d (1) + c (4) = 7; b does not fit, nor a after it
     assert got == {"r00000e": 2, "r00000d": 1, "r00000c": 4, "r00000b": 0, "r00000a": 0}
     assert list(got) == ["r00000e", "r00000d", "r00000c", "r00000b", "r00000a"]  # newest first
-    assert {r.id: len(r.jobs) for r in service.snapshot_runs(10, 10)}["r00000a"] == 3
-    assert {r.id: len(r.jobs) for r in service.snapshot_runs(10, 0)} == dict.fromkeys(got, 0) | {"r00000e": 2}
+    assert sizes(6) == {**got, "r00000c": 0}  # a run's jobs all or none
+    assert sizes(100)["r00000a"] == 3
+    assert sizes(0) == {**dict.fromkeys(got, 0), "r00000e": 2}  # the live run's from memory
