@@ -43,7 +43,7 @@ RETAIN_S = 300.0  # the ring is kept this long after the last reader left
 NODE_POLL_S = 0.5
 FACTS_EVERY_S = 5.0
 MAX_TOPICS = 32
-BATCH_EVERY_S = 0.01  # a batching reader's messages, at most one this often
+BATCH_EVERY_S = 0.05  # a batching reader's messages, at most one this often
 BATCH_BYTES = 256 * 1024  # an envelope's events, at most (far below the 4 MiB message limit)
 _TOPIC = re.compile(r"^(node|run|job)(?::([A-Za-z0-9][A-Za-z0-9._-]{0,79}))?\Z")
 
