@@ -345,9 +345,12 @@ def fan_out(
     templates: Mapping[str, Template],
     api_base: str = "",
     max_steps: int = 0,
+    metered: bool = False,
 ) -> list[coordinator_pb2.TaskSpec]:
     """One TaskSpec per worker. Without `workers`, every task with every model; with it,
-    worker i takes task i mod T and model i mod M (round-robin, as architect-cli does)."""
+    worker i takes task i mod T and model i mod M (round-robin, as architect-cli does).
+    `metered` (a budget per worker): a shell job's --api-base is where its node's metering
+    proxy forwards, so it reaches the shell agent too."""
     template = templates.get(agent)
     if agent not in ("shell", "llm") and template is None:
         known = ", ".join(["shell", "llm", *sorted(templates)])
@@ -357,11 +360,13 @@ def fan_out(
         ("--max-steps", max_steps, "max_steps"),
     ):
         takes = agent == "llm" or (template is not None and template.takes(placeholder))
+        takes = takes or (agent == "shell" and placeholder == "api_base" and metered)
         if value and not takes:
             why = (
                 f"its template has no {{{placeholder}}}; see agents: in flota.yaml"
                 if template
-                else "a shell command takes its own flags"
+                else "a shell command takes its own flags; with --budget-per-worker it is where the "
+                "job's metering proxy forwards"
             )
             raise CliError(f"{flag} does not reach the {agent} agent ({why})")
     models = list(models) or [template.model if template else ""]

@@ -16,10 +16,11 @@ A stream raises it when iterated, since its call starts only then.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,10 +37,12 @@ __all__ = [
     "EXIT_USAGE",
     "CliError",
     "Client",
+    "Events",
     "Stream",
     "admin_credentials",
     "flota_home",
     "translate",
+    "unbatch",
 ]
 
 EXIT_FAILED = 1  # a run or job did not succeed
@@ -158,8 +161,10 @@ class Client:
         return self._stream(self._stub.WatchRun, pb.WatchRunRequest(run_id=run_id), None)
 
     def stream_events(self, since: int, topics: list[str]) -> Stream[pb.Event]:
-        """The fleet's events after `since` (0: the current state first); never ends by itself."""
-        return self._stream(self._stub.StreamEvents, pb.StreamEventsRequest(since=since, topics=topics), None)
+        """The fleet's events after `since` (0: the current state first), one by one (the
+        coordinator's batches opened); never ends by itself."""
+        request = pb.StreamEventsRequest(since=since, topics=topics, batch=True)
+        return Events(lambda: self._stub.StreamEvents(request), self.address)
 
     def stream_logs(self, job_id: str, follow: bool) -> Stream[pb.LogChunk]:
         """A job's output, every attempt; with `follow`, until the job ends."""
@@ -269,6 +274,24 @@ class Stream(Iterator[_Reply]):
         self._cancelled = True
         if self._call is not None:
             self._call.cancel()
+
+
+class Events(Stream[pb.Event]):
+    """StreamEvents asked for batches: each event of a batch in turn, as if sent alone."""
+
+    def __init__(self, start: Callable[[], Any], address: str) -> None:
+        super().__init__(start, address)
+        self._pending: collections.deque[pb.Event] = collections.deque()
+
+    def __next__(self) -> pb.Event:
+        while not self._pending:
+            self._pending.extend(unbatch(super().__next__()))
+        return self._pending.popleft()
+
+
+def unbatch(event: pb.Event) -> Sequence[pb.Event]:
+    """The events a StreamEvents message carries: a batch's, or itself."""
+    return event.batch if event.type == "batch" else (event,)
 
 
 def _wait_saying(call: grpc.Future[_Reply], waiting: str) -> _Reply:

@@ -189,7 +189,8 @@ def run(
         items = batch_inputs(texts, workers, each, inputs, jsonl, repo, ref, from_working_tree)
         tasks = batch_tasks(agent, texts[0], items, model_list, templates, api_base or "", max_steps)
     else:
-        tasks = fan_out(agent, texts, model_list, workers, templates, api_base or "", max_steps)
+        metered = bool(budget_per_worker or defaults.get("budget_per_worker", 0))
+        tasks = fan_out(agent, texts, model_list, workers, templates, api_base or "", max_steps, metered)
     request = coordinator_pb2.SubmitRunRequest(
         tasks=tasks,
         max_steps=max_steps,

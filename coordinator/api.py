@@ -19,15 +19,16 @@ import grpc
 from coordinator import errors, validate
 from coordinator.convert import job_to_pb, node_status_to_pb, pruning_to_pb, run_to_pb
 from coordinator.service import NodeStatus, Report, Service
-from coordinator.stream import Topics, parse_topics
+from coordinator.stream import Item, Topics, frames, parse_topics
 from protos.contract import FLOTA_VERSION, OLDEST_PROTOCOL, PROTOCOL, fingerprint
 from protos.flota.v1 import coordinator_pb2, coordinator_pb2_grpc
 from protos.peer import peer_role
 
-__all__ = ["CODES", "CoordinatorServicer", "EnrollmentServicer"]
+__all__ = ["CODES", "CoordinatorServicer", "EnrollmentServicer", "add_to_server"]
 
 T = TypeVar("T")
 SNAPSHOT_RUNS = 100  # the most recent runs in an event stream's snapshot (live ones with their jobs)
+SNAPSHOT_JOBS = 2_000  # and the jobs of the newest of them (ended ones too), up to this many
 
 LOG_CHUNK_BYTES = 1 << 20
 
@@ -249,32 +250,36 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             hub.unwatch(request.run_id, watcher)
 
     @_stream_role("admin")
-    async def StreamEvents(
+    async def StreamEvents(  # type: ignore[override]  # bytes, not Events: see add_to_server
         self, request: coordinator_pb2.StreamEventsRequest, context: Any
-    ) -> AsyncIterator[coordinator_pb2.Event]:
+    ) -> AsyncIterator[bytes]:
+        """Events as the bytes the stream serialized once (add_to_server sends them as they are)."""
         topics = parse_topics(list(request.topics))
         log = self.service.rec.hub.stream
-        reader = log.attach(topics)  # before reading: nothing published from here on slips by
+        reader = log.attach(topics, request.batch)  # before reading: nothing published from here on slips by
         try:
             replayed = log.replay(request.since) if request.since else None
-            for event in replayed if replayed is not None else self._snapshot(topics):
-                if topics.wants(event):
-                    yield event
+            first = replayed if replayed is not None else self._snapshot(topics)
+            for frame in frames([data for event, data in first if topics.wants(event)], request.batch):
+                yield frame
             while True:
-                live = await reader.next()
+                live = await reader.take()
                 if live is None:  # it fell behind: the state as it is now, then on
                     reader.resume()
-                    for event in self._snapshot(topics):
-                        yield event
-                    continue
-                yield live
+                    live = [data for _, data in self._snapshot(topics)]
+                for frame in frames(live, request.batch):
+                    yield frame
         finally:
             log.detach(reader)
 
-    def _snapshot(self, topics: Topics) -> list[coordinator_pb2.Event]:
+    def _snapshot(self, topics: Topics) -> list[Item]:
         names = self._names()
         nodes = [self._status(s) for s in self.service.nodes()] if topics.wants_kind("node") else []
-        runs = self.service.runs(SNAPSHOT_RUNS) if topics.wants_kind("run", "job") else []
+        runs = (
+            self.service.runs(SNAPSHOT_RUNS, SNAPSHOT_JOBS if topics.wants_kind("job") else 0)
+            if topics.wants_kind("run", "job")
+            else []
+        )
         jobs = [job_to_pb(j, names) for r in runs for j in r.jobs] if topics.wants_kind("job") else []
         runs_pb = [run_to_pb(r, names, with_jobs=False) for r in runs]
         return self.service.rec.hub.stream.snapshot(nodes, runs_pb, jobs, topics)
@@ -430,3 +435,35 @@ class EnrollmentServicer(coordinator_pb2_grpc.EnrollmentServicer):
             node_id=joined.node_id,
             coordinator_address=self.api_address,
         )
+
+
+class _Handlers:
+    """Stands in for the server while the generated code registers a servicer: what it
+    would register, to be changed before the real server gets it."""
+
+    def __init__(self) -> None:
+        self.methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # made again from `methods` below
+
+    def add_registered_method_handlers(
+        self, service: str, methods: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.methods = dict(methods)
+
+
+def add_to_server(servicer: CoordinatorServicer, server: grpc.aio.Server) -> None:
+    """The generated registration, except that StreamEvents sends the bytes it is given:
+    each event is serialized once, for every reader (coordinator/stream.py)."""
+    found = _Handlers()
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, found)  # type: ignore[arg-type]
+    methods = found.methods
+    methods["StreamEvents"] = grpc.unary_stream_rpc_method_handler(
+        servicer.StreamEvents,
+        request_deserializer=coordinator_pb2.StreamEventsRequest.FromString,
+        response_serializer=None,
+    )
+    service = "flota.v1.Coordinator"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
+    server.add_registered_method_handlers(service, methods)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import grpc
 
-from coordinator.api import CoordinatorServicer, EnrollmentServicer
+from coordinator.api import CoordinatorServicer, EnrollmentServicer, add_to_server
 from coordinator.config import CoordinatorConfig
 from coordinator.convert import node_status_to_pb
 from coordinator.discovery import Discovery
@@ -143,9 +143,7 @@ class Coordinator:
         api_address = f"{advertise}:{self.api_port}"
         join_address = f"{advertise}:{self.join_port}"
         self.rec.load()
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(self.service, join_address), api
-        )
+        add_to_server(CoordinatorServicer(self.service, join_address), api)
         coordinator_pb2_grpc.add_EnrollmentServicer_to_server(
             EnrollmentServicer(self.service, api_address), join
         )

@@ -335,8 +335,10 @@ class Service:
             raise NotFound(f"no job {job_id!r} (job ids look like r1a2b3c.1)")
         return job
 
-    def runs(self, limit: int) -> list[Run]:
-        stored = self.rec.store.list_runs(min(limit, 1000) if limit > 0 else 20)
+    def runs(self, limit: int, jobs_up_to: int = 0) -> list[Run]:
+        """The latest runs; a live one with its jobs, the newest others too while all these
+        jobs add up to `jobs_up_to` (the event stream's snapshot)."""
+        stored = self.rec.store.list_runs(min(limit, 1000) if limit > 0 else 20, jobs_up_to)
         return [self.rec.runs.get(r.id, r) for r in stored]  # a live run with its jobs
 
     def job_active(self, job_id: str) -> bool:

@@ -448,9 +448,17 @@ class Store:
         rows = self._query(f"SELECT {self._RUN_COLS} FROM runs WHERE id = ?", (run_id,))
         return self._run(rows[0], with_jobs=True) if rows else None
 
-    def list_runs(self, limit: int) -> list[Run]:
+    def list_runs(self, limit: int, jobs_up_to: int = 0) -> list[Run]:
+        """The latest runs, newest first; the first of them with their jobs while these add
+        up to `jobs_up_to` at most (a run's all or none)."""
+        latest = "SELECT id FROM runs ORDER BY created_at DESC LIMIT ?"
         rows = self._query(f"SELECT {self._RUN_COLS} FROM runs ORDER BY created_at DESC LIMIT ?", (limit,))
-        return [self._run(r, with_jobs=False) for r in rows]
+        sql = f"SELECT run_id, COUNT(*) FROM jobs WHERE run_id IN ({latest}) GROUP BY run_id"
+        counts, runs = dict(self._query(sql, (limit,)) if jobs_up_to > 0 else []), []
+        for row in rows:
+            jobs_up_to -= counts.get(row[0], 0)
+            runs.append(self._run(row, with_jobs=jobs_up_to >= 0 and bool(counts)))
+        return runs
 
     def get_job(self, job_id: str) -> Job | None:
         rows = self._query(f"SELECT {self._JOB_COLS} FROM jobs WHERE id = ?", (job_id,))

@@ -15,6 +15,12 @@ index a reader can resume from (Nomad's /v1/event/stream is the model).
   `watch_nodes` compares their status every NODE_POLL_S while the stream records: a change
   of state, slots, labels or version is "node.updated" at once; facts that move all the
   time (load, memory, battery) are "node.facts", at most every FACTS_EVERY_S per node.
+- What a reader costs is what gRPC costs per message (a write, a syscall, a wake-up), not
+  the event: each event is serialized once, when published, and every reader is sent those
+  same bytes (the method's response serializer passes bytes through: api.add_to_server).
+  A reader that asks for batches is sent at most a message every BATCH_EVERY_S: an event
+  after a quiet spell goes at once, and what gathers meanwhile goes as one "batch" envelope
+  (`frames`), so ten busy readers cost ten writes per BATCH_EVERY_S, not ten per event.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import dataclass, field
 from coordinator.errors import InvalidRequest
 from protos.flota.v1 import coordinator_pb2 as pb
 
-__all__ = ["EventLog", "Reader", "Topics", "parse_topics", "watch_nodes"]
+__all__ = ["EventLog", "Item", "Reader", "Topics", "frames", "parse_topics", "watch_nodes"]
 
 KEEP = 50_000  # events kept for replay
 LIMIT = 10_000  # events a reader may fall behind before it is resynced
@@ -37,6 +43,8 @@ RETAIN_S = 300.0  # the ring is kept this long after the last reader left
 NODE_POLL_S = 0.5
 FACTS_EVERY_S = 5.0
 MAX_TOPICS = 32
+BATCH_EVERY_S = 0.05  # a batching reader's messages, at most one this often
+BATCH_BYTES = 256 * 1024  # an envelope's events, at most (far below the 4 MiB message limit)
 _TOPIC = re.compile(r"^(node|run|job)(?::([A-Za-z0-9][A-Za-z0-9._-]{0,79}))?\Z")
 
 
@@ -82,24 +90,74 @@ def parse_topics(items: Sequence[str]) -> Topics:
     return Topics({**kinds, **{k: frozenset() for k in whole}})
 
 
+Item = tuple[pb.Event, bytes]  # an event and its bytes on the wire, serialized once
+
+
+def _item(event: pb.Event) -> Item:
+    return event, event.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# An Event of type "batch" (field 2) holding events in `batch` (field 7, length-delimited):
+# the protobuf encoding of `Event(type="batch", batch=[...])`, made from the events' bytes.
+_BATCH_HEAD = b"\x12\x05batch"
+_BATCH_TAG = b"\x3a"
+
+
+def frames(datas: Sequence[bytes], batched: bool) -> list[bytes]:
+    """The messages that carry these events: one each, or (`batched`) envelopes of up to
+    BATCH_BYTES (an event alone goes as itself)."""
+    if not batched or len(datas) < 2:
+        return list(datas)
+    out: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for data in datas:
+        if group and size + len(data) > BATCH_BYTES:
+            out.append(_envelope(group))
+            group, size = [], 0
+        group.append(data)
+        size += len(data)
+    out.append(_envelope(group))
+    return out
+
+
+def _envelope(group: list[bytes]) -> bytes:
+    if len(group) == 1:
+        return group[0]
+    return _BATCH_HEAD + b"".join(_BATCH_TAG + _varint(len(d)) + d for d in group)
+
+
 class Reader:
     """One StreamEvents call: the events published after it attached, bounded."""
 
-    def __init__(self, topics: Topics, limit: int) -> None:
+    def __init__(
+        self, topics: Topics, limit: int, every_s: float = 0.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.topics = topics
         self.limit = limit
         self.behind = False
-        self._queue: deque[pb.Event] = deque()
+        self._queue: deque[Item] = deque()
         self._ready = asyncio.Event()
+        self._every_s, self._clock = every_s, clock
+        self._taken_at = -every_s
 
-    def offer(self, event: pb.Event) -> None:
-        if self.behind or not self.topics.wants(event):
+    def offer(self, item: Item) -> None:
+        if self.behind or not self.topics.wants(item[0]):
             return
         if len(self._queue) >= self.limit:
             self.behind = True  # the stream resyncs it; what it holds is stale
             self._queue.clear()
         else:
-            self._queue.append(event)
+            self._queue.append(item)
         self._ready.set()
 
     def resume(self) -> None:
@@ -107,14 +165,23 @@ class Reader:
         self.behind = False
         self._queue.clear()
 
-    async def next(self) -> pb.Event | None:
-        """The next event; None when this reader fell behind (resync it)."""
+    async def take(self) -> list[bytes] | None:
+        """Every event queued (waiting for one, and then until `every_s` after the last
+        take), as bytes; None when this reader fell behind (resync it)."""
         while not self._queue:
             if self.behind:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        return self._queue.popleft()
+        linger = self._taken_at + self._every_s - self._clock()
+        if linger > 0:
+            await asyncio.sleep(linger)
+            if self.behind:
+                return None
+        self._taken_at = self._clock()
+        taken = [data for _, data in self._queue]
+        self._queue.clear()
+        return taken
 
 
 class EventLog:
@@ -129,7 +196,7 @@ class EventLog:
         self._wall, self._clock = wall, clock
         self._limit, self._retain_s = limit, retain_s
         self.index = int(wall() * 1_000_000)
-        self._ring: deque[pb.Event] = deque(maxlen=keep)
+        self._ring: deque[Item] = deque(maxlen=keep)
         self._readers: set[Reader] = set()
         self._left_at: float | None = None  # when the last reader left; None: never read
         self._from = self.index + 1  # the first index the ring can replay from
@@ -147,15 +214,17 @@ class EventLog:
             return
         event = build()
         event.index, event.type, event.at = self.index, kind, self._wall()
-        self._ring.append(event)
+        item = _item(event)
+        self._ring.append(item)
         for reader in self._readers:
-            reader.offer(event)
+            reader.offer(item)
 
-    def attach(self, topics: Topics) -> Reader:
+    def attach(self, topics: Topics, batched: bool = False) -> Reader:
+        """A reader; `batched`: one that takes its events BATCH_EVERY_S at a time."""
         if not self.recording:  # a new recording: nothing before it can be replayed
             self._ring.clear()
             self._from = self.index + 1
-        reader = Reader(topics, self._limit)
+        reader = Reader(topics, self._limit, BATCH_EVERY_S if batched else 0.0, self._clock)
         self._readers.add(reader)
         return reader
 
@@ -164,17 +233,17 @@ class EventLog:
         if not self._readers:
             self._left_at = self._clock()
 
-    def replay(self, since: int) -> list[pb.Event] | None:
+    def replay(self, since: int) -> list[Item] | None:
         """The kept events after `since`, or None when they cannot all be given (resync)."""
         if since < self._from - 1 or since > self.index:
             return None
-        if self._ring and self._ring[0].index > since + 1:
+        if self._ring and self._ring[0][0].index > since + 1:
             return None  # the ring has dropped some already
-        return [e for e in self._ring if e.index > since]
+        return [item for item in self._ring if item[0].index > since]
 
     def snapshot(
         self, nodes: Iterable[pb.NodeStatus], runs: Iterable[pb.Run], jobs: Iterable[pb.Job], topics: Topics
-    ) -> list[pb.Event]:
+    ) -> list[Item]:
         """resync, the current state, live: all at the current index (a reader that
         resumes from it gets exactly what follows)."""
         at, index = self._wall(), self.index
@@ -183,7 +252,7 @@ class EventLog:
         out += [pb.Event(index=index, type="run.snapshot", at=at, run=r) for r in runs]
         out += [pb.Event(index=index, type="job.snapshot", at=at, job=j) for j in jobs]
         out.append(pb.Event(index=index, type="live", at=at))
-        return [e for e in out if topics.wants(e)]
+        return [_item(e) for e in out if topics.wants(e)]
 
 
 def _steady(status: pb.NodeStatus) -> bytes:

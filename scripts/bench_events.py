@@ -3,8 +3,10 @@
 (as bench_dispatch), bulk runs of `true` jobs with no reader, with ten readers that read
 everything, and with one reader that never reads (its queue bounded; it is resynced, the
 coordinator never waits for it). Rounds alternate the three, side by side in one run.
-Also: the latency from a job's state change to a reader (job.success event time to its
-arrival; same machine, same clock).
+Also: the coordinator's CPU time per job in each case (user + system, from its process:
+what the readers cost it, less swayed by other work on the machine than jobs/s), and the
+latency from a job's state change to a reader (job.success event time to its arrival;
+same machine, same clock).
 
     python scripts/bench_events.py [--quick] [--json out.json]
 """
@@ -19,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -66,12 +70,14 @@ class Readers:
 def run(quick: bool) -> dict[str, Any]:
     rounds, jobs = (2, 500) if quick else (4, 2000)
     rates: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu_ms: dict[str, list[float]] = {m: [] for m in MODES}
     lags: list[float] = []
     events = 0
     with tempfile.TemporaryDirectory(prefix="flota-bench-") as tmp:
         fleet = Fleet(Path(tmp) / "home")
         try:
             fleet.start_coordinator()
+            coordinator = psutil.Process(fleet.procs["coordinator"].pid)
             for i in range(1, NODES + 1):
                 fleet.start_node(f"n{i}", "--slots", str(SLOTS))
             os.environ["FLOTA_HOME"] = str(fleet.home)
@@ -88,7 +94,11 @@ def run(quick: bool) -> dict[str, Any]:
                         else None
                     )
                     time.sleep(0.5)
+                    before = coordinator.cpu_times()
                     rates[mode].append(bulk(client, jobs))
+                    after = coordinator.cpu_times()
+                    used = after.user + after.system - before.user - before.system
+                    cpu_ms[mode].append(used * 1000 / jobs)
                     if readers is not None:
                         time.sleep(0.5)
                         if mode == "ten readers":
@@ -102,6 +112,9 @@ def run(quick: bool) -> dict[str, Any]:
         "jobs_per_round": jobs,
         "rounds": rounds,
         "per_s": {m: {"median": statistics.median(v), "all": v} for m, v in rates.items()},
+        "coordinator_cpu_ms_per_job": {
+            m: {"median": statistics.median(v), "all": v} for m, v in cpu_ms.items()
+        },
         "event_lag_ms": latency(lags) if lags else {},
         "events_read": events,
     }
@@ -119,6 +132,12 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{r['median']:.0f} jobs/s ({spread}); x{r['median'] / base:.2f}",
             )
         )
+    cpu = report["coordinator_cpu_ms_per_job"]
+    for mode in MODES:
+        c = cpu[mode]
+        spread = ", ".join(f"{x:.2f}" for x in c["all"])
+        ratio = c["median"] / cpu["none"]["median"]
+        out.append((f"coordinator CPU per job, {mode}", f"{c['median']:.2f} ms ({spread}); x{ratio:.2f}"))
     lag = report["event_lag_ms"]
     if lag:
         out.append(("job.success -> reader", f"p50 {lag['p50']:.1f} ms  p99 {lag['p99']:.1f} ms"))

@@ -345,6 +345,7 @@ class FakeOpenAI:
         with self._server.state.lock:
             return list(self._server.state.keys)
 
+    @property
     def paths(self) -> list[str]:
         with self._server.state.lock:
             return list(self._server.state.paths)

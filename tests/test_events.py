@@ -13,9 +13,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
-from protos.contract import RUN_ACTIVE
+from cli.client import admin_credentials
+from protos.channels import client_options
+from protos.contract import COORDINATOR_SERVER_NAME, RUN_ACTIVE
+from protos.flota.v1 import coordinator_pb2 as pb
+from protos.flota.v1 import coordinator_pb2_grpc
 from tests.fleet import Fleet, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -196,3 +201,70 @@ def test_a_retry_is_in_the_stream(fleet: Fleet, tmp_path: Path) -> None:
         assert ended["run"]["status"] == "success"
     finally:
         stream.stop()
+
+
+def test_the_wire_plain_events_or_batches_as_the_reader_asks(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator sends the bytes it serialized once: a generated stub that does not ask
+    for batches decodes plain Events; one that asks gets a burst as "batch" envelopes holding
+    the same events, in the same order."""
+    fleet.start_coordinator()
+    fleet.start_node("solo", "--slots", "4")
+    monkeypatch.setenv("FLOTA_HOME", str(fleet.home))
+    address, creds = admin_credentials()
+    channel = grpc.secure_channel(address, creds, options=client_options(COORDINATOR_SERVER_NAME))
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+    got: dict[bool, list[pb.Event]] = {False: [], True: []}
+    done = {False: threading.Event(), True: threading.Event()}
+    calls = {
+        b: stub.StreamEvents(pb.StreamEventsRequest(topics=["run", "job"], batch=b)) for b in (False, True)
+    }
+
+    def read(batched: bool) -> None:
+        for message in calls[batched]:
+            got[batched].append(message)
+            if message.type == "run.ended" or any(e.type == "run.ended" for e in message.batch):
+                done[batched].set()
+                return
+
+    try:
+        for batched in (False, True):
+            threading.Thread(target=read, args=(batched,), daemon=True).start()
+        wait_until(lambda: all(any(m.type in ("live", "batch") for m in got[b]) for b in got), what="live")
+        fleet.json("run", *[a for i in range(30) for a in ("-t", f"echo {i}")])
+        assert done[False].wait(60) and done[True].wait(60)
+    finally:
+        for call in calls.values():
+            call.cancel()
+        channel.close()
+    plain, batches = got[False], got[True]
+    assert all(m.type != "batch" and not m.batch for m in plain)
+    assert any(m.type == "batch" and len(m.batch) > 1 for m in batches)  # the run's 30 queued jobs at least
+    opened = [e for m in batches for e in (m.batch if m.type == "batch" else [m])]
+    assert [(e.index, e.type) for e in opened] == [(e.index, e.type) for e in plain]
+    assert opened[-1] == plain[-1] and opened[-1].run.status == "success"
+    assert {e.job.id for e in plain if e.type == "job.success"} == {
+        f"{plain[-1].run.id}.{i}" for i in range(1, 31)
+    }
+
+
+def test_a_fresh_readers_snapshot_has_the_jobs_of_recently_ended_runs(fleet: Fleet) -> None:
+    """After a resync, `flota top` and the dashboard see what a reader that was there all
+    along saw: the jobs of the latest ended runs too, in their last state."""
+    fleet.start_coordinator()
+    fleet.start_node("solo")
+    along = Events(fleet, "--topic", "job", "--topic", "run")
+    try:
+        along.until(_of("live"))
+        runs = [fleet.json("run", "-t", "echo a", "-t", "exit 3"), fleet.json("run", "echo b")]
+        for run in runs:
+            along.until(_of("run.ended", run["id"]))
+    finally:
+        along.stop()
+    last = {e["job"]["id"]: e["job"] for e in along.seen if "job" in e}
+    assert {j["status"] for j in last.values()} == {"success", "failed"}
+    fresh = fleet.flota("--json", "events", "--snapshot", check=True)
+    snapshot = [json.loads(line) for line in fresh.stdout.splitlines()]
+    jobs = {e["job"]["id"]: e["job"] for e in snapshot if e["type"] == "job.snapshot"}
+    assert jobs == last

@@ -21,6 +21,7 @@ from cli.dashboard.coord import Coordinator
 from cli.dashboard.diff import Diffs
 from cli.dashboard.feed import Feed
 from cli.render import compare_rows, count, to_dict
+from protos.flota.v1 import coordinator_pb2 as pb
 
 __all__ = ["Api"]
 
@@ -87,7 +88,7 @@ class Api:
             web.post("/api/cancel", _answers(self.cancel)),
             web.post("/api/retry", _answers(self.retry)),
             web.post("/api/drain", _answers(self.drain)),
-            web.post("/api/cleanup", _answers(self.cleanup)),
+            web.post("/api/cleanup", self.cleanup),
         ]
 
     # --- reads ----------------------------------------------------------------------------
@@ -179,9 +180,48 @@ class Api:
         )
         return {"node": to_dict(status), "message": said}
 
-    async def cleanup(self, request: web.Request) -> dict[str, Any]:
-        reply = await self.coordinator.cleanup(_text(await _body(request), "run"))
-        said = f"removed {count(reply.worktrees_removed, 'worktree')}; branches kept"
-        if reply.nodes_unreachable:
-            said += f"; unreachable, not cleaned: {', '.join(reply.nodes_unreachable)}"
-        return {**to_dict(reply), "message": said}
+    async def cleanup(self, request: web.Request) -> web.StreamResponse:
+        """NDJSON as the cleanup goes: {"type": "progress", what, done, total} for each step
+        the coordinator reports, then {"type": "done", ..., message} (or {"type": "error"}).
+        A request refused before any step answers as the other actions do."""
+        try:
+            events = self.coordinator.cleanup(_text(await _body(request), "run"))
+            first = await anext(events)
+        except CliError as exc:
+            return _failed(exc)
+        except StopAsyncIteration:
+            first = None
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        try:
+            try:
+                event = first
+                while event is not None:
+                    await response.write((json.dumps(_cleanup_line(event)) + "\n").encode())
+                    if event.HasField("done"):
+                        break
+                    event = await anext(events, None)
+                else:
+                    raise CliError(
+                        f"the coordinator at {self.coordinator.address} ended Cleanup without its reply"
+                    )
+            except CliError as exc:
+                await response.write(
+                    (json.dumps({"type": "error", "error": f"flota: {exc}"}) + "\n").encode()
+                )
+        except ConnectionResetError:
+            pass  # the page went away; the cleanup goes on at the coordinator
+        return response
+
+
+def _cleanup_line(event: pb.CleanupEvent) -> dict[str, Any]:
+    if not event.HasField("done"):
+        step = event.progress
+        return {"type": "progress", "what": step.what, "done": step.done, "total": step.total}
+    reply = event.done
+    said = f"removed {count(reply.worktrees_removed, 'worktree')}; branches kept"
+    if reply.nodes_unreachable:
+        said += f"; unreachable, not cleaned: {', '.join(reply.nodes_unreachable)}"
+    return {"type": "done", **to_dict(reply), "message": said}

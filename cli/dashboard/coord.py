@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 import grpc.aio
 
-from cli.client import CALL_TIMEOUT_S, EXIT_UNAVAILABLE, CliError, admin_credentials, translate
+from cli.client import CALL_TIMEOUT_S, CliError, admin_credentials, translate, unbatch
 from protos.channels import client_options
 from protos.contract import COORDINATOR_SERVER_NAME
 from protos.flota.v1 import coordinator_pb2 as pb
@@ -65,8 +65,12 @@ class Coordinator:
     async def get_job(self, job_id: str) -> pb.Job:
         return await self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
 
-    def stream_events(self, since: int) -> AsyncIterator[pb.Event]:
-        return self._stream(self._stub.StreamEvents, pb.StreamEventsRequest(since=since))
+    async def stream_events(self, since: int) -> AsyncIterator[pb.Event]:
+        """The fleet's events after `since`, one by one (the coordinator's batches opened)."""
+        request = pb.StreamEventsRequest(since=since, batch=True)
+        async for message in self._stream(self._stub.StreamEvents, request):
+            for event in unbatch(message):
+                yield event
 
     def stream_logs(self, job_id: str) -> AsyncIterator[pb.LogChunk]:
         """Every attempt's output, then the lines as they come, until the job ends."""
@@ -80,12 +84,9 @@ class Coordinator:
     async def retry(self, ident: str, failed_only: bool) -> pb.RetryReply:
         return await self._unary(self._stub.Retry, pb.RetryRequest(id=ident, failed=failed_only))
 
-    async def cleanup(self, run_id: str) -> pb.CleanupReply:
-        """The reply, once the coordinator has called every node (its progress is not shown)."""
-        async for event in self._stream(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id)):
-            if event.HasField("done"):
-                return event.done
-        raise CliError(f"the coordinator at {self.address} ended Cleanup without its reply", EXIT_UNAVAILABLE)
+    def cleanup(self, run_id: str) -> AsyncIterator[pb.CleanupEvent]:
+        """Each step as the coordinator reports it (`progress`), the last one its reply (`done`)."""
+        return self._stream(self._stub.Cleanup, pb.CleanupRequest(run_id=run_id))
 
     async def drain_node(self, node: str, undo: bool) -> pb.NodeStatus:
         return await self._unary(self._stub.DrainNode, pb.DrainNodeRequest(node=node, undo=undo))

@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import socket
+import sys
+import threading
 import webbrowser
 
 from aiohttp import web
@@ -53,6 +55,22 @@ def _shown_host(host: str) -> str:
     return lan_address()
 
 
+def _open(url: str) -> None:
+    """The page in the user's browser ($BROWSER is honoured), in a thread of its own: a
+    browser may stay in the foreground until it is closed, and must not hold up serving or
+    the dashboard's exit."""
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        print(
+            "flota dashboard: no browser to open the page in (set $BROWSER); open the URL it printed",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 async def serve(plan: Plan, address: str | None, open_page: bool, as_json: bool) -> None:
     coordinator = Coordinator(address)  # no admin credentials: said before anything listens
     sock = _bind(plan.host, plan.port)
@@ -85,7 +103,7 @@ async def serve(plan: Plan, address: str | None, open_page: bool, as_json: bool)
                 print(f"  {plan.tls_note}", flush=True)
             print(f"  the fleet of the coordinator at {coordinator.address}; Ctrl-C stops it", flush=True)
         if open_page:
-            await loop.run_in_executor(None, webbrowser.open, url)
+            threading.Thread(target=_open, args=(url,), name="open-browser", daemon=True).start()
         await stop.wait()
     finally:
         reading.cancel()

@@ -12,7 +12,7 @@ from coordinator.models import JobPlacement
 from coordinator.pki import CertificateAuthority
 from coordinator.service import Service
 from coordinator.validate import Submission, Task
-from tests.coordinator.fakes import Harness, idle, until
+from tests.coordinator.fakes import Harness, idle, make_run, until
 from tests.fleet import Fleet, wait_until
 
 
@@ -107,3 +107,30 @@ def test_a_token_lifetime_of_0_means_the_default(
 ) -> None:
     _, expires_at = Service(h.rec, ca, h.config).create_token(ttl)
     assert expires_at - h.clock.time() == (h.config.token_ttl_s if lasts is None else lasts)
+
+
+def test_the_stream_snapshot_carries_the_jobs_of_the_latest_runs_up_to_its_cap(
+    h: Harness, ca: CertificateAuthority
+) -> None:
+    """Newest first, a run's jobs all or none, ended runs too; past the cap the older runs
+    come without theirs; a live run always has its jobs (from memory)."""
+    for i, jobs in enumerate([3, 2, 4, 1]):  # oldest first: r00000a (3 jobs) ... r00000d (1)
+        run = make_run(f"r00000{'abcd'[i]}", jobs)
+        run.created_at += i
+        h.store.create_run(run)
+        h.store.finish_run(run.id, "success", run.created_at + 1)
+    live = make_run("r00000e", 2)
+    live.created_at += 10
+    h.store.create_run(live)
+    h.rec.runs[live.id] = live
+    service = Service(h.rec, ca, h.config)
+
+    def sizes(up_to: int) -> dict[str, int]:
+        return {r.id: len(r.jobs) for r in service.runs(10, up_to)}
+
+    got = sizes(7)  # e (2) + d (1) + c (4) = 7; b does not fit, nor a after it
+    assert got == {"r00000e": 2, "r00000d": 1, "r00000c": 4, "r00000b": 0, "r00000a": 0}
+    assert list(got) == ["r00000e", "r00000d", "r00000c", "r00000b", "r00000a"]  # newest first
+    assert sizes(6) == {**got, "r00000c": 0}  # a run's jobs all or none
+    assert sizes(100)["r00000a"] == 3
+    assert sizes(0) == {**dict.fromkeys(got, 0), "r00000e": 2}  # the live run's from memory

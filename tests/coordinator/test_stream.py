@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from coordinator.errors import InvalidRequest
-from coordinator.stream import EventLog, parse_topics
+from coordinator.stream import BATCH_BYTES, EventLog, frames, parse_topics
 from protos.flota.v1 import coordinator_pb2 as pb
 
 
@@ -41,18 +41,19 @@ def test_replay_gives_each_missed_event_once_in_order() -> None:
     first = log.attach(parse_topics([]))
     for i in range(5):
         log.publish("job.running", lambda i=i: job(f"r{i}.1"))  # type: ignore[misc]
-    seen = [first._queue.popleft() for _ in range(2)]
+    seen = [first._queue.popleft()[0] for _ in range(2)]
     log.detach(first)  # the reader's connection drops after two events
     clock.now += 30  # within the retention
     for i in range(5, 8):
         log.publish("job.running", lambda i=i: job(f"r{i}.1"))  # type: ignore[misc]
     again = log.attach(parse_topics([]))
-    replayed = log.replay(seen[-1].index)
-    assert replayed is not None
+    items = log.replay(seen[-1].index)
+    assert items is not None
+    replayed = [e for e, _ in items]
     assert [e.job.id for e in replayed] == [f"r{i}.1" for i in range(2, 8)]
     assert [e.index for e in replayed] == list(range(seen[-1].index + 1, log.index + 1))
     log.publish("job.success", lambda: job("r9.1"))
-    assert [e.job.id for e in again._queue] == ["r9.1"]  # the queue holds only what came after
+    assert [e.job.id for e, _ in again._queue] == ["r9.1"]  # the queue holds only what came after
 
 
 def test_no_replay_across_a_gap_a_restart_or_a_dropped_ring() -> None:
@@ -86,14 +87,14 @@ def test_a_reader_that_falls_behind_is_resynced_not_waited_for() -> None:
         log.publish("job.running", lambda i=i: job(f"r{i}.1"))  # type: ignore[misc]
     assert slow.behind
 
-    async def read() -> pb.Event | None:
-        return await slow.next()
+    async def read() -> list[bytes] | None:
+        return await slow.take()
 
     assert asyncio.run(read()) is None  # resync it
     slow.resume()
     log.publish("job.success", lambda: job("r10.1"))
-    event = asyncio.run(read())
-    assert event is not None and event.job.id == "r10.1"
+    got = asyncio.run(read())
+    assert got is not None and [pb.Event.FromString(d).job.id for d in got] == ["r10.1"]
 
 
 def test_topics() -> None:
@@ -112,3 +113,53 @@ def test_topics() -> None:
             parse_topics([bad])
     with pytest.raises(InvalidRequest, match="at most 32 topics"):
         parse_topics(["job"] * 33)
+
+
+def test_each_event_is_serialized_once_and_a_burst_goes_as_one_batch() -> None:
+    log = EventLog(wall=lambda: 1.0, clock=Clock())
+    readers = [log.attach(parse_topics([])) for _ in range(3)]
+    for i in range(4):
+        log.publish("job.running", lambda i=i: job(f"r{i}.1"))  # type: ignore[misc]
+    taken = [asyncio.run(r.take()) for r in readers]
+    assert all(t is not None and len(t) == 4 for t in taken)
+    assert all(
+        a is b for t in taken[1:] for a, b in zip(t or [], taken[0] or [], strict=True)
+    )  # the same bytes
+    sent = taken[0] or []
+    (envelope,) = frames(sent, batched=True)
+    batch = pb.Event.FromString(envelope)
+    assert batch.type == "batch" and [e.job.id for e in batch.batch] == [f"r{i}.1" for i in range(4)]
+    assert [e.index for e in batch.batch] == list(range(log.index - 3, log.index + 1))
+    assert (
+        envelope == pb.Event(type="batch", batch=[pb.Event.FromString(d) for d in sent]).SerializeToString()
+    )
+    assert frames(sent, batched=False) == sent  # a reader that did not ask: one message each
+    assert frames(sent[:1], batched=True) == sent[:1]  # an event alone goes as itself
+
+
+def test_batches_stay_under_their_size() -> None:
+    big = [
+        pb.Event(index=i, job=pb.Job(id=f"r{i}.1", command="x" * 100_000)).SerializeToString()
+        for i in range(7)
+    ]
+    out = frames(big, batched=True)
+    assert len(out) > 1 and all(len(m) < BATCH_BYTES + 110_000 for m in out)
+    opened = [e for m in out for e in (pb.Event.FromString(m).batch or [pb.Event.FromString(m)])]
+    assert [e.index for e in opened] == list(range(7))
+
+
+def test_a_batching_reader_gathers_what_comes_within_its_interval() -> None:
+    async def takes(batched: bool) -> list[int]:
+        log = EventLog(wall=lambda: 1.0, clock=Clock())
+        reader = log.attach(parse_topics([]), batched=batched)
+        loop = asyncio.get_running_loop()
+        log.publish("job.running", lambda: job("r0.1"))
+        sizes = [len(await reader.take() or [])]  # after a quiet spell: at once
+        log.publish("job.running", lambda: job("r1.1"))
+        for i in range(2, 5):  # each in a later turn of the loop, within BATCH_EVERY_S
+            loop.call_soon(lambda i=i: log.publish("job.running", lambda: job(f"r{i}.1")))  # type: ignore[misc]
+        sizes.append(len(await reader.take() or []))
+        return sizes
+
+    assert asyncio.run(takes(True)) == [1, 4]  # the next message waited for the interval
+    assert asyncio.run(takes(False)) == [1, 1]  # no interval: taken as soon as there

@@ -190,6 +190,14 @@ def test_retry_and_cleanup_from_the_run_view(tab: Page, dash_fleet: Fleet) -> No
     page.locator("button.cleanup").click()
     page.locator("button.cleanup").click()
     expect(page.locator(".note.ok").first).to_contain_text("worktree", timeout=LIVE_S)
+    # its progress as the coordinator reported it: a step per node (both attempts ran on
+    # nodes of this fleet), each to its end, then the result
+    steps = page.locator("ul.steps li.step")
+    expect(steps.first).to_contain_text(f"removing worktrees of {run['id']} on ", timeout=LIVE_S)
+    for i in range(steps.count()):
+        expect(steps.nth(i)).to_have_class("step done")
+        assert re.search(r": (\d+)/\1$", steps.nth(i).inner_text()), steps.nth(i).inner_text()
+    expect(page.locator("ul.steps li.result.ok")).to_contain_text("removed ")
     tab.go(f"#/jobs/{job}")
     expect(page.locator("table.attempts tbody tr")).to_have_count(2, timeout=LIVE_S)
 

@@ -1,6 +1,6 @@
 // Pieces every view uses: status badges, buttons that act, notes that say how it went.
 
-import { post } from "./api.js";
+import { post, postLines } from "./api.js";
 import { h } from "./dom.js";
 
 export function badge(status, text) {
@@ -26,6 +26,42 @@ export async function act(path, body) {
   } catch (err) {
     note(err.message, false);
     return null;
+  }
+}
+
+/**
+ * An action that reports its steps as it goes (a cleanup): each step's "what: done/total"
+ * is a line of `box`, updated in place, kept once done; the result becomes a note too.
+ */
+export async function actSteps(path, body, box) {
+  const lines = new Map();
+  box.replaceChildren();
+  box.hidden = false;
+  const say = (key, text, cls) => {
+    let el = lines.get(key);
+    if (!el) {
+      el = h("li");
+      lines.set(key, el);
+      box.append(el);
+    }
+    el.className = cls;
+    el.textContent = text;
+  };
+  try {
+    await postLines(path, body, (line) => {
+      if (line.type === "progress") {
+        say(line.what, `${line.what}: ${line.done}/${line.total}`, line.done >= line.total ? "step done" : "step");
+      } else if (line.type === "done") {
+        say("", line.message, "result ok");
+        note(line.message, true);
+      } else {
+        say("", line.error, "result error");
+        note(line.error, false);
+      }
+    });
+  } catch (err) {
+    say("", err.message, "result error");
+    note(err.message, false);
   }
 }
 

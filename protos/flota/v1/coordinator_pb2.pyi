@@ -1340,8 +1340,14 @@ class StreamEventsRequest(_message.Message):
 
     SINCE_FIELD_NUMBER: _builtins.int
     TOPICS_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     since: _builtins.int
     """0: start with the current state"""
+    batch: _builtins.bool
+    """Several events may come as one message: an Event of type "batch" carrying them, in
+    order, in `batch` (what gathered while the last message was on its way). A reader
+    that asks for this costs the coordinator a write per burst rather than per event.
+    """
     @_builtins.property
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """node | run | job, each optionally narrowed: node:NAME, run:RUN, job:RUN or job:JOB. None: all."""
@@ -1351,10 +1357,11 @@ class StreamEventsRequest(_message.Message):
         *,
         since: _builtins.int = ...,
         topics: _abc.Iterable[_builtins.str] | None = ...,
+        batch: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "since", b"since", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1370,11 +1377,13 @@ class Event(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """increases with every event, across coordinator restarts too"""
     type: _builtins.str
     """resync | live | node.snapshot | run.snapshot | job.snapshot | node.joined | node.updated |
-    node.facts | node.removed | run.created | run.updated | run.ended | job.<job status>
+    node.facts | node.removed | run.created | run.updated | run.ended | job.<job status> |
+    batch (an envelope, see StreamEventsRequest.batch)
     """
     at: _builtins.float
     """unix seconds"""
@@ -1388,6 +1397,10 @@ class Event(_message.Message):
     def job(self) -> Global___Job:
         """with its attempts"""
 
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """type "batch" only (StreamEventsRequest.batch): no subject, no index"""
+
     def __init__(
         self,
         *,
@@ -1397,10 +1410,11 @@ class Event(_message.Message):
         node: Global___NodeStatus | None = ...,
         run: Global___Run | None = ...,
         job: Global___Job | None = ...,
+        batch: _abc.Iterable[Global___Event] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "node", b"node", "run", b"run", "subject", b"subject"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "index", b"index", "job", b"job", "node", b"node", "run", b"run", "subject", b"subject", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "batch", b"batch", "index", b"index", "job", b"job", "node", b"node", "run", b"run", "subject", b"subject", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["node", "run", "job"]  # noqa: Y015
     _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015

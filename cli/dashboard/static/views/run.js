@@ -4,7 +4,7 @@ import { get } from "../api.js";
 import { h, keyed, link } from "../dom.js";
 import { ACTIVE, FINAL, duration, jobNumber, ticking, usd } from "../format.js";
 import { now, remember, store } from "../store.js";
-import { act, action, badge, field, table } from "../ui.js";
+import { act, action, actSteps, badge, field, table } from "../ui.js";
 import { jobsOf, runDuration, totalCost } from "./runs.js";
 
 export function elapsed(job, at) {
@@ -102,7 +102,17 @@ export function runView(root, runId) {
   );
   const problem = h("p", { class: "error" });
   problem.hidden = true;
-  root.replaceChildren(h("h1", {}, "Run ", h("span", { class: "id" }, runId)), problem, head, ranking, h("h2", {}, "Jobs"), t.el);
+  const steps = h("ul", { class: "steps", "aria-live": "polite" }); // a cleanup's progress, as it goes
+  steps.hidden = true;
+  root.replaceChildren(
+    h("h1", {}, "Run ", h("span", { class: "id" }, runId)),
+    problem,
+    head,
+    steps,
+    ranking,
+    h("h2", {}, "Jobs"),
+    t.el,
+  );
   let fetched = -1;
   let compare = [];
   let finals = -1;
@@ -144,7 +154,9 @@ export function runView(root, runId) {
       !active && failed
         ? action("Retry failed", () => act("/api/retry", { id: runId, failed: true }), { cls: "retry-run" })
         : null,
-      !active ? action("Clean up", () => act("/api/cleanup", { run: runId }), { confirm: true, cls: "cleanup" }) : null,
+      !active
+        ? action("Clean up", () => actSteps("/api/cleanup", { run: runId }, steps), { confirm: true, cls: "cleanup" })
+        : null,
     );
   }
 
